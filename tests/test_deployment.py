@@ -1,0 +1,404 @@
+"""The deployment files: systemd/aweber-job.service, systemd/aweber-job.timer, crontab.example.
+
+The systemd checks run the real `systemd-analyze` (Debian package `systemd`); they are
+skipped, never faked, when it is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE = ROOT / "systemd" / "aweber-job.service"
+TIMER = ROOT / "systemd" / "aweber-job.timer"
+CRONTAB = ROOT / "crontab.example"
+
+# Where the README, the unit and the crontab all say the console script is installed.
+INSTALLED_PROGRAM = "/opt/aweber-job/venv/bin/aweber-job"
+
+MAX_EXPOSURE = 1.5
+PERMANENT_EXIT_CODES = {"1", "64", "65", "73", "76", "77", "78"}
+TEMPORARY_EXIT_CODE = "75"
+
+Unit = dict[str, dict[str, list[str]]]
+
+
+# ---- unit files -----------------------------------------------------------------------------
+
+
+def parse_unit(text: str) -> Unit:
+    """Parse systemd unit-file text into section -> key -> values, in order of assignment.
+
+    Comments and blank lines are dropped, backslash-continued lines joined, and an empty
+    assignment resets the key's list, as systemd does.
+    """
+    unit: Unit = {}
+    section: dict[str, list[str]] | None = None
+    pending = ""
+    for raw in text.splitlines():
+        line = pending + raw.strip()
+        pending = ""
+        if not line or line[0] in "#;":
+            continue
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = unit.setdefault(line[1:-1], {})
+            continue
+        assert section is not None, f"assignment outside a section: {line!r}"
+        key, sep, value = line.partition("=")
+        assert sep, f"not a key=value line: {line!r}"
+        key, value = key.strip(), value.strip()
+        if value:
+            section.setdefault(key, []).append(value)
+        else:
+            section[key] = []
+    return unit
+
+
+def last_value(unit: Unit, section: str, key: str) -> str:
+    """Return the effective value of a single-valued setting; fail if it is not set."""
+    values = unit.get(section, {}).get(key, [])
+    assert values, f"[{section}] {key}= is not set"
+    return values[-1]
+
+
+def all_words(unit: Unit, section: str, key: str) -> list[str]:
+    """Return the words of every assignment of a list-valued setting, in order."""
+    return [word for value in unit.get(section, {}).get(key, []) for word in value.split()]
+
+
+TIMESPAN_UNIT_SECONDS = {
+    "us": 1e-6,
+    "usec": 1e-6,
+    "ms": 1e-3,
+    "msec": 1e-3,
+    "": 1.0,
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "seconds": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "minutes": 60.0,
+    "h": 3600.0,
+    "hr": 3600.0,
+    "hour": 3600.0,
+    "hours": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+    "days": 86400.0,
+    "w": 604800.0,
+    "week": 604800.0,
+    "weeks": 604800.0,
+}
+
+
+def timespan_seconds(value: str) -> float:
+    """Convert a systemd time span such as ``15min`` or ``1h 30min`` to seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value)
+    assert parts and re.fullmatch(r"(\s*\d+(?:\.\d+)?\s*[a-z]*)+\s*", value), f"not a time span: {value!r}"
+    total = 0.0
+    for number, suffix in parts:
+        assert suffix in TIMESPAN_UNIT_SECONDS, f"unknown time unit {suffix!r} in {value!r}"
+        total += float(number) * TIMESPAN_UNIT_SECONDS[suffix]
+    return total
+
+
+def exec_start_argv(unit: Unit) -> list[str]:
+    """Return ExecStart= split into words, without systemd's ``-@:+!`` prefixes on the program."""
+    argv = shlex.split(last_value(unit, "Service", "ExecStart"))
+    argv[0] = argv[0].lstrip("-@:+!")
+    return argv
+
+
+@pytest.fixture(scope="module")
+def service() -> Unit:
+    """The parsed service unit."""
+    return parse_unit(SERVICE.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def timer() -> Unit:
+    """The parsed timer unit."""
+    return parse_unit(TIMER.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def systemd_analyze() -> str:
+    """Path to systemd-analyze; skips the test when it is not installed."""
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        pytest.skip("systemd-analyze is not installed (Debian: apt-get install systemd)")
+    return path
+
+
+def runnable_job_command() -> list[str]:
+    """Return a command line that starts the job from this checkout's environment."""
+    search_path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    script = shutil.which("aweber-job", path=search_path)
+    if script is not None:
+        return [script]
+    return [sys.executable, "-m", "job"]
+
+
+@pytest.fixture
+def unit_copies(tmp_path: Path) -> Path:
+    """Copies of both units whose ExecStart runs a job that exists on this machine."""
+    program_words = runnable_job_command()
+    service_text = SERVICE.read_text(encoding="utf-8")
+    old_program = re.escape(INSTALLED_PROGRAM)
+    rewritten, count = re.subn(
+        rf"^(ExecStart=[-@:+!]*){old_program}(?=\s|$)",
+        lambda match: match.group(1) + shlex.join(program_words),
+        service_text,
+        flags=re.MULTILINE,
+    )
+    assert count == 1, f"expected one ExecStart={INSTALLED_PROGRAM} line in {SERVICE}"
+    (tmp_path / SERVICE.name).write_text(rewritten, encoding="utf-8")
+    shutil.copyfile(TIMER, tmp_path / TIMER.name)
+    return tmp_path
+
+
+def run_analyze(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run systemd-analyze without colours or a pager and capture what it says."""
+    env = {**os.environ, "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "", "SYSTEMD_LOG_COLOR": "0"}
+    return subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_units_pass_systemd_analyze_verify(systemd_analyze: str, unit_copies: Path) -> None:
+    """Both units load in systemd-analyze verify with no error or warning about them."""
+    service_copy = unit_copies / SERVICE.name
+    timer_copy = unit_copies / TIMER.name
+    result = run_analyze(systemd_analyze, "verify", str(service_copy), str(timer_copy), cwd=unit_copies)
+    output = result.stdout + result.stderr
+    about_ours = [
+        line
+        for line in output.splitlines()
+        if SERVICE.name in line or TIMER.name in line or str(unit_copies) in line
+    ]
+    assert result.returncode == 0 and not about_ours, (
+        f"systemd-analyze verify exited {result.returncode}:\n{output}"
+    )
+
+
+def test_service_sandbox_exposure_is_at_most_1_5(systemd_analyze: str, unit_copies: Path) -> None:
+    """systemd-analyze security rates the service's sandbox 1.5 or lower."""
+    result = run_analyze(
+        systemd_analyze,
+        "security",
+        "--offline=true",
+        "--no-pager",
+        str(unit_copies / SERVICE.name),
+        cwd=unit_copies,
+    )
+    output = result.stdout + result.stderr
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", output)
+    assert match is not None, (
+        f"no exposure level in systemd-analyze security output (exit {result.returncode}; "
+        f"--offline needs systemd >= 250):\n{output}"
+    )
+    exposure = float(match.group(1))
+    assert exposure <= MAX_EXPOSURE, (
+        f"exposure {exposure} > {MAX_EXPOSURE}; the settings marked ✗ are the ones to tighten:\n{output}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("Type", "oneshot"),
+        ("Restart", "on-failure"),
+        ("EnvironmentFile", "-/etc/aweber-job/env"),
+        ("UMask", "0077"),
+    ],
+)
+def test_service_sets(service: Unit, key: str, expected: str) -> None:
+    """The service sets the values that the spec and the job's defaults rely on."""
+    assert last_value(service, "Service", key) == expected
+
+
+def test_service_state_directory_is_aweber_job(service: Unit) -> None:
+    """StateDirectory=aweber-job, so $STATE_DIRECTORY/tokens.json is where the token file lives."""
+    assert "aweber-job" in all_words(service, "Service", "StateDirectory")
+
+
+def test_service_loads_the_client_secret_credential(service: Unit) -> None:
+    """LoadCredential passes a credential named aweber-client-secret, the name the job reads."""
+    names = [value.partition(":")[0] for value in service["Service"].get("LoadCredential", [])]
+    assert "aweber-client-secret" in names
+
+
+def test_service_restarts_only_on_temporary_failure(service: Unit) -> None:
+    """Every permanent exit code prevents a restart and exit 75 does not, nor is it a success."""
+    prevented = set(all_words(service, "Service", "RestartPreventExitStatus"))
+    assert prevented >= PERMANENT_EXIT_CODES, f"missing: {sorted(PERMANENT_EXIT_CODES - prevented)}"
+    assert TEMPORARY_EXIT_CODE not in prevented
+    assert TEMPORARY_EXIT_CODE not in all_words(service, "Service", "SuccessExitStatus")
+
+
+def test_service_restarts_are_bounded(service: Unit, timer: Unit) -> None:
+    """The start limit holds every retry of one day's run yet has expired by the next day's run."""
+    burst = int(last_value(service, "Unit", "StartLimitBurst"))
+    window = timespan_seconds(last_value(service, "Unit", "StartLimitIntervalSec"))
+    pause = timespan_seconds(last_value(service, "Service", "RestartSec"))
+    run_timeout = timespan_seconds(last_value(service, "Service", "TimeoutStartSec"))
+    jitter = timespan_seconds(last_value(timer, "Timer", "RandomizedDelaySec"))
+    assert burst >= 1 and pause > 0 and run_timeout > 0
+    assert window > burst * (run_timeout + pause), "a failing run could restart forever"
+    assert window < 24 * 3600 - jitter, "today's failures could refuse tomorrow's run"
+
+
+def test_timer_runs_daily_with_jitter_and_catches_up(timer: Unit) -> None:
+    """The timer fires daily, at a randomised moment, and catches up on runs missed while off."""
+    assert last_value(timer, "Timer", "OnCalendar") == "daily"
+    assert timespan_seconds(last_value(timer, "Timer", "RandomizedDelaySec")) > 0
+    assert last_value(timer, "Timer", "Persistent").lower() in {"true", "yes", "on", "1"}
+    assert "timers.target" in all_words(timer, "Install", "WantedBy")
+
+
+# ---- crontab ------------------------------------------------------------------------------
+
+# (lowest, highest, names) for minute, hour, day of month, month, day of week.
+CRON_FIELDS = [
+    (0, 59, {}),
+    (0, 23, {}),
+    (1, 31, {}),
+    (
+        1,
+        12,
+        {
+            name: n
+            for n, name in enumerate(
+                ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], start=1
+            )
+        },
+    ),
+    (0, 7, {name: n for n, name in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}),
+]
+VARIABLE_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\s*=")
+COMMAND_PREFIX_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=\S*")
+
+
+def is_valid_cron_field(field: str, lowest: int, highest: int, names: dict[str, int]) -> bool:
+    """Say whether one crontab time field is valid: ``*``, numbers, ranges, lists, steps, or a name."""
+    if field.lower() in names:
+        return True
+
+    def number(text: str) -> int | None:
+        return int(text) if text.isdigit() and lowest <= int(text) <= highest else None
+
+    for item in field.split(","):
+        base, slash, step = item.partition("/")
+        if slash and not (step.isdigit() and int(step) >= 1):
+            return False
+        if base == "*":
+            continue
+        first, dash, last = base.partition("-")
+        low, high = number(first), number(last) if dash else number(first)
+        if low is None or high is None or low > high:
+            return False
+        if slash and not dash:
+            return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("field", "position", "valid"),
+    [
+        ("*", 0, True),
+        ("23", 0, True),
+        ("0-59/5", 0, True),
+        ("*/15", 0, True),
+        ("1,31,59", 0, True),
+        ("60", 0, False),
+        ("-1", 0, False),
+        ("*/0", 0, False),
+        ("5/10", 0, False),
+        ("", 0, False),
+        ("24", 1, False),
+        ("0", 2, False),
+        ("31", 2, True),
+        ("jan", 3, True),
+        ("13", 3, False),
+        ("7", 4, True),
+        ("8", 4, False),
+        ("Mon", 4, True),
+        ("mon-fri", 4, False),
+        ("5-1", 4, False),
+    ],
+)
+def test_cron_field_validator(field: str, position: int, valid: bool) -> None:
+    """The field checker used on crontab.example accepts cron syntax and rejects mistakes."""
+    lowest, highest, names = CRON_FIELDS[position]
+    assert is_valid_cron_field(field, lowest, highest, names) is valid
+
+
+def crontab_entries() -> Iterator[tuple[int, str]]:
+    """Yield (line number, line) for each job line: not a comment, blank or variable assignment."""
+    for number, line in enumerate(CRONTAB.read_text(encoding="utf-8").splitlines(), start=1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and not VARIABLE_ASSIGNMENT.match(stripped):
+            yield number, stripped
+
+
+def cron_program(command: str) -> str:
+    """Return the program a cron command runs: its first word after any VAR=value prefixes."""
+    words = command.split()
+    while words and COMMAND_PREFIX_ASSIGNMENT.fullmatch(words[0]):
+        words.pop(0)
+    assert words, f"no program in cron command {command!r}"
+    return words[0]
+
+
+def test_crontab_lines_are_daily_schedules_with_absolute_programs() -> None:
+    """Each crontab job line has five valid time fields, an absolute program path and --quiet."""
+    entries = list(crontab_entries())
+    assert entries, f"{CRONTAB.name} has no job line"
+    for number, line in entries:
+        where = f"{CRONTAB.name}:{number}: {line}"
+        fields = line.split(None, 5)
+        assert len(fields) == 6, f"expected five time fields and a command: {where}"
+        for field, (lowest, highest, names) in zip(fields[:5], CRON_FIELDS, strict=True):
+            assert is_valid_cron_field(field, lowest, highest, names), f"bad field {field!r}: {where}"
+        command = fields[5]
+        assert cron_program(command).startswith("/"), f"cron's PATH is minimal, use an absolute path: {where}"
+        assert "--quiet" in command.split(), f"without --quiet cron mails every success: {where}"
+        assert not re.search(r"(?<!\\)%", command), f"cron turns a bare % into a newline: {where}"
+
+
+def test_crontab_sets_the_environment_cron_lacks() -> None:
+    """The crontab sets SHELL, PATH, MAILTO and AWEBER_ENV_FILE, the last one to an absolute path."""
+    assignments = dict(
+        (name.strip(), value.strip())
+        for name, _, value in (
+            line.strip().partition("=")
+            for line in CRONTAB.read_text(encoding="utf-8").splitlines()
+            if VARIABLE_ASSIGNMENT.match(line.strip())
+        )
+    )
+    assert assignments.get("SHELL") == "/bin/sh"
+    assert "/usr/bin" in assignments.get("PATH", "").split(":")
+    assert assignments.get("MAILTO"), "an empty MAILTO= throws the job's error messages away"
+    assert assignments.get("AWEBER_ENV_FILE", "").startswith("/")
+
+
+def test_crontab_and_service_run_the_documented_install_path(service: Unit) -> None:
+    """The cron line, the unit's ExecStart and every path to the script in them name one location."""
+    assert exec_start_argv(service)[0] == INSTALLED_PROGRAM
+    for _, line in crontab_entries():
+        assert cron_program(line.split(None, 5)[5]) == INSTALLED_PROGRAM
+    for path in (SERVICE, CRONTAB):
+        mentioned = set(re.findall(r"(?<![^\s=])[^\s=]*/bin/aweber-job\b", path.read_text(encoding="utf-8")))
+        assert mentioned == {INSTALLED_PROGRAM}, f"{path.name} names {sorted(mentioned)}"
