@@ -1,0 +1,284 @@
+"""Settings: built once from an explicit mapping of variables, validated up front.
+
+No module below the CLI reads ``os.environ``: the CLI loads the ``.env`` file by path, lets the real
+environment win, and hands the merged mapping to :func:`load_settings`, which reports every problem
+at once, each naming its variable (exit 78).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from job.errors import ConfigError
+
+DEFAULT_TOKEN_URL = "https://auth.aweber.com/oauth2/token"  # noqa: S105 - a URL, not a password
+DEFAULT_AUTHORIZE_URL = "https://auth.aweber.com/oauth2/authorize"
+DEFAULT_REVOKE_URL = "https://auth.aweber.com/oauth2/revoke"
+DEFAULT_API_URL = "https://api.aweber.com/1.0"
+DEFAULT_TASK = "new-subscribers"
+CREDENTIAL_NAME = "aweber-client-secret"
+
+# Every variable the job reads, with a one-line meaning; `.env.example` documents exactly these.
+VARIABLES: dict[str, str] = {
+    "AWEBER_CLIENT_ID": "OAuth client id",
+    "AWEBER_CLIENT_SECRET": "client secret; absent means a public client (PKCE)",
+    "AWEBER_CLIENT_SECRET_FILE": "file whose first line is the client secret",
+    "AWEBER_TOKEN_FILE": "the token file",
+    "AWEBER_STATE_DIR": "where task state lives",
+    "AWEBER_TOKEN_URL": "token endpoint",
+    "AWEBER_AUTHORIZE_URL": "authorize endpoint",
+    "AWEBER_REVOKE_URL": "revoke endpoint",
+    "AWEBER_API_URL": "API base URL",
+    "AWEBER_TASK": "task to run",
+    "AWEBER_ACCOUNT_ID": "only this account",
+    "AWEBER_LIST_IDS": "comma-separated list ids",
+    "AWEBER_LOCK_TIMEOUT": "seconds to wait for another run's lock",
+    "AWEBER_HTTP_TIMEOUT": "seconds for connect and for each read",
+    "AWEBER_RETRY_DEADLINE": "seconds one call may spend retrying",
+    "AWEBER_RATE_LIMIT": "API requests per minute the job allows itself",
+    "AWEBER_REFRESH_LEEWAY": "refresh during the task when the access token has less than this left",
+    "AWEBER_PING_URL": "healthchecks-style monitoring URL",
+    "AWEBER_METRICS_FILE": "Prometheus text-format metrics file",
+    "AWEBER_LOG_FORMAT": "text or json",
+}
+
+
+class Secret:
+    """A string that never shows itself in ``repr`` or ``str``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the job is configured with; secrets hidden from ``repr``."""
+
+    client_id: str | None
+    client_secret: Secret | None
+    client_secret_source: str | None
+    token_file: Path
+    state_dir: Path
+    token_url: str = DEFAULT_TOKEN_URL
+    authorize_url: str = DEFAULT_AUTHORIZE_URL
+    revoke_url: str = DEFAULT_REVOKE_URL
+    api_url: str = DEFAULT_API_URL
+    task: str = DEFAULT_TASK
+    account_id: int | None = None
+    list_ids: tuple[int, ...] = ()
+    lock_timeout_seconds: float = 60.0
+    http_timeout_seconds: float = 30.0
+    retry_deadline_seconds: float = 300.0
+    rate_limit_per_minute: int = 120
+    refresh_leeway_seconds: float = 300.0
+    ping_url: str | None = None
+    metrics_file: Path | None = None
+    log_format: str = "text"
+    source: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_public_client(self) -> bool:
+        """A client without a secret authenticates with PKCE and ``client_id`` in the body."""
+        return self.client_secret is None
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` is localhost or an address in 127.0.0.0/8 or ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(value: str) -> str | None:
+    """Return why ``value`` is not an acceptable endpoint URL, or None when it is."""
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme not in ("http", "https") or not host:
+        return "must be an https:// URL with a host"
+    if parts.scheme == "http" and not is_loopback_host(host):
+        return "must use https (plain http is accepted only for loopback hosts)"
+    if parts.username or parts.password:
+        return "must not carry credentials"
+    return None
+
+
+def _default_token_file(env: Mapping[str, str]) -> Path:
+    """SPEC §3: systemd's STATE_DIRECTORY, else XDG_STATE_HOME, else ~/.local/state."""
+    state_directory = env.get("STATE_DIRECTORY")
+    if state_directory:
+        # systemd may list several directories separated by ':'; the first is ours.
+        return Path(state_directory.split(":")[0]) / "tokens.json"
+    xdg = env.get("XDG_STATE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "aweber-job" / "tokens.json"
+    home = env.get("HOME") or os.path.expanduser("~")
+    return Path(home) / ".local" / "state" / "aweber-job" / "tokens.json"
+
+
+def _read_secret_file(path: str) -> str:
+    """Return the first line of ``path``, stripped; raise OSError or ValueError on trouble."""
+    with open(path, "rb") as handle:
+        data = handle.read(65536)
+    line = data.decode("utf-8").splitlines()[0] if data.strip() else ""
+    line = line.strip()
+    if not line:
+        raise ValueError("is empty")
+    return line
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Build Settings from ``env``; raise ConfigError listing every problem, each with its variable."""
+    problems: list[str] = []
+    values = {k: v.strip() for k, v in env.items() if isinstance(v, str)}
+
+    def get(name: str) -> str | None:
+        # An empty value counts as unset, as in a copied `.env.example`.
+        value = values.get(name)
+        return value if value else None
+
+    def number(name: str, default: float, *, minimum: float, integer: bool = False) -> float:
+        raw = get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw) if integer else float(raw)
+        except ValueError:
+            kind = "a whole number" if integer else "a number of seconds"
+            problems.append(f"{name} must be {kind}, got {raw!r}")
+            return default
+        if value != value or value in (float("inf"), float("-inf")) or value < minimum:
+            problems.append(f"{name} must be at least {minimum:g}, got {raw!r}")
+            return default
+        return value
+
+    def url(name: str, default: str) -> str:
+        raw = get(name) or default
+        why = check_url(raw)
+        if why:
+            problems.append(f"{name} {why}")
+        return raw
+
+    client_id = get("AWEBER_CLIENT_ID")
+
+    secret: Secret | None = None
+    secret_source: str | None = None
+    inline = values.get("AWEBER_CLIENT_SECRET") or None
+    secret_file = get("AWEBER_CLIENT_SECRET_FILE")
+    credentials_dir = get("CREDENTIALS_DIRECTORY")
+    if inline and secret_file:
+        problems.append("AWEBER_CLIENT_SECRET and AWEBER_CLIENT_SECRET_FILE are both set; set only one")
+    elif inline:
+        secret, secret_source = Secret(inline), "AWEBER_CLIENT_SECRET"
+    else:
+        candidates: list[tuple[str, str]] = []
+        if secret_file:
+            candidates.append((secret_file, "AWEBER_CLIENT_SECRET_FILE"))
+        elif credentials_dir and os.path.exists(os.path.join(credentials_dir, CREDENTIAL_NAME)):
+            candidates.append((os.path.join(credentials_dir, CREDENTIAL_NAME), "CREDENTIALS_DIRECTORY"))
+        for path, variable in candidates:
+            try:
+                secret, secret_source = Secret(_read_secret_file(path)), f"{variable} ({path})"
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                if isinstance(exc, UnicodeDecodeError):
+                    reason = "is not UTF-8 text"
+                problems.append(f"{variable}: cannot read the client secret from {path}: {reason}")
+
+    token_file_raw = get("AWEBER_TOKEN_FILE")
+    token_file = Path(token_file_raw).expanduser() if token_file_raw else _default_token_file(values)
+    if not token_file.is_absolute():
+        token_file = Path(os.path.abspath(token_file))
+    state_dir_raw = get("AWEBER_STATE_DIR")
+    state_dir = Path(os.path.abspath(Path(state_dir_raw).expanduser())) if state_dir_raw else token_file.parent
+
+    token_url = url("AWEBER_TOKEN_URL", DEFAULT_TOKEN_URL)
+    authorize_url = url("AWEBER_AUTHORIZE_URL", DEFAULT_AUTHORIZE_URL)
+    revoke_url = url("AWEBER_REVOKE_URL", DEFAULT_REVOKE_URL)
+    api_url = url("AWEBER_API_URL", DEFAULT_API_URL).rstrip("/")
+
+    account_id: int | None = None
+    raw_account = get("AWEBER_ACCOUNT_ID")
+    if raw_account is not None:
+        if raw_account.isdigit() and int(raw_account) > 0:
+            account_id = int(raw_account)
+        else:
+            problems.append(f"AWEBER_ACCOUNT_ID must be a positive whole number, got {raw_account!r}")
+
+    list_ids: list[int] = []
+    raw_lists = get("AWEBER_LIST_IDS")
+    if raw_lists is not None:
+        for item in raw_lists.split(","):
+            item = item.strip()
+            if item.isdigit() and int(item) > 0:
+                if int(item) not in list_ids:
+                    list_ids.append(int(item))
+            else:
+                problems.append(f"AWEBER_LIST_IDS must be comma-separated list ids, got {item!r} in it")
+                break
+
+    ping_url: str | None = None
+    if get("AWEBER_PING_URL"):
+        ping_url = url("AWEBER_PING_URL", "").rstrip("/")
+
+    metrics_raw = get("AWEBER_METRICS_FILE")
+    metrics_file = Path(os.path.abspath(Path(metrics_raw).expanduser())) if metrics_raw else None
+
+    log_format = (get("AWEBER_LOG_FORMAT") or "text").lower()
+    if log_format not in ("text", "json"):
+        problems.append(f"AWEBER_LOG_FORMAT must be 'text' or 'json', got {get('AWEBER_LOG_FORMAT')!r}")
+        log_format = "text"
+
+    settings = Settings(
+        client_id=client_id,
+        client_secret=secret,
+        client_secret_source=secret_source,
+        token_file=token_file,
+        state_dir=state_dir,
+        token_url=token_url,
+        authorize_url=authorize_url,
+        revoke_url=revoke_url,
+        api_url=api_url,
+        task=get("AWEBER_TASK") or DEFAULT_TASK,
+        account_id=account_id,
+        list_ids=tuple(list_ids),
+        lock_timeout_seconds=number("AWEBER_LOCK_TIMEOUT", 60.0, minimum=0),
+        http_timeout_seconds=number("AWEBER_HTTP_TIMEOUT", 30.0, minimum=0.001),
+        retry_deadline_seconds=number("AWEBER_RETRY_DEADLINE", 300.0, minimum=0),
+        rate_limit_per_minute=int(number("AWEBER_RATE_LIMIT", 120, minimum=1, integer=True)),
+        refresh_leeway_seconds=number("AWEBER_REFRESH_LEEWAY", 300.0, minimum=0),
+        ping_url=ping_url,
+        metrics_file=metrics_file,
+        log_format=log_format,
+        source=dict(values),
+    )
+    if problems:
+        raise ConfigError(problems)
+    return settings

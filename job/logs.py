@@ -1,0 +1,160 @@
+"""Logging to stderr as text or JSON lines, with every known secret redacted at the last step.
+
+Code logs fingerprints, never secrets. As a second line of defence every handler runs each final
+line through :class:`Redactor`, which knows every secret value the run has seen (tokens, client
+secret, codes, verifiers) and replaces any occurrence with its fingerprint — third-party loggers
+(urllib3, requests) included. A bounded tail of the redacted lines is kept for the failure ping.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import sys
+import threading
+import time
+from typing import IO, Any
+
+from job.tokens import fingerprint
+
+# Lines of log kept for the monitoring ping's failure body.
+TAIL_LINES = 40
+# Secrets shorter than this are not redacted as substrings (they would match ordinary text).
+MIN_SECRET_LENGTH = 6
+
+_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+class Redactor:
+    """Replaces every registered secret value in a string with ``[redacted:<fingerprint>]``."""
+
+    def __init__(self) -> None:
+        self._secrets: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, *values: str | None) -> None:
+        """Register secret values; empty and very short ones are ignored."""
+        with self._lock:
+            for value in values:
+                if value and len(value) >= MIN_SECRET_LENGTH:
+                    self._secrets.add(value)
+
+    def redact(self, text: str) -> str:
+        if not self._secrets:
+            return text
+        with self._lock:
+            secrets = sorted(self._secrets, key=len, reverse=True)
+        for secret in secrets:
+            if secret in text:
+                text = text.replace(secret, f"[redacted:{fingerprint(secret)}]")
+        return text
+
+
+REDACTOR = Redactor()
+
+
+class TextFormatter(logging.Formatter):
+    """``LEVEL message key=value ...`` — what cron mails and the journal show."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        extras = _extra_fields(record)
+        if extras:
+            message += " " + " ".join(f"{k}={_text_value(v)}" for k, v in extras.items())
+        line = f"aweber-job: {record.levelname.lower()}: {message}"
+        if record.exc_info and record.levelno <= logging.DEBUG:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ``ts``, ``level``, ``msg``, ``logger`` and any extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "msg": record.getMessage(),
+            "logger": record.name,
+        }
+        payload.update(_extra_fields(record))
+        if record.exc_info and record.levelno <= logging.DEBUG:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str, ensure_ascii=False)
+
+
+def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
+
+
+def _text_value(value: object) -> str:
+    text = str(value)
+    return json.dumps(text) if (" " in text or not text) else text
+
+
+class RedactingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that redacts each final line and keeps a tail of them."""
+
+    def __init__(self, stream: IO[str], redactor: Redactor, tail: collections.deque[str]) -> None:
+        super().__init__(stream)
+        self.redactor = redactor
+        self.tail = tail
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redactor.redact(super().format(record))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+            self.tail.append(line)
+            self.stream.write(line + "\n")
+            self.flush()
+        except Exception:  # noqa: BLE001 - logging must never end the run
+            self.handleError(record)
+
+
+class TailHandler(logging.Handler):
+    """Keeps the redacted tail even for lines below the console level (for the failure ping)."""
+
+    def __init__(self, redactor: Redactor, tail: collections.deque[str], formatter: logging.Formatter) -> None:
+        super().__init__(logging.INFO)
+        self.redactor = redactor
+        self.tail = tail
+        self.setFormatter(formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.tail.append(self.redactor.redact(self.format(record)))
+        except Exception:  # noqa: BLE001 - logging must never end the run
+            self.handleError(record)
+
+
+LOG_TAIL: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+
+
+def configure_logging(
+    *, verbosity: int = 0, quiet: bool = False, fmt: str = "text", stream: IO[str] | None = None
+) -> None:
+    """Send logs to stderr: WARNING with ``quiet``, INFO by default, DEBUG with ``-v``.
+
+    ``-vv`` also lets urllib3's connection lines through (still redacted).
+    """
+    formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    LOG_TAIL.clear()
+    level = logging.WARNING if quiet else (logging.DEBUG if verbosity >= 1 else logging.INFO)
+    console = RedactingHandler(stream or sys.stderr, REDACTOR, collections.deque(maxlen=TAIL_LINES))
+    console.setFormatter(formatter)
+    console.setLevel(level)
+    root.addHandler(console)
+    # The ping's tail keeps INFO lines even under --quiet, so a failure report has context.
+    root.addHandler(TailHandler(REDACTOR, LOG_TAIL, formatter))
+    root.setLevel(min(level, logging.INFO))
+    third_party = logging.DEBUG if verbosity >= 2 else logging.WARNING
+    for name in ("urllib3", "requests"):
+        logging.getLogger(name).setLevel(third_party)
+    logging.captureWarnings(True)

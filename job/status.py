@@ -1,0 +1,134 @@
+"""``aweber-job status``: what the token file and lock look like, without touching the network.
+
+Shows fingerprints, never tokens. Exit 0 when the file loads, 65 when it does not.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pwd
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from job.config import Settings
+from job.errors import EXIT_OK, EXIT_TOKEN_FILE, JobError
+from job.store import load_token_file, lock_path_for
+from job.tokens import fingerprint, format_expiry
+
+
+@dataclass
+class StatusReport:
+    """Everything ``status`` prints, JSON-serialisable."""
+
+    token_file: str
+    ok: bool
+    exit_code: int
+    error: str | None = None
+    shape: str | None = None
+    access_token_fingerprint: str | None = None
+    refresh_token_fingerprint: str | None = None
+    expires_at: float | None = None
+    expires_in_seconds: float | None = None
+    expired: bool | None = None
+    scope: str | None = None
+    client_id_source: str | None = None
+    client_secret_source: str | None = None
+    mode: str | None = None
+    owner: str | None = None
+    lock_file: str | None = None
+    lock_holder_pid: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _lock_holder(settings: Settings) -> tuple[str, int | None]:
+    """The lock path and the pid holding it now (None when free or unknown)."""
+    path = lock_path_for(settings.token_file)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return str(path), None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            return str(path), int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return str(path), None
+    finally:
+        os.close(fd)
+
+
+def collect_status(settings: Settings, now: float | None = None) -> StatusReport:
+    """Load the token file read-only (no lock taken) and describe it."""
+    now = time.time() if now is None else now
+    report = StatusReport(token_file=str(settings.token_file), ok=False, exit_code=EXIT_TOKEN_FILE)
+    report.lock_file, report.lock_holder_pid = _lock_holder(settings)
+    try:
+        loaded = load_token_file(settings.token_file)
+    except JobError as exc:
+        report.error = str(exc)
+        return report
+    tokens = loaded.tokens
+    report.ok, report.exit_code = True, EXIT_OK
+    report.shape = tokens.shape
+    report.access_token_fingerprint = fingerprint(tokens.access_token) if tokens.access_token else None
+    report.refresh_token_fingerprint = fingerprint(tokens.refresh_token)
+    report.expires_at = tokens.expires_at
+    if tokens.expires_at is not None:
+        report.expires_in_seconds = round(tokens.expires_at - now, 1)
+        report.expired = tokens.expires_at <= now
+    report.scope = tokens.scope
+    report.client_id_source = (
+        "AWEBER_CLIENT_ID" if settings.client_id else ("token file" if tokens.client_id else None)
+    )
+    report.client_secret_source = settings.client_secret_source or (
+        "token file" if tokens.client_secret else None
+    )
+    report.mode = f"{loaded.mode:04o}"
+    try:
+        report.owner = pwd.getpwuid(loaded.owner_uid).pw_name
+    except KeyError:
+        report.owner = str(loaded.owner_uid)
+    if loaded.readable_by_others:
+        report.warnings.append(
+            f"the token file is readable by group or others (mode {loaded.mode:04o}); "
+            f"chmod 600 {settings.token_file} (the next save makes it 0600)"
+        )
+    if loaded.owner_uid != os.geteuid():
+        report.warnings.append(f"the token file is owned by {report.owner}, not by the user running this")
+    if report.client_id_source is None:
+        report.warnings.append("no client id: set AWEBER_CLIENT_ID")
+    return report
+
+
+def render_status(report: StatusReport, *, as_json: bool) -> str:
+    """Human lines, or one JSON object with ``--json``."""
+    if as_json:
+        return json.dumps(asdict(report), sort_keys=True) + "\n"
+    lines = [f"token file:     {report.token_file}"]
+    if not report.ok:
+        lines.append(f"problem:        {report.error}")
+    else:
+        expiry = format_expiry(report.expires_at, time.time()) if report.expires_at is not None else "unknown"
+        if report.expired:
+            expiry += " — expired; the next run refreshes it"
+        rows: list[tuple[str, Any]] = [
+            ("shape", report.shape),
+            ("access token", report.access_token_fingerprint and f"sha256:{report.access_token_fingerprint}"),
+            ("refresh token", f"sha256:{report.refresh_token_fingerprint}"),
+            ("access expires", expiry),
+            ("scope", report.scope or "not recorded"),
+            ("client id from", report.client_id_source or "nowhere"),
+            ("secret from", report.client_secret_source or "none (public client, PKCE)"),
+            ("mode, owner", f"{report.mode}, {report.owner}"),
+        ]
+        lines += [f"{(label + ':'):<15} {value}" for label, value in rows]
+    holder = report.lock_holder_pid
+    lock_state = "free" if holder is None else ("held by pid " + str(holder) if holder > 0 else "held")
+    lines.append(f"{'lock:':<15} {report.lock_file} ({lock_state})")
+    lines += [f"warning:        {w}" for w in report.warnings]
+    return "\n".join(lines) + "\n"

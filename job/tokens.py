@@ -1,0 +1,247 @@
+"""The token file's value: parse and validate both shapes, merge a refresh answer, serialise.
+
+Pure: no I/O. Two shapes are accepted and each is kept when saved again (SPEC §4):
+
+- flat: ``{"access_token", "refresh_token", "token_type"?, "expires_in"?, "expires_at"?, ...}``,
+  what requests-oauthlib and Authlib write;
+- AWeber's example ``credentials.json``: ``{"client_id", "client_secret", "token": {flat}}``.
+
+Error messages name the field and the file, never a value.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from job.errors import TokenFileError
+
+# Token fields a refresh answer replaces; anything else in the file is kept as it was.
+TOKEN_FIELDS = ("access_token", "refresh_token", "token_type", "expires_in", "expires_at", "scope")
+
+# A token file larger than this is not a token file (and reading it whole would be unwise).
+MAX_TOKEN_FILE_BYTES = 1024 * 1024
+
+# The largest token-endpoint answer accepted; a larger one is unusable (exit 76). A real answer is
+# a few hundred bytes. Reservations are sized from it, so a saved file always fits.
+MAX_TOKEN_ANSWER_BYTES = 64 * 1024
+
+
+def fingerprint(secret: str) -> str:
+    """Return the first 8 hex digits of the SHA-256 of ``secret``: safe to log, enough to compare."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()[:8]
+
+
+def format_expiry(expires_at: float | None, now: float) -> str:
+    """``2026-11-28T19:40:00Z (in 7199 s)``, or ``unknown``."""
+    if expires_at is None:
+        return "unknown"
+    stamp = datetime.fromtimestamp(expires_at, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    left = expires_at - now
+    relative = f"in {left:.0f} s" if left >= 0 else f"{-left:.0f} s ago"
+    return f"{stamp} ({relative})"
+
+
+def _kind(value: object) -> str:
+    """Name the JSON type of ``value`` for messages, without showing the value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "an empty string" if value == "" else "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+@dataclass(frozen=True)
+class TokenFile:
+    """A loaded token file: the whole JSON document and where its token fields live."""
+
+    document: dict[str, Any] = field(repr=False)
+    nested: bool
+
+    @property
+    def token(self) -> Mapping[str, Any]:
+        """The flat token fields (the document itself, or its ``token`` object)."""
+        inner = self.document["token"] if self.nested else self.document
+        assert isinstance(inner, dict)
+        return inner
+
+    @property
+    def shape(self) -> str:
+        """``"credentials.json"`` for AWeber's nested example shape, else ``"flat"``."""
+        return "credentials.json" if self.nested else "flat"
+
+    @property
+    def access_token(self) -> str:
+        return str(self.token["access_token"])
+
+    @property
+    def refresh_token(self) -> str:
+        return str(self.token["refresh_token"])
+
+    @property
+    def expires_at(self) -> float | None:
+        """Access-token expiry in Unix seconds, or None when the file does not say."""
+        value = self.token.get("expires_at")
+        return float(value) if value is not None else None
+
+    @property
+    def scope(self) -> str | None:
+        value = self.token.get("scope")
+        if isinstance(value, list):
+            return " ".join(str(v) for v in value)
+        return value if isinstance(value, str) else None
+
+    @property
+    def client_id(self) -> str | None:
+        """The client id stored in a ``credentials.json`` shaped file, if any."""
+        value = self.document.get("client_id") if self.nested else None
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def client_secret(self) -> str | None:
+        """The client secret stored in a ``credentials.json`` shaped file, if any."""
+        value = self.document.get("client_secret") if self.nested else None
+        return value if isinstance(value, str) and value else None
+
+    def expires_within(self, seconds: float, now: float) -> bool:
+        """Whether the access token expires within ``seconds`` of ``now`` (unknown expiry: yes)."""
+        expires_at = self.expires_at
+        return expires_at is None or expires_at - now < seconds
+
+    def secrets(self) -> list[str]:
+        """Every secret value the file holds, for redaction."""
+        values = [self.access_token, self.refresh_token]
+        if self.client_secret:
+            values.append(self.client_secret)
+        return [v for v in values if v]
+
+    def with_answer(self, answer: Mapping[str, Any], received_at: float) -> TokenFile:
+        """Return a copy with the token fields of a token-endpoint ``answer`` merged in.
+
+        The refresh token is kept when the answer carries none (RFC 6749 §6); ``expires_at`` is
+        ``received_at + expires_in``. Keys the job does not know are kept.
+        """
+        document = copy.deepcopy(self.document)
+        inner = document["token"] if self.nested else document
+        inner["access_token"] = answer["access_token"]
+        new_refresh = answer.get("refresh_token")
+        if isinstance(new_refresh, str) and new_refresh:
+            inner["refresh_token"] = new_refresh
+        inner["token_type"] = answer.get("token_type") or inner.get("token_type") or "bearer"
+        expires_in = answer.get("expires_in")
+        if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool):
+            inner["expires_in"] = expires_in
+            inner["expires_at"] = round(received_at + float(expires_in), 3)
+        else:
+            # No lifetime given: forget the old expiry rather than keep a wrong one.
+            inner.pop("expires_in", None)
+            inner.pop("expires_at", None)
+        if "scope" in answer:
+            inner["scope"] = answer["scope"]
+        return TokenFile(document=document, nested=self.nested)
+
+    def to_bytes(self) -> bytes:
+        """Serialise as UTF-8 JSON with a trailing newline."""
+        return (json.dumps(self.document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def new_token_file(answer: Mapping[str, Any], received_at: float) -> TokenFile:
+    """Build a flat token file from a code-exchange ``answer`` (first authorization)."""
+    base = TokenFile(document={"access_token": "", "refresh_token": ""}, nested=False)
+    return base.with_answer(answer, received_at)
+
+
+def parse_token_file(data: bytes, where: str) -> TokenFile:
+    """Parse and validate token file bytes; ``where`` names the file in messages.
+
+    Raises TokenFileError (exit 65) saying what is wrong and where, never showing a value.
+    """
+    if len(data) > MAX_TOKEN_FILE_BYTES:
+        raise TokenFileError(
+            f"token file {where} is {len(data)} bytes, larger than any token file "
+            f"({MAX_TOKEN_FILE_BYTES} bytes at most); is this the right file?"
+        )
+    if not data.strip():
+        raise TokenFileError(
+            f"token file {where} is empty",
+            hint="restore it from a backup or a rescue file, or authorize again: aweber-job login",
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TokenFileError(f"token file {where} is not UTF-8 text (bad byte at offset {exc.start})") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TokenFileError(
+            f"token file {where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    if not isinstance(document, dict):
+        raise TokenFileError(f"token file {where} must hold a JSON object, found {_kind(document)}")
+
+    nested = "token" in document and "access_token" not in document
+    prefix = "token." if nested else ""
+    if nested:
+        inner = document["token"]
+        if not isinstance(inner, dict):
+            raise TokenFileError(f"token file {where}: field 'token' must be an object, found {_kind(inner)}")
+        for key in ("client_id", "client_secret"):
+            if key in document and document[key] is not None and not isinstance(document[key], str):
+                raise TokenFileError(
+                    f"token file {where}: field '{key}' must be a string, found {_kind(document[key])}"
+                )
+    else:
+        inner = document
+    _validate_token_fields(inner, where, prefix)
+    return TokenFile(document=document, nested=nested)
+
+
+def _validate_token_fields(inner: Mapping[str, Any], where: str, prefix: str) -> None:
+    """Check the flat token fields; raise TokenFileError naming the first field at fault."""
+    refresh = inner.get("refresh_token")
+    if "refresh_token" not in inner:
+        raise TokenFileError(
+            f"token file {where}: field '{prefix}refresh_token' is missing",
+            hint="without it the job cannot refresh; authorize again: aweber-job login",
+        )
+    if not isinstance(refresh, str) or not refresh:
+        raise TokenFileError(
+            f"token file {where}: field '{prefix}refresh_token' must be a non-empty string, found {_kind(refresh)}"
+        )
+    if "access_token" not in inner:
+        raise TokenFileError(f"token file {where}: field '{prefix}access_token' is missing")
+    if not isinstance(inner["access_token"], str):
+        raise TokenFileError(
+            f"token file {where}: field '{prefix}access_token' must be a string, "
+            f"found {_kind(inner['access_token'])}"
+        )
+    for key in ("expires_at", "expires_in"):
+        if key in inner and inner[key] is not None:
+            value = inner[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise TokenFileError(
+                    f"token file {where}: field '{prefix}{key}' must be a number (Unix seconds), "
+                    f"found {_kind(value)}"
+                )
+    if "token_type" in inner and inner["token_type"] is not None and not isinstance(inner["token_type"], str):
+        raise TokenFileError(
+            f"token file {where}: field '{prefix}token_type' must be a string, found {_kind(inner['token_type'])}"
+        )
+    if "scope" in inner and inner["scope"] is not None and not isinstance(inner["scope"], (str, list)):
+        raise TokenFileError(
+            f"token file {where}: field '{prefix}scope' must be a string or a list, found {_kind(inner['scope'])}"
+        )
