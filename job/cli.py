@@ -1,0 +1,243 @@
+"""The command line: arguments, wiring and exit codes — the only imperative shell.
+
+Nothing below this module calls ``sys.exit`` or reads ``os.environ``; errors travel up as
+:class:`job.errors.JobError` and are turned into one clear stderr line and an exit code here.
+Heavy imports (requests, tenacity) happen inside the commands that need them, so ``--help`` and
+``status`` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, NoReturn
+
+from job import __version__
+from job.errors import EXIT_OK, EXIT_TASK_FAILED, ConfigError, JobError, UsageError
+
+if TYPE_CHECKING:
+    import requests
+
+    from job.config import Settings
+
+log = logging.getLogger("job")
+
+COMMANDS = ("run", "refresh", "status", "login", "revoke", "tasks", "demo")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (exit 64) instead of exiting 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # On subcommands the defaults are suppressed so `aweber-job -q run` and `aweber-job run -q` agree.
+    default: Any = None if top else argparse.SUPPRESS
+    parser.add_argument("--env-file", metavar="PATH", default=default,
+                        help="read variables from this file (default: .env in the working directory; "
+                             "also AWEBER_ENV_FILE); the real environment wins")
+    parser.add_argument("-v", "--verbose", action="count", default=0 if top else argparse.SUPPRESS,
+                        help="more detail (-vv also shows HTTP connection lines); never shows secrets")
+    parser.add_argument("-q", "--quiet", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="only warnings and errors: nothing on success, so cron mails only on trouble")
+    parser.add_argument("--log-format", choices=("text", "json"), default=default,
+                        help="log lines as text or one JSON object a line (default: AWEBER_LOG_FORMAT or text)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, as SPEC §2 fixes it."""
+    parser = _Parser(
+        prog="aweber-job",
+        description="Keep an AWeber OAuth 2 integration authorized and run its daily task.",
+        epilog="Exit codes: 0 ok, 1 task failed, 64 usage, 65 token file invalid, 73 cannot write, "
+               "75 temporary (try later), 76 bad token answer, 77 authorize again, 78 configuration.",
+    )
+    _add_global_options(parser, top=True)
+    parser.add_argument("--version", action="version", version=f"aweber-job {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _add_global_options(p, top=False)
+        return p
+
+    run = command("run", "refresh the tokens, run the task, save its state (the default)")
+    _add_run_options(run)
+    command("refresh", "refresh and save the tokens only")
+    status = command("status", "show the token file and lock without contacting AWeber")
+    status.add_argument("--json", action="store_true", help="print one JSON object for machines")
+    login = command("login", "authorize once and write the token file")
+    login.add_argument("--code", help="the authorization code or the whole redirect URL (else prompted)")
+    login.add_argument("--redirect-uri", default=None,
+                       help="redirect URI registered for the app (default: urn:ietf:wg:oauth:2.0:oob)")
+    login.add_argument("--scope", default=None,
+                       help="space-separated scopes (default: account.read list.read subscriber.read)")
+    login.add_argument("--force", action="store_true", help="overwrite an existing token file")
+    command("revoke", "revoke the refresh token at AWeber and remove the token file")
+    command("tasks", "list the tasks that --task accepts")
+    demo = command("demo", "run the whole cycle against a built-in AWeber stand-in on loopback")
+    demo.add_argument("--keep", action="store_true", help="keep the demo's temporary directory")
+    _add_run_options(parser, top_level=True)
+    return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser, *, top_level: bool = False) -> None:
+    # Suppressed on `run` so that `aweber-job --task X run` is not undone by the subcommand's defaults.
+    default: Any = None if top_level else argparse.SUPPRESS
+    group = parser.add_argument_group("run options" + (" (when no command is given)" if top_level else ""))
+    group.add_argument("--task", default=default, help="task name or package.module:callable (AWEBER_TASK)")
+    group.add_argument("--output", metavar="PATH", default=default,
+                       help="append task output to this file instead of stdout")
+    group.add_argument("--format", choices=("jsonl", "csv"), default=default, help="output format (jsonl)")
+    group.add_argument("--since", default=default, metavar="DURATION|DATE",
+                       help="first-run look-back, e.g. 24h, 7d, 2026-11-01 (default 24h)")
+
+
+def load_environment(env_file: str | None, environ: Mapping[str, str]) -> dict[str, str]:
+    """The real environment over the ``.env`` file's values; raise ConfigError for a missing file."""
+    explicit = env_file or environ.get("AWEBER_ENV_FILE") or None
+    path = Path(explicit) if explicit else Path(".env")
+    merged: dict[str, str] = {}
+    if explicit or path.is_file():
+        if not path.is_file():
+            source = "--env-file" if env_file else "AWEBER_ENV_FILE"
+            raise ConfigError([f"{source}: {path} does not exist or is not a file"])
+        try:
+            from dotenv import dotenv_values
+
+            with open(path, encoding="utf-8") as handle:
+                values = dotenv_values(stream=handle)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise ConfigError([f"env file {path}: cannot read it: {reason}"]) from None
+        merged.update({k: v for k, v in values.items() if v is not None})
+    merged.update(environ)
+    return merged
+
+
+def make_session() -> requests.Session:
+    """One HTTP session for the run, naming the job in its User-Agent."""
+    import requests
+
+    session = requests.Session()
+    session.headers["User-Agent"] = f"aweber-job/{__version__} (+python-requests {requests.__version__})"
+    return session
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
+         stdout: IO[str] | None = None, stdin: IO[str] | None = None) -> int:
+    """Run the command line; return the exit code (the console script exits with it)."""
+    from job.logs import configure_logging
+
+    env_in = dict(os.environ if environ is None else environ)
+    out = stdout or sys.stdout
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        configure_logging()
+        log.error("%s", exc)
+        return exc.exit_code
+    log_format = args.log_format or (env_in.get("AWEBER_LOG_FORMAT") or "text").strip().lower()
+    configure_logging(verbosity=args.verbose, quiet=args.quiet, fmt="json" if log_format == "json" else "text")
+    command = args.command or "run"
+    try:
+        if command == "tasks":
+            return _cmd_tasks(out)
+        if command == "demo":
+            from job.demo import run_demo
+
+            demo_code: int = run_demo(out, keep=args.keep, verbose=args.verbose, quiet=args.quiet)
+            return demo_code
+        env = load_environment(args.env_file, env_in)
+        from job.config import load_settings
+
+        settings = load_settings(env)
+        if command == "status":
+            return _cmd_status(settings, out, as_json=args.json)
+        if command == "login":
+            from job.login import run_login
+
+            login_code: int = run_login(
+                settings, make_session(), code=args.code, redirect_uri=args.redirect_uri,
+                scope=args.scope, force=args.force, stdin=stdin or sys.stdin, stdout=out,
+            )
+            return login_code
+        if command == "revoke":
+            return _cmd_revoke(settings)
+        return _cmd_run(settings, args, out, refresh_only=(command == "refresh"))
+    except JobError as exc:
+        _report(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+def _report(exc: JobError) -> None:
+    """One line on stderr for the operator; CRITICAL when fresh tokens exist only in memory."""
+    from job.errors import TokenNotSavedError
+
+    level = logging.CRITICAL if isinstance(exc, TokenNotSavedError) else logging.ERROR
+    log.log(level, "%s", exc, extra={"exit_code": exc.exit_code})
+
+
+def _cmd_tasks(out: IO[str]) -> int:
+    from job.tasks import known_tasks
+
+    for name, description in known_tasks():
+        out.write(f"{name}\t{description}\n" if description else f"{name}\n")
+    out.flush()
+    return EXIT_OK
+
+
+def _cmd_status(settings: Settings, out: IO[str], *, as_json: bool) -> int:
+    from job.status import collect_status, render_status
+
+    report = collect_status(settings)
+    out.write(render_status(report, as_json=as_json))
+    out.flush()
+    return report.exit_code
+
+
+def _cmd_revoke(settings: Settings) -> int:
+    from job.login import run_revoke
+
+    revoke_code: int = run_revoke(settings, make_session())
+    return revoke_code
+
+
+def _cmd_run(settings: Settings, args: argparse.Namespace, out: IO[str], *, refresh_only: bool) -> int:
+    """The whole cycle of SPEC §1 (or steps 1–5 for ``refresh``), with monitoring around it."""
+    from job.monitor import Monitor
+    from job.runner import RunOptions, RunOutcome, run_cycle
+
+    options = RunOptions(
+        task=None if refresh_only else (getattr(args, "task", None) or settings.task),
+        output=getattr(args, "output", None),
+        fmt=getattr(args, "format", None) or "jsonl",
+        since=getattr(args, "since", None) or "24h",
+    )
+    session = make_session()
+    monitor = Monitor(settings, session)
+    outcome = RunOutcome()
+    monitor.start()
+    try:
+        run_cycle(settings, session, options, stdout=out, outcome=outcome)
+    except JobError as exc:
+        _report(exc)
+        outcome.exit_code = exc.exit_code
+    except Exception as exc:
+        log.error("unexpected error: %s: %s", type(exc).__name__, exc, exc_info=True)
+        outcome.exit_code = EXIT_TASK_FAILED
+    monitor.finish(outcome)
+    return outcome.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The token half of a run: lock → load → reserve → refresh → save, and refreshes during the task.
+
+:class:`TokenKeeper` holds the lock for the whole run and is the only thing that spends a refresh
+token. The API client asks it for a fresh access token when the old one nears expiry or is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import requests
+
+from job.config import Settings
+from job.errors import ConfigError
+from job.logs import REDACTOR
+from job.oauth import Client, TokenAnswer, TokenCall, refresh_tokens, warn_on_clock_skew
+from job.store import (
+    LoadedTokens,
+    Reservation,
+    TokenLock,
+    load_token_file,
+    remove_stale_temp_files,
+    reserve_size_for,
+    save_rotated_tokens,
+)
+from job.tokens import TokenFile, fingerprint, format_expiry
+
+log = logging.getLogger(__name__)
+
+
+def resolve_client(settings: Settings, tokens: TokenFile | None) -> Client:
+    """The client from the environment, else from a ``credentials.json`` shaped token file."""
+    client_id = settings.client_id or (tokens.client_id if tokens else None)
+    if not client_id:
+        raise ConfigError(["AWEBER_CLIENT_ID is not set (and the token file holds no client_id)"])
+    if settings.client_secret is not None:
+        secret: str | None = settings.client_secret.reveal()
+    elif tokens is not None and settings.client_id in (None, tokens.client_id):
+        secret = tokens.client_secret
+    else:
+        secret = None
+    REDACTOR.add(secret)
+    return Client(client_id=client_id, client_secret=secret)
+
+
+@dataclass
+class RefreshStats:
+    """What the refreshes of this run cost, for logs and metrics."""
+
+    refreshes: int = 0
+    token_requests: int = 0
+    last_refresh_seconds: float | None = None
+
+
+@dataclass
+class TokenKeeper:
+    """Holds the lock, the current tokens, and the one way to refresh and save them."""
+
+    settings: Settings
+    session: requests.Session
+    clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    stats: RefreshStats = field(default_factory=RefreshStats)
+    _lock: TokenLock | None = field(default=None, init=False, repr=False)
+    _loaded: LoadedTokens | None = field(default=None, init=False, repr=False)
+    _tokens: TokenFile | None = field(default=None, init=False, repr=False)
+    _client: Client | None = field(default=None, init=False, repr=False)
+
+    @property
+    def path(self) -> Path:
+        return self.settings.token_file
+
+    @property
+    def tokens(self) -> TokenFile:
+        if self._tokens is None:
+            raise RuntimeError("the token file is not loaded")
+        return self._tokens
+
+    @property
+    def access_token(self) -> str:
+        return self.tokens.access_token
+
+    def open(self) -> TokenKeeper:
+        """Take the lock and load the token file (steps 1–2)."""
+        self._lock = TokenLock(self.path, self.settings.lock_timeout_seconds)
+        self._lock.acquire()
+        try:
+            removed = remove_stale_temp_files(self.path)
+            if removed:
+                log.info("removed %d temporary file(s) left beside %s by an interrupted run", removed, self.path)
+            self._loaded = load_token_file(self.path)
+            self._tokens = self._loaded.tokens
+            REDACTOR.add(*self._tokens.secrets())
+            if self._loaded.readable_by_others:
+                log.warning(
+                    "token file %s is readable by group or others (mode %04o); it will be saved as 0600",
+                    self.path, self._loaded.mode,
+                )
+            self._client = resolve_client(self.settings, self._tokens)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Release the lock."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> TokenKeeper:
+        return self.open()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def refresh(self, reason: str) -> TokenFile:
+        """Reserve, refresh, save (steps 3–5); return the saved tokens.
+
+        Raises StorageError (73) before anything is sent when the reservation fails, the token-call
+        errors (75, 76, 77) with the file untouched, TokenNotSavedError (73) when saving fails.
+        """
+        if self._client is None or self._tokens is None:
+            raise RuntimeError("open() the keeper before refreshing")
+        current_size = len(self._tokens.to_bytes())
+        reservation = Reservation.create(self.path, reserve_size_for(current_size))
+        old_fingerprint = fingerprint(self._tokens.refresh_token)
+        call = TokenCall(
+            session=self.session,
+            url=self.settings.token_url,
+            timeout_seconds=self.settings.http_timeout_seconds,
+            deadline_seconds=self.settings.retry_deadline_seconds,
+            clock=self.clock,
+            monotonic=self.monotonic,
+            sleep=self.sleep,
+        )
+        started = self.monotonic()
+        log.debug("refreshing (%s); refresh token %s", reason, old_fingerprint)
+        try:
+            answer = refresh_tokens(call, self._client, self._tokens.refresh_token)
+        except BaseException:
+            reservation.discard()
+            raise
+        finally:
+            self.stats.token_requests += call.attempts
+        self._remember(answer)
+        new_tokens = self._tokens.with_answer(answer.body, answer.received_at)
+        self._tokens = new_tokens
+        save_rotated_tokens(self.path, new_tokens, reservation, now=self.clock)
+        self.stats.refreshes += 1
+        self.stats.last_refresh_seconds = self.monotonic() - started
+        warn_on_clock_skew(answer)
+        log.info(
+            "token refreshed (%s): access token expires %s; refresh token %s -> %s%s",
+            reason,
+            format_expiry(new_tokens.expires_at, self.clock()),
+            old_fingerprint,
+            fingerprint(new_tokens.refresh_token),
+            "" if answer.rotated else " (the server sent no new refresh token; the old one is kept)",
+            extra={
+                "expires_at": new_tokens.expires_at,
+                "refresh_token_before": old_fingerprint,
+                "refresh_token_after": fingerprint(new_tokens.refresh_token),
+            },
+        )
+        return new_tokens
+
+    def _remember(self, answer: TokenAnswer) -> None:
+        for key in ("access_token", "refresh_token"):
+            value = answer.body.get(key)
+            if isinstance(value, str):
+                REDACTOR.add(value)
+
+    def ensure_fresh(self, leeway_seconds: float) -> str:
+        """Return an access token good for at least ``leeway_seconds``, refreshing when it is not."""
+        if self.tokens.expires_within(leeway_seconds, self.clock()):
+            self.refresh("the access token expires soon")
+        return self.access_token

@@ -1,0 +1,339 @@
+"""Monitoring around a run, SPEC §8: healthchecks.io-style pings and a Prometheus textfile.
+
+Both are optional and both are best effort: a ping that cannot be delivered or a metrics file that
+cannot be written logs a warning and never changes the run's exit code — monitoring reports the
+job's result, it must not become it.
+
+Pings follow the healthchecks.io protocol: ``<url>/start`` when the run starts, ``<url>`` on
+success, ``<url>/fail`` on failure, all carrying the same ``rid`` (run id) query parameter so the
+server pairs start and finish. The failure body names the exit code and the last log lines; it is
+built from lines that are already redacted and is redacted once more. Pings are sent as a request
+prepared here rather than through the session's defaults, so no header or cookie meant for AWeber
+can reach the monitoring host.
+
+The metrics file is for node_exporter's textfile collector: rewritten atomically after every run,
+mode 0644 (it holds no secret, and node_exporter runs as another user).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+from job import __version__
+from job.config import Settings
+from job.errors import EXIT_MEANINGS, EXIT_OK, JobError, TemporaryError
+from job.logs import LOG_TAIL, REDACTOR
+from job.retries import call_with_retries, parse_retry_after
+from job.store import write_file_atomically
+from job.tokens import format_expiry
+
+if TYPE_CHECKING:
+    from job.runner import RunOutcome
+
+log = logging.getLogger(__name__)
+
+PING_TIMEOUT_SECONDS = 5.0
+PING_ATTEMPTS = 3
+# Bounds the time one ping may add to a run when the monitoring host is down or unreachable.
+PING_DEADLINE_SECONDS = 15.0
+# healthchecks.io keeps the first 100 kB of a ping body; the end of a log is what matters, and
+# a small body keeps the ping fast.
+MAX_PING_BODY_BYTES = 10_000
+METRICS_MODE = 0o644
+# The previous metrics file is read only for the last success timestamp; a larger file is not ours.
+MAX_METRICS_FILE_BYTES = 1_000_000
+
+_LAST_SUCCESS = "aweber_job_last_success_timestamp_seconds"
+_SAMPLE_LINE = re.compile(rf"^{_LAST_SUCCESS}(?:\{{[^}}]*\}})?[ \t]+(\S+)(?:[ \t]+\S+)?[ \t]*$", re.MULTILINE)
+
+
+class PingRefusedError(JobError):
+    """The monitoring host answered a ping with a status that a retry will not change."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One line of the metrics file: a metric name, its labels and its value."""
+
+    name: str
+    value: float
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+# Name → help text, in the order the file lists them. Every metric is a gauge: each describes the
+# last run, not a count since the job was installed.
+METRICS: dict[str, str] = {
+    "aweber_job_info": "Version of the job and the task of the last run (value always 1).",
+    "aweber_job_last_run_timestamp_seconds": "Unix time when the last run ended.",
+    _LAST_SUCCESS: "Unix time when the last successful run (exit code 0) ended.",
+    "aweber_job_exit_code": "Exit code of the last run (0 success; see the README for the others).",
+    "aweber_job_run_duration_seconds": "Wall-clock seconds the last run took.",
+    "aweber_job_access_token_expiry_timestamp_seconds": "Unix time when the saved access token expires.",
+    "aweber_job_refresh_duration_seconds": "Seconds the last token refresh of the last run took, retries included.",
+    "aweber_job_refreshes": "Token refreshes done by the last run.",
+    "aweber_job_http_requests": "HTTP requests the last run sent to AWeber, by endpoint kind (token or api).",
+    "aweber_job_new_subscribers": "New subscribers the last run reported.",
+}
+
+
+class Monitor:
+    """Pings a healthchecks.io-style URL and writes the metrics file around one run.
+
+    With neither ``settings.ping_url`` nor ``settings.metrics_file`` set it does nothing. No method
+    raises: every monitoring failure is logged as a warning.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        session: requests.Session,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        log_tail: Iterable[str] = LOG_TAIL,
+    ) -> None:
+        self._ping_url = settings.ping_url
+        self._metrics_file = settings.metrics_file
+        self._session = session
+        self._clock = clock
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._log_tail = log_tail
+        self._timeout_seconds = min(PING_TIMEOUT_SECONDS, settings.http_timeout_seconds)
+        self._run_id = str(uuid.uuid4()) if self._ping_url else ""
+        self._started: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether there is anything to ping or write."""
+        return bool(self._ping_url or self._metrics_file)
+
+    def start(self) -> None:
+        """Note the start time and send the ``/start`` ping."""
+        if not self.enabled:
+            return
+        self._started = self._monotonic()
+        if self._ping_url:
+            self._ping("start", "/start", b"")
+
+    def finish(self, outcome: RunOutcome) -> None:
+        """Write the metrics file, then send the success or failure ping for ``outcome``."""
+        if not self.enabled:
+            return
+        now = self._clock()
+        duration = self._monotonic() - self._started if self._started is not None else None
+        if self._metrics_file:
+            self._write_metrics(self._metrics_file, outcome, now, duration)
+        if self._ping_url:
+            if outcome.exit_code == EXIT_OK:
+                self._ping("success", "", success_body(outcome, now, duration))
+            else:
+                self._ping("fail", "/fail", failure_body(outcome, self._log_tail, duration))
+
+    # -- pings ------------------------------------------------------------------------------------
+
+    def _ping(self, what: str, suffix: str, body: bytes) -> None:
+        assert self._ping_url is not None
+        url = ping_url_for(self._ping_url, suffix, self._run_id)
+        # The ping URL's path is a credential of sorts (anyone holding it can ping): name the host only.
+        host = urlsplit(url).hostname or "the monitoring host"
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        user_agent = self._session.headers.get("User-Agent")
+        headers["User-Agent"] = str(user_agent) if user_agent else f"aweber-job/{__version__}"
+
+        def attempt() -> None:
+            # Prepared here, not by the session: no session header, cookie or auth can come along.
+            prepared = requests.Request("POST", url, data=body, headers=headers).prepare()
+            try:
+                response = self._session.send(
+                    prepared, timeout=self._timeout_seconds, allow_redirects=False, stream=True
+                )
+            except requests.RequestException as exc:
+                # Not str(exc): requests puts the whole URL into its messages.
+                raise TemporaryError(f"ping to {host}: {type(exc).__name__}") from None
+            try:
+                status = response.status_code
+                retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock())
+            finally:
+                response.close()
+            if status in (408, 429) or status >= 500:
+                raise TemporaryError(f"ping to {host}: HTTP {status}", retry_after_seconds=retry_after)
+            if not 200 <= status < 300:
+                raise PingRefusedError(f"ping to {host}: HTTP {status}")
+
+        try:
+            call_with_retries(
+                attempt,
+                deadline_seconds=PING_DEADLINE_SECONDS,
+                what=f"monitoring ping ({what})",
+                clock=self._monotonic,
+                sleep=self._sleep,
+                max_attempts=PING_ATTEMPTS,
+            )
+        except JobError as exc:
+            log.warning("monitoring ping (%s) not delivered: %s; the run's result is unchanged", what, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - monitoring must never end the run
+            log.warning(
+                "monitoring ping (%s) not delivered: %s; the run's result is unchanged", what, type(exc).__name__
+            )
+            return
+        log.debug("monitoring ping (%s) sent to %s", what, host)
+
+    # -- metrics ----------------------------------------------------------------------------------
+
+    def _write_metrics(self, path: Path, outcome: RunOutcome, now: float, duration: float | None) -> None:
+        try:
+            last_success = now if outcome.exit_code == EXIT_OK else read_last_success(path)
+            text = render_metrics(metric_samples(outcome, now, last_success, duration))
+            write_file_atomically(path, text.encode("utf-8"), mode=METRICS_MODE)
+        except OSError as exc:
+            log.warning(
+                "cannot write the metrics file %s: %s; the run's result is unchanged",
+                path, exc.strerror or type(exc).__name__,
+            )
+        except Exception as exc:  # noqa: BLE001 - monitoring must never end the run
+            log.warning("cannot write the metrics file %s: %s; the run's result is unchanged", path, exc)
+        else:
+            log.debug("metrics written to %s", path)
+
+
+def ping_url_for(base: str, suffix: str, run_id: str) -> str:
+    """``base`` + ``suffix`` (``""``, ``/start``, ``/fail``), keeping its query and adding ``rid``."""
+    parts = urlsplit(base)
+    query = "&".join(q for q in (parts.query, f"rid={run_id}" if run_id else "") if q)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + suffix, query, ""))
+
+
+def success_body(outcome: RunOutcome, now: float, duration: float | None) -> bytes:
+    """One short line for a successful run: what it did and when the access token expires."""
+    parts = [f"task {outcome.task}" if outcome.task else "refresh only"]
+    if outcome.new_subscribers is not None:
+        parts.append(f"{outcome.new_subscribers} new subscribers")
+    parts.append(f"{outcome.refreshes} refresh{'es' if outcome.refreshes != 1 else ''}")
+    parts.append(f"{outcome.http_requests} HTTP requests")
+    if outcome.access_expires_at is not None:
+        parts.append(f"access token expires {format_expiry(outcome.access_expires_at, now)}")
+    if duration is not None:
+        parts.append(f"took {duration:.1f} s")
+    return _cap(REDACTOR.redact("ok: " + ", ".join(parts) + "\n"), [])
+
+
+def failure_body(outcome: RunOutcome, log_tail: Iterable[str], duration: float | None) -> bytes:
+    """The exit code and its meaning, what the run got done, then the last log lines, all redacted."""
+    meaning = EXIT_MEANINGS.get(outcome.exit_code, "failure")
+    head = [
+        f"exit code {outcome.exit_code}: {meaning}",
+        f"task: {outcome.task or '-'}",
+        f"refreshes: {outcome.refreshes}, HTTP requests: {outcome.http_requests} "
+        f"(token {outcome.token_requests}, api {outcome.api_requests})",
+    ]
+    if duration is not None:
+        head.append(f"took {duration:.1f} s")
+    head.append("--- last log lines ---")
+    return _cap(REDACTOR.redact("\n".join(head) + "\n"), [REDACTOR.redact(line) for line in log_tail])
+
+
+def _cap(head: str, lines: list[str]) -> bytes:
+    """``head`` and as many of the newest ``lines`` as fit in MAX_PING_BODY_BYTES, oldest first."""
+    data = head.encode("utf-8")[:MAX_PING_BODY_BYTES]
+    budget = MAX_PING_BODY_BYTES - len(data)
+    kept: list[bytes] = []
+    for line in reversed(lines):
+        encoded = line.encode("utf-8") + b"\n"
+        if len(encoded) > budget:
+            if not kept and budget > 1:
+                kept.append(encoded[: budget - 1] + b"\n")
+            break
+        kept.append(encoded)
+        budget -= len(encoded)
+    body = data + b"".join(reversed(kept))
+    # A cut may fall inside a character; drop the broken bytes rather than send invalid UTF-8.
+    return body.decode("utf-8", errors="ignore").encode("utf-8")
+
+
+def read_last_success(path: Path) -> float | None:
+    """The last success timestamp in an earlier metrics file at ``path``, or None if none is there."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_METRICS_FILE_BYTES)
+    except OSError:
+        return None
+    match = _SAMPLE_LINE.search(data.decode("utf-8", errors="replace"))
+    if not match:
+        return None
+    try:
+        value = float(match.group(1))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def metric_samples(
+    outcome: RunOutcome, now: float, last_success: float | None, duration: float | None
+) -> list[Sample]:
+    """The samples describing ``outcome``; values the run does not know are left out."""
+    info_labels = [("version", __version__)]
+    if outcome.task:
+        info_labels.append(("task", outcome.task))
+    samples = [
+        Sample("aweber_job_info", 1, tuple(info_labels)),
+        Sample("aweber_job_last_run_timestamp_seconds", now),
+    ]
+    if last_success is not None:
+        samples.append(Sample(_LAST_SUCCESS, last_success))
+    samples.append(Sample("aweber_job_exit_code", outcome.exit_code))
+    if duration is not None:
+        samples.append(Sample("aweber_job_run_duration_seconds", duration))
+    if outcome.access_expires_at is not None:
+        samples.append(Sample("aweber_job_access_token_expiry_timestamp_seconds", outcome.access_expires_at))
+    if outcome.refresh_seconds is not None:
+        samples.append(Sample("aweber_job_refresh_duration_seconds", outcome.refresh_seconds))
+    samples.append(Sample("aweber_job_refreshes", outcome.refreshes))
+    samples.append(Sample("aweber_job_http_requests", outcome.token_requests, (("kind", "token"),)))
+    samples.append(Sample("aweber_job_http_requests", outcome.api_requests, (("kind", "api"),)))
+    if outcome.new_subscribers is not None:
+        samples.append(Sample("aweber_job_new_subscribers", outcome.new_subscribers))
+    return samples
+
+
+def render_metrics(samples: Iterable[Sample]) -> str:
+    """Prometheus text exposition format: HELP and TYPE once per metric, then its samples."""
+    by_name: dict[str, list[Sample]] = {}
+    for sample in samples:
+        by_name.setdefault(sample.name, []).append(sample)
+    lines: list[str] = []
+    for name in sorted(by_name, key=lambda n: list(METRICS).index(n) if n in METRICS else len(METRICS)):
+        lines.append(f"# HELP {name} {_escape_help(METRICS.get(name, name))}")
+        lines.append(f"# TYPE {name} gauge")
+        for sample in by_name[name]:
+            labels = ",".join(f'{key}="{_escape_label(value)}"' for key, value in sample.labels)
+            lines.append(f"{name}{{{labels}}} {_format_value(sample.value)}" if labels
+                         else f"{name} {_format_value(sample.value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _format_value(value: float) -> str:
+    if isinstance(value, int) or (math.isfinite(value) and value == int(value) and abs(value) < 2**53):
+        return str(int(value))
+    return repr(float(value))
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _escape_label(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')

@@ -1,0 +1,412 @@
+"""OAuth 2 at AWeber's token and revoke endpoints, through a passed-in ``requests`` session.
+
+Three small steps, as in google-auth's client: build the request, send it (translating transport
+errors into "not sent" or "sent, answer lost"), and classify the answer. Only the refresh and code
+exchange are retried, and only for outcomes classified as transient; an answer that may have been
+lost after the server acted on it is resent at most once (SPEC §5).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import requests
+
+from job.errors import AuthError, ProtocolError, TemporaryError
+from job.retries import call_with_retries, parse_retry_after
+from job.tokens import MAX_TOKEN_ANSWER_BYTES
+
+log = logging.getLogger(__name__)
+
+OOB_REDIRECT_URI = "urn:ietf:wg:oauth:2.0:oob"
+DEFAULT_SCOPE = "account.read list.read subscriber.read"
+CLOCK_SKEW_WARNING_SECONDS = 300.0
+
+# RFC 6749 §5.2 errors that mean "try again later" rather than "authorize again".
+TRANSIENT_OAUTH_ERRORS = frozenset({"server_error", "temporarily_unavailable"})
+TRANSIENT_STATUSES = frozenset({408, 429})
+
+ACTIONS = {
+    "invalid_grant": "authorize again: aweber-job login",
+    "invalid_client": "check AWEBER_CLIENT_ID and the client secret",
+    "unauthorized_client": "this client may not use this grant; check the app's settings at AWeber",
+    "invalid_scope": "authorize again with the scopes the app is allowed: aweber-job login",
+}
+
+
+@dataclass(frozen=True)
+class Client:
+    """OAuth client identity: a confidential client has a secret, a public one uses PKCE."""
+
+    client_id: str
+    client_secret: str | None = field(default=None, repr=False)
+
+    @property
+    def is_public(self) -> bool:
+        return not self.client_secret
+
+
+@dataclass(frozen=True)
+class TokenAnswer:
+    """A usable token-endpoint answer and when it arrived (Unix seconds)."""
+
+    body: Mapping[str, Any] = field(repr=False)
+    received_at: float
+    server_date: float | None = None
+
+    @property
+    def rotated(self) -> bool:
+        return isinstance(self.body.get("refresh_token"), str) and bool(self.body.get("refresh_token"))
+
+
+class AnswerLostError(TemporaryError):
+    """The request went out but no complete answer came back: the server may have acted on it."""
+
+
+@dataclass(frozen=True)
+class _Received:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    received_at: float
+
+
+# ---- building requests ---------------------------------------------------------------------
+
+def client_auth(client: Client, form: dict[str, str]) -> dict[str, str]:
+    """Return headers for client authentication, adding ``client_id`` to ``form`` for public clients.
+
+    Confidential: HTTP Basic ``client_id:client_secret`` (AWeber's preferred way). Public: no
+    Authorization header; ``client_id`` in the body, as AWeber documents for PKCE clients.
+    """
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Accept": "application/json",
+    }
+    if client.is_public:
+        form["client_id"] = client.client_id
+    else:
+        assert client.client_secret is not None
+        pair = f"{client.client_id}:{client.client_secret}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+    return headers
+
+
+def make_pkce_pair() -> tuple[str, str]:
+    """Return a fresh PKCE (verifier, S256 challenge); the verifier is 64 URL-safe characters."""
+    verifier = secrets.token_urlsafe(48)
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    challenge = base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return verifier, challenge
+
+
+def authorize_url(
+    base_url: str,
+    client: Client,
+    *,
+    redirect_uri: str,
+    scope: str,
+    state: str,
+    code_challenge: str | None,
+) -> str:
+    """The URL a person opens to approve the app (AWeber: no PKCE for confidential clients)."""
+    params = {
+        "response_type": "code",
+        "client_id": client.client_id,
+        "redirect_uri": redirect_uri,
+        "scope": scope,
+        "state": state,
+    }
+    if code_challenge:
+        params["code_challenge"] = code_challenge
+        params["code_challenge_method"] = "S256"
+    separator = "&" if urlsplit(base_url).query else "?"
+    return base_url + separator + urlencode(params)
+
+
+def parse_pasted_code(pasted: str, expected_state: str) -> str:
+    """Return the authorization code from a pasted code or a whole redirect URL (state checked)."""
+    text = pasted.strip()
+    if not text:
+        raise AuthError("no authorization code was given")
+    if "://" in text or text.startswith("?") or "code=" in text:
+        query = urlsplit(text).query if "://" in text else text.lstrip("?")
+        params = parse_qs(query)
+        if "error" in params:
+            raise AuthError(f"the authorization was refused: {params['error'][0]}")
+        codes = params.get("code")
+        if not codes or not codes[0]:
+            raise AuthError("the pasted URL holds no 'code' parameter")
+        states = params.get("state")
+        if not states or not secrets.compare_digest(states[0], expected_state):
+            raise AuthError(
+                "the pasted URL's state does not match the one this login sent; "
+                "start again with a fresh aweber-job login and use the URL it prints"
+            )
+        return codes[0]
+    return text
+
+
+# ---- sending -------------------------------------------------------------------------------
+
+def _read_body(response: requests.Response, timeout_seconds: float, clock: Callable[[], float]) -> bytes:
+    """Read at most MAX_TOKEN_ANSWER_BYTES + 1 bytes, within ``timeout_seconds`` in total."""
+    started = clock()
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=8192):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_TOKEN_ANSWER_BYTES:
+            break
+        if clock() - started > timeout_seconds:
+            raise requests.exceptions.ReadTimeout("the answer arrived too slowly")
+    return b"".join(chunks)
+
+
+def _send(
+    session: requests.Session,
+    url: str,
+    form: dict[str, str],
+    headers: dict[str, str],
+    timeout_seconds: float,
+    clock: Callable[[], float],
+) -> _Received:
+    """POST the form once; raise TemporaryError (not sent) or AnswerLostError (sent, no answer)."""
+    try:
+        response = session.post(
+            url, data=form, headers=headers, timeout=timeout_seconds, allow_redirects=False, stream=True
+        )
+    except (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError) as exc:
+        raise TemporaryError(f"could not connect to the token endpoint ({type(exc).__name__})") from None
+    except requests.exceptions.ConnectionError as exc:
+        if _failed_before_sending(exc):
+            raise TemporaryError("could not connect to the token endpoint (connection refused or failed)") from None
+        raise AnswerLostError("the connection to the token endpoint broke before an answer came") from None
+    except requests.exceptions.Timeout:
+        raise AnswerLostError("the token endpoint did not answer in time") from None
+    except requests.exceptions.RequestException as exc:
+        raise TemporaryError(f"the request to the token endpoint failed ({type(exc).__name__})") from None
+    try:
+        body = _read_body(response, timeout_seconds, time.monotonic)
+    except requests.exceptions.RequestException:
+        raise AnswerLostError("the token endpoint's answer was cut off") from None
+    finally:
+        response.close()
+    return _Received(response.status_code, dict(response.headers), body, clock())
+
+
+def _failed_before_sending(exc: requests.exceptions.ConnectionError) -> bool:
+    """Whether a connection error happened before the request could reach the server."""
+    text = repr(exc.args[0]) if exc.args else repr(exc)
+    markers = ("NewConnectionError", "Failed to establish", "NameResolutionError", "Connection refused")
+    return any(marker in text for marker in markers)
+
+
+# ---- classifying ---------------------------------------------------------------------------
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _server_date(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Date") or headers.get("date")
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _short(text: object, limit: int = 200) -> str:
+    value = " ".join(str(text).split())
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def classify_token_answer(received: _Received, *, what: str) -> TokenAnswer:
+    """Turn a token-endpoint answer into a TokenAnswer or raise the error class it belongs to.
+
+    2xx with a string ``access_token`` (bearer) → success; 408, 429, 5xx and OAuth
+    ``server_error``/``temporarily_unavailable`` → TemporaryError; other 4xx → AuthError (exit 77);
+    an unusable 2xx (or 3xx) → ProtocolError (exit 76).
+    """
+    status = received.status
+    if 200 <= status < 300:
+        return _usable_token(received, what=what)
+    if 300 <= status < 400:
+        raise ProtocolError(f"the token endpoint answered {what} with a redirect (HTTP {status})")
+    body = _json_object(received.body)
+    retry_after = parse_retry_after(received.headers.get("Retry-After"), received.received_at)
+    oauth_error = body.get("error") if body else None
+    transient_error = isinstance(oauth_error, str) and oauth_error in TRANSIENT_OAUTH_ERRORS
+    if status in TRANSIENT_STATUSES or status >= 500 or transient_error:
+        detail = f"HTTP {status}" + (f" {oauth_error}" if isinstance(oauth_error, str) else "")
+        raise TemporaryError(
+            f"the token endpoint is unavailable ({detail})", retry_after_seconds=retry_after
+        )
+    if isinstance(oauth_error, str):
+        description = body.get("error_description") if body else None
+        message = f"the token endpoint refused {what}: {oauth_error}"
+        if isinstance(description, str) and description:
+            message += f" ({_short(description)})"
+        raise AuthError(message, hint=ACTIONS.get(oauth_error, "check the client settings, then: aweber-job login"))
+    if isinstance(oauth_error, dict):
+        # AWeber's own envelope: {"error": {"status", "message", "type", "documentation_url"}}.
+        kind = oauth_error.get("type") or "Error"
+        message = oauth_error.get("message") or ""
+        raise AuthError(
+            f"the token endpoint refused {what}: HTTP {status} {_short(kind, 60)}: {_short(message)}",
+            hint="check AWEBER_CLIENT_ID and the client secret, then: aweber-job login",
+        )
+    raise AuthError(
+        f"the token endpoint refused {what}: HTTP {status}",
+        hint="check the client settings and AWEBER_TOKEN_URL, then: aweber-job login",
+    )
+
+
+def _usable_token(received: _Received, *, what: str) -> TokenAnswer:
+    spent = "the refresh token may have been spent" if what == "the refresh" else "the code may have been spent"
+    if len(received.body) > MAX_TOKEN_ANSWER_BYTES:
+        raise ProtocolError(
+            f"the token endpoint answered {what} with more than {MAX_TOKEN_ANSWER_BYTES} bytes; {spent}"
+        )
+    body = _json_object(received.body)
+    if body is None:
+        raise ProtocolError(f"the token endpoint answered {what} with something that is not a JSON object; {spent}")
+    access = body.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise ProtocolError(f"the token endpoint's answer to {what} has no access_token; {spent}")
+    token_type = body.get("token_type")
+    if token_type is not None and (not isinstance(token_type, str) or token_type.lower() != "bearer"):
+        raise ProtocolError(f"the token endpoint's answer to {what} has a token_type other than bearer; {spent}")
+    refresh = body.get("refresh_token")
+    if refresh is not None and (not isinstance(refresh, str) or not refresh):
+        raise ProtocolError(f"the token endpoint's answer to {what} has an unusable refresh_token; {spent}")
+    expires_in = body.get("expires_in")
+    if isinstance(expires_in, str) and expires_in.strip().isdigit():
+        body["expires_in"] = int(expires_in)
+    elif expires_in is not None and (isinstance(expires_in, bool) or not isinstance(expires_in, (int, float))):
+        raise ProtocolError(f"the token endpoint's answer to {what} has an unusable expires_in; {spent}")
+    return TokenAnswer(body=body, received_at=received.received_at, server_date=_server_date(received.headers))
+
+
+# ---- the calls ------------------------------------------------------------------------------
+
+@dataclass
+class TokenCall:
+    """One token-endpoint exchange with its bounds and collaborators."""
+
+    session: requests.Session
+    url: str
+    timeout_seconds: float
+    deadline_seconds: float
+    clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    attempts: int = 0
+
+    def post(self, form: dict[str, str], client: Client, *, what: str, consumed_hint: str) -> TokenAnswer:
+        """Send ``form`` with retries for transient outcomes and at most one resend after a lost answer."""
+        lost_answers = 0
+
+        def attempt() -> TokenAnswer:
+            nonlocal lost_answers
+            body = dict(form)
+            headers = client_auth(client, body)
+            self.attempts += 1
+            try:
+                received = _send(self.session, self.url, body, headers, self.timeout_seconds, self.clock)
+            except AnswerLostError as exc:
+                lost_answers += 1
+                if lost_answers > 1:
+                    raise TemporaryError(
+                        f"{exc}, twice; {consumed_hint} may have been used by a request whose answer was lost",
+                        hint="the next run will tell; if it fails with invalid_grant, run: aweber-job login",
+                    ) from None
+                log.warning("%s; resending once (the server may already have acted on it)", exc)
+                raise
+            try:
+                return classify_token_answer(received, what=what)
+            except AuthError as exc:
+                if lost_answers and "invalid_grant" in exc.message:
+                    raise AuthError(
+                        f"the token endpoint refused {what} with invalid_grant after an earlier answer was lost: "
+                        f"{consumed_hint} was most likely consumed by the request whose answer never arrived",
+                        hint="authorize again: aweber-job login",
+                    ) from None
+                raise
+
+        return call_with_retries(
+            attempt,
+            deadline_seconds=self.deadline_seconds,
+            what=f"{what} at the token endpoint",
+            clock=self.monotonic,
+            sleep=self.sleep,
+        )
+
+
+def refresh_tokens(call: TokenCall, client: Client, refresh_token: str) -> TokenAnswer:
+    """Exchange ``refresh_token`` for new tokens (SPEC §5)."""
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    return call.post(form, client, what="the refresh", consumed_hint="the refresh token")
+
+
+def exchange_code(
+    call: TokenCall, client: Client, code: str, *, redirect_uri: str, code_verifier: str | None
+) -> TokenAnswer:
+    """Exchange an authorization code (and the PKCE verifier for public clients) for tokens."""
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
+    if code_verifier:
+        form["code_verifier"] = code_verifier
+    return call.post(form, client, what="the authorization code", consumed_hint="the authorization code")
+
+
+def revoke_token(call: TokenCall, client: Client, token: str, *, hint: str = "refresh_token") -> None:
+    """Revoke ``token`` at the revoke endpoint; raise AuthError/TemporaryError when AWeber refuses."""
+
+    def attempt() -> None:
+        form = {"token": token, "token_type_hint": hint}
+        headers = client_auth(client, form)
+        try:
+            received = _send(call.session, call.url, form, headers, call.timeout_seconds, call.clock)
+        except AnswerLostError as exc:
+            raise TemporaryError(f"{exc}; the token may or may not be revoked") from None
+        if not 200 <= received.status < 300:
+            classify_token_answer(received, what="the revocation")  # raises the error class it belongs to
+
+    call_with_retries(
+        attempt, deadline_seconds=call.deadline_seconds, what="the revocation", clock=call.monotonic, sleep=call.sleep
+    )
+
+
+def clock_skew_seconds(answer: TokenAnswer) -> float | None:
+    """Local clock minus the server's Date header, or None when the server sent no date."""
+    if answer.server_date is None:
+        return None
+    return answer.received_at - answer.server_date
+
+
+def warn_on_clock_skew(answer: TokenAnswer) -> None:
+    """Warn when the local clock and the server's differ by more than five minutes."""
+    skew = clock_skew_seconds(answer)
+    if skew is not None and abs(skew) > CLOCK_SKEW_WARNING_SECONDS:
+        direction = "ahead of" if skew > 0 else "behind"
+        log.warning(
+            "the local clock is %.0f s %s the token endpoint's; token expiry times may be off (check NTP)",
+            abs(skew), direction,
+        )

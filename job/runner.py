@@ -1,0 +1,216 @@
+"""One run, SPEC §1: resolve the task, lock, load, reserve, refresh, save, task, save its state.
+
+The caller passes a :class:`RunOutcome` to fill as the run goes, so monitoring can report what a
+failed run did too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import IO, Any
+
+import requests
+
+from job.api import ApiClient
+from job.config import Settings
+from job.cycle import TokenKeeper
+from job.errors import EXIT_OK, JobError, StorageError, TaskError, TokenFileError, UsageError
+from job.store import write_file_atomically
+from job.tasks import Task, TaskContext, resolve_task
+
+log = logging.getLogger(__name__)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``run`` was asked to do; ``task=None`` means refresh only."""
+
+    task: str | None
+    output: str | None = None
+    fmt: str = "jsonl"
+    since: str = "24h"
+
+
+@dataclass
+class RunOutcome:
+    """What a run did, filled in as it goes (for the exit code, logs, pings and metrics)."""
+
+    exit_code: int = EXIT_OK
+    task: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    refreshes: int = 0
+    refresh_seconds: float | None = None
+    token_requests: int = 0
+    api_requests: int = 0
+    access_expires_at: float | None = None
+    new_subscribers: int | None = None
+
+    @property
+    def http_requests(self) -> int:
+        return self.token_requests + self.api_requests
+
+
+def parse_since(value: str, now: datetime) -> datetime:
+    """``24h``, ``90m``, ``7d``, ``2w``, a date ``2026-11-01`` or an ISO date-time → an aware UTC instant."""
+    match = _DURATION.match(value)
+    if match:
+        seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
+        if seconds <= 0:
+            raise UsageError(f"--since must be a positive duration, got {value!r}")
+        return now - timedelta(seconds=seconds)
+    try:
+        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"--since takes a duration such as 24h, 7d, 90m or a date such as 2026-11-01, got {value!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    if when > now:
+        raise UsageError(f"--since {value!r} is in the future")
+    return when.astimezone(timezone.utc)
+
+
+class TaskState:
+    """A task's persistent JSON state in ``<state dir>/<task>.state.json``, saved atomically."""
+
+    def __init__(self, state_dir: Path, task: Task) -> None:
+        self.path = state_dir / f"{task.state_name}.state.json"
+
+    def load(self) -> dict[str, Any]:
+        """The saved state, or {} on a first run; TokenFileError (65) names a corrupt file."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise StorageError(f"cannot read task state {self.path}: {exc.strerror or exc}") from exc
+        try:
+            value = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            value = None
+        if not isinstance(value, dict):
+            raise TokenFileError(
+                f"task state file {self.path} is not a JSON object",
+                hint="move it away to start again from --since",
+            )
+        return value
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Write the state atomically and durably; StorageError (73) when it cannot."""
+        try:
+            content = (json.dumps(state, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise TaskError(f"the task's state is not JSON-serialisable: {exc}") from exc
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_file_atomically(self.path, content)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot save task state {self.path}: {exc.strerror or exc}; the tokens are saved, "
+                "and the next run repeats this run's work"
+            ) from exc
+
+
+def _open_output(path: str | None, stdout: IO[str]) -> tuple[IO[str], bool]:
+    """The task's output stream: stdout, or ``path`` opened for appending (created 0600)."""
+    if not path or path == "-":
+        return stdout, False
+    try:
+        import os
+
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return open(fd, "a", encoding="utf-8", newline=""), True
+    except OSError as exc:
+        raise StorageError(f"cannot open the output file {path}: {exc.strerror or exc}") from exc
+
+
+def run_cycle(
+    settings: Settings,
+    session: requests.Session,
+    options: RunOptions,
+    *,
+    stdout: IO[str],
+    outcome: RunOutcome | None = None,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RunOutcome:
+    """Run the cycle; raise JobError subclasses for the CLI to map to exit codes."""
+    outcome = outcome if outcome is not None else RunOutcome()
+    # Everything that can be checked without the token is checked first, so mistakes cost nothing.
+    task = resolve_task(options.task) if options.task else None
+    now = datetime.fromtimestamp(clock(), tz=timezone.utc)
+    since = parse_since(options.since, now) if task else None
+    outcome.task = task.name if task else None
+    output, close_output = _open_output(options.output, stdout) if task else (stdout, False)
+    keeper = TokenKeeper(settings, session, clock=clock, monotonic=monotonic, sleep=sleep)
+    try:
+        with keeper:
+            state_store = TaskState(settings.state_dir, task) if task else None
+            state = state_store.load() if state_store else {}
+            try:
+                keeper.refresh("refresh on start")
+            finally:
+                _copy_refresh_stats(keeper, outcome)
+            if task is None or state_store is None:
+                return outcome
+            api = ApiClient(
+                session,
+                base_url=settings.api_url,
+                tokens=keeper,
+                rate_limit_per_minute=settings.rate_limit_per_minute,
+                refresh_leeway_seconds=settings.refresh_leeway_seconds,
+                timeout_seconds=settings.http_timeout_seconds,
+                retry_deadline_seconds=settings.retry_deadline_seconds,
+                clock=clock,
+                monotonic=monotonic,
+                sleep=sleep,
+            )
+            context = TaskContext(
+                api=api,
+                state=state,
+                settings=settings,
+                log=logging.getLogger(f"job.task.{task.state_name}"),
+                output=output,
+                now=lambda: datetime.fromtimestamp(clock(), tz=timezone.utc),
+                output_format=options.fmt,
+                since=since,
+            )
+            try:
+                summary = task.function(context)
+            except JobError:
+                raise
+            except Exception as exc:
+                raise TaskError(f"task {task.name} failed: {type(exc).__name__}: {exc}") from exc
+            finally:
+                outcome.api_requests = api.requests_made
+                _copy_refresh_stats(keeper, outcome)
+                outcome.new_subscribers = context.counters.get("new_subscribers")
+            context.flush_output()
+            state_store.save(context.state)
+            outcome.summary = dict(summary or {})
+            return outcome
+    finally:
+        if close_output:
+            output.close()
+
+
+def _copy_refresh_stats(keeper: TokenKeeper, outcome: RunOutcome) -> None:
+    outcome.refreshes = keeper.stats.refreshes
+    outcome.refresh_seconds = keeper.stats.last_refresh_seconds
+    outcome.token_requests = keeper.stats.token_requests
+    try:
+        outcome.access_expires_at = keeper.tokens.expires_at
+    except RuntimeError:
+        pass

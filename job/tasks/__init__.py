@@ -1,0 +1,121 @@
+"""The task protocol: a callable taking a :class:`TaskContext`, returning None or a small summary.
+
+Tasks are found by name in the entry-point group ``aweber_job.tasks`` (the built-ins are
+registered there too) or by a ``package.module:callable`` path. Resolution happens before the
+lock and the refresh, so a typo costs no token.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.metadata import entry_points
+from typing import IO, TYPE_CHECKING, Any
+
+from job.errors import UsageError
+
+if TYPE_CHECKING:
+    from job.api import ApiClient
+    from job.config import Settings
+
+ENTRY_POINT_GROUP = "aweber_job.tasks"
+
+# The built-ins, for an uninstalled checkout (``python -m job`` from a source tree) where entry
+# points are not registered; installed copies find the same through the group.
+BUILTIN_TASKS = {
+    "new-subscribers": "job.tasks.new_subscribers:new_subscribers",
+    "noop": "job.tasks.noop:noop",
+}
+
+
+@dataclass
+class TaskContext:
+    """What a task gets: the API, its persistent state, configuration, a logger, output, the clock."""
+
+    api: ApiClient
+    state: dict[str, Any]
+    settings: Settings
+    log: logging.Logger
+    output: IO[str]
+    now: Callable[[], datetime]
+    output_format: str = "jsonl"
+    since: datetime | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def flush_output(self) -> None:
+        """Flush the output and, for a file, fsync it: call before moving a watermark."""
+        self.output.flush()
+        try:
+            fileno = self.output.fileno()
+        except (OSError, ValueError, AttributeError):
+            return
+        try:
+            if not os.isatty(fileno):
+                os.fsync(fileno)
+        except OSError:
+            pass  # pipes and sockets cannot be fsynced; flushing is all there is
+
+
+TaskFunction = Callable[[TaskContext], Mapping[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A resolved task: the name it was asked by and the callable."""
+
+    name: str
+    function: TaskFunction
+
+    @property
+    def state_name(self) -> str:
+        """A file-name-safe form of the name, for the state file."""
+        return "".join(c if c.isalnum() or c in "._-" else "_" for c in self.name)
+
+
+def _registered() -> dict[str, str]:
+    """Task name → ``module:attr`` from the entry-point group, with the built-ins as fallback."""
+    found = dict(BUILTIN_TASKS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name] = ep.value
+    return found
+
+
+def _load(target: str, name: str) -> TaskFunction:
+    module_name, _, attr = target.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"task {name!r} cannot be loaded from {target}: {type(exc).__name__}: {exc}") from None
+    if not callable(obj):
+        raise UsageError(f"task {name!r} ({target}) is not callable")
+    function: TaskFunction = obj
+    return function
+
+
+def resolve_task(name: str) -> Task:
+    """Find a task by registered name or ``package.module:callable``; UsageError (64) when unknown."""
+    registered = _registered()
+    if name in registered:
+        return Task(name, _load(registered[name], name))
+    if ":" in name:
+        return Task(name, _load(name, name))
+    known = ", ".join(sorted(registered))
+    raise UsageError(f"unknown task {name!r}; known tasks: {known} (or give package.module:callable)")
+
+
+def known_tasks() -> list[tuple[str, str]]:
+    """(name, first docstring line) for every registered task."""
+    rows = []
+    for name, target in sorted(_registered().items()):
+        try:
+            doc = (_load(target, name).__doc__ or "").strip().splitlines()
+        except UsageError as exc:
+            doc = [f"(cannot be loaded: {exc})"]
+        rows.append((name, doc[0] if doc else ""))
+    return rows

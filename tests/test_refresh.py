@@ -1,0 +1,294 @@
+"""Refresh on start against the stand-in over real HTTP: outcomes, retries, lost answers, races, kills,
+and not one secret in anything the job prints."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from job.standin import Fault, StandIn
+from tests.conftest import (
+    CONFIDENTIAL_ID,
+    CONFIDENTIAL_SECRET,
+    PUBLIC_ID,
+    REPO,
+    JobFiles,
+    invalid_grants,
+    run_job,
+    token_requests,
+)
+
+
+@dataclass
+class Seen:
+    """Every secret value a test saw in a token file, to scan the job's output for."""
+
+    values: set[str] = field(default_factory=lambda: {CONFIDENTIAL_SECRET})
+
+    def add_file(self, path: Path) -> None:
+        if path.is_file():
+            try:
+                document = json.loads(path.read_text())
+            except ValueError:
+                return
+            token = document.get("token", document)
+            for key in ("access_token", "refresh_token"):
+                if isinstance(token.get(key), str) and token[key]:
+                    self.values.add(token[key])
+
+    def assert_absent_from(self, text: str) -> None:
+        for value in self.values:
+            assert value not in text, "a secret reached the job's output"
+        for marker in ("grant_type=", "refresh_token=", "Authorization: Basic", "client_secret="):
+            assert marker not in text, f"a request body or header reached the job's output: {marker}"
+
+
+def wait_for_token_requests(job: JobFiles, expected: int, timeout: float = 6) -> int:
+    """The stand-in's token-request count once it reaches ``expected`` (or the timeout passes)."""
+    deadline = time.monotonic() + timeout
+    count = token_requests(job.standin)
+    while count < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        count = token_requests(job.standin)
+    return count
+
+
+def refresh(job: JobFiles, seen: Seen, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `aweber-job -vv refresh` and check its whole output for secrets."""
+    seen.add_file(job.token_file)
+    result = run_job(["-vv", "refresh", *args], job.env(**env))
+    seen.add_file(job.token_file)
+    seen.assert_absent_from(result.stdout + result.stderr)
+    return result
+
+
+@pytest.fixture
+def seen() -> Seen:
+    return Seen()
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    faults: tuple[Fault, ...]
+    exit_code: int
+    attempts: int
+    changed: bool
+    words: str = ""
+    env: tuple[tuple[str, str], ...] = ()
+
+
+CASES = [
+    Case("200", (), 0, 1, True, "refresh token"),
+    Case("408 then 200", (Fault(status=408),), 0, 2, True, "retrying"),
+    Case("429 Retry-After then 200", (Fault(status=429, retry_after="1"),), 0, 2, True, "retrying in 1.0 s"),
+    Case("500 then 200", (Fault(status=500),), 0, 2, True, "retrying"),
+    Case("503 then 200", (Fault(status=503),), 0, 2, True, "temporarily_unavailable"),
+    Case("server_error in a 400", (Fault(status=400, oauth_error="server_error"),), 0, 2, True, "retrying"),
+    Case("503 until the deadline", tuple(Fault(status=503) for _ in range(30)), 75, -1, False,
+         "unavailable", (("AWEBER_RETRY_DEADLINE", "3"),)),
+    Case("400 invalid_grant", (Fault(status=400, oauth_error="invalid_grant"),), 77, 1, False,
+         "authorize again: aweber-job login"),
+    Case("401 invalid_client", (Fault(status=401, oauth_error="invalid_client"),), 77, 1, False,
+         "check AWEBER_CLIENT_ID and the client secret"),
+    Case("400 AWeber envelope", (Fault(status=400, envelope=True, message="Request does not have OAuth credentials."),),
+         77, 1, False, "BadRequestError"),
+    Case("403 unauthorized_client", (Fault(status=403, oauth_error="unauthorized_client"),), 77, 1, False,
+         "unauthorized_client"),
+    Case("200 garbage", (Fault(status=200, body=b"<html>Service OK</html>", content_type="text/html"),),
+         76, 1, False, "may have been spent"),
+    Case("200 without access_token", (Fault(status=200, body=b'{"token_type": "bearer"}'),), 76, 1, False,
+         "no access_token"),
+    Case("200 mac token", (Fault(status=200, body=b'{"access_token": "abcdefgh", "token_type": "mac"}'),),
+         76, 1, False, "other than bearer"),
+    Case("50 MB body", (Fault(status=200, body_size=50_000_000),), 76, 1, False, "more than"),
+    Case("read timeout then answer", (Fault(delay_seconds=3),), 0, 2, True, "resending once",
+         (("AWEBER_HTTP_TIMEOUT", "1"),)),
+    Case("dropped before processing", (Fault(drop="before"),), 0, 2, True, "resending once"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_token_endpoint_outcomes(job: JobFiles, seen: Seen, case: Case) -> None:
+    """Each answer is retried or not as SPEC §5 says, with the right exit code; the file changes only on success."""
+    job.write_tokens()
+    before = job.token_file.read_bytes()
+    old_refresh = json.loads(before)["refresh_token"]
+    job.standin.inject(*case.faults, path="/oauth2/token")
+    result = refresh(job, seen, **dict(case.env))
+    assert result.returncode == case.exit_code, result.stderr
+    if case.attempts >= 0:
+        # A delayed request is counted when the stand-in finishes it, which may be after the job exits.
+        assert wait_for_token_requests(job, case.attempts) == case.attempts
+    else:
+        assert token_requests(job.standin) >= 2
+    assert case.words in result.stderr
+    assert "Traceback" not in result.stderr
+    if case.changed:
+        saved = json.loads(job.token_file.read_text())
+        assert saved["refresh_token"] in job.standin.live_refresh_tokens()
+        assert saved["refresh_token"] != old_refresh
+        assert saved["expires_at"] == pytest.approx(time.time() + 7200, abs=30)
+    else:
+        assert job.token_file.read_bytes() == before
+    if result.returncode != 0:
+        assert len([line for line in result.stderr.splitlines() if ": error:" in line]) == 1
+
+
+def test_answer_without_refresh_token_keeps_the_old_one(job: JobFiles, seen: Seen) -> None:
+    """A 200 with only an access token: the new access token is saved and the old refresh token kept."""
+    job.write_tokens()
+    old = job.read_tokens()
+    job.standin.inject(Fault(status=200, body=b'{"access_token": "fresh-access-0001", "expires_in": 7200}'),
+                       path="/oauth2/token")
+    seen.values.add("fresh-access-0001")
+    result = refresh(job, seen)
+    assert result.returncode == 0, result.stderr
+    saved = job.read_tokens()
+    assert saved["refresh_token"] == old["refresh_token"]
+    assert saved["access_token"] == "fresh-access-0001"
+    assert "the old one is kept" in result.stderr
+
+
+def test_connection_refused_is_temporary(job: JobFiles, seen: Seen) -> None:
+    """Nothing listening at the token URL: retried within the deadline, then exit 75, file untouched."""
+    job.write_tokens()
+    before = job.token_file.read_bytes()
+    result = refresh(job, seen, AWEBER_TOKEN_URL="http://127.0.0.1:9/oauth2/token", AWEBER_RETRY_DEADLINE="2")
+    assert result.returncode == 75, result.stderr
+    assert "could not connect" in result.stderr
+    assert job.token_file.read_bytes() == before
+
+
+def test_lost_answer_then_invalid_grant_explains_the_consumed_token(job: JobFiles, seen: Seen) -> None:
+    """The stand-in rotates then drops the connection; the one resend gets invalid_grant: exit 77, explained."""
+    job.write_tokens()
+    before = job.token_file.read_bytes()
+    job.standin.inject(Fault(drop="after"), path="/oauth2/token")
+    result = refresh(job, seen)
+    assert result.returncode == 77, result.stderr
+    assert "most likely consumed by the request whose answer never arrived" in result.stderr
+    assert "aweber-job login" in result.stderr
+    assert token_requests(job.standin) == 2
+    assert job.token_file.read_bytes() == before
+
+
+def test_public_client_refreshes_with_client_id_in_the_body(job: JobFiles, seen: Seen) -> None:
+    """A public client sends client_id in the body and no Authorization header."""
+    job.client_id = PUBLIC_ID
+    job.write_tokens()
+    result = refresh(job, seen)
+    assert result.returncode == 0, result.stderr
+    token_calls = [e for e in job.standin.request_log() if e["kind"] == "token"]
+    assert [e["client_auth"] for e in token_calls] == ["public"]
+    assert job.read_tokens()["refresh_token"] in job.standin.live_refresh_tokens()
+
+
+def test_credentials_json_shape_supplies_the_client_and_is_kept(job: JobFiles, seen: Seen) -> None:
+    """AWeber's credentials.json shape: client id and secret come from the file; the shape is kept."""
+    job.write_tokens(shape="credentials.json")
+    env = job.env()
+    del env["AWEBER_CLIENT_ID"], env["AWEBER_CLIENT_SECRET"]
+    result = run_job(["-vv", "refresh"], env)
+    seen.add_file(job.token_file)
+    seen.assert_absent_from(result.stderr + result.stdout)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(job.token_file.read_text())
+    assert set(document) == {"client_id", "client_secret", "token"}
+    assert document["token"]["refresh_token"] in job.standin.live_refresh_tokens()
+
+
+def test_clock_skew_is_warned_about(tmp_path: Path, seen: Seen) -> None:
+    """A server Date fifteen minutes ahead of the local clock gives a warning; the refresh still succeeds."""
+    skewed = StandIn(clients={CONFIDENTIAL_ID: CONFIDENTIAL_SECRET}, clock=lambda: time.time() + 900)
+    with skewed:
+        job = JobFiles(root=tmp_path, standin=skewed)
+        job.write_tokens()
+        result = refresh(job, seen)
+    assert result.returncode == 0, result.stderr
+    # The Date header has one-second granularity, so the skew reads 899 or 900 s.
+    assert re.search(r"the local clock is (899|900) s behind the token endpoint's", result.stderr)
+
+
+def test_no_clock_skew_warning_when_clocks_agree(job: JobFiles, seen: Seen) -> None:
+    """With agreeing clocks there is no skew warning."""
+    job.write_tokens()
+    result = refresh(job, seen)
+    assert result.returncode == 0, result.stderr
+    assert "local clock" not in result.stderr
+
+
+@pytest.mark.parametrize("count", [2, 16])
+def test_many_refreshes_started_together_never_spend_a_token_twice(job: JobFiles, count: int) -> None:
+    """N processes at once on one token file: all exit 0, zero invalid_grant, the file holds the live token."""
+    job.write_tokens()
+    env = job.env(AWEBER_LOCK_TIMEOUT="120")
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "job", "refresh"], env=env, cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(count)
+    ]
+    results = [(p.wait(timeout=180), p.stderr.read() if p.stderr else "") for p in processes]
+    for process in processes:
+        for stream in (process.stdout, process.stderr):
+            if stream:
+                stream.close()
+    assert [code for code, _ in results] == [0] * count, [err for _, err in results]
+    assert invalid_grants(job.standin) == 0
+    assert token_requests(job.standin) == count
+    assert job.standin.live_refresh_tokens() == {job.read_tokens()["refresh_token"]}
+
+
+def _start_refresh(job: JobFiles, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "job", "-v", "refresh"], env=job.env(**env), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_line(process: subprocess.Popen[str], words: str) -> None:
+    """Read the process's stderr until a line with ``words`` appears."""
+    assert process.stderr is not None
+    for line in process.stderr:
+        if words in line:
+            return
+    raise AssertionError(f"the job never logged {words!r}")
+
+
+def test_killed_while_waiting_for_the_token_endpoint_then_the_next_run_succeeds(job: JobFiles) -> None:
+    """SIGKILL while the token endpoint has not acted: the old refresh token still works next run."""
+    job.write_tokens()
+    before = job.token_file.read_bytes()
+    job.standin.inject(Fault(delay_seconds=2, drop="before"), path="/oauth2/token")
+    process = _start_refresh(job)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=10)
+    assert job.token_file.read_bytes() == before
+    result = run_job(["refresh"], job.env())
+    assert result.returncode == 0, result.stderr
+    assert job.read_tokens()["refresh_token"] in job.standin.live_refresh_tokens()
+
+
+def test_killed_after_the_server_rotated_fails_next_run_with_77_and_a_clear_message(job: JobFiles) -> None:
+    """SIGKILL while the rotated answer trickles in: the file is intact; the next run says to log in again."""
+    job.write_tokens()
+    before = job.token_file.read_bytes()
+    job.standin.inject(Fault(drip_seconds=0.05), path="/oauth2/token")
+    process = _start_refresh(job, AWEBER_HTTP_TIMEOUT="30")
+    _wait_for_line(process, "refreshing (refresh on start)")
+    # The stand-in rotates at once, then drips its ~150-byte answer over ~7 s: kill in the middle.
+    time.sleep(1.5)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=10)
+    assert job.token_file.read_bytes() == before
+    result = run_job(["refresh"], job.env())
+    assert result.returncode == 77, result.stderr
+    assert "invalid_grant" in result.stderr and "aweber-job login" in result.stderr
+    assert json.loads(job.token_file.read_bytes()) == json.loads(before)

@@ -1,0 +1,87 @@
+"""`aweber-job status`: no network, fingerprints not secrets, warnings an operator needs, --json for machines."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from job.tokens import fingerprint
+from tests.conftest import CONFIDENTIAL_SECRET, run_job
+from tests.test_store import lock_held_by_another_process
+
+ACCESS = "status-access-token-9f8e7d"
+REFRESH = "status-refresh-token-1a2b3c"
+
+
+def write(path: Path, document: dict[str, object], mode: int = 0o600) -> None:
+    path.write_text(json.dumps(document))
+    os.chmod(path, mode)
+
+
+def env_for(path: Path) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(path.parent),
+        "AWEBER_TOKEN_FILE": str(path),
+        "AWEBER_CLIENT_ID": "cid",
+        "AWEBER_CLIENT_SECRET": CONFIDENTIAL_SECRET,
+        # Unreachable on purpose: status must not need the network.
+        "AWEBER_TOKEN_URL": "http://127.0.0.1:9/oauth2/token",
+    }
+
+
+def test_status_shows_fingerprints_expiry_and_mode_never_secrets(tmp_path: Path) -> None:
+    """The human report names the file, shape, fingerprints and expiry; no token or secret appears."""
+    path = tmp_path / "tokens.json"
+    write(path, {"access_token": ACCESS, "refresh_token": REFRESH, "expires_at": time.time() + 3600,
+                 "scope": "account.read list.read"})
+    result = run_job(["-vv", "status"], env_for(path))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert str(path) in out
+    assert fingerprint(REFRESH) in out and fingerprint(ACCESS) in out
+    assert "in 3" in out  # "in 3599 s" give or take
+    assert "0600" in out and "flat" in out
+    assert "lock:" in out and "(free)" in out
+    for secret in (ACCESS, REFRESH, CONFIDENTIAL_SECRET):
+        assert secret not in result.stdout + result.stderr
+
+
+def test_status_json_is_one_object_with_the_same_facts(tmp_path: Path) -> None:
+    """--json prints one parseable object with fingerprints, expiry and warnings."""
+    path = tmp_path / "tokens.json"
+    expires_at = time.time() - 60
+    write(path, {"client_id": "cid", "client_secret": "file-secret-xyz",
+                 "token": {"access_token": ACCESS, "refresh_token": REFRESH, "expires_at": expires_at}},
+          mode=0o644)
+    result = run_job(["status", "--json"], env_for(path))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True and report["shape"] == "credentials.json"
+    assert report["refresh_token_fingerprint"] == fingerprint(REFRESH)
+    assert report["expired"] is True and report["expires_at"] == expires_at
+    assert report["mode"] == "0644"
+    assert any("readable by group or others" in w for w in report["warnings"])
+    for secret in (ACCESS, REFRESH, "file-secret-xyz", CONFIDENTIAL_SECRET):
+        assert secret not in result.stdout + result.stderr
+
+
+def test_status_of_a_bad_file_exits_65_and_says_why(tmp_path: Path) -> None:
+    """A token file that does not load: exit 65, the problem in the report, JSON too."""
+    path = tmp_path / "tokens.json"
+    path.write_text('{"access_token": "x"}')
+    result = run_job(["status", "--json"], env_for(path))
+    assert result.returncode == 65
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and "'refresh_token' is missing" in report["error"]
+
+
+def test_status_names_the_lock_holder(tmp_path: Path) -> None:
+    """While another process holds the lock, status shows its pid."""
+    path = tmp_path / "tokens.json"
+    write(path, {"access_token": ACCESS, "refresh_token": REFRESH})
+    with lock_held_by_another_process(path, 30) as holder:
+        result = run_job(["status", "--json"], env_for(path))
+    assert json.loads(result.stdout)["lock_holder_pid"] == holder.pid

@@ -1,0 +1,355 @@
+"""The store: bad files never change, saves survive SIGKILL, the lock waits then gives up, reservations fail
+cleanly before anything is spent — with real files, real processes and mechanisms that deny root too."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from job.store import Reservation, TokenLock, lock_path_for, remove_stale_temp_files, write_file_atomically
+from tests.conftest import REPO, JobFiles, run_job, token_requests
+
+CLOSED_PORT_URL = "http://127.0.0.1:9/oauth2/token"
+
+
+def offline_env(token_file: Path, **extra: str) -> dict[str, str]:
+    """An environment whose token endpoint is a closed port: anything that reaches it fails loudly."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(token_file.parent),
+        "AWEBER_CLIENT_ID": "cid",
+        "AWEBER_CLIENT_SECRET": "csecret-value",
+        "AWEBER_TOKEN_FILE": str(token_file),
+        "AWEBER_TOKEN_URL": CLOSED_PORT_URL,
+        "AWEBER_RETRY_DEADLINE": "0",
+        "AWEBER_LOCK_TIMEOUT": "2",
+    }
+    env.update(extra)
+    return env
+
+
+BAD_FILE_WRITERS: dict[str, Callable[[Path], None]] = {
+    "missing": lambda p: None,
+    "empty": lambda p: p.write_bytes(b""),
+    "truncated JSON": lambda p: p.write_bytes(b'{"access_token": "a", "refresh_tok'),
+    "not UTF-8": lambda p: p.write_bytes(b'{"access_token": "\xc3\x28", "refresh_token": "r"}'),
+    "a JSON array": lambda p: p.write_bytes(b'["access_token", "refresh_token"]'),
+    "wrong types": lambda p: p.write_bytes(b'{"access_token": 1, "refresh_token": "r", "expires_at": "x"}'),
+    "missing refresh_token": lambda p: p.write_bytes(b'{"access_token": "a-secret-access-token"}'),
+    "a directory": lambda p: p.mkdir(),
+    "a 10 MB file": lambda p: p.write_bytes(b'{"access_token": "' + b"a" * 10_000_000 + b'", "refresh_token": "r"}'),
+}
+
+EXPECTED_WORDS = {
+    "missing": "does not exist",
+    "empty": "is empty",
+    "truncated JSON": "not valid JSON",
+    "not UTF-8": "not UTF-8",
+    "a JSON array": "found an array",
+    "wrong types": "'access_token' must be a string",
+    "missing refresh_token": "'refresh_token' is missing",
+    "a directory": "is a directory",
+    "a 10 MB file": "larger than any token file",
+}
+
+
+def snapshot(path: Path) -> bytes | str | None:
+    if path.is_dir():
+        return "directory"
+    return path.read_bytes() if path.exists() else None
+
+
+@pytest.mark.parametrize("case", list(BAD_FILE_WRITERS))
+@pytest.mark.parametrize("command", ["refresh", "status"])
+def test_bad_token_file_exits_65_with_a_clear_line_and_is_left_byte_for_byte(
+    tmp_path: Path, case: str, command: str
+) -> None:
+    """Every kind of bad token file ends the run with exit 65, one clear stderr line, the file unchanged."""
+    token_file = tmp_path / "tokens.json"
+    BAD_FILE_WRITERS[case](token_file)
+    before = snapshot(token_file)
+    result = run_job([command], offline_env(token_file))
+    assert result.returncode == 65, result.stderr
+    output = result.stderr if command == "refresh" else result.stdout
+    assert EXPECTED_WORDS[case] in output
+    assert str(token_file) in output
+    assert "Traceback" not in result.stderr
+    assert snapshot(token_file) == before
+    assert "a-secret-access-token" not in result.stderr + result.stdout
+    leftovers = [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert leftovers == []
+
+
+KILL_WRITER = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from job.store import Reservation, write_file_atomically
+    path = Path(sys.argv[1])
+    n = json.loads(path.read_text())["n"]
+    print("ready", flush=True)
+    while True:
+        n += 1
+        body = json.dumps({"n": n, "pad": "x" * (n % 5000), "refresh_token": f"r{n}"}).encode() + b"\\n"
+        if n % 2:
+            reservation = Reservation.create(path, 70000)
+            reservation.commit(body)
+        else:
+            write_file_atomically(path, body)
+    """
+)
+
+
+def test_a_save_killed_at_any_moment_leaves_a_whole_old_or_new_file(tmp_path: Path) -> None:
+    """SIGKILL during endless saves, many times: the file always parses as one complete version."""
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"n": 0, "refresh_token": "r0"}) + "\n")
+    rng = random.Random(1234)
+    last_seen = 0
+    for _ in range(40):
+        process = subprocess.Popen(
+            [sys.executable, "-c", KILL_WRITER, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True
+        )
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0, 0.03))
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        document = json.loads(path.read_text())
+        n = document["n"]
+        assert n >= last_seen
+        assert document["refresh_token"] == f"r{n}"
+        if n:
+            assert document["pad"] == "x" * (n % 5000)
+        last_seen = n
+        assert oct(path.stat().st_mode & 0o777) in (oct(0o600), oct(0o644))
+    assert last_seen > 0, "the writer never completed a save; the kills came too early to test anything"
+    # Temporaries a kill left behind are never the token file, and the next locked run clears them.
+    remove_stale_temp_files(path)
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+    assert json.loads(path.read_text())["n"] == last_seen
+
+
+def test_stale_temporaries_are_cleared_by_the_next_run_under_the_lock(job: JobFiles) -> None:
+    """A temporary file left by a killed save is removed by the next run and never read as tokens."""
+    job.write_tokens()
+    stale = job.token_file.with_name(".tokens.json.tmp-deadbeef0000")
+    stale.write_bytes(b"{ half a file")
+    result = run_job(["refresh"], job.env())
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists()
+    assert "removed 1 temporary file" in result.stderr
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from job.store import TokenLock
+    lock = TokenLock(Path(sys.argv[1]), 0)
+    lock.acquire()
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    """
+)
+
+
+@contextmanager
+def lock_held_by_another_process(token_file: Path, seconds: float) -> Iterator[subprocess.Popen[str]]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(token_file), str(seconds)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "locked"
+    try:
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_second_process_waits_for_the_lock_then_exits_75_naming_the_holder(job: JobFiles) -> None:
+    """A run that cannot get the lock waits AWEBER_LOCK_TIMEOUT, says so once, then exits 75 with the pid."""
+    job.write_tokens()
+    before = job.token_file.read_bytes()
+    with lock_held_by_another_process(job.token_file, 30) as holder:
+        started = time.monotonic()
+        result = run_job(["refresh"], job.env(AWEBER_LOCK_TIMEOUT="1.5"))
+        waited = time.monotonic() - started
+    assert result.returncode == 75, result.stderr
+    assert f"pid {holder.pid}" in result.stderr
+    assert result.stderr.count("waiting up to") == 1
+    assert waited >= 1.5
+    assert job.token_file.read_bytes() == before
+    assert token_requests(job.standin) == 0
+
+
+def test_lock_is_taken_when_the_holder_dies(job: JobFiles) -> None:
+    """The kernel releases the lock of a killed holder: the waiting run proceeds without eviction logic."""
+    job.write_tokens()
+    with lock_held_by_another_process(job.token_file, 1.0):
+        result = run_job(["refresh"], job.env(AWEBER_LOCK_TIMEOUT="20"))
+    assert result.returncode == 0, result.stderr
+    assert lock_path_for(job.token_file).exists()
+
+
+def test_lock_file_is_0600_and_beside_the_real_file_of_a_symlink(tmp_path: Path) -> None:
+    """The lock lives beside the link's target, so the link and the target share one lock."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "tokens.json").write_text("{}")
+    link = tmp_path / "tokens.json"
+    link.symlink_to(real / "tokens.json")
+    with TokenLock(link, 0) as lock:
+        assert lock.path == real / "tokens.json.lock"
+        assert (lock.path.stat().st_mode & 0o777) == 0o600
+        with pytest.raises(Exception, match="holds the lock"):
+            TokenLock(real / "tokens.json", 0).acquire()
+
+
+def test_save_replaces_a_symlinks_target_and_keeps_the_link(job: JobFiles, tmp_path: Path) -> None:
+    """A symlinked token path: the target is replaced, the link stays a link, the file is 0600."""
+    job.write_tokens()
+    target_dir = tmp_path / "elsewhere"
+    target_dir.mkdir()
+    target = target_dir / "tokens.json"
+    os.replace(job.token_file, target)
+    os.chmod(target, 0o644)
+    job.token_file.symlink_to(target)
+    result = run_job(["refresh"], job.env())
+    assert result.returncode == 0, result.stderr
+    assert job.token_file.is_symlink()
+    assert json.loads(target.read_text())["refresh_token"] in job.standin.live_refresh_tokens()
+    assert (target.stat().st_mode & 0o777) == 0o600
+    assert "readable by group or others" in result.stderr
+
+
+def _limit_file_size(max_bytes: int) -> Callable[[], None]:
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return apply
+
+
+def assert_nothing_spent(job: JobFiles, before: bytes, result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 73, result.stderr
+    assert "the refresh token was not used" in result.stderr
+    assert job.token_file.read_bytes() == before
+    assert token_requests(job.standin) == 0
+    assert [p.name for p in job.token_file.parent.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_reservation_fails_cleanly_under_a_file_size_limit(job: JobFiles) -> None:
+    """RLIMIT_FSIZE (which binds root too) makes the reservation fail: exit 73, nothing spent or touched."""
+    job.write_tokens()
+    before = job.token_file.read_bytes()
+    result = subprocess.run(
+        [sys.executable, "-m", "job", "refresh"], env=job.env(), cwd=REPO, capture_output=True, text=True,
+        preexec_fn=_limit_file_size(4096), timeout=60, check=False,
+    )
+    assert_nothing_spent(job, before, result)
+    assert "too large" in result.stderr.lower()
+
+
+def _mount(*args: str) -> bool:
+    return subprocess.run(["mount", *args], capture_output=True, check=False).returncode == 0
+
+
+@contextmanager
+def mounted(*args: str, target: Path) -> Iterator[None]:
+    if os.geteuid() != 0 or not _mount(*args, str(target)):
+        pytest.skip("mounting needs root with CAP_SYS_ADMIN; the file-size-limit test covers the same path")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+def test_reservation_fails_cleanly_on_a_full_disk(job: JobFiles, tmp_path: Path) -> None:
+    """A full tmpfs: exit 73 before the token endpoint is contacted; the old file is intact."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    with mounted("-t", "tmpfs", "-o", "size=256k", "tmpfs", target=disk):
+        job_on_disk = JobFiles(root=disk, standin=job.standin)
+        job_on_disk.write_tokens()
+        before = job_on_disk.token_file.read_bytes()
+        fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass  # the disk is full now
+        finally:
+            os.close(fd)
+        result = run_job(["refresh"], job_on_disk.env())
+        assert_nothing_spent(job_on_disk, before, result)
+        assert "No space left" in result.stderr
+
+
+def test_reservation_fails_cleanly_in_a_read_only_directory(job: JobFiles) -> None:
+    """A read-only bind mount over the token directory: exit 73 before anything is sent."""
+    job.write_tokens()
+    # The lock file must exist already: a read-only directory cannot create it (that is exit 73 too).
+    lock_path_for(job.token_file).touch(mode=0o600)
+    before = job.token_file.read_bytes()
+    directory = job.token_file.parent
+    with mounted("--bind", str(directory), target=directory):
+        assert _mount("-o", "remount,bind,ro", str(directory))
+        result = run_job(["refresh"], job.env())
+        assert_nothing_spent(job, before, result)
+        assert "Read-only file system" in result.stderr
+
+
+def test_single_file_bind_mount_is_explained_and_the_tokens_rescued(job: JobFiles, tmp_path: Path) -> None:
+    """A bind-mounted token file cannot be renamed over (EBUSY): the new tokens go to a rescue file, exit 73."""
+    job.write_tokens()
+    outside = tmp_path / "outside.json"
+    outside.write_bytes(job.token_file.read_bytes())
+    with mounted("--bind", str(outside), target=job.token_file):
+        result = run_job(["refresh"], job.env())
+    assert result.returncode == 73, result.stderr
+    assert "mount the directory, not the file" in result.stderr
+    assert "critical" in result.stderr.lower()
+    rescues = list(job.token_file.parent.glob("tokens.json.rescue-*"))
+    assert len(rescues) == 1
+    assert (rescues[0].stat().st_mode & 0o777) == 0o600
+    rescued = json.loads(rescues[0].read_text())
+    assert rescued["refresh_token"] in job.standin.live_refresh_tokens()
+    assert str(rescues[0]) in result.stderr
+    assert rescued["refresh_token"] not in result.stderr
+
+
+def test_reservation_then_commit_writes_0600_without_chmod(tmp_path: Path) -> None:
+    """A reservation's file is created 0600 from the start and becomes the target on commit."""
+    target = tmp_path / "tokens.json"
+    target.write_text("{}")
+    os.chmod(target, 0o644)
+    old_umask = os.umask(0)
+    try:
+        reservation = Reservation.create(target, 1000)
+        assert (reservation.temp.stat().st_mode & 0o777) == 0o600
+        assert reservation.temp.stat().st_size == 1000
+        reservation.commit(b'{"new": true}\n')
+    finally:
+        os.umask(old_umask)
+    assert target.read_bytes() == b'{"new": true}\n'
+    assert (target.stat().st_mode & 0o777) == 0o600
+    assert not reservation.temp.exists()
+
+
+def test_write_file_atomically_leaves_no_temporary_behind(tmp_path: Path) -> None:
+    """After a write only the target remains in the directory."""
+    write_file_atomically(tmp_path / "state.json", b"{}\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
