@@ -9,22 +9,27 @@ Heavy imports (requests, tenacity) happen inside the commands that need them, so
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from job import __version__
 from job.errors import EXIT_OK, EXIT_TASK_FAILED, ConfigError, JobError, UsageError
 
 if TYPE_CHECKING:
+    import logging
+
     import requests
 
     from job.config import Settings
 
-log = logging.getLogger("job")
+
+def _log() -> logging.Logger:
+    # logging is imported on first use: `--help` and `--version` never need it.
+    import logging
+
+    return logging.getLogger("job")
 
 COMMANDS = ("run", "refresh", "status", "login", "revoke", "tasks", "demo")
 
@@ -101,6 +106,8 @@ def _add_run_options(parser: argparse.ArgumentParser, *, top_level: bool = False
 
 def load_environment(env_file: str | None, environ: Mapping[str, str]) -> dict[str, str]:
     """The real environment over the ``.env`` file's values; raise ConfigError for a missing file."""
+    from pathlib import Path
+
     explicit = env_file or environ.get("AWEBER_ENV_FILE") or None
     path = Path(explicit) if explicit else Path(".env")
     merged: dict[str, str] = {}
@@ -133,16 +140,17 @@ def make_session() -> requests.Session:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
          stdout: IO[str] | None = None, stdin: IO[str] | None = None) -> int:
     """Run the command line; return the exit code (the console script exits with it)."""
-    from job.logs import configure_logging
-
     env_in = dict(os.environ if environ is None else environ)
     out = stdout or sys.stdout
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
+        from job.logs import configure_logging
+
         configure_logging()
-        log.error("%s", exc)
+        _log().error("%s", exc)
         return exc.exit_code
+    from job.logs import configure_logging
     log_format = args.log_format or (env_in.get("AWEBER_LOG_FORMAT") or "text").strip().lower()
     configure_logging(verbosity=args.verbose, quiet=args.quiet, fmt="json" if log_format == "json" else "text")
     command = args.command or "run"
@@ -175,16 +183,22 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         _report(exc)
         return exc.exit_code
     except KeyboardInterrupt:
-        log.error("interrupted")
+        _log().error("interrupted")
         return 130
+    except Exception as exc:  # noqa: BLE001 - never a traceback for the operator; -v shows it
+        _log().error("unexpected error: %s: %s", type(exc).__name__, exc)
+        _log().debug("where it happened", exc_info=True)
+        return EXIT_TASK_FAILED
 
 
 def _report(exc: JobError) -> None:
     """One line on stderr for the operator; CRITICAL when fresh tokens exist only in memory."""
+    import logging
+
     from job.errors import TokenNotSavedError
 
     level = logging.CRITICAL if isinstance(exc, TokenNotSavedError) else logging.ERROR
-    log.log(level, "%s", exc, extra={"exit_code": exc.exit_code})
+    _log().log(level, "%s", exc, extra={"exit_code": exc.exit_code})
 
 
 def _cmd_tasks(out: IO[str]) -> int:
@@ -232,8 +246,9 @@ def _cmd_run(settings: Settings, args: argparse.Namespace, out: IO[str], *, refr
     except JobError as exc:
         _report(exc)
         outcome.exit_code = exc.exit_code
-    except Exception as exc:
-        log.error("unexpected error: %s: %s", type(exc).__name__, exc, exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - an unexpected bug still ends in one line and exit 1
+        _log().error("unexpected error: %s: %s", type(exc).__name__, exc)
+        _log().debug("where it happened", exc_info=True)
         outcome.exit_code = EXIT_TASK_FAILED
     monitor.finish(outcome)
     return outcome.exit_code

@@ -55,14 +55,13 @@ REDACTOR = Redactor()
 
 
 class TextFormatter(logging.Formatter):
-    """``LEVEL message key=value ...`` — what cron mails and the journal show."""
+    """``aweber-job: level: message`` — what cron mails and the journal show.
+
+    Structured fields are left to the JSON format: the messages already say them in words.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        extras = _extra_fields(record)
-        if extras:
-            message += " " + " ".join(f"{k}={_text_value(v)}" for k, v in extras.items())
-        line = f"aweber-job: {record.levelname.lower()}: {message}"
+        line = f"aweber-job: {record.levelname.lower()}: {record.getMessage()}"
         if record.exc_info and record.levelno <= logging.DEBUG:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -87,11 +86,6 @@ class JsonFormatter(logging.Formatter):
 
 def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
-
-
-def _text_value(value: object) -> str:
-    text = str(value)
-    return json.dumps(text) if (" " in text or not text) else text
 
 
 class RedactingHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -1,0 +1,259 @@
+"""``aweber-job demo``: the real ``run`` cycle against the built-in stand-in AWeber, on loopback.
+
+It needs no account and no network. A stand-in with one account and three lists is started on
+127.0.0.1, a token file is written in a temporary directory, and :func:`job.cli.main` runs
+``run`` twice exactly as cron would: the first run refreshes (and so rotates) the tokens and
+reports the subscribers of the last 24 hours, the second finds nothing new because the
+watermark remembers. Each step is checked; the report shows fingerprints, never a token.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from job.errors import EXIT_OK, EXIT_TASK_FAILED
+from job.logs import REDACTOR
+from job.tokens import fingerprint, new_token_file
+
+if TYPE_CHECKING:
+    from job.standin import StandIn
+
+DEMO_CLIENT_ID = "demo-client"
+ACCOUNT_ID = 1234567
+HOUR = 3600
+DAY = 86_400
+
+# (list id, name, generated subscribers, (hours ago, name, email) of those who joined in the last day)
+LISTS: Sequence[tuple[int, str, int, Sequence[tuple[float, str, str]]]] = (
+    (4815162, "Weekly Newsletter", 400, (
+        (20.5, "Ada Lovelace", "ada@example.com"),
+        (9.25, "Grace Hopper", "grace@example.org"),
+        (1.5, "Alan Turing", "alan@example.net"),
+    )),
+    (4815163, "Webinar Sign-ups", 250, (
+        (14.0, "Katherine Johnson", "katherine@example.com"),
+        (3.75, "Edsger Dijkstra", "edsger@example.org"),
+    )),
+    (4815164, "Product Updates", 300, ()),
+)
+
+
+class DemoFailure(Exception):
+    """A step of the demo did not turn out as it should; the text says which."""
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What one inner ``run`` did, as seen from outside: output rows, files, counters."""
+
+    exit_code: int
+    rows: list[dict[str, Any]]
+    fingerprint_before: str
+    fingerprint_after: str
+    token_requests: int
+    api_requests: int
+
+
+def run_demo(out: IO[str], *, keep: bool = False, verbose: int = 0, quiet: bool = False) -> int:
+    """Run the demo, print what happened to ``out``; 0 when every check passed, non-zero otherwise."""
+    from job.standin import StandIn
+
+    workdir = Path(tempfile.mkdtemp(prefix="aweber-job-demo-"))
+    server = StandIn(clients={DEMO_CLIENT_ID: None})
+    code = EXIT_TASK_FAILED
+    try:
+        server.start()
+        code = _demo(server, workdir, out, verbose=verbose, quiet=quiet)
+    except DemoFailure as failure:
+        out.write(f"\ndemo FAILED: {failure}\n")
+    except OSError as exc:
+        out.write(f"\ndemo FAILED: {type(exc).__name__}: {exc}\n")
+    finally:
+        server.stop()
+        if keep:
+            out.write(f"kept the demo's files in {workdir}\n")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+        out.flush()
+    return code
+
+
+def _demo(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, quiet: bool) -> int:
+    now = time.time()
+    expected = _populate(server, now)
+    token_file = workdir / "tokens.json"
+    grant = server.issue_tokens(DEMO_CLIENT_ID)
+    REDACTOR.add(str(grant["access_token"]), str(grant["refresh_token"]))
+    token_file.write_bytes(new_token_file(grant, now).to_bytes())
+    os.chmod(token_file, 0o600)
+    # An empty env file keeps a .env in the working directory out of the demo's configuration.
+    env_file = workdir / "demo.env"
+    env_file.write_text("# the demo sets everything in its environment\n", encoding="utf-8")
+    environ = {
+        "AWEBER_ENV_FILE": str(env_file),
+        "AWEBER_CLIENT_ID": DEMO_CLIENT_ID,
+        "AWEBER_TOKEN_FILE": str(token_file),
+        "AWEBER_TOKEN_URL": server.token_url,
+        "AWEBER_AUTHORIZE_URL": server.authorize_url,
+        "AWEBER_REVOKE_URL": server.revoke_url,
+        "AWEBER_API_URL": server.api_url,
+        "AWEBER_HTTP_TIMEOUT": "5",
+        "AWEBER_RETRY_DEADLINE": "10",
+        "AWEBER_LOCK_TIMEOUT": "5",
+        "HOME": str(workdir),
+    }
+    flags = ["-q"] if quiet else ["-v"] * verbose
+
+    out.write(
+        f"aweber-job demo: the whole run cycle against a stand-in AWeber at {server.base_url}\n"
+        f"(loopback only, no account needed; public client {DEMO_CLIENT_ID!r}, account {ACCOUNT_ID}, "
+        f"{len(LISTS)} lists)\n\n"
+    )
+
+    first = _run_once(server, token_file, environ, flags)
+    _check_rotation(server, first, 1)
+    _check_mode(token_file)
+    want = [(row["list_id"], row["email"]) for row in expected]
+    got = [(row.get("list_id"), row.get("email")) for row in first.rows]
+    if sorted(got) != sorted(want):
+        raise DemoFailure(f"run 1 reported {got}, expected {want}")
+    out.write("Run 1 (first run: looks back 24 hours)\n")
+    _write_run(out, first, token_file)
+    _write_table(out, first.rows)
+
+    second = _run_once(server, token_file, environ, flags)
+    _check_rotation(server, second, 2)
+    if second.fingerprint_before != first.fingerprint_after:
+        raise DemoFailure("run 2 did not start from the refresh token that run 1 saved")
+    if second.rows:
+        raise DemoFailure(f"run 2 reported {len(second.rows)} subscriber(s) again; the watermark did not hold")
+    out.write("\nRun 2 (the next run: nothing new has arrived since)\n")
+    _write_run(out, second, token_file)
+
+    state_files = sorted(token_file.parent.glob("*.state.json"))
+    if state_files:
+        out.write(f"\nWatermarks (latest subscribed_at reported per list) are kept in {state_files[0]}\n")
+    out.write(f"\ndemo OK: tokens rotated twice and saved, {len(first.rows)} new subscribers reported once.\n")
+    return EXIT_OK
+
+
+def _populate(server: StandIn, now: float) -> list[dict[str, Any]]:
+    """One account with a few lists: older subscribers over the last weeks, a handful in the last 24 h."""
+    server.add_account(ACCOUNT_ID, company="Demo Company")
+    expected: list[dict[str, Any]] = []
+    for seed, (list_id, name, size, recent) in enumerate(LISTS):
+        # The generated subscribers end two days ago, so the first run's 24 hours hold only `recent`.
+        server.add_list(ACCOUNT_ID, list_id, name, size=size, start=now - 30 * DAY, end=now - 2 * DAY, seed=seed)
+        entries = [
+            {"email": email, "name": person, "subscribed_at": round(now - hours_ago * HOUR, 3)}
+            for hours_ago, person, email in recent
+        ]
+        if entries:
+            server.add_subscribers(ACCOUNT_ID, list_id, entries)
+        expected.extend({"list_id": list_id, "list_name": name, "email": entry["email"]} for entry in entries)
+    return expected
+
+
+def _run_once(server: StandIn, token_file: Path, environ: dict[str, str], flags: list[str]) -> RunReport:
+    """``aweber-job run`` in this process, exactly as the console script runs it."""
+    from job.cli import main
+
+    before = fingerprint(_refresh_token(token_file))
+    counts_before = _request_counts(server)
+    buffer = io.StringIO()
+    exit_code = main([*flags, "run"], environ=environ, stdout=buffer)
+    counts_after = _request_counts(server)
+    if exit_code != EXIT_OK:
+        raise DemoFailure(f"aweber-job run exited {exit_code} (its log lines above say why)")
+    rows = []
+    for number, line in enumerate(buffer.getvalue().splitlines(), start=1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise DemoFailure(f"output line {number} is not JSON") from None
+        if not isinstance(row, dict):
+            raise DemoFailure(f"output line {number} is not a JSON object")
+        rows.append(row)
+    return RunReport(
+        exit_code=exit_code,
+        rows=rows,
+        fingerprint_before=before,
+        fingerprint_after=fingerprint(_refresh_token(token_file)),
+        token_requests=counts_after[0] - counts_before[0],
+        api_requests=counts_after[1] - counts_before[1],
+    )
+
+
+def _refresh_token(token_file: Path) -> str:
+    try:
+        document = json.loads(token_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DemoFailure(f"cannot read the token file {token_file}: {exc}") from None
+    value = document.get("refresh_token") if isinstance(document, dict) else None
+    if not isinstance(value, str) or not value:
+        raise DemoFailure(f"the token file {token_file} holds no refresh token")
+    return value
+
+
+def _request_counts(server: StandIn) -> tuple[int, int]:
+    """(token endpoint requests, API requests) the stand-in has seen so far."""
+    stats = server.stats()
+
+    def total(kind: str) -> int:
+        counts = stats.get(kind)
+        return sum(n for n in counts.values() if isinstance(n, int)) if isinstance(counts, dict) else 0
+
+    return total("token"), total("api")
+
+
+def _check_rotation(server: StandIn, report: RunReport, number: int) -> None:
+    if report.fingerprint_after == report.fingerprint_before:
+        raise DemoFailure(f"run {number} did not save a new refresh token")
+    live = {fingerprint(token) for token in server.live_refresh_tokens()}
+    if report.fingerprint_after not in live:
+        raise DemoFailure(f"run {number} saved a refresh token the stand-in does not accept")
+    if report.fingerprint_before in live:
+        raise DemoFailure(f"run {number}'s old refresh token still works; it should have been spent")
+
+
+def _check_mode(token_file: Path) -> None:
+    mode = stat.S_IMODE(token_file.stat().st_mode)
+    if mode != 0o600:
+        raise DemoFailure(f"the token file {token_file} has mode {mode:04o}, not 0600")
+
+
+def _write_run(out: IO[str], report: RunReport, token_file: Path) -> None:
+    out.write(
+        f"  token refreshed and rotated: refresh token {report.fingerprint_before} -> {report.fingerprint_after}"
+        " (SHA-256 fingerprints; the old one no longer works)\n"
+        f"  saved atomically to {token_file} (mode 0600)\n"
+    )
+    counts = {list_id: 0 for list_id, _, _, _ in LISTS}
+    for row in report.rows:
+        counts[row["list_id"]] = counts.get(row["list_id"], 0) + 1
+    for list_id, name, _, _ in LISTS:
+        out.write(f'  list {list_id} "{name}": {counts.get(list_id, 0)} new\n')
+    out.write(f"  requests: {report.token_requests} to the token endpoint, {report.api_requests} to the API\n")
+
+
+def _write_table(out: IO[str], rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    columns = ("list_name", "email", "name", "subscribed_at")
+    headers = ("LIST", "EMAIL", "NAME", "SUBSCRIBED_AT")
+    cells = [[str(row.get(column) or "") for column in columns] for row in rows]
+    widths = [max(len(header), *(len(line[i]) for line in cells)) for i, header in enumerate(headers)]
+    out.write("  new subscribers (oldest first per list):\n")
+    for line in [list(headers), *cells]:
+        padded = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        out.write("    " + "  ".join(padded).rstrip() + "\n")

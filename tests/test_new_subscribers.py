@@ -1,0 +1,323 @@
+"""The new-subscribers task against the stand-in: minimal requests, watermarks, formats, filters, timestamps."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from job.cli import main
+from job.config import Settings
+from job.standin import StandIn
+from job.tasks import TaskContext
+from job.tasks.new_subscribers import FIELDS, Watermark, new_subscribers, parse_timestamp
+from tests.conftest import JobFiles
+
+DAY = 86_400
+ACCOUNT = 100
+LISTS = (201, 202, 203)
+
+
+@pytest.fixture(autouse=True)
+def _no_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from the test's own directory, so no .env file of the checkout is read."""
+    monkeypatch.chdir(tmp_path)
+
+
+def populate(standin: StandIn, lists: tuple[int, ...] = LISTS, *, size: int = 100_000, account: int = ACCOUNT) -> None:
+    """An account whose lists hold ``size`` subscribers each, the latest three days old."""
+    now = time.time()
+    if standin.state.account(account) is None:
+        standin.add_account(account)
+    for seed, list_id in enumerate(lists):
+        standin.add_list(account, list_id, f"List {list_id}", size=size,
+                         start=now - 400 * DAY, end=now - 3 * DAY, seed=seed)
+
+
+def add(standin: StandIn, list_id: int, count: int, *, at: float | None = None, step: float = 1.0,
+        account: int = ACCOUNT, tag: str = "new") -> list[int]:
+    """Append ``count`` subscribers to a list, ``step`` seconds apart from ``at`` (default: ten minutes ago)."""
+    first = time.time() - 600 if at is None else at
+    entries = [
+        {"email": f"{tag}{i}.{list_id}@example.com", "name": f"New Person {i}", "subscribed_at": first + i * step}
+        for i in range(count)
+    ]
+    return standin.add_subscribers(account, list_id, entries)
+
+
+def run(job: JobFiles, *args: str, **env: str) -> tuple[int, list[dict[str, Any]], str]:
+    """``aweber-job run ARGS`` in this process: exit code, JSON rows, raw output."""
+    buffer = io.StringIO()
+    code = main(["run", *args], environ=job.env(**env), stdout=buffer)
+    text = buffer.getvalue()
+    rows = [json.loads(line) for line in text.splitlines()] if "--format" not in args else []
+    return code, rows, text
+
+
+def api_counts(standin: StandIn) -> dict[str, int]:
+    """The stand-in's API request counters, then zeroed for the next run."""
+    counts: dict[str, int] = dict(standin.stats()["api"])  # type: ignore[call-overload]
+    standin.reset_stats()
+    return counts
+
+
+def watermarks(job: JobFiles) -> dict[str, Any]:
+    state = json.loads((job.token_file.parent / "new-subscribers.state.json").read_text(encoding="utf-8"))
+    lists: dict[str, Any] = state["lists"]
+    return lists
+
+
+def test_requests_are_the_minimum_for_none_five_and_250_new_subscribers(job: JobFiles) -> None:
+    """On three lists of 100,000: 0, 5 and 250 new cost 1, 1 and 3 finds a list, plus an accounts and a lists page."""
+    populate(job.standin)
+    job.write_tokens()
+    code, rows, text = run(job)
+    assert (code, text) == (0, "")
+    assert api_counts(job.standin) == {"GET accounts:200": 1, "GET lists:200": 1, "GET find:200": 3}
+
+    added = {list_id: add(job.standin, list_id, 5) for list_id in LISTS}
+    code, rows, _ = run(job)
+    assert code == 0
+    assert [row["id"] for row in rows] == [i for list_id in LISTS for i in added[list_id]]
+    assert api_counts(job.standin) == {"GET accounts:200": 1, "GET lists:200": 1, "GET find:200": 3}
+
+    # k = 250, plus at most the 5 of the watermark's own day: ceil(k/100) = 3 pages per list.
+    added = {list_id: add(job.standin, list_id, 250, at=time.time() - 300) for list_id in LISTS}
+    code, rows, _ = run(job)
+    assert code == 0
+    assert [row["id"] for row in rows] == [i for list_id in LISTS for i in added[list_id]]
+    log = job.standin.request_log()
+    assert api_counts(job.standin) == {"GET accounts:200": 1, "GET lists:200": 1, "GET find:200": 9}
+    first_finds = [entry["query"] for entry in log if entry["label"] == "GET find" and "ws.start" not in entry["query"]]
+    assert len(first_finds) == 3
+    for query in first_finds:
+        assert isinstance(query, dict)
+        assert query["ws.op"] == "find"
+        assert query["sort_key"] == "subscribed_at"
+        assert query["sort_order"] == "asc"
+        assert query["ws.size"] == "100"
+        assert date.fromisoformat(query["subscribed_after"]) >= date.today() - timedelta(days=2)
+
+
+def test_rows_carry_the_fields_oldest_first(job: JobFiles) -> None:
+    """Each row has the contract's fields, subscribed_at exactly as AWeber wrote it, oldest first."""
+    populate(job.standin, (201,), size=1000)
+    job.write_tokens()
+    ids = add(job.standin, 201, 3, at=time.time() - 900.5, step=60.25)
+    code, rows, _ = run(job)
+    assert code == 0
+    assert [row["id"] for row in rows] == ids
+    assert set(FIELDS) <= set(rows[0])
+    assert rows[0]["account_id"] == ACCOUNT
+    assert rows[0]["list_id"] == 201
+    assert rows[0]["list_name"] == "List 201"
+    assert rows[0]["email"] == "new0.201@example.com"
+    assert rows[0]["name"] == "New Person 0"
+    assert rows[0]["status"] == "subscribed"
+    assert rows[0]["subscribed_at"].endswith("-05:00") and "." in rows[0]["subscribed_at"]
+    instants = [parse_timestamp(row["subscribed_at"]) for row in rows]
+    assert instants == sorted(instants)  # type: ignore[type-var]
+
+
+def test_subscribers_sharing_the_watermark_instant_are_neither_lost_nor_repeated(job: JobFiles) -> None:
+    """Subscribers who arrive later at the watermark's exact instant are reported once, the earlier ones never again."""
+    populate(job.standin, (201,), size=1000)
+    job.write_tokens()
+    instant = time.time() - 300.25
+    first = add(job.standin, 201, 1, at=instant, step=0, tag="a")
+    assert [row["id"] for row in run(job)[1]] == first
+
+    same = add(job.standin, 201, 2, at=instant, step=0, tag="b")
+    code, rows, _ = run(job)
+    assert code == 0
+    assert [row["id"] for row in rows] == same
+    mark = watermarks(job)[f"{ACCOUNT}/201"]
+    assert sorted(mark["ids"]) == sorted(first + same)
+    assert parse_timestamp(mark["subscribed_at"]) == datetime.fromtimestamp(instant, timezone.utc)
+
+    assert run(job)[1] == []
+
+    later = add(job.standin, 201, 2, at=instant, step=1, tag="c")
+    code, rows, _ = run(job)
+    assert [row["id"] for row in rows] == later
+    mark = watermarks(job)[f"{ACCOUNT}/201"]
+    assert mark["ids"] == [later[1]]
+    assert mark["subscribed_at"] == rows[-1]["subscribed_at"]
+
+
+def test_first_run_looks_back_as_far_as_since(job: JobFiles) -> None:
+    """Without a watermark a run reports what arrived within --since; an empty first run still records a watermark."""
+    populate(job.standin, (201,), size=1000)
+    job.write_tokens()
+    old = add(job.standin, 201, 1, at=time.time() - 30 * 3600, tag="old")
+    recent = add(job.standin, 201, 1, at=time.time() - 3600, tag="recent")
+    assert [row["id"] for row in run(job)[1]] == recent
+
+    populate(job.standin, (202,), size=1000)
+    code, rows, _ = run(job, "--since", "2d")
+    assert (code, rows) == (0, [])  # list 201 has its watermark; 202's generated subscribers are 3 days old
+    assert f"{ACCOUNT}/202" in watermarks(job)
+    assert old  # reported by no run: it is older than the first run's 24 hours
+
+
+def test_csv_output_has_a_header_once_and_nothing_when_nothing_is_new(job: JobFiles, tmp_path: Path) -> None:
+    """--format csv writes a header and escaped rows, one header per appended file, and nothing for an empty run."""
+    populate(job.standin, (201,), size=1000)
+    job.write_tokens()
+    job.standin.add_subscribers(ACCOUNT, 201, [
+        {"email": "quote@example.com", "name": 'Smith, "Jo"', "subscribed_at": time.time() - 120},
+    ])
+    add(job.standin, 201, 2, at=time.time() - 60)
+    code, _, text = run(job, "--format", "csv")
+    assert code == 0
+    reader = csv.DictReader(io.StringIO(text))
+    assert tuple(reader.fieldnames or ()) == FIELDS
+    rows = list(reader)
+    assert [row["email"] for row in rows] == ["quote@example.com", "new0.201@example.com", "new1.201@example.com"]
+    assert rows[0]["name"] == 'Smith, "Jo"'
+    assert rows[0]["list_name"] == "List 201"
+
+    assert run(job, "--format", "csv")[2] == ""
+
+    output = tmp_path / "new.csv"
+    add(job.standin, 201, 1, at=time.time() - 30, tag="x")
+    assert run(job, "--format", "csv", "--output", str(output))[0] == 0
+    add(job.standin, 201, 1, at=time.time() - 20, tag="y")
+    assert run(job, "--format", "csv", "--output", str(output))[0] == 0
+    lines = output.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == ",".join(FIELDS)
+    assert len(lines) == 3
+    assert [row["email"] for row in csv.DictReader(io.StringIO("\n".join(lines)))] == [
+        "x0.201@example.com", "y0.201@example.com",
+    ]
+
+
+def test_account_id_and_list_ids_limit_what_is_scanned(job: JobFiles, capsys: pytest.CaptureFixture[str]) -> None:
+    """AWEBER_ACCOUNT_ID skips the accounts request; AWEBER_LIST_IDS scans only those lists, naming missing ones."""
+    populate(job.standin, (201, 202), size=1000, account=ACCOUNT)
+    populate(job.standin, (401, 402), size=1000, account=300)
+    job.write_tokens()
+    for account, list_id in ((ACCOUNT, 201), (ACCOUNT, 202), (300, 401), (300, 402)):
+        add(job.standin, list_id, 1, account=account)
+
+    code, rows, _ = run(job, AWEBER_ACCOUNT_ID="300")
+    assert code == 0
+    assert sorted((row["account_id"], row["list_id"]) for row in rows) == [(300, 401), (300, 402)]
+    assert api_counts(job.standin) == {"GET lists:200": 1, "GET find:200": 2}
+
+    capsys.readouterr()
+    code, rows, _ = run(job, AWEBER_LIST_IDS="202,999")
+    assert code == 0
+    assert [(row["account_id"], row["list_id"]) for row in rows] == [(ACCOUNT, 202)]
+    assert api_counts(job.standin) == {"GET accounts:200": 1, "GET lists:200": 2, "GET find:200": 1}
+    err = capsys.readouterr().err
+    assert "999" in err and "warning" in err
+    assert 'list 202 "List 202": 1 new' in err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2015-10-13T16:19:20-04:00", datetime(2015, 10, 13, 16, 19, 20, tzinfo=timezone(timedelta(hours=-4)))),
+        ("2017-10-13T10:41:43.300889-04:00",
+         datetime(2017, 10, 13, 10, 41, 43, 300889, tzinfo=timezone(timedelta(hours=-4)))),
+        ("2015-10-13T16:19:53", datetime(2015, 10, 13, 16, 19, 53, tzinfo=timezone.utc)),
+        ("2015-10-13T16:19:53Z", datetime(2015, 10, 13, 16, 19, 53, tzinfo=timezone.utc)),
+        ("2015-10-13 16:19:53+0000", datetime(2015, 10, 13, 16, 19, 53, tzinfo=timezone.utc)),
+        ("2015-10-13T16:19:53.3+05:30",
+         datetime(2015, 10, 13, 16, 19, 53, 300000, tzinfo=timezone(timedelta(hours=5, minutes=30)))),
+        ("2015-10-13T16:19:53.123456789-05:00",
+         datetime(2015, 10, 13, 16, 19, 53, 123456, tzinfo=timezone(timedelta(hours=-5)))),
+        ("2015-10-13T16:19", datetime(2015, 10, 13, 16, 19, tzinfo=timezone.utc)),
+        ("2015-10-13", datetime(2015, 10, 13, tzinfo=timezone.utc)),
+        ("", None),
+        ("   ", None),
+        (None, None),
+        (1444767560, None),
+        ("yesterday", None),
+        ("2015-13-01T00:00:00", None),
+        ("2015-02-30T00:00:00Z", None),
+    ],
+)
+def test_timestamps_parse_leniently(text: object, expected: datetime | None) -> None:
+    """AWeber's timestamp shapes parse with or without offset or fraction (no offset is UTC); anything else is None."""
+    parsed = parse_timestamp(text)
+    assert parsed == expected
+    if expected is not None and parsed is not None:
+        assert parsed.utcoffset() == expected.utcoffset()
+
+
+@given(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9999, 12, 30)),
+       st.integers(min_value=-14 * 60, max_value=14 * 60))
+def test_isoformat_round_trips_keeping_its_offset(moment: datetime, offset_minutes: int) -> None:
+    """Any ISO 8601 timestamp Python writes, with or without an offset, parses back to the same instant and offset."""
+    zone = timezone(timedelta(minutes=offset_minutes))
+    aware = moment.replace(tzinfo=zone)
+    assert (parsed := parse_timestamp(aware.isoformat())) == aware
+    assert parsed.utcoffset() == aware.utcoffset()
+    assert parse_timestamp(moment.isoformat()) == moment.replace(tzinfo=timezone.utc)
+
+
+def test_filter_day_is_the_watermark_day_as_written_and_the_earliest_day_on_a_first_run() -> None:
+    """A watermark's filter day is its date in its own offset; a first run's is the date of --since at UTC-12."""
+    evening = Watermark.from_state({"subscribed_at": "2026-11-27T23:30:00-05:00", "ids": [1]})
+    assert evening is not None
+    assert evening.filter_day() == date(2026, 11, 27)  # the 28th in UTC
+    look_back = Watermark.look_back(datetime(2026, 11, 28, 6, 0, tzinfo=timezone.utc))
+    assert look_back.filter_day() == date(2026, 11, 27)
+    assert Watermark.from_state({"subscribed_at": "", "ids": []}) is None
+    assert Watermark.from_state("garbage") is None
+
+
+class CannedApi:
+    """A narrow seam for entries the stand-in never sends (empty or missing timestamps): canned pages by path."""
+
+    def __init__(self, pages: dict[str, list[dict[str, Any]]]) -> None:
+        self.pages = pages
+        self.requests_made = 0
+
+    def walk(self, url_or_path: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        self.requests_made += 1
+        yield from self.pages[url_or_path]
+
+
+def test_entries_without_a_usable_timestamp_are_skipped_not_fatal(tmp_path: Path) -> None:
+    """Empty, missing and garbled subscribed_at values are skipped; offset-less ones count as UTC."""
+    api = CannedApi({
+        "accounts": [{"id": 1}],
+        "accounts/1/lists": [{"id": 2, "name": "L"}],
+        "accounts/1/lists/2/subscribers": [
+            {"id": 10, "email": "a@example.com", "subscribed_at": ""},
+            {"id": 11, "email": "b@example.com", "subscribed_at": None},
+            {"id": 12, "email": "c@example.com"},
+            {"id": 13, "email": "d@example.com", "subscribed_at": "soon"},
+            {"id": 14, "email": "e@example.com", "subscribed_at": "2026-11-28T09:00:00"},
+            {"id": 15, "email": "f@example.com", "subscribed_at": "2026-11-28T09:00:00.5Z"},
+        ],
+    })
+    output = io.StringIO()
+    context = TaskContext(
+        api=api,  # type: ignore[arg-type]
+        state={},
+        settings=Settings(client_id="c", client_secret=None, client_secret_source=None,
+                          token_file=tmp_path / "tokens.json", state_dir=tmp_path),
+        log=logging.getLogger("test"),
+        output=output,
+        now=lambda: datetime(2026, 11, 28, 12, tzinfo=timezone.utc),
+        since=datetime(2026, 11, 27, 12, tzinfo=timezone.utc),
+    )
+    summary = new_subscribers(context)
+    assert [json.loads(line)["id"] for line in output.getvalue().splitlines()] == [14, 15]
+    assert summary == {"accounts": 1, "lists": 1, "new_subscribers": 2, "requests": 3}
+    assert context.counters["new_subscribers"] == 2
+    assert context.state["lists"]["1/2"] == {"subscribed_at": "2026-11-28T09:00:00.5Z", "ids": [15]}

@@ -1,0 +1,157 @@
+"""`aweber-job run` and `tasks` as real processes: failing and killed tasks, task lookup, unknown tasks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from job.standin import StandIn
+from tests.conftest import REPO, JobFiles, run_job, token_requests
+from tests.tasks_for_tests import READY_FILE, TROUBLE_FILE
+
+ACCOUNT = 100
+LIST = 201
+DAY = 86_400
+TROUBLED_TASK = "tests.tasks_for_tests:new_subscribers_then_trouble"
+TROUBLED_STATE = "tests.tasks_for_tests_new_subscribers_then_trouble.state.json"
+
+
+def populate(standin: StandIn) -> None:
+    """One account, one list of 1,000 subscribers from last year to three days ago."""
+    now = time.time()
+    standin.add_account(ACCOUNT)
+    standin.add_list(ACCOUNT, LIST, "Newsletter", size=1000, start=now - 400 * DAY, end=now - 3 * DAY)
+
+
+def add(standin: StandIn, count: int, tag: str, *, minutes_ago: float = 10) -> list[int]:
+    """Append ``count`` subscribers a second apart, from ``minutes_ago`` on."""
+    first = time.time() - minutes_ago * 60
+    return standin.add_subscribers(ACCOUNT, LIST, [
+        {"email": f"{tag}{i}@example.com", "subscribed_at": first + i} for i in range(count)
+    ])
+
+
+def ids_of(stdout: str) -> list[Any]:
+    return [json.loads(line)["id"] for line in stdout.splitlines()]
+
+
+def state_file(job: JobFiles) -> Path:
+    return job.token_file.parent / TROUBLED_STATE
+
+
+def assert_tokens_saved_and_live(job: JobFiles, before: str) -> None:
+    """The token file holds a rotated refresh token that the stand-in accepts."""
+    saved = job.read_tokens()["refresh_token"]
+    assert saved != before
+    assert job.standin.live_refresh_tokens() == {saved}
+
+
+def test_a_failing_task_exits_1_with_tokens_saved_and_the_watermark_unmoved(job: JobFiles) -> None:
+    """A task raising after its output exits 1 with rotated tokens saved; the next run repeats its subscribers."""
+    populate(job.standin)
+    job.write_tokens()
+    first = add(job.standin, 2, "a")
+    result = run_job(["run", "--task", TROUBLED_TASK], job.env())
+    assert result.returncode == 0, result.stderr
+    assert ids_of(result.stdout) == first
+    saved_state = state_file(job).read_bytes()
+
+    second = add(job.standin, 3, "b", minutes_ago=5)
+    (job.token_file.parent / TROUBLE_FILE).write_text("fail")
+    before = job.read_tokens()["refresh_token"]
+    result = run_job(["run", "--task", TROUBLED_TASK], job.env())
+    assert result.returncode == 1
+    assert "injected failure" in result.stderr
+    assert ids_of(result.stdout) == second
+    assert_tokens_saved_and_live(job, before)
+    assert state_file(job).read_bytes() == saved_state
+
+    result = run_job(["run", "--task", TROUBLED_TASK], job.env())
+    assert result.returncode == 0, result.stderr
+    assert ids_of(result.stdout) == second
+
+
+def test_a_run_killed_after_its_output_repeats_those_subscribers_next_time(job: JobFiles) -> None:
+    """SIGKILL between the flushed output and the state save loses nothing: the next run repeats them."""
+    populate(job.standin)
+    job.write_tokens()
+    added = add(job.standin, 4, "k")
+    state_dir = job.token_file.parent
+    (state_dir / TROUBLE_FILE).write_text("hang")
+    before = job.read_tokens()["refresh_token"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "job", "run", "--task", TROUBLED_TASK],
+        env=job.env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not (state_dir / READY_FILE).exists():
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "the task never reported its output flushed"
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        stdout, _ = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    assert ids_of(stdout) == added
+    assert not state_file(job).exists()
+    assert_tokens_saved_and_live(job, before)
+
+    result = run_job(["run", "--task", TROUBLED_TASK], job.env())
+    assert result.returncode == 0, result.stderr
+    assert ids_of(result.stdout) == added
+    result = run_job(["run", "--task", TROUBLED_TASK], job.env())
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_a_task_from_a_dotted_path_runs(job: JobFiles) -> None:
+    """--task package.module:callable loads that callable and gives it the API."""
+    job.standin.add_account(ACCOUNT)
+    job.standin.add_account(300)
+    job.write_tokens()
+    result = run_job(["run", "--task", "tests.tasks_for_tests:list_accounts"], job.env())
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [{"account_id": ACCOUNT}, {"account_id": 300}]
+
+
+def test_the_built_in_tasks_are_installed_entry_points_and_run_by_name(job: JobFiles) -> None:
+    """noop and new-subscribers are registered in the aweber_job.tasks group, and AWEBER_TASK=noop runs by that name."""
+    registered = {ep.name: ep.value for ep in entry_points(group="aweber_job.tasks")}
+    assert registered["new-subscribers"] == "job.tasks.new_subscribers:new_subscribers"
+    assert registered["noop"] == "job.tasks.noop:noop"
+    job.write_tokens()
+    result = run_job(["run"], job.env(AWEBER_TASK="noop"))
+    assert (result.returncode, result.stdout) == (0, "")
+    assert token_requests(job.standin) == 1
+    assert job.standin.stats()["api"] == {}
+
+
+def test_an_unknown_task_exits_64_before_the_token_endpoint_is_contacted(job: JobFiles) -> None:
+    """A misspelt task name costs no refresh token: exit 64, the known tasks listed, zero token requests."""
+    grant = job.write_tokens()
+    result = run_job(["run", "--task", "new-subscriber"], job.env())
+    assert result.returncode == 64
+    assert "new-subscribers" in result.stderr and "noop" in result.stderr
+    assert token_requests(job.standin) == 0
+    assert job.standin.stats()["requests_total"] == 0
+    assert job.read_tokens()["refresh_token"] == grant["refresh_token"]
+    assert grant["refresh_token"] in job.standin.live_refresh_tokens()
+
+
+def test_tasks_lists_both_built_ins_with_their_descriptions() -> None:
+    """`aweber-job tasks` prints one line per task: name, then the first line of its docstring."""
+    result = run_job(["tasks"], {"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split("\t", 1) for line in result.stdout.splitlines())
+    assert lines["new-subscribers"].startswith("Report the subscribers who joined each list since the last run")
+    assert lines["noop"].startswith("Do nothing")
