@@ -1,0 +1,67 @@
+"""Logs: --quiet is silent on success, --log-format json is one object a line, secrets are redacted
+even in third-party lines, and errors are one line without a traceback."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from job.logs import REDACTOR, configure_logging
+from tests.conftest import JobFiles, run_job
+
+
+def test_quiet_prints_nothing_on_success(job: JobFiles) -> None:
+    """`-q run --task noop` succeeds with empty stdout and stderr, so cron mails nothing."""
+    job.write_tokens()
+    result = run_job(["-q", "run", "--task", "noop"], job.env())
+    assert result.returncode == 0
+    assert result.stdout == "" and result.stderr == ""
+
+
+def test_quiet_after_the_command_works_too(job: JobFiles) -> None:
+    """Global options are accepted after the command as well (`run -q`)."""
+    job.write_tokens()
+    result = run_job(["refresh", "-q"], job.env())
+    assert result.returncode == 0 and result.stderr == ""
+
+
+def test_json_log_format_is_one_object_a_line_with_fields(job: JobFiles) -> None:
+    """Every stderr line parses as JSON with ts, level and msg; the success line carries fingerprints."""
+    grant = job.write_tokens()
+    result = run_job(["--log-format", "json", "-v", "refresh"], job.env())
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert lines and all({"ts", "level", "msg"} <= set(line) for line in lines)
+    success = [line for line in lines if line["msg"].startswith("token refreshed")]
+    assert len(success) == 1
+    assert success[0]["refresh_token_after"] != success[0]["refresh_token_before"]
+    assert grant["refresh_token"] not in result.stderr
+
+
+def test_json_format_from_the_environment_and_errors_carry_the_exit_code(job: JobFiles) -> None:
+    """AWEBER_LOG_FORMAT=json applies to errors too: one object with the exit code."""
+    result = run_job(["refresh"], job.env(AWEBER_LOG_FORMAT="json"))
+    assert result.returncode == 65
+    (line,) = [json.loads(x) for x in result.stderr.splitlines()]
+    assert line["level"] == "error" and line["exit_code"] == 65
+
+
+def test_redactor_masks_secrets_in_any_logger_at_any_level() -> None:
+    """A secret logged by a third-party logger is replaced by its fingerprint before it is written."""
+    stream = io.StringIO()
+    configure_logging(verbosity=2, stream=stream)
+    REDACTOR.add("very-secret-token-value-123")
+    logging.getLogger("urllib3.connectionpool").debug("sent body refresh_token=very-secret-token-value-123")
+    logging.getLogger("job").error("oops %s", "very-secret-token-value-123")
+    text = stream.getvalue()
+    assert "very-secret-token-value-123" not in text
+    assert text.count("[redacted:") == 2
+
+
+def test_usage_errors_exit_64_with_one_line() -> None:
+    """A bad option is exit 64 and one line on stderr, not argparse's exit 2."""
+    result = run_job(["run", "--format", "xml"], {"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 64
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "--format" in result.stderr
