@@ -1,0 +1,383 @@
+"""The AWeber REST client that tasks get: pacing, retries, refresh-on-401, pagination (SPEC §7).
+
+One ``requests`` session, passed in. Every request carries ``Authorization: Bearer``, asks for
+JSON, has connect and read timeouts, and is paced so that at most ``rate_limit_per_minute``
+requests fall in any rolling window. The bearer token goes only to the scheme, host and port of
+the API base URL: a link in a response that points anywhere else is refused before anything is
+sent. Collections are walked page by page through ``next_collection_link`` as a generator.
+
+Quirks, from API-FACTS §3: AWeber's rate limit answers HTTP 403 (not 429) with
+``error.message`` "Rate Limit Error" and no Retry-After, and blocks the account for 60 s; other
+403s (suspended account, missing permission) must not be retried. An expired or disconnected
+access token answers 401.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlsplit
+
+import requests
+
+from job.errors import ApiError, AuthError, JobError, TemporaryError
+from job.retries import call_with_retries, parse_retry_after
+
+log = logging.getLogger(__name__)
+
+# AWeber's documented page size limit (API-FACTS §2.7): 1–100, default 100.
+PAGE_SIZE = 100
+# AWeber blocks a rate-limited account for 60 s (API-FACTS §3.2); the rolling window is a minute.
+DEFAULT_WINDOW_SECONDS = 60.0
+# A page of 100 subscribers is about 100 KB; anything near this is not an AWeber answer.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+# Only the error envelope is wanted from a refusal; the rest of a large body is not read.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+# Statuses worth another try besides 5xx: request timeout, and 429 should AWeber ever send it.
+TRANSIENT_STATUSES = frozenset({408, 429})
+_READ_CHUNK_BYTES = 64 * 1024
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+REAUTHORIZE_HINT = "authorize again: aweber-job login"
+
+
+class TokenSource(Protocol):
+    """Where the client gets its access token; :class:`job.cycle.TokenKeeper` is one."""
+
+    @property
+    def access_token(self) -> str: ...
+
+    def ensure_fresh(self, leeway_seconds: float) -> str:
+        """Return an access token good for ``leeway_seconds`` more, refreshing (and saving) if needed."""
+        ...
+
+    def refresh(self, reason: str) -> object:
+        """Refresh now, whatever the expiry says (after a 401)."""
+        ...
+
+
+class _Unauthorized(JobError):
+    """The API answered 401; handled by :meth:`ApiClient._get_json` (refresh once, then AuthError)."""
+
+    exit_code = AuthError.exit_code
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class _NotRetried(JobError):
+    """Carries an error from the token source through the retry loop so it is not retried twice."""
+
+    def __init__(self, error: JobError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+Origin = tuple[str, str, int]
+
+
+def origin_of(url: str) -> Origin:
+    """Return ``(scheme, host, port)`` of an absolute URL, lower-cased, with the default port filled in.
+
+    Raises ValueError for a URL without a host or with a bad port.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise ValueError("no host")
+    port = parts.port
+    if port is None:
+        port = _DEFAULT_PORTS.get(scheme, 0)
+    return scheme, host, port
+
+
+def format_origin(origin: Origin) -> str:
+    """``scheme://host:port``, with IPv6 hosts in brackets."""
+    scheme, host, port = origin
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"
+
+
+def _short(text: object, limit: int = 200) -> str:
+    value = " ".join(str(text).split())
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def _error_fields(body: bytes) -> tuple[str | None, str | None]:
+    """AWeber's ``error.type`` and ``error.message`` from an error envelope, when the body is one."""
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None, None
+    error = value.get("error") if isinstance(value, dict) else None
+    if not isinstance(error, dict):
+        return None, None
+    kind, message = error.get("type"), error.get("message")
+    return (
+        _short(kind, 60) if isinstance(kind, str) and kind else None,
+        _short(message) if isinstance(message, str) and message else None,
+    )
+
+
+def _describe(status: int, kind: str | None, message: str | None) -> str:
+    text = f"HTTP {status}"
+    if kind:
+        text += f" {kind}"
+    if message:
+        text += f": {message}"
+    return text
+
+
+def is_rate_limit_answer(status: int, message: str | None) -> bool:
+    """Whether an answer is AWeber's rate-limit refusal: 403 whose message says "rate limit" (KB-RATE)."""
+    return status == 403 and message is not None and "rate limit" in message.lower()
+
+
+class ApiClient:
+    """The AWeber API through one session: paced, retried, refreshed, origin-locked.
+
+    ``requests_made`` counts HTTP requests actually sent; ``rate_limited`` counts 403 "Rate Limit
+    Error" answers received.
+    """
+
+    def __init__(
+        self,
+        session: requests.Session,
+        *,
+        base_url: str,
+        tokens: TokenSource,
+        rate_limit_per_minute: int,
+        refresh_leeway_seconds: float,
+        timeout_seconds: float,
+        retry_deadline_seconds: float,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        window_seconds: float = DEFAULT_WINDOW_SECONDS,
+    ) -> None:
+        if rate_limit_per_minute < 1:
+            raise ValueError("rate_limit_per_minute must be at least 1")
+        if window_seconds <= 0:
+            raise ValueError("window_seconds must be positive")
+        parts = urlsplit(base_url)
+        if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname:
+            raise ValueError("base_url must be an http(s) URL with a host")
+        self._session = session
+        self._origin = origin_of(base_url)
+        self._base_url = base_url.rstrip("/")
+        self._base_path = parts.path.rstrip("/")
+        self._tokens = tokens
+        self._rate_limit = rate_limit_per_minute
+        self._leeway_seconds = refresh_leeway_seconds
+        self._timeout_seconds = timeout_seconds
+        self._deadline_seconds = retry_deadline_seconds
+        self._clock = clock
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._window_seconds = window_seconds
+        # When each of the last ``rate_limit`` requests finished: O(limit) memory whatever the run.
+        self._recent: collections.deque[float] = collections.deque(maxlen=rate_limit_per_minute)
+        self.requests_made = 0
+        self.rate_limited = 0
+
+    # ---- public -------------------------------------------------------------------------------
+
+    def get(self, url_or_path: str, params: Mapping[str, str | int] | None = None) -> Any:
+        """GET a resource and return its JSON.
+
+        Raises ApiError (refused, or not JSON), AuthError (401 after a refresh), TemporaryError
+        (network, 5xx or rate limit after retries), or the token source's errors.
+        """
+        return self._get_json(self.resolve(url_or_path), params)
+
+    def walk(
+        self, url_or_path: str, params: Mapping[str, str | int] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Yield the entries of a collection, page after page through ``next_collection_link``.
+
+        The first request asks for ``ws.size=100`` unless ``params`` or the URL set it. Only one
+        page is held at a time. Raises as :meth:`get`, and ApiError for a page that is not a collection.
+        """
+        url = self.resolve(url_or_path)
+        query: dict[str, str | int] = dict(params or {})
+        if "ws.size" not in query and not any(key == "ws.size" for key, _ in parse_qsl(urlsplit(url).query)):
+            query["ws.size"] = PAGE_SIZE
+        page = self._get_json(url, query)
+        while True:
+            entries = page.get("entries") if isinstance(page, dict) else None
+            if not isinstance(entries, list):
+                raise ApiError(f"GET {self._path(url)}: the answer is not a collection (no entries list)")
+            for entry in entries:
+                if not isinstance(entry, dict):
+                    raise ApiError(f"GET {self._path(url)}: a collection entry is not an object")
+                yield entry
+            following = page.get("next_collection_link")
+            if not following:
+                return
+            if not isinstance(following, str):
+                raise ApiError(f"GET {self._path(url)}: next_collection_link is not a string")
+            following_url = self.resolve(following)
+            if following_url == url:
+                raise ApiError(f"GET {self._path(url)}: next_collection_link points at the same page")
+            url = following_url
+            del page, entries
+            page = self._get_json(url, None)
+
+    def resolve(self, url_or_path: str) -> str:
+        """An absolute URL on the API's own origin; ApiError for any other origin, before anything is sent.
+
+        A relative path is joined to the base URL (``lists`` and ``/lists`` both go under it; a path
+        that already starts with the base path, such as ``/1.0/accounts``, is taken as it is).
+        """
+        parts = urlsplit(url_or_path)
+        if parts.scheme or parts.netloc:
+            try:
+                origin = origin_of(url_or_path)
+            except ValueError:
+                raise ApiError("refusing to send the token to a URL without a valid host") from None
+            if parts.username is not None or parts.password is not None:
+                raise ApiError("refusing a URL with credentials in it") from None
+            if origin != self._origin:
+                raise ApiError(f"refusing to send the token to {_short(format_origin(origin), 120)}")
+            return url_or_path.split("#", 1)[0]
+        path = url_or_path.split("#", 1)[0]
+        if self._base_path and (path == self._base_path or path.startswith(self._base_path + "/")):
+            return format_origin(self._origin) + path
+        return f"{self._base_url}/{path.lstrip('/')}"
+
+    # ---- one GET with its retries and its one refresh ----------------------------------------
+
+    def _get_json(self, url: str, params: Mapping[str, str | int] | None) -> Any:
+        path = self._path(url)
+        refreshed = False
+        while True:
+            try:
+                return call_with_retries(
+                    lambda: self._attempt(url, params),
+                    deadline_seconds=self._deadline_seconds,
+                    what=f"GET {path}",
+                    clock=self._monotonic,
+                    sleep=self._sleep,
+                )
+            except _NotRetried as carried:
+                raise carried.error from carried.error.__cause__
+            except _Unauthorized as refused:
+                if refreshed:
+                    raise AuthError(
+                        f"the API answered 401 to GET {path} again after a refresh ({refused.detail}): "
+                        "the account may have disconnected this integration",
+                        hint=REAUTHORIZE_HINT,
+                    ) from None
+                log.info("the API answered 401 to GET %s (%s); refreshing the access token once", path, refused.detail)
+                self._tokens.refresh("the API answered 401")
+                refreshed = True
+
+    def _attempt(self, url: str, params: Mapping[str, str | int] | None) -> Any:
+        """Send one GET and classify the answer; raise what the retry policy needs to see."""
+        path = self._path(url)
+        try:
+            access_token = self._tokens.ensure_fresh(self._leeway_seconds)
+        except JobError as exc:
+            # The token endpoint's own retries are done; do not repeat them here.
+            raise _NotRetried(exc) from exc
+        self._pace()
+        headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
+        self.requests_made += 1
+        try:
+            status, response_headers, body = self._send(url, params, headers, path)
+        finally:
+            self._recent.append(self._monotonic())
+        log.debug("GET %s -> HTTP %d (%d bytes)", path, status, len(body))
+        if 200 <= status < 300:
+            if len(body) > MAX_ANSWER_BYTES:
+                raise ApiError(f"GET {path}: the answer is larger than {MAX_ANSWER_BYTES} bytes", status=status)
+            try:
+                return json.loads(body.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                raise ApiError(f"GET {path}: HTTP {status}, but the answer is not JSON", status=status) from None
+        kind, message = _error_fields(body)
+        detail = _describe(status, kind, message)
+        if 300 <= status < 400:
+            raise ApiError(f"GET {path}: HTTP {status} redirect, not followed", status=status)
+        if status == 401:
+            raise _Unauthorized(f"GET {path}: {detail}", detail)
+        if is_rate_limit_answer(status, message):
+            self.rate_limited += 1
+            raise TemporaryError(
+                f"GET {path}: AWeber's rate limit was reached ({detail})",
+                hint="the job paces itself to AWEBER_RATE_LIMIT; another integration may share the account's limit",
+                retry_after_seconds=self._window_seconds,
+            )
+        if status >= 500 or status in TRANSIENT_STATUSES:
+            retry_after = parse_retry_after(response_headers.get("Retry-After"), self._clock())
+            raise TemporaryError(f"GET {path}: the API is unavailable ({detail})", retry_after_seconds=retry_after)
+        raise ApiError(f"GET {path}: the API refused the request ({detail})", status=status, error_type=kind)
+
+    def _send(
+        self, url: str, params: Mapping[str, str | int] | None, headers: dict[str, str], path: str
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One GET on the wire; transport failures become TemporaryError (retried: a GET is safe to repeat)."""
+        try:
+            response = self._session.get(
+                url,
+                params=dict(params) if params else None,
+                headers=headers,
+                timeout=(self._timeout_seconds, self._timeout_seconds),
+                allow_redirects=False,
+                stream=True,
+            )
+        except requests.exceptions.Timeout:
+            raise TemporaryError(f"GET {path}: the API did not answer in time") from None
+        except requests.exceptions.ConnectionError as exc:
+            raise TemporaryError(f"GET {path}: could not reach the API ({type(exc).__name__})") from None
+        except requests.exceptions.RequestException as exc:
+            raise ApiError(f"GET {path}: the request could not be made ({type(exc).__name__})") from None
+        try:
+            limit = MAX_ANSWER_BYTES if 200 <= response.status_code < 300 else MAX_ERROR_BODY_BYTES
+            body = self._read_body(response, limit, path)
+        except (requests.exceptions.RequestException, OSError) as exc:
+            raise TemporaryError(f"GET {path}: the answer was cut off ({type(exc).__name__})") from None
+        finally:
+            response.close()
+        return response.status_code, response.headers, body
+
+    def _read_body(self, response: requests.Response, limit: int, path: str) -> bytes:
+        """Read at most ``limit + 1`` bytes, within the timeout for the whole body (a drip is not an answer)."""
+        started = self._monotonic()
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_content(chunk_size=_READ_CHUNK_BYTES):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                break
+            if self._monotonic() - started > self._timeout_seconds:
+                raise TemporaryError(f"GET {path}: the answer arrived too slowly")
+        return b"".join(chunks)
+
+    # ---- pacing -------------------------------------------------------------------------------
+
+    def _pace(self) -> None:
+        """Wait until fewer than ``rate_limit`` requests finished within the last window.
+
+        Times are taken when a request *finished*, which is no earlier than the server saw it, so
+        the server never counts more than the limit in any window either.
+        """
+        if len(self._recent) < self._rate_limit:
+            return
+        wait_seconds = self._recent[0] + self._window_seconds - self._monotonic()
+        if wait_seconds > 0:
+            log.debug("pacing: waiting %.2f s to stay within %d requests per %.0f s",
+                      wait_seconds, self._rate_limit, self._window_seconds)
+            self._sleep(wait_seconds)
+
+    def _path(self, url: str) -> str:
+        """The URL's path for messages: no query (it may hold filters such as an email address)."""
+        return _short(urlsplit(url).path or "/", 120)

@@ -1,0 +1,577 @@
+"""The API client against the stand-in AWeber on loopback: paging, pacing, retries, refresh, origin lock."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import requests
+
+from job.api import ApiClient, format_origin, origin_of
+from job.config import load_settings
+from job.cycle import TokenKeeper
+from job.errors import EXIT_AUTH, EXIT_TEMPORARY, ApiError, AuthError, TemporaryError
+from job.standin import Fault, StandIn
+from tests.conftest import JobFiles
+
+ACCOUNT_ID = 1001
+LIST_ID = 2002
+SUBSCRIBERS = f"/1.0/accounts/{ACCOUNT_ID}/lists/{LIST_ID}/subscribers"
+USER_AGENT = "aweber-job/test"
+
+
+class FakeTokens:
+    """A token source that never refreshes by itself and records forced refreshes."""
+
+    def __init__(self, access_token: str) -> None:
+        self.access_token = access_token
+        self.refreshes: list[str] = []
+
+    def ensure_fresh(self, leeway_seconds: float) -> str:
+        return self.access_token
+
+    def refresh(self, reason: str) -> object:
+        self.refreshes.append(reason)
+        return None
+
+
+class FakeTime:
+    """A monotonic clock that only moves when the recording sleep is called."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+def _fake_tokens(standin: StandIn) -> FakeTokens:
+    grant = standin.issue_tokens("cid-confidential")
+    return FakeTokens(str(grant["access_token"]))
+
+
+def _client(
+    standin_or_url: StandIn | str,
+    tokens: Any,
+    *,
+    fake_time: FakeTime | None = None,
+    **overrides: Any,
+) -> ApiClient:
+    base_url = standin_or_url if isinstance(standin_or_url, str) else standin_or_url.api_url
+    options: dict[str, Any] = {
+        "rate_limit_per_minute": 120,
+        "refresh_leeway_seconds": 300.0,
+        "timeout_seconds": 5.0,
+        "retry_deadline_seconds": 300.0,
+    }
+    if fake_time is not None:
+        options.update(monotonic=fake_time.monotonic, sleep=fake_time.sleep)
+    options.update(overrides)
+    return ApiClient(_session(), base_url=base_url, tokens=tokens, **options)
+
+
+def _add_list(standin: StandIn, size: int) -> None:
+    standin.add_account(ACCOUNT_ID)
+    standin.add_list(ACCOUNT_ID, LIST_ID, "Newsletter", size=size, seed=7)
+
+
+def _api_count(standin: StandIn, key: str) -> int:
+    api = standin.stats()["api"]
+    assert isinstance(api, dict)
+    return int(api.get(key, 0))
+
+
+@pytest.fixture
+def keeper(job: JobFiles) -> Iterator[TokenKeeper]:
+    """A real TokenKeeper holding the lock on a real token file issued by the stand-in."""
+    job.write_tokens()
+    settings = load_settings(job.env())
+    token_keeper = TokenKeeper(settings, _session())
+    token_keeper.open()
+    try:
+        yield token_keeper
+    finally:
+        token_keeper.close()
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Records every request it gets and answers with the server's canned JSON."""
+
+    def do_GET(self) -> None:
+        server = self.server
+        assert isinstance(server, _RecordingServer)
+        server.seen.append({"path": self.path, "headers": dict(self.headers.items())})
+        body = json.dumps(server.answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _RecordingServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Recorder)
+        self.seen: list[dict[str, Any]] = []
+        self.answer: Any = {"entries": []}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def other_server() -> Iterator[_RecordingServer]:
+    """A second loopback HTTP server that records what it receives."""
+    server = _RecordingServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+# ---- paging ------------------------------------------------------------------------------------
+
+def test_walk_of_25000_entries_takes_250_requests_and_yields_each_once(standin: StandIn) -> None:
+    """Walking a 25,000-entry list follows next_collection_link with ws.size=100: 250 requests, no repeats."""
+    _add_list(standin, 25_000)
+    # Pacing is tested on its own below; here it would only make the test wait.
+    client = _client(standin, _fake_tokens(standin), rate_limit_per_minute=100_000)
+
+    ids = [entry["id"] for entry in client.walk(SUBSCRIBERS)]
+
+    assert len(ids) == 25_000
+    assert len(set(ids)) == 25_000
+    assert client.requests_made == 250
+    assert _api_count(standin, "GET subscribers:200") == 250
+    assert standin.stats()["requests_total"] == 250
+
+
+def test_walk_is_lazy_and_keeps_a_given_page_size(standin: StandIn) -> None:
+    """The walk sends nothing until iterated, and a ws.size given by the caller is kept for every page."""
+    _add_list(standin, 120)
+    client = _client(standin, _fake_tokens(standin))
+
+    walk = client.walk(SUBSCRIBERS, {"ws.size": 50})
+    assert client.requests_made == 0
+    assert len(list(walk)) == 120
+
+    sizes = [dict(entry["query"]).get("ws.size") for entry in standin.request_log()]  # type: ignore[call-overload]
+    assert sizes == ["50", "50", "50"]
+
+
+def test_get_sends_bearer_accept_user_agent_and_joins_relative_paths(other_server: _RecordingServer) -> None:
+    """Requests carry the bearer token, Accept JSON and the session's User-Agent; paths go under the base."""
+    other_server.answer = {"id": 1}
+    client = _client(f"{other_server.url}/1.0", FakeTokens("access-token-abcdef"))
+
+    assert client.get("accounts") == {"id": 1}
+    assert client.get("/accounts/5", {"ws.op": "x"}) == {"id": 1}
+    assert client.get("/1.0/accounts/6") == {"id": 1}
+
+    paths = [seen["path"] for seen in other_server.seen]
+    assert paths == ["/1.0/accounts", "/1.0/accounts/5?ws.op=x", "/1.0/accounts/6"]
+    headers = other_server.seen[0]["headers"]
+    assert headers["Authorization"] == "Bearer access-token-abcdef"
+    assert headers["Accept"] == "application/json"
+    assert headers["User-Agent"] == USER_AGENT
+
+
+# ---- pacing and AWeber's rate limit -----------------------------------------------------------
+
+def test_pacing_stays_under_the_servers_rolling_limit() -> None:
+    """With the server allowing 10 requests per second, a 35-request walk paced at 10/s meets no 403."""
+    server = StandIn({"cid-confidential": "secret-x"}, rate_limit_per_minute=10, rate_limit_window_seconds=1.0)
+    with server:
+        _add_list(server, 3_500)
+        client = _client(server, _fake_tokens(server), rate_limit_per_minute=10, window_seconds=1.0)
+        started = time.monotonic()
+
+        count = sum(1 for _ in client.walk(SUBSCRIBERS))
+
+        elapsed = time.monotonic() - started
+        assert count == 3_500
+        assert client.requests_made == 35
+        assert client.rate_limited == 0
+        assert server.stats()["rate_limited"] == 0
+        # 35 requests at 10 per second need at least three full windows, and not much more.
+        assert 3.0 <= elapsed < 10.0
+
+
+def test_rate_limit_answer_is_waited_out_for_a_minute_and_retried(standin: StandIn) -> None:
+    """A 403 "Rate Limit Error" makes the client wait 60 s (recorded, not slept) and repeat the request."""
+    _add_list(standin, 150)
+    standin.inject(Fault(status=403, message="Rate Limit Error"), path=SUBSCRIBERS)
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time)
+
+    count = sum(1 for _ in client.walk(SUBSCRIBERS))
+
+    assert count == 150
+    assert fake_time.sleeps == [60.0]
+    assert client.rate_limited == 1
+    assert client.requests_made == 3
+
+
+def test_rate_limit_beyond_the_deadline_is_a_temporary_failure(standin: StandIn) -> None:
+    """When waiting out the rate limit would pass the retry deadline, the client gives up with exit 75."""
+    _add_list(standin, 10)
+    standin.inject(Fault(status=403, message="Rate Limit Error"), path=SUBSCRIBERS)
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time, retry_deadline_seconds=30.0)
+
+    with pytest.raises(TemporaryError) as raised:
+        list(client.walk(SUBSCRIBERS))
+
+    assert raised.value.exit_code == EXIT_TEMPORARY
+    assert "rate limit" in str(raised.value).lower()
+    assert fake_time.sleeps == []
+    assert client.requests_made == 1
+
+
+def test_other_403_is_not_retried(standin: StandIn) -> None:
+    """A 403 with any other message (a suspended account) raises ApiError at once, carrying AWeber's type."""
+    _add_list(standin, 10)
+    standin.inject(Fault(status=403, message="Account Temporarily Suspended"), path=SUBSCRIBERS)
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time)
+
+    with pytest.raises(ApiError) as raised:
+        list(client.walk(SUBSCRIBERS))
+
+    assert raised.value.status == 403
+    assert raised.value.error_type == "ForbiddenError"
+    assert "Account Temporarily Suspended" in str(raised.value)
+    assert fake_time.sleeps == []
+    assert client.requests_made == 1
+    assert client.rate_limited == 0
+
+
+# ---- retries and refusals ---------------------------------------------------------------------
+
+def test_5xx_then_success_is_retried(standin: StandIn) -> None:
+    """Two 5xx answers are retried with backoff, and the third attempt's answer is returned."""
+    standin.add_account(ACCOUNT_ID)
+    standin.inject(Fault(status=503), Fault(status=500), path="/1.0/accounts")
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time)
+
+    accounts = client.get("/accounts")
+
+    assert [entry["id"] for entry in accounts["entries"]] == [ACCOUNT_ID]
+    assert client.requests_made == 3
+    assert len(fake_time.sleeps) == 2
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_retry_after_is_waited_as_told(standin: StandIn, status: int) -> None:
+    """A 503 (or a 429, should AWeber ever send one) with Retry-After is retried after that many seconds."""
+    standin.add_account(ACCOUNT_ID)
+    standin.inject(Fault(status=status, retry_after="7"), path="/1.0/accounts")
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time)
+
+    client.get("/accounts")
+
+    assert fake_time.sleeps == [7.0]
+
+
+def test_persistent_5xx_ends_in_a_temporary_failure(standin: StandIn) -> None:
+    """5xx answers until the deadline raise TemporaryError (exit 75) naming the path and status."""
+    standin.inject(*[Fault(status=502)] * 20, path="/1.0/accounts")
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time, retry_deadline_seconds=20.0)
+
+    with pytest.raises(TemporaryError) as raised:
+        client.get("/accounts")
+
+    assert raised.value.exit_code == EXIT_TEMPORARY
+    assert "/1.0/accounts" in str(raised.value) and "502" in str(raised.value)
+    assert sum(fake_time.sleeps) <= 20.0
+    assert client.requests_made >= 2
+
+
+def test_read_timeout_is_retried(standin: StandIn) -> None:
+    """An answer slower than the read timeout is abandoned and the GET is sent again."""
+    standin.add_account(ACCOUNT_ID)
+    standin.inject(Fault(delay_seconds=1.0), path="/1.0/accounts")
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time, timeout_seconds=0.3)
+
+    accounts = client.get("/accounts")
+
+    assert accounts["entries"][0]["id"] == ACCOUNT_ID
+    assert client.requests_made == 2
+    assert len(fake_time.sleeps) == 1
+
+
+def test_connection_refused_is_retried_then_temporary() -> None:
+    """An API that cannot be reached is retried within the deadline, then TemporaryError (exit 75)."""
+    with StandIn() as gone:
+        url = gone.api_url
+    fake_time = FakeTime()
+    client = _client(url, FakeTokens("access-token-abcdef"), fake_time=fake_time, retry_deadline_seconds=10.0)
+
+    with pytest.raises(TemporaryError):
+        client.get("/accounts")
+
+    assert client.requests_made >= 2
+    assert fake_time.sleeps
+
+
+def test_ws_size_500_raises_web_service_error(standin: StandIn) -> None:
+    """AWeber's 400 WebServiceError for ws.size=500 becomes ApiError with its type and message, not retried."""
+    _add_list(standin, 10)
+    client = _client(standin, _fake_tokens(standin))
+
+    with pytest.raises(ApiError) as raised:
+        list(client.walk(SUBSCRIBERS, {"ws.size": 500}))
+
+    assert raised.value.status == 400
+    assert raised.value.error_type == "WebServiceError"
+    assert "ws.size" in str(raised.value)
+    assert SUBSCRIBERS in str(raised.value)
+    assert client.requests_made == 1
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(status=200, body=b"<html>not json</html>", content_type="text/html"),
+        Fault(status=200, body=b"\xff\xfe garbage"),
+    ],
+    ids=["html", "bytes"],
+)
+def test_2xx_that_is_not_json_raises_api_error(standin: StandIn, fault: Fault) -> None:
+    """A success status whose body is not JSON is an ApiError, not a crash."""
+    standin.inject(fault, path="/1.0/accounts")
+    client = _client(standin, _fake_tokens(standin))
+
+    with pytest.raises(ApiError, match="not JSON"):
+        client.get("/accounts")
+
+
+def test_huge_error_body_is_not_read_whole(standin: StandIn) -> None:
+    """A 400 with a 50 MB body is reported from the first bytes only, quickly."""
+    standin.inject(Fault(status=400, body_size=50 * 1024 * 1024), path="/1.0/accounts")
+    client = _client(standin, _fake_tokens(standin))
+    started = time.monotonic()
+
+    with pytest.raises(ApiError) as raised:
+        client.get("/accounts")
+
+    assert raised.value.status == 400
+    assert len(str(raised.value)) < 400
+    assert time.monotonic() - started < 5
+
+
+def test_page_that_is_not_a_collection_raises_api_error(standin: StandIn) -> None:
+    """A walk over something without an entries list raises ApiError instead of yielding nonsense."""
+    standin.inject(Fault(status=200, body=b'{"id": 3}'), path="/1.0/accounts")
+    client = _client(standin, _fake_tokens(standin))
+
+    with pytest.raises(ApiError, match="not a collection"):
+        list(client.walk("/accounts"))
+
+
+# ---- tokens -------------------------------------------------------------------------------------
+
+def test_access_token_expired_mid_walk_is_refreshed_once_and_saved(
+    standin: StandIn, job: JobFiles, keeper: TokenKeeper
+) -> None:
+    """A 401 between pages refreshes once, rewrites the token file with the live rotated token, and goes on."""
+    _add_list(standin, 300)
+    old_refresh = job.read_tokens()["refresh_token"]
+    client = _client(standin, keeper)
+
+    walk = client.walk(SUBSCRIBERS)
+    first_page = [next(walk) for _ in range(100)]
+    standin.expire_access_tokens()
+    rest = list(walk)
+
+    assert len({entry["id"] for entry in first_page + rest}) == 300
+    assert keeper.stats.refreshes == 1
+    saved = job.read_tokens()
+    assert saved["refresh_token"] != old_refresh
+    assert standin.live_refresh_tokens() == {saved["refresh_token"]}
+    assert saved["access_token"] == keeper.access_token
+    assert (job.token_file.stat().st_mode & 0o777) == 0o600
+    assert _api_count(standin, "GET subscribers:401:UnauthorizedError") == 1
+    assert client.requests_made == 4
+
+
+def test_token_near_expiry_is_refreshed_before_the_request(
+    standin: StandIn, job: JobFiles
+) -> None:
+    """An access token with less than the leeway left is refreshed before sending, so the API sees no 401."""
+    standin.add_account(ACCOUNT_ID)
+    job.write_tokens(expires_in=60)
+    keeper = TokenKeeper(load_settings(job.env()), _session()).open()
+    try:
+        client = _client(standin, keeper, refresh_leeway_seconds=300.0)
+        client.get("/accounts")
+        client.get("/accounts")
+    finally:
+        keeper.close()
+
+    assert keeper.stats.refreshes == 1
+    assert standin.live_refresh_tokens() == {job.read_tokens()["refresh_token"]}
+    assert _api_count(standin, "GET accounts:200") == 2
+    assert _api_count(standin, "GET accounts:401:UnauthorizedError") == 0
+
+
+def test_401_that_survives_a_refresh_is_an_auth_error(
+    standin: StandIn, job: JobFiles, keeper: TokenKeeper
+) -> None:
+    """When the account disconnected the integration, one refresh is tried and then AuthError (exit 77)."""
+    standin.add_account(ACCOUNT_ID)
+    standin.disconnect()
+    client = _client(standin, keeper)
+
+    with pytest.raises(AuthError) as raised:
+        client.get("/accounts")
+
+    assert raised.value.exit_code == EXIT_AUTH
+    text = str(raised.value)
+    assert "disconnected this integration" in text
+    assert "aweber-job login" in text
+    assert keeper.stats.refreshes == 1
+    assert client.requests_made == 2
+    # The refresh still rotated and saved the token, so the file stays usable after re-connecting.
+    assert standin.live_refresh_tokens() == {job.read_tokens()["refresh_token"]}
+    assert keeper.access_token not in text
+
+
+def test_401_with_a_fake_token_source_refreshes_exactly_once(standin: StandIn) -> None:
+    """The client asks its token source for one forced refresh per request that keeps answering 401."""
+    standin.add_account(ACCOUNT_ID)
+    tokens = FakeTokens("not-a-live-token-123")
+    client = _client(standin, tokens)
+
+    with pytest.raises(AuthError):
+        client.get("/accounts")
+
+    assert tokens.refreshes == ["the API answered 401"]
+    assert client.requests_made == 2
+
+
+# ---- the token goes to the API's own origin only ------------------------------------------------
+
+def test_next_link_to_another_server_is_refused_without_sending(
+    standin: StandIn, other_server: _RecordingServer
+) -> None:
+    """A next_collection_link on another port is refused, and that server receives nothing at all."""
+    foreign = f"{other_server.url}/1.0/accounts/{ACCOUNT_ID}/lists/{LIST_ID}/subscribers?ws.start=100"
+    page = {"entries": [{"id": 1}], "start": 0, "next_collection_link": foreign}
+    standin.inject(Fault(status=200, body=json.dumps(page).encode()), path=SUBSCRIBERS)
+    client = _client(standin, _fake_tokens(standin))
+
+    walk = client.walk(SUBSCRIBERS)
+    assert next(walk) == {"id": 1}
+    with pytest.raises(ApiError) as raised:
+        next(walk)
+
+    assert str(raised.value) == f"refusing to send the token to {other_server.url}"
+    assert other_server.seen == []
+    assert client.requests_made == 1
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "https://127.0.0.1:{port}/1.0/accounts",  # another scheme
+        "http://localhost:{port}/1.0/accounts",  # another host name for the same address
+        "http://127.0.0.2:{port}/1.0/accounts",  # another host
+        "http://127.0.0.1:{port}@evil.example/1.0/accounts",  # userinfo trick
+        "//evil.example/1.0/accounts",  # scheme-relative
+        "http://127.0.0.1:{port}.evil.example/1.0/accounts",  # bad port
+    ],
+)
+def test_urls_off_the_api_origin_are_refused(standin: StandIn, link: str) -> None:
+    """Any URL whose scheme, host or port differs from the base URL's is refused before sending."""
+    client = _client(standin, _fake_tokens(standin))
+
+    with pytest.raises(ApiError, match="refusing"):
+        client.get(link.format(port=standin.port))
+
+    assert client.requests_made == 0
+    assert standin.stats()["requests_total"] == 0
+
+
+def test_absolute_url_on_the_api_origin_is_accepted(standin: StandIn) -> None:
+    """A self_link on the API's own origin (explicit or default port spelled out) is followed."""
+    standin.add_account(ACCOUNT_ID)
+    client = _client(standin, _fake_tokens(standin))
+
+    accounts = client.get(f"{standin.api_url}/accounts")
+
+    assert accounts["entries"][0]["id"] == ACCOUNT_ID
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("https://api.aweber.com/1.0", ("https", "api.aweber.com", 443)),
+        ("https://API.aweber.com:443/1.0/x", ("https", "api.aweber.com", 443)),
+        ("http://127.0.0.1:8080/", ("http", "127.0.0.1", 8080)),
+        ("http://[::1]:9/", ("http", "::1", 9)),
+    ],
+)
+def test_origin_of_fills_in_default_ports(url: str, origin: tuple[str, str, int]) -> None:
+    """Origins compare scheme, lower-cased host and port, with 80/443 filled in."""
+    assert origin_of(url) == origin
+
+
+def test_format_origin_brackets_ipv6() -> None:
+    """An IPv6 origin is written with brackets, as in a URL."""
+    assert format_origin(("http", "::1", 9)) == "http://[::1]:9"
+
+
+def test_no_token_in_logs_or_errors_through_retries_and_refresh(
+    standin: StandIn, job: JobFiles, keeper: TokenKeeper, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retries, a 401 refresh and a refused origin log and raise nothing that holds a token."""
+    standin.add_account(ACCOUNT_ID)
+    first_access = keeper.access_token
+    first_refresh = keeper.tokens.refresh_token
+    standin.inject(Fault(status=503), path="/1.0/accounts")
+    standin.expire_access_tokens()
+    fake_time = FakeTime()
+    client = _client(standin, keeper, fake_time=fake_time)
+
+    with caplog.at_level(logging.DEBUG):
+        client.get("/accounts")
+        with pytest.raises(ApiError) as raised:
+            client.get("http://127.0.0.1:1/1.0/accounts")
+
+    secrets = {first_access, first_refresh, keeper.access_token, keeper.tokens.refresh_token}
+    text = caplog.text + str(raised.value)
+    assert keeper.stats.refreshes == 1
+    assert "GET /1.0/accounts" in caplog.text
+    assert not [secret for secret in secrets if secret in text]
