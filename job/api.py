@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
-from job.errors import ApiError, AuthError, JobError, TemporaryError
+from job.errors import ApiError, AuthError, JobError, TemporaryError, shorten
 from job.retries import call_with_retries, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,6 @@ def format_origin(origin: Origin) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-def _short(text: object, limit: int = 200) -> str:
-    value = " ".join(str(text).split())
-    return value if len(value) <= limit else value[: limit - 1] + "…"
-
-
 def _error_fields(body: bytes) -> tuple[str | None, str | None]:
     """AWeber's ``error.type`` and ``error.message`` from an error envelope, when the body is one."""
     try:
@@ -121,8 +116,8 @@ def _error_fields(body: bytes) -> tuple[str | None, str | None]:
         return None, None
     kind, message = error.get("type"), error.get("message")
     return (
-        _short(kind, 60) if isinstance(kind, str) and kind else None,
-        _short(message) if isinstance(message, str) and message else None,
+        shorten(kind, 60) if isinstance(kind, str) and kind else None,
+        shorten(message) if isinstance(message, str) and message else None,
     )
 
 
@@ -245,7 +240,7 @@ class ApiClient:
             if parts.username is not None or parts.password is not None:
                 raise ApiError("refusing a URL with credentials in it") from None
             if origin != self._origin:
-                raise ApiError(f"refusing to send the token to {_short(format_origin(origin), 120)}")
+                raise ApiError(f"refusing to send the token to {shorten(format_origin(origin), 120)}")
             return url_or_path.split("#", 1)[0]
         path = url_or_path.split("#", 1)[0]
         if self._base_path and (path == self._base_path or path.startswith(self._base_path + "/")):
@@ -380,4 +375,4 @@ class ApiClient:
 
     def _path(self, url: str) -> str:
         """The URL's path for messages: no query (it may hold filters such as an email address)."""
-        return _short(urlsplit(url).path or "/", 120)
+        return shorten(urlsplit(url).path or "/", 120)

@@ -30,6 +30,12 @@ EXIT_MEANINGS = {
 }
 
 
+def shorten(text: object, limit: int = 200) -> str:
+    """One line of at most ``limit`` characters, for quoting a server's words in a message."""
+    value = " ".join(str(text).split())
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
 class JobError(Exception):
     """Base of every error the job raises on purpose; ``exit_code`` says how the run ends."""
 

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
 
-from job.errors import AuthError, ProtocolError, TemporaryError
+from job.errors import AuthError, ProtocolError, TemporaryError, shorten
 from job.retries import call_with_retries, parse_retry_after
 from job.tokens import MAX_TOKEN_ANSWER_BYTES
 
@@ -233,11 +233,6 @@ def _server_date(headers: Mapping[str, str]) -> float | None:
         return None
 
 
-def _short(text: object, limit: int = 200) -> str:
-    value = " ".join(str(text).split())
-    return value if len(value) <= limit else value[: limit - 1] + "…"
-
-
 def classify_token_answer(received: _Received, *, what: str) -> TokenAnswer:
     """Turn a token-endpoint answer into a TokenAnswer or raise the error class it belongs to.
 
@@ -263,14 +258,14 @@ def classify_token_answer(received: _Received, *, what: str) -> TokenAnswer:
         description = body.get("error_description") if body else None
         message = f"the token endpoint refused {what}: {oauth_error}"
         if isinstance(description, str) and description:
-            message += f" ({_short(description)})"
+            message += f" ({shorten(description)})"
         raise AuthError(message, hint=ACTIONS.get(oauth_error, "check the client settings, then: aweber-job login"))
     if isinstance(oauth_error, dict):
         # AWeber's own envelope: {"error": {"status", "message", "type", "documentation_url"}}.
         kind = oauth_error.get("type") or "Error"
         message = oauth_error.get("message") or ""
         raise AuthError(
-            f"the token endpoint refused {what}: HTTP {status} {_short(kind, 60)}: {_short(message)}",
+            f"the token endpoint refused {what}: HTTP {status} {shorten(kind, 60)}: {shorten(message)}",
             hint="check AWEBER_CLIENT_ID and the client secret, then: aweber-job login",
         )
     raise AuthError(
