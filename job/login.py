@@ -1,0 +1,429 @@
+"""``aweber-job login`` (first authorization) and ``aweber-job revoke`` (SPEC §6).
+
+``login`` runs AWeber's authorization-code flow from a terminal: it prints the authorize URL
+(PKCE S256 for a public client, none for a confidential one, as AWeber demands), reads the code
+or the whole redirect URL from the prompt, and exchanges it under the token file's lock. The
+token file is reserved before the code is spent, so an unwritable directory costs nothing.
+``revoke`` posts the refresh token to the revoke endpoint and removes the token file only once
+AWeber has accepted. Neither ever prints or logs a code, verifier or token: fingerprints only.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import secrets
+import stat
+import time
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import parse_qs, urlsplit
+
+import requests
+
+from job.config import Settings
+from job.cycle import resolve_client
+from job.errors import (
+    EXIT_OK,
+    ConfigError,
+    JobError,
+    ProtocolError,
+    StorageError,
+    TokenFileError,
+    UsageError,
+)
+from job.logs import REDACTOR
+from job.oauth import (
+    DEFAULT_SCOPE,
+    OOB_REDIRECT_URI,
+    Client,
+    TokenAnswer,
+    TokenCall,
+    authorize_url,
+    exchange_code,
+    make_pkce_pair,
+    parse_pasted_code,
+    revoke_token,
+    warn_on_clock_skew,
+)
+from job.store import (
+    Reservation,
+    TokenLock,
+    _fsync_directory,
+    load_token_file,
+    reserve_size_for,
+    resolve_target,
+    save_rotated_tokens,
+)
+from job.tokens import TokenFile, fingerprint, format_expiry, new_token_file
+
+log = logging.getLogger(__name__)
+
+# The best-effort revocation of the access token (after the refresh token is gone) must not keep
+# an operator waiting for the whole retry deadline: the access token dies within two hours anyway.
+ACCESS_TOKEN_REVOKE_DEADLINE_SECONDS = 15.0
+
+
+# ---- login --------------------------------------------------------------------------------------
+
+def run_login(
+    settings: Settings,
+    session: requests.Session,
+    *,
+    code: str | None,
+    redirect_uri: str | None,
+    scope: str | None,
+    force: bool,
+    stdin: IO[str],
+    stdout: IO[str],
+) -> int:
+    """Authorize once and write the token file; return the exit code (0).
+
+    Raises UsageError (64) for an existing token file without ``force``, a blank option, or a
+    closed prompt; ConfigError (78) without a client id; StorageError (73) when the token file
+    cannot be written (before the code is spent); the token-call errors (75, 76, 77) with no
+    token file written.
+    """
+    path = settings.token_file
+    _refuse_to_overwrite(path, force=force)
+    existing = _load_existing(path, warn=True) if force else None
+    client = _login_client(settings, existing)
+    redirect = _option(redirect_uri, "--redirect-uri") or OOB_REDIRECT_URI
+    scopes = " ".join((_option(scope, "--scope") or DEFAULT_SCOPE).split())
+    if code is not None and client.is_public:
+        raise UsageError(
+            "--code cannot be used with a public client (no client secret): its code is bound to the "
+            "PKCE challenge in the authorize URL this login prints; run aweber-job login without --code "
+            "and paste the code at the prompt"
+        )
+    if code is not None and not code.strip():
+        raise UsageError("--code is empty; give the authorization code or the whole redirect URL")
+
+    _prepare_directory(path)
+    _check_writable(settings)
+
+    verifier, challenge = make_pkce_pair() if client.is_public else (None, None)
+    REDACTOR.add(verifier)
+    if code is not None:
+        REDACTOR.add(code.strip())
+        # No state was issued for a code given on the command line, so none can be checked: take
+        # the code out of a pasted URL as it is (the same trust as a bare code).
+        auth_code = parse_pasted_code(code, _state_in(code) or "")
+    else:
+        state = secrets.token_urlsafe(24)
+        url = authorize_url(
+            settings.authorize_url, client, redirect_uri=redirect, scope=scopes, state=state,
+            code_challenge=challenge,
+        )
+        _print_instructions(stdout, url, redirect=redirect, public=client.is_public)
+        pasted = _read_pasted(stdin, stdout)
+        REDACTOR.add(pasted)
+        auth_code = parse_pasted_code(pasted, state)
+    REDACTOR.add(auth_code)
+
+    answer, tokens = _exchange_and_save(
+        settings, session, client, auth_code, redirect=redirect, verifier=verifier, scope=scopes, force=force
+    )
+    warn_on_clock_skew(answer)
+    log.info(
+        "authorized: wrote %s; refresh token %s, access token expires %s",
+        path, fingerprint(tokens.refresh_token), format_expiry(tokens.expires_at, time.time()),
+        extra={"refresh_token_after": fingerprint(tokens.refresh_token), "expires_at": tokens.expires_at},
+    )
+    _print_result(stdout, path, tokens)
+    return EXIT_OK
+
+
+def _option(value: str | None, name: str) -> str | None:
+    """An option's value, None when not given; a blank one is a usage error."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise UsageError(f"{name} is empty")
+    return value.strip()
+
+
+def _refuse_to_overwrite(path: Path, *, force: bool) -> None:
+    """Raise UsageError (64) when a token file is already there and ``force`` was not given."""
+    if path.is_dir():
+        raise TokenFileError(
+            f"token file {path} is a directory, not a file", hint="set AWEBER_TOKEN_FILE to a file path"
+        )
+    if path.exists() and not force:
+        raise UsageError(
+            f"token file {path} exists; use --force to replace it (the old refresh token stays valid "
+            "until revoked: aweber-job revoke)"
+        )
+
+
+def _load_existing(path: Path, *, warn: bool) -> TokenFile | None:
+    """The token file ``--force`` replaces, when it is a valid one (its shape and client are kept)."""
+    if not path.exists():
+        return None
+    try:
+        tokens = load_token_file(path).tokens
+    except TokenFileError as exc:
+        if warn:
+            log.warning("the token file will be replaced although it is not valid: %s", exc)
+        return None
+    REDACTOR.add(*tokens.secrets())
+    return tokens
+
+
+def _login_client(settings: Settings, existing: TokenFile | None) -> Client:
+    """The client to authorize: the environment's, else the one a credentials.json file names."""
+    if settings.client_id is None and (existing is None or existing.client_id is None):
+        raise ConfigError(["AWEBER_CLIENT_ID is not set; login needs the app's client id (labs.aweber.com)"])
+    return resolve_client(settings, existing)
+
+
+def _prepare_directory(path: Path) -> None:
+    """Create the token file's directory (0700) when it is missing; StorageError (73) when it cannot."""
+    directory = resolve_target(path).parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot create the token file's directory {directory}: {exc.strerror or exc}",
+            hint="check AWEBER_TOKEN_FILE; nothing was sent to AWeber",
+        ) from exc
+
+
+def _check_writable(settings: Settings) -> None:
+    """Take the lock and reserve a token file once, so a person does not approve the app in vain.
+
+    The real reservation is made again under the lock right before the code is exchanged.
+    """
+    with TokenLock(settings.token_file, settings.lock_timeout_seconds):
+        try:
+            Reservation.create(settings.token_file, reserve_size_for(0)).discard()
+        except StorageError as exc:
+            # The store speaks of a refresh token; here nothing at all has been asked of AWeber yet.
+            message = exc.message.replace("the refresh token was not used", "nothing was sent to AWeber")
+            raise StorageError(message, hint=exc.hint) from exc.__cause__
+
+
+def _state_in(pasted: str) -> str | None:
+    """The ``state`` of a pasted redirect URL, if it has one."""
+    text = pasted.strip()
+    query = urlsplit(text).query if "://" in text else text.lstrip("?")
+    states = parse_qs(query).get("state")
+    return states[0] if states else None
+
+
+def _print_instructions(out: IO[str], url: str, *, redirect: str, public: bool) -> None:
+    """Tell the person what to open, approve and paste back."""
+    kind = "public client: PKCE" if public else "confidential client"
+    if redirect == OOB_REDIRECT_URI:
+        after = "AWeber then shows an authorization code: copy it and paste it below."
+    else:
+        after = (
+            f"Your browser is then sent to {redirect}?code=...&state=... (the page itself may not load):\n"
+            "copy the whole address from the browser's address bar and paste it below."
+        )
+    out.write(
+        f"Open this URL in a browser, sign in to AWeber and approve the app ({kind}):\n\n"
+        f"{url}\n\n"
+        f"{after}\n"
+        "The code works once and only for a few minutes.\n\n"
+        "Authorization code or redirect URL: "
+    )
+    out.flush()
+
+
+def _read_pasted(stdin: IO[str], out: IO[str]) -> str:
+    """The first non-blank line from the prompt; UsageError (64) when the input ends first."""
+    while True:
+        line = stdin.readline()
+        if not line:
+            out.write("\n")
+            out.flush()
+            raise UsageError(
+                "no authorization code: the input ended before one was pasted",
+                hint="run aweber-job login in a terminal and paste the code at the prompt",
+            )
+        if line.strip():
+            return line.strip()
+        out.write("Authorization code or redirect URL: ")
+        out.flush()
+
+
+def _exchange_and_save(
+    settings: Settings,
+    session: requests.Session,
+    client: Client,
+    auth_code: str,
+    *,
+    redirect: str,
+    verifier: str | None,
+    scope: str,
+    force: bool,
+) -> tuple[TokenAnswer, TokenFile]:
+    """Under the lock: reserve, exchange the code, save the new token file."""
+    path = settings.token_file
+    with TokenLock(path, settings.lock_timeout_seconds):
+        # Looked at again under the lock: a file that appeared while the person was approving is
+        # not overwritten silently, and --force keeps the shape of the file as it is now.
+        _refuse_to_overwrite(path, force=force)
+        existing = _load_existing(path, warn=False) if force else None
+        current_size = len(existing.to_bytes()) if existing is not None else 0
+        try:
+            reservation = Reservation.create(path, reserve_size_for(current_size))
+        except StorageError as exc:
+            message = exc.message.replace("the refresh token was not used", "the code was not spent")
+            raise StorageError(message, hint=exc.hint) from exc.__cause__
+        call = TokenCall(
+            session=session,
+            url=settings.token_url,
+            timeout_seconds=settings.http_timeout_seconds,
+            deadline_seconds=settings.retry_deadline_seconds,
+        )
+        try:
+            answer = exchange_code(call, client, auth_code, redirect_uri=redirect, code_verifier=verifier)
+        except BaseException:
+            reservation.discard()
+            raise
+        for key in ("access_token", "refresh_token"):
+            value = answer.body.get(key)
+            if isinstance(value, str):
+                REDACTOR.add(value)
+        tokens = _build_token_file(answer, existing, client, scope)
+        if not tokens.token.get("refresh_token"):
+            reservation.discard()
+            raise ProtocolError(
+                "the token endpoint's answer to the authorization code has no refresh_token; "
+                "the job could not refresh later, so nothing was saved; the code is spent: run aweber-job login again"
+            )
+        save_rotated_tokens(path, tokens, reservation)
+        if existing is not None:
+            log.warning(
+                "replaced the token file; its old refresh token %s was not revoked and stays valid",
+                fingerprint(existing.refresh_token),
+            )
+    return answer, tokens
+
+
+def _build_token_file(answer: TokenAnswer, existing: TokenFile | None, client: Client, scope: str) -> TokenFile:
+    """The new token file: flat, or AWeber's credentials.json shape when that is what it replaces.
+
+    The token fields are always fresh (a new authorization owes nothing to the old one's scope or
+    expiry); in the credentials.json shape the keys around ``token`` are kept, with the client
+    identity updated when a different client authorized.
+    """
+    body: dict[str, Any] = dict(answer.body)
+    # RFC 6749 §5.1: a response without "scope" means the scope requested was granted.
+    body.setdefault("scope", scope)
+    fresh = new_token_file(body, answer.received_at)
+    if existing is None or not existing.nested:
+        return fresh
+    document = copy.deepcopy(existing.document)
+    document["token"] = fresh.document
+    if existing.client_id not in (None, client.client_id):
+        document["client_id"] = client.client_id
+        if client.client_secret:
+            document["client_secret"] = client.client_secret
+        else:
+            document.pop("client_secret", None)
+    return TokenFile(document=document, nested=True)
+
+
+def _print_result(out: IO[str], path: Path, tokens: TokenFile) -> None:
+    """Say what was written and what to do next."""
+    try:
+        mode = f"mode {stat.S_IMODE(os.stat(path).st_mode):04o}"
+    except OSError:
+        mode = "mode unknown"
+    scope = tokens.scope or "not stated"
+    out.write(
+        "\n"
+        f"Authorized. Token file {path} ({tokens.shape} shape, {mode}).\n"
+        f"  refresh token {fingerprint(tokens.refresh_token)}, access token {fingerprint(tokens.access_token)} "
+        f"expires {format_expiry(tokens.expires_at, time.time())}\n"
+        f"  scope: {scope}\n"
+        "\n"
+        "Next, with the same configuration:\n"
+        "  aweber-job run                           one run now, to check (or: aweber-job refresh)\n"
+        "  systemctl enable --now aweber-job.timer  a daily run under systemd, or\n"
+        "  the line in crontab.example              a daily run from cron (use one, not both)\n"
+        "Each run rotates the refresh token and saves it in the token file: keep that file, and do not "
+        "copy it to a second machine that also runs the job.\n"
+    )
+    out.flush()
+
+
+# ---- revoke -------------------------------------------------------------------------------------
+
+def run_revoke(settings: Settings, session: requests.Session) -> int:
+    """Revoke the refresh token at AWeber, then remove the token file; return the exit code (0).
+
+    The file is removed only after AWeber accepted (2xx); any error keeps it and raises the
+    token-call error (75, 76, 77). The access token is revoked too, best effort, afterwards.
+    """
+    path = settings.token_file
+    with TokenLock(path, settings.lock_timeout_seconds):
+        tokens = load_token_file(path).tokens
+        REDACTOR.add(*tokens.secrets())
+        client = resolve_client(settings, tokens)
+        refresh_fp = fingerprint(tokens.refresh_token)
+        call = TokenCall(
+            session=session,
+            url=settings.revoke_url,
+            timeout_seconds=settings.http_timeout_seconds,
+            deadline_seconds=settings.retry_deadline_seconds,
+        )
+        try:
+            revoke_token(call, client, tokens.refresh_token, hint="refresh_token")
+        except JobError as exc:
+            # oauth.py words its messages for the token endpoint; this answer came from the revoke endpoint.
+            message = exc.message.replace("the token endpoint", "the revoke endpoint")
+            raise type(exc)(f"{message}; the token file {path} was kept", hint=exc.hint) from None
+        _remove_token_file(path, refresh_fp)
+    access_note = _revoke_access_token(settings, session, client, tokens)
+    log.info(
+        "revoked the refresh token %s at AWeber%s and removed the token file %s",
+        refresh_fp, access_note, path, extra={"refresh_token": refresh_fp},
+    )
+    return EXIT_OK
+
+
+def _remove_token_file(path: Path, refresh_fp: str) -> None:
+    """Remove the token file (a symlink's target; the link stays) and make the removal durable."""
+    target = resolve_target(path)
+    try:
+        os.unlink(target)
+        _fsync_directory(target.parent)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StorageError(
+            f"the refresh token {refresh_fp} was revoked at AWeber, but the token file {target} could not be "
+            f"removed: {exc.strerror or exc}; its tokens no longer work, remove it by hand"
+        ) from exc
+
+
+def _revoke_access_token(settings: Settings, session: requests.Session, client: Client, tokens: TokenFile) -> str:
+    """Revoke the access token too, when it may still be alive; return a note for the log line.
+
+    AWeber's revoke endpoint takes either token; whether revoking the refresh token also ends its
+    access tokens is not documented (API-FACTS §1.1), so an operator's "revoke" asks for both.
+    """
+    access = tokens.access_token
+    expired = tokens.expires_at is not None and tokens.expires_at <= time.time()
+    if not access or expired:
+        return ""
+    call = TokenCall(
+        session=session,
+        url=settings.revoke_url,
+        timeout_seconds=settings.http_timeout_seconds,
+        deadline_seconds=min(settings.retry_deadline_seconds, ACCESS_TOKEN_REVOKE_DEADLINE_SECONDS),
+    )
+    try:
+        revoke_token(call, client, access, hint="access_token")
+    except JobError as exc:
+        log.warning(
+            "the access token %s could not be revoked (%s); it stops working when it expires",
+            fingerprint(access), exc,
+        )
+        return ""
+    return f" (and the access token {fingerprint(access)})"
