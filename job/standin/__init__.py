@@ -1,0 +1,16 @@
+"""A stand-in AWeber on loopback for tests, ``aweber-job demo`` and benchmarks (standard library only).
+
+It plays AWeber's OAuth 2 endpoints (refresh-token rotation, authorization code with PKCE,
+revoke) and the part of the REST API the job uses (accounts, lists, subscribers, find), with
+AWeber's pagination, validation, error envelopes and rate limit; lists of any size are generated
+lazily. Faults can be injected per request, and every request is counted and logged without
+secrets. Run it in a thread with :class:`StandIn`, or as a process with ``python -m job.standin``
+driven through :class:`StandInControl`.
+"""
+
+from job.standin.control import StandInControl
+from job.standin.faults import Fault
+from job.standin.server import StandIn
+from job.standin.state import DEFAULT_CLIENTS, DEFAULT_SCOPE
+
+__all__ = ["DEFAULT_CLIENTS", "DEFAULT_SCOPE", "Fault", "StandIn", "StandInControl"]

@@ -1,0 +1,229 @@
+"""Injected faults: canned answers, delays, dropped connections, lost answers, drip, truncation, huge bodies."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import requests
+
+from job.standin import Fault, StandIn
+from tests.standin.conftest import CONF_ID, bearer, refresh
+
+
+def token_counts(server: StandIn) -> dict[str, int]:
+    """The token endpoint counters."""
+    counts: dict[str, int] = server.stats()["token"]  # type: ignore[assignment]
+    return counts
+
+
+def test_status_fault_answers_without_rotating(server: StandIn, http: requests.Session) -> None:
+    """A 503 fault with Retry-After answers temporarily_unavailable and leaves the refresh token live."""
+    token = str(server.issue_tokens(CONF_ID)["refresh_token"])
+    server.inject(Fault(status=503, retry_after="7"), path="/oauth2/token")
+    answer = refresh(http, server, token)
+    assert answer.status_code == 503
+    assert answer.headers["Retry-After"] == "7"
+    assert answer.json()["error"] == "temporarily_unavailable"
+    assert server.live_refresh_tokens() == {token}
+    assert refresh(http, server, token).status_code == 200
+    assert token_counts(server) == {"refresh_token:503:temporarily_unavailable": 1, "refresh_token:200": 1}
+    assert server.stats()["faults"] == {"status=503+retry_after": 1}
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        (Fault(status=400, oauth_error="invalid_grant"), {"error": "invalid_grant"}),
+        (Fault(status=500), {"error": "server_error"}),
+        (Fault(status=401, oauth_error="invalid_client", message="nope"),
+         {"error": "invalid_client", "error_description": "nope"}),
+        (Fault(status=400, envelope=True, message="Request does not have OAuth credentials."),
+         {"error": {"status": 400, "type": "BadRequestError", "message": "Request does not have OAuth credentials.",
+                    "documentation_url": "https://api.aweber.com/#badrequest"}}),
+    ],
+    ids=["invalid_grant", "500", "invalid_client with message", "AWeber envelope"],
+)
+def test_token_endpoint_fault_bodies(
+    server: StandIn, http: requests.Session, fault: Fault, expected: dict[str, Any]
+) -> None:
+    """A status fault at the token endpoint answers an RFC 6749 body, or AWeber's envelope when asked."""
+    token = str(server.issue_tokens(CONF_ID)["refresh_token"])
+    server.inject(fault)
+    answer = refresh(http, server, token)
+    assert answer.status_code == fault.status
+    body = answer.json()
+    assert {key: body[key] for key in expected} == expected
+
+
+def test_api_status_fault_answers_the_envelope(server: StandIn, http: requests.Session) -> None:
+    """A status fault on the API answers AWeber's envelope with the type for that status."""
+    server.add_account(1)
+    grant = server.issue_tokens(CONF_ID)
+    server.inject(Fault(status=503), path="/1.0/")
+    answer = http.get(f"{server.api_url}/accounts", headers=bearer(grant["access_token"]), timeout=5)
+    assert answer.status_code == 503
+    assert answer.json()["error"]["type"] == "ServiceUnavailableError"
+
+
+def test_raw_body_fault_sends_bytes_and_content_type(server: StandIn, http: requests.Session) -> None:
+    """A body fault sends those exact bytes with the given status and content type."""
+    server.inject(Fault(status=200, body=b"<html>Service OK</html>", content_type="text/html"))
+    answer = refresh(http, server, "anything")
+    assert (answer.status_code, answer.content) == (200, b"<html>Service OK</html>")
+    assert answer.headers["Content-Type"] == "text/html"
+
+
+def test_success_status_without_body_is_an_empty_object(server: StandIn, http: requests.Session) -> None:
+    """A 200 fault with no body field answers {} — a success that carries no token."""
+    server.inject(Fault(status=200))
+    assert refresh(http, server, "anything").json() == {}
+
+
+def test_huge_body_is_streamed_whole(server: StandIn, http: requests.Session) -> None:
+    """A body_size fault streams exactly that many bytes, announced in Content-Length."""
+    size = 50_000_000
+    server.inject(Fault(status=200, body_size=size))
+    with refresh_stream(http, server) as answer:
+        assert int(answer.headers["Content-Length"]) == size
+        received = sum(len(chunk) for chunk in answer.iter_content(1 << 20))
+    assert received == size
+
+
+def refresh_stream(http: requests.Session, server: StandIn) -> requests.Response:
+    """POST a refresh and return the streamed response."""
+    data = {"grant_type": "refresh_token", "refresh_token": "x"}
+    return http.post(server.token_url, data=data, auth=(CONF_ID, "the-secret"), stream=True, timeout=10)
+
+
+def test_delay_holds_the_answer(server: StandIn, http: requests.Session) -> None:
+    """delay_seconds holds the request; a client that times out first has still spent its refresh token."""
+    token = str(server.issue_tokens(CONF_ID)["refresh_token"])
+    server.inject(Fault(delay_seconds=0.3))
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        refresh(http, server, token, timeout=0.1)
+    deadline = time.monotonic() + 5
+    while token in server.live_refresh_tokens() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert token not in server.live_refresh_tokens()
+    (live,) = server.live_refresh_tokens()
+    server.inject(Fault(delay_seconds=0.2))
+    started = time.monotonic()
+    with requests.Session() as fresh:
+        assert refresh(fresh, server, live).status_code == 200
+    assert time.monotonic() - started >= 0.2
+
+
+def test_drop_before_closes_without_processing(server: StandIn, http: requests.Session) -> None:
+    """drop="before" closes the connection unanswered and the refresh token stays live."""
+    token = str(server.issue_tokens(CONF_ID)["refresh_token"])
+    server.inject(Fault(drop="before"), path="/oauth2/token")
+    with pytest.raises(requests.exceptions.ConnectionError):
+        refresh(http, server, token)
+    assert server.live_refresh_tokens() == {token}
+    assert token_counts(server) == {"refresh_token:dropped": 1}
+    assert server.request_log()[-1]["outcome"] == "dropped_before"
+
+
+def test_drop_after_rotates_then_loses_the_answer(server: StandIn, http: requests.Session) -> None:
+    """drop="after" rotates the refresh token, then closes: the client errs and its token is already spent."""
+    token = str(server.issue_tokens(CONF_ID)["refresh_token"])
+    server.inject(Fault(drop="after"), path="/oauth2/token")
+    with pytest.raises(requests.exceptions.ConnectionError):
+        refresh(http, server, token)
+    live = server.live_refresh_tokens()
+    assert token not in live and len(live) == 1
+    assert token_counts(server) == {"refresh_token:200:lost": 1}
+    with requests.Session() as fresh:
+        assert refresh(fresh, server, token).json()["error"] == "invalid_grant"
+    assert server.stats()["dropped"] == 1
+
+
+def test_truncated_answer_is_processed_but_incomplete(server: StandIn, http: requests.Session) -> None:
+    """truncate announces the full length, sends half and closes; the refresh token was rotated."""
+    token = str(server.issue_tokens(CONF_ID)["refresh_token"])
+    server.inject(Fault(truncate=True), path="/oauth2/token")
+    with pytest.raises(requests.exceptions.RequestException):
+        refresh(http, server, token)
+    assert token not in server.live_refresh_tokens()
+    assert token_counts(server) == {"refresh_token:200:lost": 1}
+
+
+def test_drip_sends_the_body_slowly(server: StandIn, http: requests.Session) -> None:
+    """drip_seconds sends the body a byte at a time: whole but slow, or a read timeout for an impatient client."""
+    server.inject(Fault(status=200, body=b'{"a": 1}', drip_seconds=0.02))
+    started = time.monotonic()
+    assert refresh(http, server, "x").json() == {"a": 1}
+    assert time.monotonic() - started >= 0.02 * 7
+    server.inject(Fault(status=200, body=b"{}  ", drip_seconds=0.5))
+    with requests.Session() as fresh, pytest.raises(requests.exceptions.RequestException):
+        refresh(fresh, server, "x", timeout=0.2)
+
+
+def test_faults_are_consumed_in_order_and_only_on_their_path(server: StandIn, http: requests.Session) -> None:
+    """Each fault serves one matching request, in the order injected; other paths pass untouched."""
+    server.add_account(1)
+    grant = server.issue_tokens(CONF_ID)
+    server.inject(Fault(status=500), Fault(status=502), path="/oauth2/token")
+    assert http.get(f"{server.api_url}/accounts", headers=bearer(grant["access_token"]), timeout=5).status_code == 200
+    token = str(grant["refresh_token"])
+    assert [refresh(http, server, token).status_code for _ in range(3)] == [500, 502, 200]
+    assert server.faults.pending() == 0
+
+
+def test_request_delay_applies_to_every_request(http: requests.Session) -> None:
+    """request_delay_seconds slows every request, as simulated network latency."""
+    with StandIn(request_delay_seconds=0.1) as server:
+        started = time.monotonic()
+        http.get(f"{server.api_url}/accounts", timeout=5)
+        http.get(f"{server.api_url}/accounts", timeout=5)
+    assert time.monotonic() - started >= 0.2
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"body": b"x"},
+        {"message": "m"},
+        {"status": 500, "oauth_error": "server_error", "envelope": True},
+        {"status": 500, "drop": "after"},
+        {"drop": "before", "truncate": True},
+        {"status": 99},
+        {"delay_seconds": -1},
+        {"content_type": "text/plain", "status": 200},
+        {"drop": "sideways"},
+    ],
+    ids=["body without status", "message without status", "two bodies", "status and drop", "drop and truncate",
+         "bad status", "negative delay", "content type without body", "unknown drop"],
+)
+def test_contradictory_faults_are_refused(fields: dict[str, Any]) -> None:
+    """A fault whose fields contradict each other raises ValueError when built."""
+    with pytest.raises(ValueError):
+        Fault(**fields)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(),
+        Fault(status=503, retry_after="Wed, 21 Oct 2026 07:28:00 GMT", delay_seconds=0.5),
+        Fault(status=200, body=b"\x00\xffgarbage", content_type="application/octet-stream"),
+        Fault(drop="after"),
+        Fault(status=200, body_size=10, drip_seconds=0.1, truncate=True),
+        Fault(status=400, oauth_error="invalid_grant", message="gone"),
+    ],
+)
+def test_faults_round_trip_through_json(fault: Fault) -> None:
+    """Fault.to_json and Fault.from_json are inverse, so faults can be sent to another process."""
+    assert Fault.from_json(fault.to_json()) == fault
+
+
+def test_fault_from_json_rejects_unknown_fields_and_wrong_types() -> None:
+    """A fault spec with an unknown field or a wrongly typed one raises ValueError."""
+    with pytest.raises(ValueError):
+        Fault.from_json({"stauts": 500})
+    with pytest.raises(ValueError):
+        Fault.from_json({"status": True})
+    with pytest.raises(ValueError):
+        Fault.from_json({"status": "500"})

@@ -1,0 +1,156 @@
+"""Process mode: ``python -m job.standin`` serves until SIGTERM and is driven through StandInControl."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from job.standin import Fault, StandIn, StandInControl
+from tests.standin.conftest import CONF_ID, CONF_SECRET, PUBLIC_ID, bearer
+
+REPO = Path(__file__).resolve().parents[2]
+START = 1_790_000_000
+
+
+def start_process(tmp_path: Path, config: dict[str, object] | None) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start the stand-in as a child process; return it and its port-file path."""
+    port_file = tmp_path / "standin.port"
+    command = [sys.executable, "-m", "job.standin", "--port-file", str(port_file)]
+    if config is not None:
+        config_file = tmp_path / "standin.json"
+        config_file.write_text(json.dumps(config), encoding="utf-8")
+        command += ["--config", str(config_file)]
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return process, port_file
+
+
+def wait_for_port(process: subprocess.Popen[bytes], port_file: Path) -> int:
+    """Wait until the port file appears (the server is listening) and return the port."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if port_file.exists():
+            return int(port_file.read_text(encoding="ascii"))
+        if process.poll() is not None:
+            raise AssertionError(f"the stand-in exited early: {process.communicate()[1].decode()}")
+        time.sleep(0.05)
+    raise AssertionError("the stand-in did not write its port file in time")
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, StandInControl]]:
+    """A stand-in process with two clients and one account, and a control client for it."""
+    config = {
+        "clients": {CONF_ID: CONF_SECRET, PUBLIC_ID: None},
+        "access_token_lifetime_seconds": 3600,
+        "accounts": [{"id": 123, "lists": [{"id": 456, "name": "Newsletter", "size": 120, "start": START,
+                                            "end": START + 119 * 60, "seed": 2}]}],
+    }
+    process, port_file = start_process(tmp_path, config)
+    try:
+        port = wait_for_port(process, port_file)
+        yield process, port_file, StandInControl(f"http://127.0.0.1:{port}")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+
+
+def test_process_serves_control_and_stops_cleanly_on_sigterm(
+    running: tuple[subprocess.Popen[bytes], Path, StandInControl],
+) -> None:
+    """The process is driven like an in-thread stand-in, then exits 0 on SIGTERM and removes its port file."""
+    process, port_file, control = running
+    assert control.info()["pid"] == process.pid
+    grant = control.issue_tokens(CONF_ID)
+    assert grant["expires_in"] == 3600
+    data = {"grant_type": "refresh_token", "refresh_token": grant["refresh_token"]}
+    rotated = requests.post(control.token_url, data=data, auth=(CONF_ID, CONF_SECRET), timeout=5).json()
+    assert control.live_refresh_tokens() == {rotated["refresh_token"]}
+
+    control.inject(Fault(drop="after"), path="/oauth2/token")
+    data["refresh_token"] = rotated["refresh_token"]
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.post(control.token_url, data=data, auth=(CONF_ID, CONF_SECRET), timeout=5)
+    live = control.live_refresh_tokens()
+    assert rotated["refresh_token"] not in live and len(live) == 1
+    assert control.stats()["token"] == {"refresh_token:200": 1, "refresh_token:200:lost": 1}
+
+    ids = control.add_subscribers(123, 456, [{"email": "new@example.com", "subscribed_at": START + 86_400}])
+    api = f"{control.api_url}/accounts/123/lists/456/subscribers"
+    found = requests.get(api, params={"ws.op": "find", "email": "new@example.com"},
+                         headers=bearer(rotated["access_token"]), timeout=5).json()
+    assert [entry["id"] for entry in found["entries"]] == ids
+
+    control.expire_access_tokens()
+    assert requests.get(api, headers=bearer(rotated["access_token"]), timeout=5).status_code == 401
+    assert [entry["status"] for entry in control.request_log()][-1] == 401
+    control.reset_stats()
+    assert control.stats()["requests_total"] == 0
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0
+    assert not port_file.exists()
+
+
+def test_control_errors_raise_value_error(running: tuple[subprocess.Popen[bytes], Path, StandInControl]) -> None:
+    """Bad control input raises ValueError in the test, as the in-thread stand-in does."""
+    _, _, control = running
+    with pytest.raises(ValueError, match="unknown client"):
+        control.issue_tokens("nobody")
+    with pytest.raises(ValueError, match="before the list's latest"):
+        control.add_subscribers(123, 456, [{"email": "old@example.com", "subscribed_at": START - 1}])
+
+
+def test_sigint_also_stops_the_process(tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) stops the process cleanly too, and a default config works."""
+    process, port_file = start_process(tmp_path, None)
+    try:
+        port = wait_for_port(process, port_file)
+        assert StandInControl(f"http://127.0.0.1:{port}").issue_tokens("demo-client")["token_type"] == "bearer"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+
+
+def test_bad_config_exits_2(tmp_path: Path) -> None:
+    """A config with an unknown key exits 2 with a message, and never writes a port file."""
+    process, port_file = start_process(tmp_path, {"clientz": {}})
+    _, stderr = process.communicate(timeout=15)
+    assert process.returncode == 2
+    assert b"unknown config keys: clientz" in stderr
+    assert not port_file.exists()
+
+
+def test_control_client_drives_an_in_thread_stand_in_too() -> None:
+    """StandInControl works against a StandIn started in-thread with enable_control."""
+    with StandIn(clients={CONF_ID: CONF_SECRET}, enable_control=True) as server:
+        control = StandInControl(server.base_url)
+        control.add_account(7, company="Seven")
+        control.add_list(7, 8, "Eight", size=3, start=START, end=START + 10, seed=1)
+        grant = control.issue_tokens(CONF_ID, scope="account.read")
+        assert control.live_refresh_tokens() == server.live_refresh_tokens() == {grant["refresh_token"]}
+        control.inject(Fault(status=503), path="/1.0/")
+        assert server.faults.pending() == 1
+        control.disconnect(CONF_ID)
+        url = f"{server.api_url}/accounts"
+        assert requests.get(url, headers=bearer(grant["access_token"]), timeout=5).status_code == 503
+        assert requests.get(url, headers=bearer(grant["access_token"]), timeout=5).status_code == 401
+        control.reconnect()
+        accounts = requests.get(url, headers=bearer(grant["access_token"]), timeout=5).json()
+        assert accounts["entries"][0]["company"] == "Seven"
+        control.revoke_all_access_tokens()
+        assert requests.get(url, headers=bearer(grant["access_token"]), timeout=5).status_code == 401
+        assert control.stats() == server.stats()
