@@ -282,7 +282,8 @@ class SubscriberList:
         high = self.total if before is None else self.first_index_at_or_after(before)
         high = max(low, high)
         generated_low, generated_high = min(low, self.size), min(high, self.size)
-        appended_range = range(max(low, self.size), high)
+        # Positions past the generated ones; empty (never a negative slice) when ``high`` is among them.
+        appended_low, appended_high = max(low, self.size) - self.size, max(high, self.size) - self.size
 
         extra: list[int] = []
         if email is not None:
@@ -296,7 +297,7 @@ class SubscriberList:
             generated_low = generated_high = 0
         extra.extend(
             subscriber.index
-            for subscriber in self._appended[appended_range.start - self.size:appended_range.stop - self.size]
+            for subscriber in self._appended[appended_low:appended_high]
             if (email is None or subscriber.email == email) and status in (None, subscriber.status)
         )
         if unsubscribed_order:

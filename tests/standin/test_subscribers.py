@@ -83,6 +83,15 @@ def test_selection_matches_a_walk(
     assert selection.page(start, size, descending=descending) == expected[start:start + size]
 
 
+def test_a_window_ending_among_the_generated_subscribers_holds_no_appended_one() -> None:
+    """``before`` inside the generated part once sliced the appended ones with a negative end."""
+    subscriber_list = SubscriberList(1, 2, "L", size=1, start=BASE, end=BASE, seed=0)
+    subscriber_list.append([{"email": "late@example.com", "subscribed_at": BASE + 5}], default_time=BASE + 5)
+    selection = subscriber_list.select(before=BASE)
+    assert selection.count() == 0
+    assert selection.page(0, 10, descending=False) == []
+
+
 @settings(max_examples=60, deadline=None)
 @given(subscriber_list=lists())
 def test_generated_lists_are_time_ordered_and_counted(subscriber_list: SubscriberList) -> None:
