@@ -24,9 +24,9 @@ from job.store import (
     Reservation,
     TokenLock,
     load_token_file,
-    remove_stale_temp_files,
     reserve_size_for,
     save_rotated_tokens,
+    tidy_temp_files,
 )
 from job.tokens import TokenFile, fingerprint, format_expiry
 
@@ -91,9 +91,15 @@ class TokenKeeper:
         self._lock = TokenLock(self.path, self.settings.lock_timeout_seconds)
         self._lock.acquire()
         try:
-            removed = remove_stale_temp_files(self.path)
-            if removed:
-                log.info("removed %d temporary file(s) left beside %s by an interrupted run", removed, self.path)
+            cleanup = tidy_temp_files(self.path)
+            if cleanup.recovered is not None:
+                log.warning(
+                    "put the tokens an interrupted run saved in %s in place of %s", cleanup.recovered, self.path
+                )
+            if cleanup.removed:
+                log.info(
+                    "removed %d temporary file(s) left beside %s by an interrupted run", cleanup.removed, self.path
+                )
             self._loaded = load_token_file(self.path)
             self._tokens = self._loaded.tokens
             REDACTOR.add(*self._tokens.secrets())

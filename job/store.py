@@ -247,6 +247,8 @@ class Reservation:
         self.target = target
         self.temp = temp
         self._fd: int | None = fd
+        # True once the temporary holds the new content, synced, but could not be renamed (and is kept).
+        self.holds_content = False
 
     @classmethod
     def create(cls, token_file: Path, size_bytes: int) -> Reservation:
@@ -283,7 +285,14 @@ class Reservation:
             _unlink_quietly(self.temp)
             raise
         os.close(fd)
-        _replace_durably(self.temp, self.target)
+        try:
+            os.replace(self.temp, self.target)
+        except OSError:
+            # The temporary now holds the only copy of the new tokens: keep it. The caller removes it
+            # once a copy is saved elsewhere; if none can be, the next run puts it in place.
+            self.holds_content = True
+            raise
+        _fsync_directory(self.target.parent)
 
     def discard(self) -> None:
         """Remove the reserved file without touching the target."""
@@ -330,23 +339,79 @@ def write_file_atomically(path: Path, content: bytes, *, mode: int = 0o600) -> N
     _replace_durably(temp, target)
 
 
-def remove_stale_temp_files(token_file: Path) -> int:
-    """Remove temporary files left beside the token file by killed runs; call only under the lock."""
+@dataclass(frozen=True)
+class TempCleanup:
+    """What :func:`tidy_temp_files` did: the temporary put in place, if any, and how many it removed."""
+
+    recovered: Path | None
+    removed: int
+
+
+def _complete_token_file(path: Path) -> tuple[TokenFile, int] | None:
+    """The tokens and mtime of a temporary that holds a whole token file, else None (blank, half-written)."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_TOKEN_FILE_BYTES:
+            return None
+        return parse_token_file(path.read_bytes(), str(path)), info.st_mtime_ns
+    except (OSError, TokenFileError):
+        return None
+
+
+def tidy_temp_files(token_file: Path) -> TempCleanup:
+    """Deal with the temporaries earlier runs left beside the token file; call only under the lock.
+
+    A run killed, or refused by the disk, after writing its new tokens into its temporary file and
+    before renaming it over the token file leaves the only copy of the live refresh token there. A
+    temporary that holds a whole token file with another refresh token, written after the token file
+    was last saved, is that copy: it is renamed into place (the newest, if several). The others
+    (a reservation's blanks, half-written content, tokens older than the file) are removed. While the
+    token file itself cannot be read, complete temporaries are kept: they may be all there is.
+
+    Raises StorageError (exit 73) when a newer copy exists but cannot be moved into place; a refresh
+    with the token file's spent token would only fail.
+    """
     target = resolve_target(token_file)
     prefix = f".{target.name}{TEMP_MARK}"
-    removed = 0
     try:
-        names = os.listdir(target.parent)
+        temps = [target.parent / name for name in os.listdir(target.parent) if name.startswith(prefix)]
     except OSError:
-        return 0
-    for name in names:
-        if name.startswith(prefix):
-            try:
-                os.unlink(target.parent / name)
-                removed += 1
-            except OSError:
-                pass
-    return removed
+        return TempCleanup(None, 0)
+    if not temps:
+        return TempCleanup(None, 0)
+    current = _complete_token_file(target)
+    newer: list[tuple[int, Path]] = []
+    keep: set[Path] = set()
+    for temp in temps:
+        complete = _complete_token_file(temp)
+        if complete is None:
+            continue
+        tokens, mtime_ns = complete
+        if current is None:
+            keep.add(temp)
+        elif tokens.refresh_token != current[0].refresh_token and mtime_ns > current[1]:
+            newer.append((mtime_ns, temp))
+    recovered = max(newer)[1] if newer else None
+    if recovered is not None:
+        try:
+            os.replace(recovered, target)
+            _fsync_directory(target.parent)
+        except OSError as exc:
+            raise StorageError(
+                f"{recovered} holds newer tokens than {target}, saved by an interrupted run, and cannot be "
+                f"moved into place: {_describe_os_error(exc)}; the refresh token was not used",
+                hint=f"fix the problem and run again, or move it by hand: mv {recovered} {target}",
+            ) from exc
+    removed = 0
+    for temp in temps:
+        if temp == recovered or temp in keep:
+            continue
+        try:
+            os.unlink(temp)
+            removed += 1
+        except OSError:
+            pass
+    return TempCleanup(recovered, removed)
 
 
 def reserve_size_for(loaded_size: int) -> int:
@@ -377,6 +442,7 @@ def save_rotated_tokens(
     content = tokens.to_bytes()
     target = resolve_target(token_file)
     errors: list[str] = []
+    kept: Path | None = None
     if reservation is not None:
         try:
             reservation.commit(content)
@@ -384,14 +450,19 @@ def save_rotated_tokens(
         except OSError as exc:
             errors.append(f"{target}: {_describe_os_error(exc)}")
             log.error("saving the rotated tokens to %s failed (%s); retrying", target, _describe_os_error(exc))
+            if reservation.holds_content:
+                kept = reservation.temp
     for attempt in range(attempts):
         try:
             write_file_atomically(target, content)
-            return
         except OSError as exc:
             errors.append(f"{target}: {_describe_os_error(exc)}")
             if attempt + 1 < attempts:
                 time.sleep(0.2 * (attempt + 1))
+        else:
+            if kept is not None:
+                _unlink_quietly(kept)
+            return
     rescue = rescue_path_for(token_file, now())
     try:
         fd = os.open(rescue, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -402,11 +473,20 @@ def save_rotated_tokens(
             os.close(fd)
         _fsync_directory(rescue.parent)
     except OSError as exc:
+        if kept is not None and os.path.exists(kept):
+            raise TokenNotSavedError(
+                f"the refresh succeeded but the new tokens could not be put in place: they are only in {kept}, "
+                f"which could not be renamed over {target} ({errors[0].split(': ', 1)[-1]}), and no rescue "
+                f"file could be written ({_describe_os_error(exc)}). Leave that file alone: once "
+                f"{target.parent} is writable again the next run puts it in place (or: mv {kept} {target})"
+            ) from exc
         raise TokenNotSavedError(
             "the refresh succeeded but the new tokens could not be saved anywhere: tried "
             f"{target} and the rescue file {rescue} ({_describe_os_error(exc)}). The old refresh token "
             "may no longer work; free space or fix permissions, then run: aweber-job login"
         ) from exc
+    if kept is not None:
+        _unlink_quietly(kept)
     raise TokenNotSavedError(
         f"the refresh succeeded but {target} could not be written ({errors[-1].split(': ', 1)[-1]}); "
         f"the new tokens were saved to the rescue file {rescue}. The old refresh token may no longer "

@@ -17,9 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import requests
 
-from job.store import Reservation, TokenLock, lock_path_for, remove_stale_temp_files, write_file_atomically
-from tests.conftest import REPO, JobFiles, run_job, token_requests
+from job.store import Reservation, TokenLock, lock_path_for, tidy_temp_files, write_file_atomically
+from tests.conftest import CONFIDENTIAL_ID, CONFIDENTIAL_SECRET, REPO, JobFiles, invalid_grants, run_job, token_requests
 
 CLOSED_PORT_URL = "http://127.0.0.1:9/oauth2/token"
 
@@ -102,7 +103,8 @@ KILL_WRITER = textwrap.dedent(
     print("ready", flush=True)
     while True:
         n += 1
-        body = json.dumps({"n": n, "pad": "x" * (n % 5000), "refresh_token": f"r{n}"}).encode() + b"\\n"
+        body = json.dumps({"n": n, "pad": "x" * (n % 5000), "access_token": f"a{n}", "refresh_token": f"r{n}"})
+        body = body.encode() + b"\\n"
         if n % 2:
             reservation = Reservation.create(path, 70000)
             reservation.commit(body)
@@ -115,7 +117,7 @@ KILL_WRITER = textwrap.dedent(
 def test_a_save_killed_at_any_moment_leaves_a_whole_old_or_new_file(tmp_path: Path) -> None:
     """SIGKILL during endless saves, many times: the file always parses as one complete version."""
     path = tmp_path / "tokens.json"
-    path.write_text(json.dumps({"n": 0, "refresh_token": "r0"}) + "\n")
+    path.write_text(json.dumps({"n": 0, "access_token": "a0", "refresh_token": "r0"}) + "\n")
     rng = random.Random(1234)
     last_seen = 0
     for _ in range(40):
@@ -136,10 +138,15 @@ def test_a_save_killed_at_any_moment_leaves_a_whole_old_or_new_file(tmp_path: Pa
         last_seen = n
         assert oct(path.stat().st_mode & 0o777) in (oct(0o600), oct(0o644))
     assert last_seen > 0, "the writer never completed a save; the kills came too early to test anything"
-    # Temporaries a kill left behind are never the token file, and the next locked run clears them.
-    remove_stale_temp_files(path)
+    # Temporaries a kill left behind are never read as the token file. The next locked run removes them,
+    # except a whole newer version whose rename the kill prevented: that one it puts in place.
+    cleanup = tidy_temp_files(path)
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
-    assert json.loads(path.read_text())["n"] == last_seen
+    document = json.loads(path.read_text())
+    if cleanup.recovered is None:
+        assert document["n"] == last_seen
+    else:
+        assert document["n"] > last_seen and document["refresh_token"] == f"r{document['n']}"
 
 
 def test_stale_temporaries_are_cleared_by_the_next_run_under_the_lock(job: JobFiles) -> None:
@@ -151,6 +158,63 @@ def test_stale_temporaries_are_cleared_by_the_next_run_under_the_lock(job: JobFi
     assert result.returncode == 0, result.stderr
     assert not stale.exists()
     assert "removed 1 temporary file" in result.stderr
+
+
+def _rotate_at_the_standin(job: JobFiles, refresh_token: str) -> dict[str, object]:
+    answer = requests.post(
+        job.standin.token_url, data={"grant_type": "refresh_token", "refresh_token": refresh_token},
+        auth=(CONFIDENTIAL_ID, CONFIDENTIAL_SECRET), timeout=5,
+    )
+    assert answer.status_code == 200, answer.text
+    document: dict[str, object] = answer.json()
+    return document
+
+
+def _leave_a_complete_temporary(job: JobFiles, tokens: dict[str, object], *, seconds_after_the_file: float) -> Path:
+    """What a run killed between writing its new tokens and renaming them leaves beside the token file."""
+    temp = job.token_file.with_name(".tokens.json.tmp-0123456789ab")
+    temp.write_text(json.dumps({**tokens, "token_type": "bearer"}) + "\n", encoding="utf-8")
+    moment = job.token_file.stat().st_mtime + seconds_after_the_file
+    os.utime(temp, (moment, moment))
+    return temp
+
+
+def test_new_tokens_whose_rename_was_interrupted_are_put_in_place_by_the_next_run(job: JobFiles) -> None:
+    """The server rotated, the new tokens reached their temporary, the rename never happened: the next run
+    uses them instead of spending the token file's dead refresh token."""
+    grant = job.write_tokens()
+    rotated = _rotate_at_the_standin(job, str(grant["refresh_token"]))
+    temp = _leave_a_complete_temporary(job, rotated, seconds_after_the_file=1)
+    result = run_job(["refresh"], job.env())
+    assert result.returncode == 0, result.stderr
+    assert invalid_grants(job.standin) == 0
+    assert not temp.exists()
+    assert "put the tokens an interrupted run saved" in result.stderr
+    assert job.standin.live_refresh_tokens() == {job.read_tokens()["refresh_token"]}
+    assert rotated["refresh_token"] not in result.stderr
+
+
+def test_a_complete_temporary_older_than_the_token_file_is_removed_not_used(job: JobFiles) -> None:
+    """A whole temporary written before the token file's last save (say, before a fresh login) is stale."""
+    job.write_tokens()
+    stale = {"access_token": "stale-access-token-0001", "refresh_token": "stale-refresh-token-0001"}
+    temp = _leave_a_complete_temporary(job, stale, seconds_after_the_file=-60)
+    result = run_job(["refresh"], job.env())
+    assert result.returncode == 0, result.stderr
+    assert not temp.exists()
+    assert invalid_grants(job.standin) == 0
+    assert job.read_tokens()["refresh_token"] != stale["refresh_token"]
+
+
+def test_complete_temporaries_are_kept_while_the_token_file_is_unreadable(job: JobFiles) -> None:
+    """With the token file broken, a whole temporary may be the only copy left: exit 65, the temporary kept."""
+    grant = job.write_tokens()
+    temp = _leave_a_complete_temporary(job, dict(grant), seconds_after_the_file=1)
+    job.token_file.write_bytes(b"{ broken")
+    result = run_job(["refresh"], job.env())
+    assert result.returncode == 65, result.stderr
+    assert temp.exists()
+    assert token_requests(job.standin) == 0
 
 
 HOLDER = textwrap.dedent(
