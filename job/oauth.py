@@ -346,13 +346,21 @@ class TokenCall:
                     ) from None
                 raise
 
-        return call_with_retries(
-            attempt,
-            deadline_seconds=self.deadline_seconds,
-            what=f"{what} at the token endpoint",
-            clock=self.monotonic,
-            sleep=self.sleep,
-        )
+        try:
+            return call_with_retries(
+                attempt,
+                deadline_seconds=self.deadline_seconds,
+                what=f"{what} at the token endpoint",
+                clock=self.monotonic,
+                sleep=self.sleep,
+            )
+        except AnswerLostError as exc:
+            # The deadline came before the one resend: the server may have acted on the lost request all the same.
+            raise TemporaryError(
+                f"{exc}, and the retry deadline passed before it could be resent; {consumed_hint} may have been "
+                "used by the request whose answer was lost",
+                hint="the next run will tell; if it fails with invalid_grant, run: aweber-job login",
+            ) from None
 
 
 def refresh_tokens(call: TokenCall, client: Client, refresh_token: str) -> TokenAnswer:

@@ -190,6 +190,9 @@ def parse_token_file(data: bytes, where: str) -> TokenFile:
         raise TokenFileError(
             f"token file {where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        # json gives up on deep nesting this way, not with JSONDecodeError; no token file nests.
+        raise TokenFileError(f"token file {where} is not a token file: its JSON nests too deeply") from None
     if not isinstance(document, dict):
         raise TokenFileError(f"token file {where} must hold a JSON object, found {_kind(document)}")
 

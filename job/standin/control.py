@@ -63,6 +63,13 @@ class StandInControl:
             raise RuntimeError("the stand-in answered an unexpected shape")
         return {str(token) for token in tokens}
 
+    def issued_secrets(self) -> list[str]:
+        """Return every token and authorization code the stand-in ever issued."""
+        secrets = self._object(self._call("GET", "issued-secrets"))["secrets"]
+        if not isinstance(secrets, list):
+            raise RuntimeError("the stand-in answered an unexpected shape")
+        return [str(secret) for secret in secrets]
+
     def expire_access_tokens(self) -> None:
         """Make every access token issued so far expired."""
         self._call("POST", "expire-access-tokens")

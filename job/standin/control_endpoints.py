@@ -10,6 +10,7 @@ Endpoints (JSON bodies and answers):
 - ``GET /_control/info``: the stand-in's URLs and process id.
 - ``POST /_control/issue-tokens`` ``{"client_id", "scope"?}``: a token grant.
 - ``GET /_control/live-refresh-tokens``: ``{"refresh_tokens": [...]}``.
+- ``GET /_control/issued-secrets``: ``{"secrets": [...]}``, every token and code ever issued.
 - ``POST /_control/expire-access-tokens``.
 - ``POST /_control/revoke-all-access-tokens`` ``{"disconnect"?: bool}``.
 - ``POST /_control/disconnect`` and ``/_control/reconnect`` ``{"client_id"?}``.
@@ -111,6 +112,10 @@ def _live_refresh_tokens(standin: StandIn, payload: Mapping[str, object]) -> obj
     return {"refresh_tokens": sorted(standin.live_refresh_tokens())}
 
 
+def _issued_secrets(standin: StandIn, payload: Mapping[str, object]) -> object:
+    return {"secrets": standin.issued_secrets()}
+
+
 def _expire_access_tokens(standin: StandIn, payload: Mapping[str, object]) -> object:
     standin.expire_access_tokens()
     return {}
@@ -183,6 +188,7 @@ _ROUTES: Mapping[tuple[str, str], _Handler] = {
     ("GET", "info"): _info,
     ("POST", "issue-tokens"): _issue_tokens,
     ("GET", "live-refresh-tokens"): _live_refresh_tokens,
+    ("GET", "issued-secrets"): _issued_secrets,
     ("POST", "expire-access-tokens"): _expire_access_tokens,
     ("POST", "revoke-all-access-tokens"): _revoke_all_access_tokens,
     ("POST", "disconnect"): _disconnect,

@@ -358,6 +358,10 @@ class StandIn:
         """Return the refresh tokens that would currently be accepted."""
         return self.state.live_refresh_tokens()
 
+    def issued_secrets(self) -> list[str]:
+        """Return every token and authorization code this stand-in ever issued (for secret scans)."""
+        return self.state.issued_secrets()
+
     def expire_access_tokens(self) -> None:
         """Make every access token issued so far expired (401 on use); refreshing still works."""
         self.state.expire_access_tokens()

@@ -107,6 +107,8 @@ class State:
         self._disconnected: set[str] = set()
         self._next_grant_id = 1
         self._accounts: dict[int, Account] = {}
+        # Every token and code ever handed out, for tests that scan the job's output for secrets.
+        self._issued: list[str] = []
 
     # -- clients ------------------------------------------------------------------------------
 
@@ -135,6 +137,7 @@ class State:
             client_id, scope, grant_id, self.clock() + self.access_token_lifetime_seconds
         )
         self._refresh[refresh_token] = RefreshToken(client_id, scope, grant_id)
+        self._issued += (access_token, refresh_token)
         return {
             "access_token": access_token,
             "refresh_token": refresh_token,
@@ -184,6 +187,11 @@ class State:
             if access is not None:
                 del self._access[token]
 
+    def issued_secrets(self) -> list[str]:
+        """Return every access token, refresh token and authorization code issued, live or not."""
+        with self.lock:
+            return list(self._issued)
+
     def live_refresh_tokens(self) -> set[str]:
         """Return the refresh tokens that a refresh request would currently accept."""
         with self.lock:
@@ -230,6 +238,7 @@ class State:
         """Issue a one-time authorization code."""
         with self.lock:
             code = new_token()
+            self._issued.append(code)
             self._codes[code] = AuthorizationCode(
                 client_id, redirect_uri, scope, code_challenge,
                 self.clock() + AUTHORIZATION_CODE_LIFETIME_SECONDS,

@@ -84,6 +84,9 @@ def test_process_serves_control_and_stops_cleanly_on_sigterm(
     live = control.live_refresh_tokens()
     assert rotated["refresh_token"] not in live and len(live) == 1
     assert control.stats()["token"] == {"refresh_token:200": 1, "refresh_token:200:lost": 1}
+    # Three grants so far (one issued, two refreshes, one answer lost): all six tokens are on record.
+    issued = control.issued_secrets()
+    assert len(issued) == 6 and {grant["access_token"], grant["refresh_token"], *live} <= set(issued)
 
     ids = control.add_subscribers(123, 456, [{"email": "new@example.com", "subscribed_at": START + 86_400}])
     api = f"{control.api_url}/accounts/123/lists/456/subscribers"
