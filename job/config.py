@@ -7,7 +7,6 @@ at once, each naming its variable (exit 78).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -107,6 +106,8 @@ def is_loopback_host(host: str) -> bool:
     """Whether ``host`` is localhost or an address in 127.0.0.0/8 or ::1."""
     if host.lower() == "localhost":
         return True
+    import ipaddress  # on use: most hosts are names, and every command loads the settings
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -14,9 +14,13 @@ import logging
 import sys
 import threading
 import time
-from typing import IO, Any
 
 from job.tokens import fingerprint
+
+# typing costs start-up time and is needed for annotations only (strings here).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 # Lines of log kept for the monitoring ping's failure body.
 TAIL_LINES = 40

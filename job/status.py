@@ -11,12 +11,16 @@ import os
 import pwd
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from job.config import Settings
 from job.errors import EXIT_OK, EXIT_TOKEN_FILE, JobError
 from job.store import load_token_file, lock_path_for
 from job.tokens import fingerprint, format_expiry
+
+# typing costs start-up time and is needed for annotations only (strings here).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @dataclass

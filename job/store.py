@@ -12,12 +12,10 @@ import errno
 import fcntl
 import logging
 import os
-import secrets
 import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 
@@ -218,7 +216,7 @@ def _fsync_directory(directory: Path) -> None:
 def _create_temp(target: Path) -> tuple[int, Path]:
     """Create ``.<name>.tmp-<random>`` beside ``target``, 0600 from the start (never chmod later)."""
     for _ in range(10):
-        temp = target.with_name(f".{target.name}{TEMP_MARK}{secrets.token_hex(6)}")
+        temp = target.with_name(f".{target.name}{TEMP_MARK}{os.urandom(6).hex()}")
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:
@@ -421,6 +419,8 @@ def reserve_size_for(loaded_size: int) -> int:
 
 def rescue_path_for(token_file: Path, now: float) -> Path:
     """``<token file>.rescue-<UTC timestamp>`` in the same directory."""
+    from datetime import datetime, timezone
+
     target = resolve_target(token_file)
     stamp = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return target.with_name(f"{target.name}.rescue-{stamp}")

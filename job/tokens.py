@@ -12,15 +12,17 @@ Error messages name the field and the file, never a value.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any
 
 from job.errors import TokenFileError
+
+# typing costs start-up time and is needed for annotations only (strings here).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Token fields a refresh answer replaces; anything else in the file is kept as it was.
 TOKEN_FIELDS = ("access_token", "refresh_token", "token_type", "expires_in", "expires_at", "scope")
@@ -35,6 +37,8 @@ MAX_TOKEN_ANSWER_BYTES = 64 * 1024
 
 def fingerprint(secret: str) -> str:
     """Return the first 8 hex digits of the SHA-256 of ``secret``: safe to log, enough to compare."""
+    import hashlib  # on use: status and --help start faster without it
+
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()[:8]
 
 
@@ -42,6 +46,8 @@ def format_expiry(expires_at: float | None, now: float) -> str:
     """``2026-11-28T19:40:00Z (in 7199 s)``, or ``unknown``."""
     if expires_at is None:
         return "unknown"
+    from datetime import datetime, timezone
+
     stamp = datetime.fromtimestamp(expires_at, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     left = expires_at - now
     relative = f"in {left:.0f} s" if left >= 0 else f"{-left:.0f} s ago"
