@@ -613,8 +613,8 @@ class Report:
         lines: list[str] = []
         lines += [
             "```sh",
-            "pip install -e '.[bench]'    # requests-oauthlib, for the baseline",
-            ".venv/bin/python bench/run_benchmarks.py    # about 3 minutes; --quick: smaller lists, under 1",
+            ".venv/bin/pip install -q -e '.[bench]'    # requests-oauthlib, for the baseline",
+            ".venv/bin/python bench/run_benchmarks.py    # about 3 minutes; --quick: smaller lists, under a minute",
             "```",
             "",
             f"Measured {datetime.now(timezone.utc).strftime('%Y-%m-%d')} on {os.cpu_count()} cores, "
@@ -849,7 +849,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller lists and fewer repetitions (under 2 minutes)")
     args = parser.parse_args(argv)
     if importlib.util.find_spec("requests_oauthlib") is None:
-        print("the baseline needs requests-oauthlib: pip install -e '.[bench]'", file=sys.stderr)
+        print("the baseline needs requests-oauthlib: .venv/bin/pip install -e '.[bench]'", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="aweber-bench-") as scratch:
         report = run_all(args.quick, Path(scratch))
