@@ -538,16 +538,7 @@ def measure_rate_limit_ours(workdir: Path) -> RateLimitRun:
         session = make_session()
         with session, TokenKeeper(settings, session) as keeper:
             keeper.refresh("refresh on start")
-            api = ApiClient(
-                session,
-                base_url=settings.api_url,
-                tokens=keeper,
-                rate_limit_per_minute=settings.rate_limit_per_minute,
-                refresh_leeway_seconds=settings.refresh_leeway_seconds,
-                timeout_seconds=settings.http_timeout_seconds,
-                retry_deadline_seconds=settings.retry_deadline_seconds,
-                window_seconds=RATE_LIMIT_WINDOW_SECONDS,
-            )
+            api = ApiClient.from_settings(session, settings, keeper, window_seconds=RATE_LIMIT_WINDOW_SECONDS)
             served.standin.reset_stats()
             started = time.perf_counter()
             for account in api.walk("accounts"):

@@ -19,13 +19,16 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
 from job.errors import ApiError, AuthError, JobError, TemporaryError, shorten
 from job.retries import call_with_retries, parse_retry_after
+
+if TYPE_CHECKING:
+    from job.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +186,23 @@ class ApiClient:
         self.rate_limited = 0
 
     # ---- public -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_settings(
+        cls, session: requests.Session, settings: Settings, tokens: TokenSource, **options: Any
+    ) -> ApiClient:
+        """A client configured as the settings say (URL, rate limit, leeway, timeouts); ``options``
+        adds the clock seams or a scaled rate-limit window."""
+        return cls(
+            session,
+            base_url=settings.api_url,
+            tokens=tokens,
+            rate_limit_per_minute=settings.rate_limit_per_minute,
+            refresh_leeway_seconds=settings.refresh_leeway_seconds,
+            timeout_seconds=settings.http_timeout_seconds,
+            retry_deadline_seconds=settings.retry_deadline_seconds,
+            **options,
+        )
 
     def get(self, url_or_path: str, params: Mapping[str, str | int] | None = None) -> Any:
         """GET a resource and return its JSON.

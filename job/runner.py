@@ -165,18 +165,7 @@ def run_cycle(
                 _copy_refresh_stats(keeper, outcome)
             if task is None or state_store is None:
                 return outcome
-            api = ApiClient(
-                session,
-                base_url=settings.api_url,
-                tokens=keeper,
-                rate_limit_per_minute=settings.rate_limit_per_minute,
-                refresh_leeway_seconds=settings.refresh_leeway_seconds,
-                timeout_seconds=settings.http_timeout_seconds,
-                retry_deadline_seconds=settings.retry_deadline_seconds,
-                clock=clock,
-                monotonic=monotonic,
-                sleep=sleep,
-            )
+            api = ApiClient.from_settings(session, settings, keeper, clock=clock, monotonic=monotonic, sleep=sleep)
             context = TaskContext(
                 api=api,
                 state=state,

@@ -11,41 +11,27 @@ import json
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
+from job.standin.endpoints import Endpoints
 from job.standin.faults import Fault
 from job.standin.state import DEFAULT_SCOPE
 
 
-class StandInControl:
+class StandInControl(Endpoints):
     """A client for the control endpoints of a stand-in at ``base_url`` (``http://127.0.0.1:PORT``)."""
 
     def __init__(self, base_url: str, *, timeout_seconds: float = 10.0) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or parts.hostname is None:
             raise ValueError(f"expected http://HOST:PORT, got {base_url!r}")
-        self.base_url = base_url.rstrip("/")
+        self._base_url = base_url.rstrip("/")
         self._host = parts.hostname
         self._port = parts.port or 80
         self._timeout_seconds = timeout_seconds
 
     @property
-    def token_url(self) -> str:
-        """The token endpoint."""
-        return f"{self.base_url}/oauth2/token"
-
-    @property
-    def authorize_url(self) -> str:
-        """The authorize endpoint."""
-        return f"{self.base_url}/oauth2/authorize"
-
-    @property
-    def revoke_url(self) -> str:
-        """The revoke endpoint."""
-        return f"{self.base_url}/oauth2/revoke"
-
-    @property
-    def api_url(self) -> str:
-        """The REST API base."""
-        return f"{self.base_url}/1.0"
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT`` of the stand-in this drives."""
+        return self._base_url
 
     def info(self) -> dict[str, object]:
         """Return the stand-in's URLs and process id."""

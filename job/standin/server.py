@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from job.standin.api import Api
 from job.standin.control_endpoints import handle_control
+from job.standin.endpoints import Endpoints
 from job.standin.faults import Fault, FaultQueue
 from job.standin.ledger import Description, Ledger, describe
 from job.standin.messages import Answer, Request, envelope, oauth_error
@@ -232,7 +233,7 @@ class _Handler(BaseHTTPRequestHandler):
             print(f"standin: {request.method} {request.path} {shown} {outcome}", file=sys.stderr, flush=True)
 
 
-class StandIn:
+class StandIn(Endpoints):
     """A stand-in AWeber on 127.0.0.1: OAuth endpoints, the REST API, faults, counters.
 
     ``clients`` maps client id to secret (None for a public PKCE client); by default one public
@@ -327,26 +328,6 @@ class StandIn:
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT``."""
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def token_url(self) -> str:
-        """The token endpoint."""
-        return f"{self.base_url}/oauth2/token"
-
-    @property
-    def authorize_url(self) -> str:
-        """The authorize endpoint."""
-        return f"{self.base_url}/oauth2/authorize"
-
-    @property
-    def revoke_url(self) -> str:
-        """The revoke endpoint."""
-        return f"{self.base_url}/oauth2/revoke"
-
-    @property
-    def api_url(self) -> str:
-        """The REST API base, ``base_url + "/1.0"``."""
-        return f"{self.base_url}/1.0"
 
     # -- tokens -----------------------------------------------------------------------------------
 

@@ -17,7 +17,16 @@ import pytest
 from job.standin import Fault
 from job.store import load_token_file, lock_path_for
 from tests.survival.conftest import StandInFactory
-from tests.survival.harness import SECRETS, TALLY, Ran, Workspace, assert_no_traceback, error_lines, file_hash
+from tests.survival.harness import (
+    SECRETS,
+    TALLY,
+    Ran,
+    Started,
+    Workspace,
+    assert_no_traceback,
+    error_lines,
+    file_hash,
+)
 
 BEFORE = "disk: refused before the refresh (nothing spent)"
 AFTER = "disk: refused after the refresh (new tokens kept: saved, rescue file or kept temporary)"
@@ -83,6 +92,16 @@ def assert_nothing_spent(ws: Workspace, ran: Ran, token_hash: str | None, words:
     assert ws.file_refresh_token() in ws.standin.control.live_refresh_tokens()
 
 
+def start_refresh_and_wait_for_the_reservation(ws: Workspace) -> Started:
+    """Start a refresh (its token call held up by a delay fault) and return once its reservation exists."""
+    started = ws.start(["refresh"], ws.env())
+    deadline = time.monotonic() + 10
+    while not ws.temporaries() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ws.temporaries(), "the reservation never appeared"
+    return started
+
+
 @pytest.fixture
 def ws(start_standin: StandInFactory, new_workspace: Callable[..., Workspace]) -> Workspace:
     return new_workspace(start_standin(list_size=6))
@@ -126,11 +145,7 @@ def test_disk_filling_while_the_token_endpoint_thinks_is_carried_by_the_reservat
     with TALLY.attempt(AFTER), mounted("-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", target=ws.state_dir):
         old = ws.seed_tokens()
         ws.standin.control.inject(Fault(delay_seconds=1.5), path="/oauth2/token")
-        started = ws.start(["refresh"], ws.env())
-        deadline = time.monotonic() + 10
-        while not ws.temporaries() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert ws.temporaries(), "the reservation never appeared"
+        started = start_refresh_and_wait_for_the_reservation(ws)
         fill(ws.state_dir)
         ran = started.finish(timeout=30)
         assert ran.returncode == 0, ran.stderr
@@ -182,11 +197,7 @@ def test_directory_turning_read_only_after_the_reservation_keeps_the_new_tokens_
         old = ws.seed_tokens()
         before = file_hash(ws.token_file)
         ws.standin.control.inject(Fault(delay_seconds=1.5), path="/oauth2/token")
-        started = ws.start(["refresh"], ws.env())
-        deadline = time.monotonic() + 10
-        while not ws.temporaries() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert ws.temporaries(), "the reservation never appeared"
+        started = start_refresh_and_wait_for_the_reservation(ws)
         with read_only(ws.state_dir):
             ran = started.finish(timeout=30)
         assert ran.returncode == 73, ran.stderr
