@@ -21,6 +21,7 @@ import requests
 
 from job.store import Reservation, TokenLock, lock_path_for, tidy_temp_files, write_file_atomically
 from tests.conftest import CONFIDENTIAL_ID, CONFIDENTIAL_SECRET, REPO, JobFiles, invalid_grants, run_job, token_requests
+from tests.mounts import mounted, read_only
 
 CLOSED_PORT_URL = "http://127.0.0.1:9/oauth2/token"
 
@@ -327,20 +328,6 @@ def test_reservation_fails_cleanly_under_a_file_size_limit(job: JobFiles) -> Non
     assert "too large" in result.stderr.lower()
 
 
-def _mount(*args: str) -> bool:
-    return subprocess.run(["mount", *args], capture_output=True, check=False).returncode == 0
-
-
-@contextmanager
-def mounted(*args: str, target: Path) -> Iterator[None]:
-    if os.geteuid() != 0 or not _mount(*args, str(target)):
-        pytest.skip("mounting needs root with CAP_SYS_ADMIN; the file-size-limit test covers the same path")
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", "-l", str(target)], check=False)
-
-
 def test_reservation_fails_cleanly_on_a_full_disk(job: JobFiles, tmp_path: Path) -> None:
     """A full tmpfs: exit 73 before the token endpoint is contacted; the old file is intact."""
     disk = tmp_path / "disk"
@@ -369,8 +356,7 @@ def test_reservation_fails_cleanly_in_a_read_only_directory(job: JobFiles) -> No
     lock_path_for(job.token_file).touch(mode=0o600)
     before = job.token_file.read_bytes()
     directory = job.token_file.parent
-    with mounted("--bind", str(directory), target=directory):
-        assert _mount("-o", "remount,bind,ro", str(directory))
+    with read_only(directory):
         result = run_job(["refresh"], job.env())
         assert_nothing_spent(job, before, result)
         assert "Read-only file system" in result.stderr

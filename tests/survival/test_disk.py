@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import os
 import resource
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from job.standin import Fault
 from job.store import load_token_file, lock_path_for
+from tests.mounts import mounted, read_only
 from tests.survival.conftest import StandInFactory
 from tests.survival.harness import (
     SECRETS,
@@ -31,29 +30,6 @@ from tests.survival.harness import (
 BEFORE = "disk: refused before the refresh (nothing spent)"
 AFTER = "disk: refused after the refresh (new tokens kept: saved, rescue file or kept temporary)"
 STATE = "disk: task state refused (tokens saved, state not advanced)"
-
-
-def _mount(*args: str) -> bool:
-    return subprocess.run(["mount", *args], capture_output=True, check=False).returncode == 0
-
-
-@contextmanager
-def mounted(*args: str, target: Path) -> Iterator[None]:
-    """Mount over ``target`` for the block; skip the test where mounting is not permitted."""
-    if os.geteuid() != 0 or not _mount(*args, str(target)):
-        pytest.skip("mounting needs root with CAP_SYS_ADMIN (tmpfs, bind mounts); not permitted here")
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", "-l", str(target)], check=False)
-
-
-@contextmanager
-def read_only(directory: Path) -> Iterator[None]:
-    """A read-only bind mount of ``directory`` over itself."""
-    with mounted("--bind", str(directory), target=directory):
-        assert _mount("-o", "remount,bind,ro", str(directory))
-        yield
 
 
 def fill(directory: Path) -> None:
