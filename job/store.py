@@ -349,7 +349,8 @@ def _complete_token_file(path: Path) -> tuple[TokenFile, int] | None:
     """The tokens and mtime of a temporary that holds a whole token file, else None (blank, half-written)."""
     try:
         info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_TOKEN_FILE_BYTES:
+        # A reservation is larger than its content until the final truncate; a kill can come before it.
+        if not stat.S_ISREG(info.st_mode) or info.st_size > reserve_size_for(MAX_TOKEN_FILE_BYTES):
             return None
         return parse_token_file(path.read_bytes(), str(path)), info.st_mtime_ns
     except (OSError, TokenFileError):

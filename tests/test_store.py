@@ -174,7 +174,8 @@ def _rotate_at_the_standin(job: JobFiles, refresh_token: str) -> dict[str, objec
 def _leave_a_complete_temporary(job: JobFiles, tokens: dict[str, object], *, seconds_after_the_file: float) -> Path:
     """What a run killed between writing its new tokens and renaming them leaves beside the token file."""
     temp = job.token_file.with_name(".tokens.json.tmp-0123456789ab")
-    temp.write_text(json.dumps({**tokens, "token_type": "bearer"}) + "\n", encoding="utf-8")
+    # As a kill before the final truncate leaves it: the content, then the rest of the reserved blanks.
+    temp.write_bytes(json.dumps({**tokens, "token_type": "bearer"}).encode() + b"\n" + b" " * 70_000)
     moment = job.token_file.stat().st_mtime + seconds_after_the_file
     os.utime(temp, (moment, moment))
     return temp
