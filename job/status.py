@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from job.config import Settings
 from job.errors import EXIT_OK, EXIT_TOKEN_FILE, JobError
-from job.store import load_token_file, lock_path_for
+from job.store import load_token_file, lock_path_for, pending_save, rescue_files
 from job.tokens import fingerprint, format_expiry
 
 # typing costs start-up time and is needed for annotations only (strings here).
@@ -71,11 +71,23 @@ def collect_status(settings: Settings, now: float | None = None) -> StatusReport
     now = time.time() if now is None else now
     report = StatusReport(token_file=str(settings.token_file), ok=False, exit_code=EXIT_TOKEN_FILE)
     report.lock_file, report.lock_holder_pid = _lock_holder(settings)
+    # After a failed save, where the new tokens are matters more than what the token file holds.
+    for rescue in rescue_files(settings.token_file):
+        report.warnings.append(
+            f"rescue file {rescue} exists: a save failed there; if it is newer than the token file, "
+            f"move it into place: mv {rescue} {settings.token_file}"
+        )
     try:
         loaded = load_token_file(settings.token_file)
     except JobError as exc:
         report.error = str(exc)
         return report
+    waiting = pending_save(settings.token_file)
+    if waiting is not None:
+        report.warnings.append(
+            f"{waiting} holds newer tokens than the token file (a save that could not finish); "
+            "the next run puts it in place"
+        )
     tokens = loaded.tokens
     report.ok, report.exit_code = True, EXIT_OK
     report.shape = tokens.shape

@@ -357,6 +357,51 @@ def _complete_token_file(path: Path) -> tuple[TokenFile, int] | None:
         return None
 
 
+@dataclass(frozen=True)
+class _TempSurvey:
+    temps: list[Path]
+    newest: Path | None  # the newest complete temporary newer than the token file, if any
+    keep: set[Path]  # complete temporaries kept because the token file cannot be read
+
+
+def _survey_temp_files(target: Path) -> _TempSurvey:
+    prefix = f".{target.name}{TEMP_MARK}"
+    try:
+        temps = [target.parent / name for name in os.listdir(target.parent) if name.startswith(prefix)]
+    except OSError:
+        temps = []
+    if not temps:
+        return _TempSurvey([], None, set())
+    current = _complete_token_file(target)
+    newer: list[tuple[int, Path]] = []
+    keep: set[Path] = set()
+    for temp in temps:
+        complete = _complete_token_file(temp)
+        if complete is None:
+            continue
+        tokens, mtime_ns = complete
+        if current is None:
+            keep.add(temp)
+        elif tokens.refresh_token != current[0].refresh_token and mtime_ns > current[1]:
+            newer.append((mtime_ns, temp))
+    return _TempSurvey(temps, max(newer)[1] if newer else None, keep)
+
+
+def pending_save(token_file: Path) -> Path | None:
+    """The temporary whose newer tokens the next run will put in place (see :func:`tidy_temp_files`)."""
+    return _survey_temp_files(resolve_target(token_file)).newest
+
+
+def rescue_files(token_file: Path) -> list[Path]:
+    """Rescue files beside the token file, oldest first: each is a save that failed."""
+    target = resolve_target(token_file)
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return []
+    return sorted(target.parent / name for name in names if name.startswith(f"{target.name}.rescue-"))
+
+
 def tidy_temp_files(token_file: Path) -> TempCleanup:
     """Deal with the temporaries earlier runs left beside the token file; call only under the lock.
 
@@ -371,26 +416,8 @@ def tidy_temp_files(token_file: Path) -> TempCleanup:
     with the token file's spent token would only fail.
     """
     target = resolve_target(token_file)
-    prefix = f".{target.name}{TEMP_MARK}"
-    try:
-        temps = [target.parent / name for name in os.listdir(target.parent) if name.startswith(prefix)]
-    except OSError:
-        return TempCleanup(None, 0)
-    if not temps:
-        return TempCleanup(None, 0)
-    current = _complete_token_file(target)
-    newer: list[tuple[int, Path]] = []
-    keep: set[Path] = set()
-    for temp in temps:
-        complete = _complete_token_file(temp)
-        if complete is None:
-            continue
-        tokens, mtime_ns = complete
-        if current is None:
-            keep.add(temp)
-        elif tokens.refresh_token != current[0].refresh_token and mtime_ns > current[1]:
-            newer.append((mtime_ns, temp))
-    recovered = max(newer)[1] if newer else None
+    survey = _survey_temp_files(target)
+    recovered = survey.newest
     if recovered is not None:
         try:
             os.replace(recovered, target)
@@ -402,8 +429,8 @@ def tidy_temp_files(token_file: Path) -> TempCleanup:
                 hint=f"fix the problem and run again, or move it by hand: mv {recovered} {target}",
             ) from exc
     removed = 0
-    for temp in temps:
-        if temp == recovered or temp in keep:
+    for temp in survey.temps:
+        if temp == recovered or temp in survey.keep:
             continue
         try:
             os.unlink(temp)

@@ -85,3 +85,38 @@ def test_status_names_the_lock_holder(tmp_path: Path) -> None:
     with lock_held_by_another_process(path, 30) as holder:
         result = run_job(["status", "--json"], env_for(path))
     assert json.loads(result.stdout)["lock_holder_pid"] == holder.pid
+
+
+def test_status_points_at_newer_tokens_left_by_a_save_that_could_not_finish(tmp_path: Path) -> None:
+    """After a CRITICAL, status says where the new tokens are: a waiting temporary and any rescue file."""
+    path = tmp_path / "tokens.json"
+    write(path, {"access_token": ACCESS, "refresh_token": REFRESH})
+    newer_refresh = "status-newer-refresh-token-77aa"
+    waiting = tmp_path / ".tokens.json.tmp-00aa11bb22cc"
+    write(waiting, {"access_token": "status-newer-access-token-88bb", "refresh_token": newer_refresh})
+    later = path.stat().st_mtime + 5
+    os.utime(waiting, (later, later))
+    rescue = tmp_path / "tokens.json.rescue-20261128T030000Z"
+    write(rescue, {"access_token": ACCESS, "refresh_token": REFRESH})
+    result = run_job(["status"], env_for(path))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert any(str(waiting) in w and "the next run puts it in place" in w for w in warnings), result.stdout
+    assert any(f"mv {rescue} {path}" in w for w in warnings), result.stdout
+    assert newer_refresh not in result.stdout + result.stderr
+    assert waiting.exists() and rescue.exists()  # status only looks
+
+
+def test_status_ignores_temporaries_that_hold_nothing_newer(tmp_path: Path) -> None:
+    """A reservation's blanks, or a whole temporary older than the token file, are not news."""
+    path = tmp_path / "tokens.json"
+    blank = tmp_path / ".tokens.json.tmp-blank0000000"
+    blank.write_bytes(b" " * 4096)
+    older = tmp_path / ".tokens.json.tmp-older0000000"
+    write(older, {"access_token": "status-old-access-token-1", "refresh_token": "status-old-refresh-token-1"})
+    write(path, {"access_token": ACCESS, "refresh_token": REFRESH})
+    earlier = path.stat().st_mtime - 60
+    os.utime(older, (earlier, earlier))
+    result = run_job(["status"], env_for(path))
+    assert result.returncode == 0, result.stderr
+    assert "warning:" not in result.stdout, result.stdout
