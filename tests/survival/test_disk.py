@@ -196,6 +196,15 @@ def test_directory_turning_read_only_after_the_reservation_keeps_the_new_tokens_
         assert ws.temporaries() == []
 
 
+def assert_task_state_refused(ran: Ran, reason: str) -> None:
+    """Exit 73 with one error line: the task state could not be saved, and why."""
+    assert ran.returncode == 73, ran.stderr
+    assert_no_traceback(ran)
+    lines = error_lines(ran.stderr)
+    assert len(lines) == 1 and "cannot save task state" in lines[0], ran.stderr
+    assert reason in lines[0]
+
+
 def test_full_disk_at_the_task_state_save_keeps_the_tokens_and_repeats_the_work(ws: Workspace, tmp_path: Path) -> None:
     """The task-state directory is a full tmpfs: exit 73 after the tokens were saved; the watermark does not
     move, so the next run (with space again) reports the same subscribers: nothing lost."""
@@ -207,11 +216,7 @@ def test_full_disk_at_the_task_state_save_keeps_the_tokens_and_repeats_the_work(
         with mounted("-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", target=state_dir):
             fill(state_dir)
             ran = ws.run(["run"], env)
-            assert ran.returncode == 73, ran.stderr
-            assert_no_traceback(ran)
-            lines = error_lines(ran.stderr)
-            assert len(lines) == 1 and "cannot save task state" in lines[0], ran.stderr
-            assert "No space left" in lines[0]
+            assert_task_state_refused(ran, "No space left")
             assert sorted(p.name for p in state_dir.iterdir()) == ["filler"]
         new = ws.file_refresh_token()
         assert new != old and ws.standin.control.live_refresh_tokens() == {new}
@@ -230,11 +235,7 @@ def test_read_only_state_directory_keeps_the_tokens(ws: Workspace, tmp_path: Pat
     old = ws.seed_tokens()
     with TALLY.attempt(STATE), read_only(state_dir):
         ran = ws.run(["run"], env)
-        assert ran.returncode == 73, ran.stderr
-        assert_no_traceback(ran)
-        lines = error_lines(ran.stderr)
-        assert len(lines) == 1 and "cannot save task state" in lines[0], ran.stderr
-        assert "Read-only file system" in lines[0]
+        assert_task_state_refused(ran, "Read-only file system")
         new = ws.file_refresh_token()
         assert new != old and ws.standin.control.live_refresh_tokens() == {new}
         assert list(state_dir.iterdir()) == []
