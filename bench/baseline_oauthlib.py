@@ -2,7 +2,7 @@
 """The usual way to find new subscribers, as AWeber's own Python examples do it: the benchmarks' yardstick.
 
 Built the way a careful user following aweber/public-api-examples/python would build it
-(API-FACTS §5): a requests-oauthlib ``OAuth2Session`` that refreshes by itself when the saved
+(docs/aweber-api.md §5): a requests-oauthlib ``OAuth2Session`` that refreshes by itself when the saved
 token's ``expires_at`` has passed, client id and secret sent in the refresh body through
 ``auto_refresh_kwargs``, and a ``token_updater`` that rewrites ``credentials.json`` with the new
 token; ``get_collection`` follows ``next_collection_link`` and gathers every entry; every

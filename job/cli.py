@@ -59,7 +59,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The whole command line, as SPEC §2 fixes it."""
+    """The whole command line, as docs/design.md §2 describes it."""
     parser = _Parser(
         prog="aweber-job",
         description="Keep an AWeber OAuth 2 integration authorized and run its daily task.",
@@ -230,7 +230,7 @@ def _cmd_revoke(settings: Settings) -> int:
 
 
 def _cmd_run(settings: Settings, args: argparse.Namespace, out: IO[str], *, refresh_only: bool) -> int:
-    """The whole cycle of SPEC §1 (or steps 1–5 for ``refresh``), with monitoring around it."""
+    """The whole cycle of docs/design.md §1 (or steps 1–5 for ``refresh``), with monitoring around it."""
     from job.monitor import Monitor
     from job.runner import RunOptions, RunOutcome, run_cycle
 

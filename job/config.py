@@ -132,7 +132,7 @@ def check_url(value: str) -> str | None:
 
 
 def _default_token_file(env: Mapping[str, str]) -> Path:
-    """SPEC §3: systemd's STATE_DIRECTORY, else XDG_STATE_HOME, else ~/.local/state."""
+    """systemd's STATE_DIRECTORY, else XDG_STATE_HOME, else ~/.local/state."""
     state_directory = env.get("STATE_DIRECTORY")
     if state_directory:
         # systemd may list several directories separated by ':'; the first is ours.

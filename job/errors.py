@@ -6,7 +6,7 @@ to do. They never contain a secret; callers pass fingerprints or names, not valu
 
 from __future__ import annotations
 
-# Exit codes (SPEC §8). The CLI is the only place that turns them into a process status.
+# Exit codes (docs/design.md §7). The CLI is the only place that turns them into a process status.
 EXIT_OK = 0
 EXIT_TASK_FAILED = 1
 EXIT_USAGE = 64

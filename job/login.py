@@ -1,4 +1,4 @@
-"""``aweber-job login`` (first authorization) and ``aweber-job revoke`` (SPEC §6).
+"""``aweber-job login`` (first authorization) and ``aweber-job revoke`` (docs/design.md §5).
 
 ``login`` runs AWeber's authorization-code flow from a terminal: it prints the authorize URL
 (PKCE S256 for a public client, none for a confidential one, as AWeber demands), reads the code
@@ -406,7 +406,7 @@ def _revoke_access_token(settings: Settings, session: requests.Session, client: 
     """Revoke the access token too, when it may still be alive; return a note for the log line.
 
     AWeber's revoke endpoint takes either token; whether revoking the refresh token also ends its
-    access tokens is not documented (API-FACTS §1.1), so an operator's "revoke" asks for both.
+    access tokens is not documented (docs/aweber-api.md §1.1), so an operator's "revoke" asks for both.
     """
     access = tokens.access_token
     expired = tokens.expires_at is not None and tokens.expires_at <= time.time()

@@ -1,4 +1,4 @@
-"""Monitoring around a run, SPEC §8: healthchecks.io-style pings and a Prometheus textfile.
+"""Monitoring around a run (docs/design.md §7): healthchecks.io-style pings and a Prometheus textfile.
 
 Both are optional and both are best effort: a ping that cannot be delivered or a metrics file that
 cannot be written logs a warning and never changes the run's exit code — monitoring reports the

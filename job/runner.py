@@ -1,4 +1,4 @@
-"""One run, SPEC §1: resolve the task, lock, load, reserve, refresh, save, task, save its state.
+"""One run (docs/design.md §1): resolve the task, lock, load, reserve, refresh, save, task, save its state.
 
 The caller passes a :class:`RunOutcome` to fill as the run goes, so monitoring can report what a
 failed run did too.

@@ -1,6 +1,6 @@
 """The token file's value: parse and validate both shapes, merge a refresh answer, serialise.
 
-Pure: no I/O. Two shapes are accepted and each is kept when saved again (SPEC §4):
+Pure: no I/O. Two shapes are accepted and each is kept when saved again (docs/design.md §3):
 
 - flat: ``{"access_token", "refresh_token", "token_type"?, "expires_in"?, "expires_at"?, ...}``,
   what requests-oauthlib and Authlib write;

@@ -129,7 +129,7 @@ def test_env_example_documents_exactly_the_variables_the_code_reads() -> None:
     for path in (REPO / "job").rglob("*.py"):
         # Variables are read by name, so look for AWEBER_* inside string literals only.
         used |= set(re.findall(r"[\"'](AWEBER_[A-Z_]+)\b", path.read_text()))
-    # AWEBER_ENV_FILE names the .env file itself (SPEC §2), so it cannot live in it.
+    # AWEBER_ENV_FILE names the .env file itself (docs/design.md §2), so it cannot live in it.
     assert used - {"AWEBER_ENV_FILE"} <= set(VARIABLES)
     assert set(VARIABLES) <= used
 
