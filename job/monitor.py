@@ -113,6 +113,11 @@ class Monitor:
         self._log_tail = log_tail
         self._timeout_seconds = min(PING_TIMEOUT_SECONDS, settings.http_timeout_seconds)
         self._run_id = str(uuid.uuid4()) if self._ping_url else ""
+        if self._ping_url:
+            # Whoever holds the ping URL can report for this check: its path and query are secrets,
+            # kept out of every log line (urllib3 writes the request line at -vv).
+            parts = urlsplit(self._ping_url)
+            REDACTOR.add(parts.path.rstrip("/"), parts.query)
         self._started: float | None = None
 
     @property

@@ -403,3 +403,20 @@ def test_metrics_written_in_process_round_trip(tmp_path: Path) -> None:
     assert values[("aweber_job_new_subscribers", ())] == 0
     assert values[("aweber_job_http_requests", (("kind", "api"),))] == 3
     assert all(math.isfinite(v) for v in values.values())
+
+
+def test_ping_url_path_never_reaches_the_log(job: JobFiles, receiver: PingReceiver) -> None:
+    """At -vv (urllib3's connection lines shown) neither the ping URL's path nor its query is in stderr."""
+    job.write_tokens()
+    url = receiver.url + "?key=ping-query-secret-4e9d"
+    ok = run_job(["-vv", "run", "--task", "noop"], job.env(AWEBER_PING_URL=url))
+    assert ok.returncode == 0, ok.stderr
+    job.write_tokens(refresh_token="rt-unknown-0123456789abcdef")
+    refused = run_job(["-vv", "--log-format", "json", "run", "--task", "noop"], job.env(AWEBER_PING_URL=url))
+    assert refused.returncode == 77, refused.stderr
+    assert receiver.kinds() == ["start", "", "start", "fail"]
+    # The lines urllib3 writes at -vv are there, so the check below looks where the path would be.
+    assert "POST " in ok.stderr and "POST " in refused.stderr
+    for stderr in (ok.stderr, refused.stderr):
+        assert CHECK_PATH.rsplit("/", 1)[-1] not in stderr
+        assert "ping-query-secret-4e9d" not in stderr
