@@ -148,7 +148,9 @@ def _read_secret_file(path: str) -> str:
     """Return the first line of ``path``, stripped; raise OSError or ValueError on trouble."""
     with open(path, "rb") as handle:
         data = handle.read(65536)
-    line = data.decode("utf-8").splitlines()[0] if data.strip() else ""
+    # "utf-8-sig": editors on Windows save a byte order mark, which is not part of the secret.
+    text = data.decode("utf-8-sig")
+    line = text.splitlines()[0] if text.strip() else ""
     line = line.strip()
     if not line:
         raise ValueError("is empty")

@@ -87,6 +87,15 @@ def test_secret_from_file_and_from_systemd_credentials(tmp_path: Path) -> None:
     assert "s3cret" not in repr(settings)
 
 
+def test_secret_file_with_a_byte_order_mark_gives_the_secret_without_it(tmp_path: Path) -> None:
+    """A secret file saved by an editor with a UTF-8 BOM yields the secret itself, not BOM + secret."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(b"\xef\xbb\xbfs3cret-with-bom\r\n")
+    settings = load_settings({"AWEBER_CLIENT_SECRET_FILE": str(secret_file)})
+    assert settings.client_secret is not None
+    assert settings.client_secret.reveal() == "s3cret-with-bom"
+
+
 def test_unreadable_secret_file_and_conflicting_secrets_are_errors(tmp_path: Path) -> None:
     """A missing secret file, an empty one, or both secret variables set: exit 78 naming the variable."""
     with pytest.raises(ConfigError, match="AWEBER_CLIENT_SECRET_FILE"):
