@@ -23,6 +23,7 @@ from urllib.parse import urlencode
 from job.standin.days import SECONDS_PER_DAY, day_of, day_start_epoch, format_timestamp, parse_filter_day
 from job.standin.ledger import Ledger
 from job.standin.messages import Answer, Request, envelope, json_answer
+from job.standin.oauth1 import OAuth1Registry
 from job.standin.ratelimit import RateLimiter
 from job.standin.state import Account, State
 from job.standin.subscribers import STATUSES, Subscriber, SubscriberList
@@ -65,8 +66,11 @@ def _bad_request(message: str) -> _ApiProblem:
 class Api:
     """Routes and answers ``/1.0`` requests against a :class:`State`."""
 
-    def __init__(self, state: State, limiter: RateLimiter, ledger: Ledger, api_url: str) -> None:
+    def __init__(
+        self, state: State, limiter: RateLimiter, ledger: Ledger, api_url: str, oauth1: OAuth1Registry | None = None
+    ) -> None:
         self._state = state
+        self._oauth1 = oauth1 if oauth1 is not None else OAuth1Registry()
         self._limiter = limiter
         self._ledger = ledger
         self.api_url = api_url
@@ -95,6 +99,12 @@ class Api:
         token: str | None = None
         if header is not None:
             scheme, _, value = header.strip().partition(" ")
+            if scheme.lower() == "oauth":
+                # A legacy OAuth 1.0a signed request (docs/aweber-api.md).
+                problem = self._oauth1.problem(request, request.header("host") or "127.0.0.1")
+                if problem is not None:
+                    raise _ApiProblem(401, problem)
+                return
             if scheme.lower() == "bearer" and value.strip():
                 token = value.strip()
             else:

@@ -9,6 +9,7 @@ Example (every key optional)::
       "rate_limit_window_seconds": 60,
       "request_delay_seconds": 0.0,
       "verbose": false,
+      "oauth1": [{"consumer_key": "...", "consumer_secret": "...", "access_token": "...", "token_secret": "..."}],
       "accounts": [
         {"id": 123, "company": "Example Company",
          "lists": [{"id": 456, "name": "Newsletter", "size": 1000,
@@ -24,12 +25,13 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from job.standin.oauth1 import grant_from_mapping
 from job.standin.server import StandIn
 
 _TOP_KEYS = frozenset(
     {
         "clients", "access_token_lifetime_seconds", "rate_limit_per_minute", "rate_limit_window_seconds",
-        "request_delay_seconds", "verbose", "accounts",
+        "request_delay_seconds", "verbose", "accounts", "oauth1",
     }
 )
 _ACCOUNT_KEYS = frozenset({"id", "company", "lists"})
@@ -73,6 +75,11 @@ def standin_from_config(
         raise ValueError("accounts must be a list")
     for account in accounts:
         _add_account(standin, account)
+    legacy = config.get("oauth1", [])
+    if not isinstance(legacy, list) or not all(isinstance(item, dict) for item in legacy):
+        raise ValueError("oauth1 must be a list of objects")
+    for item in legacy:
+        standin.add_oauth1_credentials(**grant_from_mapping(item))
     return standin
 
 

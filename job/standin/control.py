@@ -72,6 +72,10 @@ class StandInControl(Endpoints):
         """Undo :meth:`disconnect`."""
         self._call("POST", "reconnect", {"client_id": client_id})
 
+    def add_oauth1_credentials(self, **values: str) -> dict[str, object]:
+        """Register legacy OAuth 1.0a credentials; return them as a token file would hold them."""
+        return self._object(self._call("POST", "oauth1-credentials", values))
+
     def add_account(self, account_id: int, *, company: str | None = None) -> None:
         """Add a customer account."""
         self._call("POST", "add-account", {"account_id": account_id, "company": company})

@@ -14,6 +14,8 @@ Endpoints (JSON bodies and answers):
 - ``POST /_control/expire-access-tokens``.
 - ``POST /_control/revoke-all-access-tokens`` ``{"disconnect"?: bool}``.
 - ``POST /_control/disconnect`` and ``/_control/reconnect`` ``{"client_id"?}``.
+- ``POST /_control/oauth1-credentials`` ``{"consumer_key"?, "consumer_secret"?, "access_token"?,
+  "token_secret"?}``: the registered legacy OAuth 1.0a credentials (missing ones generated).
 - ``POST /_control/add-account`` ``{"account_id", "company"?}``.
 - ``POST /_control/add-list`` ``{"account_id", "list_id", "name"?, "size"?, "start"?, "end"?, "seed"?}``.
 - ``POST /_control/add-subscribers`` ``{"account_id", "list_id", "subscribers": [...]}``: ``{"ids": [...]}``.
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from job.standin.faults import Fault
 from job.standin.messages import Answer, Request, json_answer
+from job.standin.oauth1 import grant_from_mapping
 from job.standin.state import DEFAULT_SCOPE
 
 if TYPE_CHECKING:
@@ -136,6 +139,10 @@ def _reconnect(standin: StandIn, payload: Mapping[str, object]) -> object:
     return {}
 
 
+def _oauth1_credentials(standin: StandIn, payload: Mapping[str, object]) -> object:
+    return standin.add_oauth1_credentials(**grant_from_mapping(payload)).as_token_file()
+
+
 def _add_account(standin: StandIn, payload: Mapping[str, object]) -> object:
     standin.add_account(_int(payload, "account_id"), company=_text(payload, "company"))
     return {}
@@ -193,6 +200,7 @@ _ROUTES: Mapping[tuple[str, str], _Handler] = {
     ("POST", "revoke-all-access-tokens"): _revoke_all_access_tokens,
     ("POST", "disconnect"): _disconnect,
     ("POST", "reconnect"): _reconnect,
+    ("POST", "oauth1-credentials"): _oauth1_credentials,
     ("POST", "add-account"): _add_account,
     ("POST", "add-list"): _add_list,
     ("POST", "add-subscribers"): _add_subscribers,

@@ -29,6 +29,7 @@ from job.standin.faults import Fault, FaultQueue
 from job.standin.ledger import Description, Ledger, describe
 from job.standin.messages import Answer, Request, envelope, oauth_error
 from job.standin.oauth import handle_authorize, handle_revoke, handle_token
+from job.standin.oauth1 import OAuth1Grant, OAuth1Registry
 from job.standin.ratelimit import RateLimiter
 from job.standin.state import (
     DEFAULT_ACCESS_TOKEN_LIFETIME_SECONDS,
@@ -268,6 +269,7 @@ class StandIn(Endpoints):
             access_token_lifetime_seconds=access_token_lifetime_seconds,
             clock=clock,
         )
+        self.oauth1 = OAuth1Registry()
         self.faults = FaultQueue()
         self.ledger = Ledger()
         self.limiter = RateLimiter(rate_limit_per_minute, rate_limit_window_seconds)
@@ -284,7 +286,7 @@ class StandIn(Endpoints):
             raise RuntimeError("the stand-in is already running")
         server = _Server(("127.0.0.1", self._port), self)
         self._server = server
-        self._api = Api(self.state, self.limiter, self.ledger, self.api_url)
+        self._api = Api(self.state, self.limiter, self.ledger, self.api_url, self.oauth1)
         self._thread = threading.Thread(
             # A short poll interval lets stop() return quickly; idle polling costs nothing measurable.
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="aweber-standin", daemon=True
@@ -341,7 +343,18 @@ class StandIn(Endpoints):
 
     def issued_secrets(self) -> list[str]:
         """Return every token and authorization code this stand-in ever issued (for secret scans)."""
-        return self.state.issued_secrets()
+        return self.state.issued_secrets() + self.oauth1.secrets()
+
+    def add_oauth1_credentials(
+        self,
+        consumer_key: str | None = None,
+        consumer_secret: str | None = None,
+        access_token: str | None = None,
+        token_secret: str | None = None,
+    ) -> OAuth1Grant:
+        """Register legacy OAuth 1.0a credentials (missing values generated); the API then accepts
+        requests they sign. ``grant.as_token_file()`` is what the job's token file would hold."""
+        return self.oauth1.register(consumer_key, consumer_secret, access_token, token_secret)
 
     def expire_access_tokens(self) -> None:
         """Make every access token issued so far expired (401 on use); refreshing still works."""
