@@ -1,8 +1,9 @@
 """The AWeber REST client that tasks get: pacing, retries, refresh-on-401, pagination (SPEC §7).
 
-One ``requests`` session, passed in. Every request carries ``Authorization: Bearer``, asks for
-JSON, has connect and read timeouts, and is paced so that at most ``rate_limit_per_minute``
-requests fall in any rolling window. The bearer token goes only to the scheme, host and port of
+One ``requests`` session, passed in. Every request carries the ``Authorization`` header its token
+source gives (a bearer token, or a legacy OAuth 1.0a signature), asks for JSON, has connect and
+read timeouts, and is paced so that at most ``rate_limit_per_minute`` requests fall in any rolling
+window. The credentials go only to the scheme, host and port of
 the API base URL: a link in a response that points anywhere else is refused before anything is
 sent. Collections are walked page by page through ``next_collection_link`` as a generator.
 
@@ -49,17 +50,17 @@ REAUTHORIZE_HINT = "authorize again: aweber-job login"
 
 
 class TokenSource(Protocol):
-    """Where the client gets its access token; :class:`job.cycle.TokenKeeper` is one."""
+    """Where the client gets each request's authorization; :class:`job.cycle.TokenKeeper` is one."""
 
-    @property
-    def access_token(self) -> str: ...
-
-    def ensure_fresh(self, leeway_seconds: float) -> str:
-        """Return an access token good for ``leeway_seconds`` more, refreshing (and saving) if needed."""
+    def authorize(
+        self, method: str, url: str, params: Mapping[str, str | int] | None, *, leeway_seconds: float
+    ) -> dict[str, str]:
+        """Return the ``Authorization`` header for this request: a bearer token good for
+        ``leeway_seconds`` more (refreshed and saved if needed), or an OAuth 1.0a signature."""
         ...
 
     def refresh(self, reason: str) -> object:
-        """Refresh now, whatever the expiry says (after a 401)."""
+        """Refresh now, whatever the expiry says (after a 401); AuthError when there is no way to."""
         ...
 
 
@@ -298,12 +299,12 @@ class ApiClient:
         """Send one GET and classify the answer; raise what the retry policy needs to see."""
         path = self._path(url)
         try:
-            access_token = self._tokens.ensure_fresh(self._leeway_seconds)
+            authorization = self._tokens.authorize("GET", url, params, leeway_seconds=self._leeway_seconds)
         except JobError as exc:
             # The token endpoint's own retries are done; do not repeat them here.
             raise _NotRetried(exc) from exc
         self._pace()
-        headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
+        headers = {**authorization, "Accept": "application/json"}
         self.requests_made += 1
         try:
             status, response_headers, body = self._send(url, params, headers, path)

@@ -1,14 +1,16 @@
 """The token half of a run: lock → load → reserve → refresh → save, and refreshes during the task.
 
 :class:`TokenKeeper` holds the lock for the whole run and is the only thing that spends a refresh
-token. The API client asks it for a fresh access token when the old one nears expiry or is refused.
+token. The API client asks it for each request's ``Authorization`` header: a bearer token, refreshed
+when it nears expiry or is refused, or, for a legacy OAuth 1.0a token file, a signature (those
+tokens never expire, so there is nothing to refresh).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -16,9 +18,10 @@ from types import TracebackType
 import requests
 
 from job.config import Settings
-from job.errors import ConfigError
+from job.errors import AuthError, ConfigError
 from job.logs import REDACTOR
 from job.oauth import Client, TokenAnswer, TokenCall, refresh_tokens, warn_on_clock_skew
+from job.oauth1 import DISCONNECTED_HINT
 from job.store import (
     LoadedTokens,
     Reservation,
@@ -108,7 +111,9 @@ class TokenKeeper:
                     "token file %s is readable by group or others (mode %04o); it will be saved as 0600",
                     self.path, self._loaded.mode,
                 )
-            self._client = resolve_client(self.settings, self._tokens)
+            if self._tokens.oauth1 is None:
+                # OAuth 1.0a files carry their own consumer key; no OAuth 2 client is involved.
+                self._client = resolve_client(self.settings, self._tokens)
         except BaseException:
             self.close()
             raise
@@ -134,6 +139,8 @@ class TokenKeeper:
         Raises StorageError (73) before anything is sent when the reservation fails, the token-call
         errors (75, 76, 77) with the file untouched, TokenNotSavedError (73) when saving fails.
         """
+        if self._tokens is not None and self._tokens.oauth1 is not None:
+            raise AuthError(f"{reason}, and OAuth 1.0a tokens cannot be refreshed", hint=DISCONNECTED_HINT)
         if self._client is None or self._tokens is None:
             raise RuntimeError("open() the keeper before refreshing")
         current_size = len(self._tokens.to_bytes())
@@ -184,6 +191,25 @@ class TokenKeeper:
             value = answer.body.get(key)
             if isinstance(value, str):
                 REDACTOR.add(value)
+
+    @property
+    def legacy_oauth1(self) -> bool:
+        """Whether the token file holds OAuth 1.0a credentials (never refreshed)."""
+        return self.tokens.oauth1 is not None
+
+    def authorize(
+        self, method: str, url: str, params: Mapping[str, str | int] | None, *, leeway_seconds: float
+    ) -> dict[str, str]:
+        """The ``Authorization`` header for one request, refreshing a bearer token that nears expiry.
+
+        OAuth 1.0a signs ``method`` and ``url`` with ``params`` encoded into its query exactly as
+        requests sends them, since the signature covers every query parameter.
+        """
+        credentials = self.tokens.oauth1
+        if credentials is None:
+            return {"Authorization": f"Bearer {self.ensure_fresh(leeway_seconds)}"}
+        prepared = requests.Request(method, url, params=dict(params) if params else None).prepare()
+        return credentials.sign(method, str(prepared.url))
 
     def ensure_fresh(self, leeway_seconds: float) -> str:
         """Return an access token good for at least ``leeway_seconds``, refreshing when it is not."""

@@ -296,7 +296,12 @@ def _exchange_and_save(
                 "the job could not refresh later, so nothing was saved; the code is spent: run aweber-job login again"
             )
         save_rotated_tokens(path, tokens, reservation)
-        if existing is not None:
+        if existing is not None and existing.oauth1 is not None:
+            log.warning(
+                "replaced the OAuth 1.0a token file with OAuth 2 tokens; the job cannot revoke OAuth 1.0a "
+                "tokens: they stay valid until the old integration is disconnected in AWeber"
+            )
+        elif existing is not None:
             log.warning(
                 "replaced the token file; its old refresh token %s was not revoked and stays valid",
                 fingerprint(existing.refresh_token),
@@ -359,11 +364,18 @@ def run_revoke(settings: Settings, session: requests.Session) -> int:
 
     The file is removed only after AWeber accepted (2xx); any error keeps it and raises the
     token-call error (75, 76, 77). The access token is revoked too, best effort, afterwards.
+    A legacy OAuth 1.0a token file is a UsageError (64): those tokens cannot be revoked by the job.
     """
     path = settings.token_file
     with TokenLock(path, settings.lock_timeout_seconds):
         tokens = load_token_file(path).tokens
         REDACTOR.add(*tokens.secrets())
+        if tokens.oauth1 is not None:
+            raise UsageError(
+                f"token file {path} holds OAuth 1.0a tokens, which the job cannot revoke (AWeber offers no "
+                "endpoint for it); the token file was kept",
+                hint="disconnect the integration in the AWeber account to end them",
+            )
         client = resolve_client(settings, tokens)
         refresh_fp = fingerprint(tokens.refresh_token)
         call = TokenCall(

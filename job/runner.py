@@ -159,10 +159,13 @@ def run_cycle(
         with keeper:
             state_store = TaskState(settings.state_dir, task) if task else None
             state = state_store.load() if state_store else {}
-            try:
-                keeper.refresh("refresh on start")
-            finally:
-                _copy_refresh_stats(keeper, outcome)
+            if keeper.legacy_oauth1:
+                log.info("the token file holds OAuth 1.0a tokens, which do not expire: nothing to refresh")
+            else:
+                try:
+                    keeper.refresh("refresh on start")
+                finally:
+                    _copy_refresh_stats(keeper, outcome)
             if task is None or state_store is None:
                 return outcome
             api = ApiClient.from_settings(session, settings, keeper, clock=clock, monotonic=monotonic, sleep=sleep)

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 from job.config import Settings
 from job.errors import EXIT_OK, EXIT_TOKEN_FILE, JobError
-from job.store import load_token_file, lock_path_for, pending_save, rescue_files
+from job.oauth1 import MIGRATE_HINT
+from job.store import LoadedTokens, load_token_file, lock_path_for, pending_save, rescue_files
 from job.tokens import fingerprint, format_expiry
 
 # typing costs start-up time and is needed for annotations only (strings here).
@@ -34,6 +35,8 @@ class StatusReport:
     shape: str | None = None
     access_token_fingerprint: str | None = None
     refresh_token_fingerprint: str | None = None
+    consumer_key_fingerprint: str | None = None
+    oauth1: bool = False
     expires_at: float | None = None
     expires_in_seconds: float | None = None
     expired: bool | None = None
@@ -92,6 +95,13 @@ def collect_status(settings: Settings, now: float | None = None) -> StatusReport
     report.ok, report.exit_code = True, EXIT_OK
     report.shape = tokens.shape
     report.access_token_fingerprint = fingerprint(tokens.access_token) if tokens.access_token else None
+    if tokens.oauth1 is not None:
+        # Legacy OAuth 1.0a: nothing expires, nothing is refreshed, no OAuth 2 client is used.
+        report.oauth1 = True
+        report.consumer_key_fingerprint = fingerprint(tokens.oauth1.consumer_key)
+        report.warnings.append(MIGRATE_HINT)
+        _describe_file(report, loaded, settings)
+        return report
     report.refresh_token_fingerprint = fingerprint(tokens.refresh_token)
     report.expires_at = tokens.expires_at
     if tokens.expires_at is not None:
@@ -104,21 +114,27 @@ def collect_status(settings: Settings, now: float | None = None) -> StatusReport
     report.client_secret_source = settings.client_secret_source or (
         "token file" if tokens.client_secret else None
     )
-    report.mode = f"{loaded.mode:04o}"
-    try:
-        report.owner = pwd.getpwuid(loaded.owner_uid).pw_name
-    except KeyError:
-        report.owner = str(loaded.owner_uid)
-    if loaded.readable_by_others:
-        report.warnings.append(
-            f"the token file is readable by group or others (mode {loaded.mode:04o}); "
-            f"chmod 600 {settings.token_file} (the next save makes it 0600)"
-        )
-    if loaded.owner_uid != os.geteuid():
-        report.warnings.append(f"the token file is owned by {report.owner}, not by the user running this")
+    _describe_file(report, loaded, settings)
     if report.client_id_source is None:
         report.warnings.append("no client id: set AWEBER_CLIENT_ID")
     return report
+
+
+def _describe_file(report: StatusReport, loaded: LoadedTokens, settings: Settings) -> None:
+    """The token file's mode and owner, with a warning for each that is not as it should be."""
+    mode, owner_uid, readable_by_others = loaded.mode, loaded.owner_uid, loaded.readable_by_others
+    report.mode = f"{mode:04o}"
+    try:
+        report.owner = pwd.getpwuid(owner_uid).pw_name
+    except KeyError:
+        report.owner = str(owner_uid)
+    if readable_by_others:
+        report.warnings.append(
+            f"the token file is readable by group or others (mode {mode:04o}); "
+            f"chmod 600 {settings.token_file} (the next save makes it 0600)"
+        )
+    if owner_uid != os.geteuid():
+        report.warnings.append(f"the token file is owned by {report.owner}, not by the user running this")
 
 
 def render_status(report: StatusReport, *, as_json: bool) -> str:
@@ -128,6 +144,14 @@ def render_status(report: StatusReport, *, as_json: bool) -> str:
     lines = [f"token file:     {report.token_file}"]
     if not report.ok:
         lines.append(f"problem:        {report.error}")
+    elif report.oauth1:
+        rows_oauth1: list[tuple[str, Any]] = [
+            ("shape", "OAuth 1.0a: the tokens do not expire"),
+            ("consumer key", f"sha256:{report.consumer_key_fingerprint}"),
+            ("access token", f"sha256:{report.access_token_fingerprint}"),
+            ("mode, owner", f"{report.mode}, {report.owner}"),
+        ]
+        lines += [f"{(label + ':'):<15} {value}" for label, value in rows_oauth1]
     else:
         expiry = format_expiry(report.expires_at, time.time()) if report.expires_at is not None else "unknown"
         if report.expired:

@@ -1,10 +1,11 @@
-"""The token file's value: parse and validate both shapes, merge a refresh answer, serialise.
+"""The token file's value: parse and validate its shapes, merge a refresh answer, serialise.
 
-Pure: no I/O. Two shapes are accepted and each is kept when saved again (docs/design.md §3):
+Pure: no I/O. Three shapes are accepted and each is kept when saved again (docs/design.md §3):
 
 - flat: ``{"access_token", "refresh_token", "token_type"?, "expires_in"?, "expires_at"?, ...}``,
   what requests-oauthlib and Authlib write;
-- AWeber's example ``credentials.json``: ``{"client_id", "client_secret", "token": {flat}}``.
+- AWeber's example ``credentials.json``: ``{"client_id", "client_secret", "token": {flat}}``;
+- legacy OAuth 1.0a credentials, which never change (:mod:`job.oauth1`).
 
 Error messages name the field and the file, never a value.
 """
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from job.errors import TokenFileError
+from job.oauth1 import OAuth1Credentials, looks_like_oauth1, parse_oauth1
 
 # typing costs start-up time and is needed for annotations only (strings here).
 TYPE_CHECKING = False
@@ -77,6 +79,8 @@ class TokenFile:
 
     document: dict[str, Any] = field(repr=False)
     nested: bool
+    # Set for a legacy OAuth 1.0a file: nothing to refresh, requests are signed with these.
+    oauth1: OAuth1Credentials | None = field(default=None, repr=False)
 
     @property
     def token(self) -> Mapping[str, Any]:
@@ -87,16 +91,21 @@ class TokenFile:
 
     @property
     def shape(self) -> str:
-        """``"credentials.json"`` for AWeber's nested example shape, else ``"flat"``."""
+        """``"credentials.json"`` for AWeber's nested example shape, ``"oauth1"``, else ``"flat"``."""
+        if self.oauth1 is not None:
+            return "oauth1"
         return "credentials.json" if self.nested else "flat"
 
     @property
     def access_token(self) -> str:
+        if self.oauth1 is not None:
+            return self.oauth1.access_token
         return str(self.token["access_token"])
 
     @property
     def refresh_token(self) -> str:
-        return str(self.token["refresh_token"])
+        """The refresh token; empty for OAuth 1.0a, which has none."""
+        return str(self.token.get("refresh_token", ""))
 
     @property
     def expires_at(self) -> float | None:
@@ -130,6 +139,8 @@ class TokenFile:
 
     def secrets(self) -> list[str]:
         """Every secret value the file holds, for redaction."""
+        if self.oauth1 is not None:
+            return self.oauth1.secrets()
         values = [self.access_token, self.refresh_token]
         if self.client_secret:
             values.append(self.client_secret)
@@ -201,6 +212,8 @@ def parse_token_file(data: bytes, where: str) -> TokenFile:
         raise TokenFileError(f"token file {where} is not a token file: its JSON nests too deeply") from None
     if not isinstance(document, dict):
         raise TokenFileError(f"token file {where} must hold a JSON object, found {_kind(document)}")
+    if looks_like_oauth1(document):
+        return TokenFile(document=document, nested=False, oauth1=parse_oauth1(document, where))
 
     nested = "token" in document and "access_token" not in document
     prefix = "token." if nested else ""

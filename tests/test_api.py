@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -33,8 +33,10 @@ class FakeTokens:
         self.access_token = access_token
         self.refreshes: list[str] = []
 
-    def ensure_fresh(self, leeway_seconds: float) -> str:
-        return self.access_token
+    def authorize(
+        self, method: str, url: str, params: Mapping[str, str | int] | None, *, leeway_seconds: float
+    ) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
 
     def refresh(self, reason: str) -> object:
         self.refreshes.append(reason)
