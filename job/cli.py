@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("tasks", "list the tasks that --task accepts")
     demo = command("demo", "run the whole cycle against a built-in AWeber stand-in on loopback")
     demo.add_argument("--keep", action="store_true", help="keep the demo's temporary directory")
+    demo.add_argument("--oauth1", action="store_true",
+                      help="show a legacy OAuth 1.0a integration (signed requests, nothing to refresh)")
     _add_run_options(parser, top_level=True)
     return parser
 
@@ -163,7 +165,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if command == "demo":
             from job.demo import run_demo
 
-            demo_code: int = run_demo(out, keep=args.keep, verbose=args.verbose, quiet=args.quiet)
+            demo_code: int = run_demo(out, keep=args.keep, verbose=args.verbose, quiet=args.quiet, oauth1=args.oauth1)
             return demo_code
         env = load_environment(args.env_file, env_in)
         from job.config import load_settings

@@ -5,6 +5,9 @@ It needs no account and no network. A stand-in with one account and three lists 
 ``run`` twice exactly as cron would: the first run refreshes (and so rotates) the tokens and
 reports the subscribers of the last 24 hours, the second finds nothing new because the
 watermark remembers. Each step is checked; the report shows fingerprints, never a token.
+
+``demo --oauth1`` shows the legacy path instead: a token file with OAuth 1.0a credentials, requests
+signed with HMAC-SHA1 and verified by the stand-in, no token request at all, the file unchanged.
 """
 
 from __future__ import annotations
@@ -64,8 +67,11 @@ class RunReport:
     api_requests: int
 
 
-def run_demo(out: IO[str], *, keep: bool = False, verbose: int = 0, quiet: bool = False) -> int:
-    """Run the demo, print what happened to ``out``; 0 when every check passed, non-zero otherwise."""
+def run_demo(
+    out: IO[str], *, keep: bool = False, verbose: int = 0, quiet: bool = False, oauth1: bool = False
+) -> int:
+    """Run the demo (``oauth1``: the legacy OAuth 1.0a one), print what happened to ``out``; 0 when
+    every check passed, non-zero otherwise."""
     from job.standin import StandIn
 
     workdir = Path(tempfile.mkdtemp(prefix="aweber-job-demo-"))
@@ -73,7 +79,8 @@ def run_demo(out: IO[str], *, keep: bool = False, verbose: int = 0, quiet: bool 
     code = EXIT_TASK_FAILED
     try:
         server.start()
-        code = _demo(server, workdir, out, verbose=verbose, quiet=quiet)
+        demo = _demo_oauth1 if oauth1 else _demo
+        code = demo(server, workdir, out, verbose=verbose, quiet=quiet)
     except DemoFailure as failure:
         out.write(f"\ndemo FAILED: {failure}\n")
     except OSError as exc:
@@ -88,18 +95,12 @@ def run_demo(out: IO[str], *, keep: bool = False, verbose: int = 0, quiet: bool 
     return code
 
 
-def _demo(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, quiet: bool) -> int:
-    now = time.time()
-    expected = _populate(server, now)
-    token_file = workdir / "tokens.json"
-    grant = server.issue_tokens(DEMO_CLIENT_ID)
-    REDACTOR.add(str(grant["access_token"]), str(grant["refresh_token"]))
-    token_file.write_bytes(new_token_file(grant, now).to_bytes())
-    os.chmod(token_file, 0o600)
+def _environment(server: StandIn, workdir: Path, token_file: Path) -> dict[str, str]:
+    """The demo's whole configuration, pointing at the stand-in."""
     # An empty env file keeps a .env in the working directory out of the demo's configuration.
     env_file = workdir / "demo.env"
     env_file.write_text("# the demo sets everything in its environment\n", encoding="utf-8")
-    environ = {
+    return {
         "AWEBER_ENV_FILE": str(env_file),
         "AWEBER_CLIENT_ID": DEMO_CLIENT_ID,
         "AWEBER_TOKEN_FILE": str(token_file),
@@ -112,6 +113,17 @@ def _demo(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, quiet: 
         "AWEBER_LOCK_TIMEOUT": "5",
         "HOME": str(workdir),
     }
+
+
+def _demo(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, quiet: bool) -> int:
+    now = time.time()
+    expected = _populate(server, now)
+    token_file = workdir / "tokens.json"
+    grant = server.issue_tokens(DEMO_CLIENT_ID)
+    REDACTOR.add(str(grant["access_token"]), str(grant["refresh_token"]))
+    token_file.write_bytes(new_token_file(grant, now).to_bytes())
+    os.chmod(token_file, 0o600)
+    environ = _environment(server, workdir, token_file)
     flags = ["-q"] if quiet else ["-v"] * verbose
 
     out.write(
@@ -147,6 +159,49 @@ def _demo(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, quiet: 
     return EXIT_OK
 
 
+def _demo_oauth1(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, quiet: bool) -> int:
+    """Two runs with legacy OAuth 1.0a credentials: signed requests, no token request, file untouched."""
+    now = time.time()
+    expected = _populate(server, now)
+    token_file = workdir / "tokens.json"
+    grant = server.add_oauth1_credentials()
+    credentials = grant.as_token_file()
+    REDACTOR.add(*credentials.values())
+    token_file.write_text(json.dumps(credentials, indent=2) + "\n", encoding="utf-8")
+    os.chmod(token_file, 0o600)
+    saved = token_file.read_bytes()
+    environ = _environment(server, workdir, token_file)
+    environ.pop("AWEBER_CLIENT_ID")  # an OAuth 1.0a file carries its own consumer key
+    flags = ["-q"] if quiet else ["-v"] * verbose
+
+    out.write(
+        f"aweber-job demo --oauth1: a legacy OAuth 1.0a integration against a stand-in AWeber at {server.base_url}\n"
+        f"(loopback only; consumer key {fingerprint(grant.consumer_key)}, access token "
+        f"{fingerprint(grant.access_token)}: SHA-256 fingerprints; OAuth 1.0a tokens do not expire)\n\n"
+    )
+    want = sorted((row["list_id"], row["email"]) for row in expected)
+    for number, wanted in ((1, want), (2, [])):
+        report = _run_once(server, token_file, environ, flags, legacy=True)
+        got = sorted((row.get("list_id"), row.get("email")) for row in report.rows)
+        if got != wanted:
+            raise DemoFailure(f"run {number} reported {got}, expected {wanted}")
+        if report.token_requests:
+            raise DemoFailure(f"run {number} made {report.token_requests} token request(s); OAuth 1.0a needs none")
+        if token_file.read_bytes() != saved:
+            raise DemoFailure(f"run {number} changed the OAuth 1.0a token file; it must be kept as it came")
+        title = "first run: looks back 24 hours" if number == 1 else "the next run: nothing new has arrived since"
+        out.write(f"Run {number} ({title})\n  requests signed with OAuth 1.0a HMAC-SHA1; the token file is unchanged\n")
+        _write_counts(out, report)
+        if number == 1:
+            _write_table(out, report.rows)
+        out.write("\n")
+    out.write(
+        f"demo OK: {len(want)} new subscribers reported once, with no token request; "
+        "to move to OAuth 2 as AWeber asks: aweber-job login --force\n"
+    )
+    return EXIT_OK
+
+
 def _populate(server: StandIn, now: float) -> list[dict[str, Any]]:
     """One account with a few lists: older subscribers over the last weeks, a handful in the last 24 h."""
     server.add_account(ACCOUNT_ID, company="Demo Company")
@@ -164,11 +219,21 @@ def _populate(server: StandIn, now: float) -> list[dict[str, Any]]:
     return expected
 
 
-def _run_once(server: StandIn, token_file: Path, environ: dict[str, str], flags: list[str]) -> RunReport:
-    """``aweber-job run`` in this process, exactly as the console script runs it."""
+def _run_once(
+    server: StandIn, token_file: Path, environ: dict[str, str], flags: list[str], *, legacy: bool = False
+) -> RunReport:
+    """``aweber-job run`` in this process, exactly as the console script runs it.
+
+    ``legacy``: the token file holds OAuth 1.0a credentials, fingerprinted whole (no refresh token).
+    """
     from job.cli import main
 
-    before = fingerprint(_refresh_token(token_file))
+    def token_fingerprint() -> str:
+        if legacy:
+            return fingerprint(token_file.read_text(encoding="utf-8"))
+        return fingerprint(_refresh_token(token_file))
+
+    before = token_fingerprint()
     counts_before = _request_counts(server)
     buffer = io.StringIO()
     exit_code = main([*flags, "run"], environ=environ, stdout=buffer)
@@ -188,7 +253,7 @@ def _run_once(server: StandIn, token_file: Path, environ: dict[str, str], flags:
         exit_code=exit_code,
         rows=rows,
         fingerprint_before=before,
-        fingerprint_after=fingerprint(_refresh_token(token_file)),
+        fingerprint_after=token_fingerprint(),
         token_requests=counts_after[0] - counts_before[0],
         api_requests=counts_after[1] - counts_before[1],
     )
@@ -238,6 +303,10 @@ def _write_run(out: IO[str], report: RunReport, token_file: Path) -> None:
         " (SHA-256 fingerprints; the old one no longer works)\n"
         f"  saved atomically to {token_file} (mode 0600)\n"
     )
+    _write_counts(out, report)
+
+
+def _write_counts(out: IO[str], report: RunReport) -> None:
     counts = {list_id: 0 for list_id, _, _, _ in LISTS}
     for row in report.rows:
         counts[row["list_id"]] = counts.get(row["list_id"], 0) + 1

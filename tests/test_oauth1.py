@@ -245,3 +245,10 @@ def test_no_oauth1_secret_reaches_output_logs_or_state_at_vv(job: JobFiles) -> N
     assert not re.search(r"oauth_signature=", everything)
     assert sha8(credentials["access_token"]) in everything
 
+
+def test_demo_oauth1_shows_the_legacy_path() -> None:
+    """`aweber-job demo --oauth1` passes, with no token request and the token file unchanged."""
+    result = run_job(["demo", "--oauth1"], {"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "demo OK" in result.stdout and "OAuth 1.0a HMAC-SHA1" in result.stdout
+    assert result.stdout.count("requests: 0 to the token endpoint") == 2
