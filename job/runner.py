@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -126,6 +127,7 @@ def _open_output(path: str | None, stdout: IO[str]) -> tuple[IO[str], bool]:
     """The task's output stream: stdout, or ``path`` opened for appending (created 0600)."""
     if not path or path == "-":
         return stdout, False
+    _create_output_directory(Path(path).parent)
     try:
         import os
 
@@ -133,6 +135,30 @@ def _open_output(path: str | None, stdout: IO[str]) -> tuple[IO[str], bool]:
         return open(fd, "a", encoding="utf-8", newline=""), True
     except OSError as exc:
         raise StorageError(f"cannot open the output file {path}: {exc.strerror or exc}") from exc
+
+
+def _create_output_directory(directory: Path) -> None:
+    """Create the missing directories above the output file, each 0700; StorageError (73) when it cannot.
+
+    A crontab line copied with only its paths edited should work on its first day: the report holds
+    subscribers' addresses, so every directory made for it is private to the job's user.
+    """
+    missing: list[Path] = []
+    while not os.path.lexists(directory):
+        missing.append(directory)
+        if directory.parent == directory:
+            break
+        directory = directory.parent
+    for level in reversed(missing):
+        try:
+            os.mkdir(level, 0o700)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: it is there, which is all the output needs
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create the output file's directory {level}: {exc.strerror or exc}; nothing was sent to AWeber"
+            ) from exc
+        log.info("created the directory %s (mode 0700) for the output file", level)
 
 
 def run_cycle(

@@ -6,16 +6,22 @@ skipped, never faked, when it is not installed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from job.standin import StandIn
+from tests.conftest import CONFIDENTIAL_ID, CONFIDENTIAL_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = ROOT / "systemd" / "aweber-job.service"
@@ -402,3 +408,58 @@ def test_crontab_and_service_run_the_documented_install_path(service: Unit) -> N
     for path in (SERVICE, CRONTAB):
         mentioned = set(re.findall(r"(?<![^\s=])[^\s=]*/bin/aweber-job\b", path.read_text(encoding="utf-8")))
         assert mentioned == {INSTALLED_PROGRAM}, f"{path.name} names {sorted(mentioned)}"
+
+
+def crontab_variables() -> dict[str, str]:
+    """The NAME=value lines of crontab.example, as cron would put them in the job's environment."""
+    return {
+        name.strip(): value.strip()
+        for name, _, value in (
+            line.strip().partition("=")
+            for line in CRONTAB.read_text(encoding="utf-8").splitlines()
+            if VARIABLE_ASSIGNMENT.match(line.strip())
+        )
+    }
+
+
+def test_the_crontab_line_with_only_its_paths_edited_works_on_the_first_day(tmp_path: Path, standin: StandIn) -> None:
+    """crontab.example's line, with the user's home and the program's path put in, exits 0, prints nothing
+    (so cron mails nothing) and appends the new subscribers to the output file in a directory it creates."""
+    home = tmp_path / "you"
+    home.mkdir()
+    variables = crontab_variables()
+    (_, line), *_ = crontab_entries()
+    program = runnable_job_command()
+    command = line.split(None, 5)[5].replace(INSTALLED_PROGRAM, shlex.join(program)).replace("/home/you", str(home))
+    env_file = Path(variables["AWEBER_ENV_FILE"].replace("/home/you", str(home)))
+    env_file.parent.mkdir(parents=True, mode=0o700)
+    env_file.write_text(
+        f"AWEBER_CLIENT_ID={CONFIDENTIAL_ID}\n"
+        f"AWEBER_CLIENT_SECRET={CONFIDENTIAL_SECRET}\n"
+        f"AWEBER_TOKEN_URL={standin.token_url}\n"
+        f"AWEBER_API_URL={standin.api_url}\n",
+        encoding="utf-8",
+    )
+    # Where the crontab's comment says `login` leaves the token file for a cron user.
+    token_file = home / ".local" / "state" / "aweber-job" / "tokens.json"
+    token_file.parent.mkdir(parents=True)
+    grant = standin.issue_tokens(CONFIDENTIAL_ID)
+    token_file.write_text(json.dumps({**grant, "expires_at": time.time() + 7200}), encoding="utf-8")
+    token_file.chmod(0o600)
+    now = time.time()
+    standin.add_account(1)
+    standin.add_list(1, 2, "Newsletter", size=50, start=now - 90 * 86_400, end=now - 3 * 86_400)
+    standin.add_subscribers(1, 2, [{"email": "new@example.com", "subscribed_at": now - 600}])
+
+    # cron's environment: its own few variables and those the crontab sets, nothing from a login shell.
+    cron_env = {"HOME": str(home), "LOGNAME": "you", **variables, "AWEBER_ENV_FILE": str(env_file)}
+    result = subprocess.run([variables["SHELL"], "-c", command], env=cron_env, cwd=home,
+                            capture_output=True, text=True, timeout=60, check=False)
+
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    words = shlex.split(command)
+    output = Path(words[words.index("--output") + 1])
+    assert [json.loads(row)["email"] for row in output.read_text(encoding="utf-8").splitlines()] == [
+        "new@example.com"]
+    assert stat.S_IMODE(output.parent.stat().st_mode) == 0o700
+    assert json.loads(token_file.read_text(encoding="utf-8"))["refresh_token"] in standin.live_refresh_tokens()

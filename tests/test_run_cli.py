@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -155,3 +156,19 @@ def test_tasks_lists_both_built_ins_with_their_descriptions() -> None:
     lines = dict(line.split("\t", 1) for line in result.stdout.splitlines())
     assert lines["new-subscribers"].startswith("Report the subscribers who joined each list since the last run")
     assert lines["noop"].startswith("Do nothing")
+
+
+def test_output_into_a_missing_directory_creates_it_private(job: JobFiles) -> None:
+    """--output under directories that do not exist yet creates them 0700 (said at info) and the file 0600."""
+    populate(job.standin)
+    job.write_tokens()
+    added = add(job.standin, 2, "o")
+    target = job.root / "reports" / "aweber" / "new.jsonl"
+    result = run_job(["run", "--output", str(target)], job.env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert ids_of(target.read_text(encoding="utf-8")) == added
+    for directory in (job.root / "reports", job.root / "reports" / "aweber"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        assert f"info: created the directory {directory}" in result.stderr
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
