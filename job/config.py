@@ -144,15 +144,36 @@ def _default_token_file(env: Mapping[str, str]) -> Path:
     return Path(home) / ".local" / "state" / "aweber-job" / "tokens.json"
 
 
+class _EmptySecretFile(ValueError):
+    """The secret file holds nothing but blank space."""
+
+
 def _read_secret_file(path: str) -> str:
-    """Return the first line of ``path``, stripped; raise OSError or ValueError on trouble."""
+    """Return the first line of ``path``, stripped; raise OSError or ValueError on trouble.
+
+    _EmptySecretFile when the file is blank throughout: usually one created for a public client.
+    """
     with open(path, "rb") as handle:
         data = handle.read(65536)
-    line = data.decode("utf-8").splitlines()[0] if data.strip() else ""
-    line = line.strip()
+    text = data.decode("utf-8")
+    if not text.strip():
+        raise _EmptySecretFile("is empty")
+    line = text.splitlines()[0].strip()
     if not line:
-        raise ValueError("is empty")
+        raise ValueError("its first line is blank: the secret must be on the first line")
     return line
+
+
+def _empty_secret_problem(variable: str, path: str) -> str:
+    """What to do about an empty secret file: a public client drops it, a confidential one fills it."""
+    public = "for a public client (PKCE, no secret) remove"
+    if variable == "CREDENTIALS_DIRECTORY":
+        return (
+            f"the systemd credential {CREDENTIAL_NAME} ({path}) is empty: {public} its LoadCredential= (the drop-in "
+            "aweber-job.service.d/client-secret.conf); for a confidential one put the secret on the first line of "
+            "the file it loads"
+        )
+    return f"{variable}: {path} is empty: {public} {variable}; for a confidential one put the secret on its first line"
 
 
 def load_settings(env: Mapping[str, str]) -> Settings:
@@ -207,6 +228,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         for path, variable in candidates:
             try:
                 secret, secret_source = Secret(_read_secret_file(path)), f"{variable} ({path})"
+            except _EmptySecretFile:
+                problems.append(_empty_secret_problem(variable, path))
             except (OSError, ValueError, UnicodeDecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 if isinstance(exc, UnicodeDecodeError):

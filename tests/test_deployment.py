@@ -20,12 +20,16 @@ from pathlib import Path
 
 import pytest
 
+from job.config import CREDENTIAL_NAME
 from job.standin import StandIn
 from tests.conftest import CONFIDENTIAL_ID, CONFIDENTIAL_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = ROOT / "systemd" / "aweber-job.service"
 TIMER = ROOT / "systemd" / "aweber-job.timer"
+# Installed only for a confidential app: it passes the client secret as a credential.
+SECRET_DROP_IN = ROOT / "systemd" / "aweber-job.service.d" / "client-secret.conf"
+README = ROOT / "README.md"
 CRONTAB = ROOT / "crontab.example"
 
 # Where the README, the unit and the crontab all say the console script is installed.
@@ -159,9 +163,10 @@ def runnable_job_command() -> list[str]:
     return [sys.executable, "-m", "job"]
 
 
-@pytest.fixture
-def unit_copies(tmp_path: Path) -> Path:
-    """Copies of both units whose ExecStart runs a job that exists on this machine."""
+@pytest.fixture(params=["public client", "confidential client"])
+def unit_copies(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """Copies of both units whose ExecStart runs a job that exists on this machine, with the client-secret
+    drop-in beside them for a confidential client."""
     program_words = runnable_job_command()
     service_text = SERVICE.read_text(encoding="utf-8")
     old_program = re.escape(INSTALLED_PROGRAM)
@@ -174,6 +179,10 @@ def unit_copies(tmp_path: Path) -> Path:
     assert count == 1, f"expected one ExecStart={INSTALLED_PROGRAM} line in {SERVICE}"
     (tmp_path / SERVICE.name).write_text(rewritten, encoding="utf-8")
     shutil.copyfile(TIMER, tmp_path / TIMER.name)
+    if request.param == "confidential client":
+        # systemd-analyze reads <unit>.d/*.conf beside the unit file given to it.
+        (tmp_path / SECRET_DROP_IN.parent.name).mkdir()
+        shutil.copyfile(SECRET_DROP_IN, tmp_path / SECRET_DROP_IN.parent.name / SECRET_DROP_IN.name)
     return tmp_path
 
 
@@ -240,10 +249,38 @@ def test_service_state_directory_is_aweber_job(service: Unit) -> None:
     assert "aweber-job" in all_words(service, "Service", "StateDirectory")
 
 
-def test_service_loads_the_client_secret_credential(service: Unit) -> None:
-    """LoadCredential passes a credential named aweber-client-secret, the name the job reads."""
-    names = [value.partition(":")[0] for value in service["Service"].get("LoadCredential", [])]
-    assert "aweber-client-secret" in names
+def test_the_service_alone_needs_no_client_secret_file(service: Unit) -> None:
+    """The unit loads no credential, so a public client (no secret) starts without a secret file: a
+    LoadCredential= whose file is missing fails every start with 243/CREDENTIALS."""
+    for key in ("LoadCredential", "LoadCredentialEncrypted", "SetCredential", "SetCredentialEncrypted"):
+        assert service["Service"].get(key, []) == [], f"{SERVICE.name} sets {key}="
+
+
+def test_the_confidential_drop_in_passes_the_secret_under_the_name_the_job_reads() -> None:
+    """client-secret.conf passes /etc/aweber-job/client-secret as the credential aweber-client-secret."""
+    drop_in = parse_unit(SECRET_DROP_IN.read_text(encoding="utf-8"))
+    assert drop_in == {"Service": {"LoadCredential": [f"{CREDENTIAL_NAME}:/etc/aweber-job/client-secret"]}}
+
+
+def shell_blocks(text: str) -> list[str]:
+    """The ```sh fenced blocks of a Markdown text."""
+    return re.findall(r"^```sh\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+
+
+def test_the_readme_creates_the_secret_file_only_with_the_drop_in_that_loads_it() -> None:
+    """The README's systemd steps create /etc/aweber-job/client-secret only in a confidential app's step, beside
+    the drop-in that loads it, and never as an empty file (which would end every run with exit 78)."""
+    blocks = [block for block in shell_blocks(README.read_text(encoding="utf-8")) if "/etc/systemd/system" in block]
+    assert blocks, "the README shows no systemd installation"
+    installs_units = [block for block in blocks if "aweber-job.timer" in block]
+    assert installs_units and all("client-secret" not in block for block in installs_units)
+    secret_blocks = [block for block in blocks if "/etc/aweber-job/client-secret" in block]
+    assert len(secret_blocks) == 1
+    assert "/etc/systemd/system/aweber-job.service.d/client-secret.conf" in secret_blocks[0]
+    for block in blocks:
+        for line in block.splitlines():
+            if "/etc/aweber-job/client-secret" in line:
+                assert "/dev/null" not in line and "touch" not in line.split(), line
 
 
 def test_service_restarts_only_on_temporary_failure(service: Unit) -> None:
