@@ -21,6 +21,7 @@ from job.errors import EXIT_OK, EXIT_TASK_FAILED, ConfigError, JobError, UsageEr
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import logging
+    from pathlib import Path
     from typing import IO, Any, NoReturn
 
     import requests
@@ -95,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The options of run that the top level also takes, for `aweber-job --task X` with no command.
+RUN_OPTIONS = ("--task", "--output", "--format", "--since")
+
+
 def _add_run_options(parser: argparse.ArgumentParser, *, top_level: bool = False) -> None:
     # Suppressed on `run` so that `aweber-job --task X run` is not undone by the subcommand's defaults.
     default: Any = None if top_level else argparse.SUPPRESS
@@ -107,28 +112,52 @@ def _add_run_options(parser: argparse.ArgumentParser, *, top_level: bool = False
                        help="first-run look-back, e.g. 24h, 7d, 2026-11-01 (default 24h)")
 
 
-def load_environment(env_file: str | None, environ: Mapping[str, str]) -> dict[str, str]:
-    """The real environment over the ``.env`` file's values; raise ConfigError for a missing file."""
+def read_env_file(env_file: str | None, environ: Mapping[str, str]) -> tuple[Path | None, dict[str, str]]:
+    """The env file in use (None when there is none) and its values; ConfigError for a missing or unreadable one."""
     from pathlib import Path
 
     explicit = env_file or environ.get("AWEBER_ENV_FILE") or None
     path = Path(explicit) if explicit else Path(".env")
-    merged: dict[str, str] = {}
-    if explicit or path.is_file():
-        if not path.is_file():
-            source = "--env-file" if env_file else "AWEBER_ENV_FILE"
-            raise ConfigError([f"{source}: {path} does not exist or is not a file"])
-        try:
-            from dotenv import dotenv_values
+    if not explicit and not path.is_file():
+        return None, {}
+    if not path.is_file():
+        source = "--env-file" if env_file else "AWEBER_ENV_FILE"
+        raise ConfigError([f"{source}: {path} does not exist or is not a file"])
+    try:
+        from dotenv import dotenv_values
 
-            with open(path, encoding="utf-8") as handle:
-                values = dotenv_values(stream=handle)
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-            raise ConfigError([f"env file {path}: cannot read it: {reason}"]) from None
-        merged.update({k: v for k, v in values.items() if v is not None})
-    merged.update(environ)
-    return merged
+        with open(path, encoding="utf-8") as handle:
+            values = dotenv_values(stream=handle)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigError([f"env file {path}: cannot read it: {reason}"]) from None
+    return path.absolute(), {k: v for k, v in values.items() if v is not None}
+
+
+def load_environment(env_file: str | None, environ: Mapping[str, str]) -> dict[str, str]:
+    """The real environment over the ``.env`` file's values; raise ConfigError for a missing file."""
+    _, values = read_env_file(env_file, environ)
+    return {**values, **environ}
+
+
+class _Origins:
+    """Where each variable's value came from, for messages: the real environment wins over the env file."""
+
+    def __init__(self, env_file: Path | None, environ: Mapping[str, str]) -> None:
+        self.env_file = env_file
+        self.environ = environ
+
+    def of(self, name: str) -> str:
+        return "the environment" if name in self.environ or self.env_file is None else str(self.env_file)
+
+
+def _warn_about_unknown_variables(names: Sequence[str], origins: _Origins) -> None:
+    """Name each ``AWEBER_`` variable the job does not read, with the known name it is closest to."""
+    from job.config import misspelled_variables
+
+    for name, closest in misspelled_variables(names):
+        advice = f"; did you mean {closest}?" if closest else " (.env.example lists every one)"
+        _log().warning("%s (in %s) is not a variable aweber-job reads%s", name, origins.of(name), advice)
 
 
 def make_session() -> requests.Session:
@@ -158,6 +187,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     configure_logging(verbosity=args.verbose, quiet=args.quiet, fmt="json" if log_format == "json" else "text")
     command = args.command or "run"
     try:
+        _refuse_misplaced_run_options(args, command)
         if command == "tasks":
             return _cmd_tasks(out)
         if command == "demo":
@@ -165,10 +195,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
             demo_code: int = run_demo(out, keep=args.keep, verbose=args.verbose, quiet=args.quiet)
             return demo_code
-        env = load_environment(args.env_file, env_in)
+        env_file, file_values = read_env_file(args.env_file, env_in)
+        origins = _Origins(env_file, env_in)
+        _warn_about_unknown_variables([*file_values, *(name for name in env_in if name not in file_values)], origins)
         from job.config import load_settings
 
-        settings = load_settings(env)
+        settings = load_settings({**file_values, **env_in})
         if command == "status":
             return _cmd_status(settings, out, as_json=args.json)
         if command == "login":
@@ -181,7 +213,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return login_code
         if command == "revoke":
             return _cmd_revoke(settings)
-        return _cmd_run(settings, args, out, refresh_only=(command == "refresh"))
+        return _cmd_run(settings, args, out, origins, refresh_only=(command == "refresh"))
     except JobError as exc:
         _report(exc)
         return exc.exit_code
@@ -192,6 +224,15 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         _log().error("unexpected error: %s: %s", type(exc).__name__, exc)
         _log().debug("where it happened", exc_info=True)
         return EXIT_TASK_FAILED
+
+
+def _refuse_misplaced_run_options(args: argparse.Namespace, command: str) -> None:
+    """UsageError (64) for a run option given to another command, which would silently ignore it."""
+    if command == "run":
+        return
+    for flag in RUN_OPTIONS:
+        if getattr(args, flag.lstrip("-"), None) is not None:
+            raise UsageError(f"{flag} is an option of run, not of {command} (see: aweber-job run --help)")
 
 
 def _report(exc: JobError) -> None:
@@ -229,16 +270,26 @@ def _cmd_revoke(settings: Settings) -> int:
     return revoke_code
 
 
-def _cmd_run(settings: Settings, args: argparse.Namespace, out: IO[str], *, refresh_only: bool) -> int:
+def _cmd_run(
+    settings: Settings, args: argparse.Namespace, out: IO[str], origins: _Origins, *, refresh_only: bool
+) -> int:
     """The whole cycle of SPEC §1 (or steps 1–5 for ``refresh``), with monitoring around it."""
     from job.monitor import Monitor
     from job.runner import RunOptions, RunOutcome, run_cycle
 
+    task_option = getattr(args, "task", None)
+    if task_option:
+        task_origin = "--task"
+    elif settings.source.get("AWEBER_TASK"):
+        task_origin = f"AWEBER_TASK in {origins.of('AWEBER_TASK')}"
+    else:
+        task_origin = "default"
     options = RunOptions(
-        task=None if refresh_only else (getattr(args, "task", None) or settings.task),
+        task=None if refresh_only else (task_option or settings.task),
+        task_origin=task_origin,
         output=getattr(args, "output", None),
         fmt=getattr(args, "format", None) or "jsonl",
-        since=getattr(args, "since", None) or "24h",
+        since=getattr(args, "since", None),
     )
     session = make_session()
     monitor = Monitor(settings, session)

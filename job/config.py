@@ -8,7 +8,7 @@ at once, each naming its variable (exit 78).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -45,6 +45,30 @@ VARIABLES: dict[str, str] = {
     "AWEBER_METRICS_FILE": "Prometheus text-format metrics file",
     "AWEBER_LOG_FORMAT": "text or json",
 }
+
+
+# Read by the CLI before the settings exist: it names the env file, so it cannot live in one.
+ENV_FILE_VARIABLE = "AWEBER_ENV_FILE"
+_PREFIX = "AWEBER_"
+
+
+def misspelled_variables(names: Iterable[str]) -> list[tuple[str, str | None]]:
+    """(name, the known name it is closest to, or None) for each ``AWEBER_`` name, in any case, the job does not read.
+
+    A variable the job ignores is configuration that silently does not apply; a typo is the usual cause.
+    """
+    import difflib  # on use: only a name that is not known needs it
+
+    known = [*VARIABLES, ENV_FILE_VARIABLE]
+    # Every known name shares the prefix, so it is left out of the comparison (else anything would look close).
+    suffixes = {name[len(_PREFIX):]: name for name in known}
+    found: list[tuple[str, str | None]] = []
+    for name in names:
+        if name in known or not name.upper().startswith(_PREFIX):
+            continue
+        close = difflib.get_close_matches(name[len(_PREFIX):].upper(), list(suffixes), n=1, cutoff=0.6)
+        found.append((name, suffixes[close[0]] if close else None))
+    return found
 
 
 class Secret:
