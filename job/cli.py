@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from job import __version__
-from job.errors import EXIT_OK, EXIT_TASK_FAILED, ConfigError, JobError, UsageError
+from job.errors import EXIT_OK, EXIT_TASK_FAILED, ConfigError, JobError, OutputError, UsageError
 
 # Importing typing costs about 2 ms of every start-up (a tenth of `--help`), and this module needs
 # it only for annotations, which are strings here; type checkers read TYPE_CHECKING as true.
@@ -169,11 +169,114 @@ def make_session() -> requests.Session:
     return session
 
 
+class _GuardedStdout:
+    """The real standard output for a command: a write or flush that fails raises OutputError (exit 1).
+
+    ``sys.stdout`` is None when file descriptor 1 was closed (``aweber-job tasks >&-``), and a pipe
+    whose reader has gone (``aweber-job run | head -1``) fails with EPIPE: both become one plain
+    line instead of an AttributeError or a BrokenPipeError. ``after`` is said after the reason.
+    """
+
+    def __init__(self, stream: IO[str] | None, *, what: str, after: str) -> None:
+        self._stream = stream
+        self._what = what
+        self._after = after
+
+    def _error(self, exc: Exception | None) -> OutputError:
+        import errno
+
+        if isinstance(exc, BrokenPipeError):
+            reason = "the reading end of the pipe was closed (broken pipe)"
+        elif exc is None or isinstance(exc, ValueError) or getattr(exc, "errno", None) == errno.EBADF:
+            reason = "it is closed"
+        else:
+            reason = getattr(exc, "strerror", None) or str(exc)
+        return OutputError(f"cannot write {self._what}to standard output: {reason}{self._after}")
+
+    def write(self, text: str) -> int:
+        if self._stream is None:
+            raise self._error(None)
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError) as exc:
+            raise self._error(exc) from None
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._stream is None:
+            raise self._error(None)
+        try:
+            self._stream.flush()
+        except (OSError, ValueError) as exc:
+            raise self._error(exc) from None
+
+    def fileno(self) -> int:
+        if self._stream is None:
+            import errno
+
+            raise OSError(errno.EBADF, "standard output is closed")
+        return self._stream.fileno()
+
+    def __getattr__(self, name: str) -> Any:
+        # isatty, seekable, tell, encoding...: the stream's own (a closed one has none, as before).
+        return getattr(self._stream, name)
+
+
+def _guard_stdout(command: str) -> IO[str]:
+    """``sys.stdout`` behind :class:`_GuardedStdout`, with what the failing command should add."""
+    if command == "run":
+        guard = _GuardedStdout(
+            sys.stdout, what="the task's output ",
+            after="; the tokens are saved and the task's state was not advanced, so the next run repeats this "
+                  "run's work (give run --output PATH, or send stdout to a file or /dev/null)",
+        )
+    else:
+        guard = _GuardedStdout(sys.stdout, what="", after="")
+    # Duck-typed: what commands and tasks call is implemented, the rest is the stream's own.
+    return guard  # type: ignore[return-value]
+
+
+def _settle_stdout() -> bool:
+    """Flush the real stdout; on failure point fd 1 at /dev/null and return False.
+
+    Python flushes stdout once more at exit and reports a failure there as "Exception ignored ...
+    BrokenPipeError" with exit status 120; with /dev/null behind fd 1 that last flush succeeds.
+    """
+    stream = sys.stdout
+    if stream is None:
+        return True
+    try:
+        stream.flush()
+        return True
+    except (OSError, ValueError):
+        pass
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
          stdout: IO[str] | None = None, stdin: IO[str] | None = None) -> int:
     """Run the command line; return the exit code (the console script exits with it)."""
+    if stdout is not None:
+        return _main(argv, environ, stdout, stdin)
+    code = _main(argv, environ, None, stdin)
+    if not _settle_stdout() and code == EXIT_OK:
+        _log().error("cannot write to standard output: its last lines could not be written")
+        return EXIT_TASK_FAILED
+    return code
+
+
+def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None,
+          stdout: IO[str] | None, stdin: IO[str] | None) -> int:
     env_in = dict(os.environ if environ is None else environ)
-    out = stdout or sys.stdout
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
@@ -186,6 +289,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     log_format = args.log_format or (env_in.get("AWEBER_LOG_FORMAT") or "text").strip().lower()
     configure_logging(verbosity=args.verbose, quiet=args.quiet, fmt="json" if log_format == "json" else "text")
     command = args.command or "run"
+    out = stdout if stdout is not None else _guard_stdout(command)
     try:
         _refuse_misplaced_run_options(args, command)
         if command == "tasks":
