@@ -48,6 +48,12 @@ LISTS: Sequence[tuple[int, str, int, Sequence[tuple[float, str, str]]]] = (
 )
 
 
+# The demo's one-line result: the same every time, since the stand-in's recent subscribers are fixed.
+RESULT = (
+    f"tokens rotated twice and saved, {sum(len(recent) for *_, recent in LISTS)} new subscribers reported once."
+)
+
+
 class DemoFailure(Exception):
     """A step of the demo did not turn out as it should; the text says which."""
 
@@ -65,19 +71,25 @@ class RunReport:
 
 
 def run_demo(out: IO[str], *, keep: bool = False, verbose: int = 0, quiet: bool = False) -> int:
-    """Run the demo, print what happened to ``out``; 0 when every check passed, non-zero otherwise."""
+    """Run the demo, print what happened to ``out``; 0 when every check passed, non-zero otherwise.
+
+    ``quiet`` keeps only the one-line result (and, with ``keep``, where the files are): the inner
+    runs log warnings and errors only, and the step-by-step report is not printed.
+    """
     from job.standin import StandIn
 
     workdir = Path(tempfile.mkdtemp(prefix="aweber-job-demo-"))
     server = StandIn(clients={DEMO_CLIENT_ID: None})
     code = EXIT_TASK_FAILED
+    report = io.StringIO() if quiet else out
     try:
         server.start()
-        code = _demo(server, workdir, out, verbose=verbose, quiet=quiet)
+        code = _demo(server, workdir, report, verbose=verbose, quiet=quiet)
+        out.write(("\n" if not quiet else "") + f"demo OK: {RESULT}\n")
     except DemoFailure as failure:
-        out.write(f"\ndemo FAILED: {failure}\n")
+        out.write(("\n" if not quiet else "") + f"demo FAILED: {failure}\n")
     except OSError as exc:
-        out.write(f"\ndemo FAILED: {type(exc).__name__}: {exc}\n")
+        out.write(("\n" if not quiet else "") + f"demo FAILED: {type(exc).__name__}: {exc}\n")
     finally:
         server.stop()
         if keep:
@@ -143,7 +155,8 @@ def _demo(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, quiet: 
     state_files = sorted(token_file.parent.glob("*.state.json"))
     if state_files:
         out.write(f"\nWatermarks (latest subscribed_at reported per list) are kept in {state_files[0]}\n")
-    out.write(f"\ndemo OK: tokens rotated twice and saved, {len(first.rows)} new subscribers reported once.\n")
+    if len(first.rows) != len(want):
+        raise DemoFailure(f"run 1 reported {len(first.rows)} subscribers, expected {len(want)}")
     return EXIT_OK
 
 

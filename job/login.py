@@ -152,8 +152,8 @@ def _refuse_to_overwrite(path: Path, *, force: bool) -> None:
         )
     if path.exists() and not force:
         raise UsageError(
-            f"token file {path} exists; use --force to replace it (the old refresh token stays valid "
-            "until revoked: aweber-job revoke)"
+            f"token file {path} exists; use --force to replace it. --force does not revoke its refresh token, "
+            "which may still work: to end it, run aweber-job revoke first (that removes the file too)"
         )
 
 
@@ -298,7 +298,10 @@ def _exchange_and_save(
         save_rotated_tokens(path, tokens, reservation)
         if existing is not None:
             log.warning(
-                "replaced the token file; its old refresh token %s was not revoked and stays valid",
+                # Whether AWeber ends the old grant when the app is authorized again is not documented
+                # (docs/aweber-api.md), so the message promises neither way.
+                "replaced the token file; its old refresh token %s was not revoked and may still work "
+                "(AWeber may also end it by itself)",
                 fingerprint(existing.refresh_token),
             )
     return answer, tokens

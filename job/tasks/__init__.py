@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -121,13 +122,22 @@ def resolve_task(name: str, *, origin: str | None = None) -> Task:
     )
 
 
+# reST inline markup in docstrings: :role:`text`, ``literal``, `text`, **strong**, *emphasis*.
+_REST_MARKUP = re.compile(r":[a-z:]+:`([^`]*)`|``([^`]*)``|`([^`]*)`|\*\*([^*]+)\*\*|\*([^*\s][^*]*)\*")
+
+
+def plain_text(line: str) -> str:
+    """``line`` without reST inline markup, as a terminal should show it: ``run --task noop`` → run --task noop."""
+    return _REST_MARKUP.sub(lambda match: next(group for group in match.groups() if group is not None), line)
+
+
 def known_tasks() -> list[tuple[str, str]]:
-    """(name, first docstring line) for every registered task."""
+    """(name, first docstring line as plain text) for every registered task."""
     rows = []
     for name, target in sorted(_registered().items()):
         try:
             doc = (_load(target, name).__doc__ or "").strip().splitlines()
         except UsageError as exc:
             doc = [f"(cannot be loaded: {exc})"]
-        rows.append((name, doc[0] if doc else ""))
+        rows.append((name, plain_text(doc[0]) if doc else ""))
     return rows
