@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 
 from job import __version__
+from job.deployment import EXAMPLES
 from job.errors import EXIT_OK, EXIT_TASK_FAILED, ConfigError, JobError, OutputError, UsageError
 
 # Importing typing costs about 2 ms of every start-up (a tenth of `--help`), and this module needs
@@ -35,7 +36,7 @@ def _log() -> logging.Logger:
 
     return logging.getLogger("job")
 
-COMMANDS = ("run", "refresh", "status", "login", "revoke", "tasks", "demo")
+COMMANDS = ("run", "refresh", "status", "login", "revoke", "tasks", "demo", "example")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     command("tasks", "list the tasks that --task accepts")
     demo = command("demo", "run the whole cycle against a built-in AWeber stand-in on loopback")
     demo.add_argument("--keep", action="store_true", help="keep the demo's temporary directory")
+    example = command("example", "print a deployment file with this installation's program path filled in")
+    example.add_argument("kind", choices=list(EXAMPLES),
+                         help="service and timer (systemd units), credential (the client-secret drop-in for "
+                              "the service), crontab (a cron line) or env (every variable, documented)")
     _add_run_options(parser, top_level=True)
     return parser
 
@@ -294,6 +299,8 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None,
         _refuse_misplaced_run_options(args, command)
         if command == "tasks":
             return _cmd_tasks(out)
+        if command == "example":
+            return _cmd_example(args.kind, out)
         if command == "demo":
             from job.demo import run_demo
 
@@ -355,6 +362,22 @@ def _cmd_tasks(out: IO[str]) -> int:
     for name, description in known_tasks():
         out.write(f"{name}\t{description}\n" if description else f"{name}\n")
     out.flush()
+    return EXIT_OK
+
+
+def _cmd_example(kind: str, out: IO[str]) -> int:
+    from job.deployment import example_text, fill_in, hidden_from_the_service, running_program
+
+    program = running_program(sys.argv[0], sys.executable)
+    out.write(fill_in(example_text(kind), program))
+    out.flush()
+    if kind == "service":
+        for path, top in hidden_from_the_service(program, sys.executable):
+            _log().warning(
+                "%s is under %s, which the service's ProtectHome=yes hides: the service would not start (203/EXEC); "
+                "install into a venv under /opt made with /usr/bin/python3 (see the README)",
+                path, top,
+            )
     return EXIT_OK
 
 
