@@ -79,3 +79,25 @@ def test_the_changelog_follows_keep_a_changelog() -> None:
         assert kinds and set(kinds) <= {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}, section
     version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), flags=re.MULTILINE)
     assert version is not None and version.group(1) == releases[1][0]
+
+
+def test_the_test_tools_are_pinned_to_the_versions_the_suite_passes_with() -> None:
+    """Every requirement of the `test` extra is pinned with ==: a new release of ruff, mypy, Hypothesis or pytest
+    cannot fail the suite on its own; the runtime dependencies stay ranges."""
+    # tomllib is Python 3.11+, and the project supports 3.10: read the two lists from their text.
+    text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+
+    def requirements(key: str) -> list[str]:
+        block = re.search(rf"^{key} = \[\n(.*?)^\]", text, flags=re.MULTILINE | re.DOTALL)
+        assert block is not None, f"no {key} list in pyproject.toml"
+        return re.findall(r'^\s*"([^"]+)",?\s*$', block.group(1), flags=re.MULTILINE)
+
+    test_extra = requirements("test")
+    assert len(test_extra) >= 8
+    for requirement in test_extra:
+        assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", requirement), requirement
+    dependencies = requirements("dependencies")
+    assert {re.split(r"[<>=!~]", requirement)[0] for requirement in dependencies} == {
+        "requests", "python-dotenv", "tenacity"}
+    for requirement in dependencies:
+        assert "==" not in requirement, requirement
