@@ -226,7 +226,9 @@ def _print_instructions(out: IO[str], url: str, *, redirect: str, public: bool) 
         f"Open this URL in a browser, sign in to AWeber and approve the app ({kind}):\n\n"
         f"{url}\n\n"
         f"{after}\n"
-        "The code works once and only for a few minutes.\n\n"
+        "The code works once and only for a few minutes.\n"
+        f'If AWeber answers "Invalid redirect URI", the app at labs.aweber.com must have {redirect} registered '
+        "exactly as written (or log in with --redirect-uri and the URI it has).\n\n"
         "Authorization code or redirect URL: "
     )
     out.flush()

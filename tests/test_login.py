@@ -165,6 +165,8 @@ def test_login_through_the_prompt_writes_a_token_file_that_run_uses(
     assert result.url is not None
     query = query_of(result.url)
     assert query["redirect_uri"] == OOB
+    assert (f'If AWeber answers "Invalid redirect URI", the app at labs.aweber.com must have {OOB} registered '
+            "exactly as written") in result.stdout
     assert query["scope"] == "account.read list.read subscriber.read"
     assert len(query["state"]) >= 32
     if client_id == PUBLIC_ID:
