@@ -11,16 +11,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from job import __version__
-from job.errors import EXIT_OK, EXIT_TASK_FAILED, ConfigError, JobError, UsageError
+from job.deployment import EXAMPLES
+from job.errors import EXIT_OK, EXIT_TASK_FAILED, ConfigError, JobError, OutputError, UsageError
 
 # Importing typing costs about 2 ms of every start-up (a tenth of `--help`), and this module needs
 # it only for annotations, which are strings here; type checkers read TYPE_CHECKING as true.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import logging
+    from pathlib import Path
     from typing import IO, Any, NoReturn
 
     import requests
@@ -34,7 +36,7 @@ def _log() -> logging.Logger:
 
     return logging.getLogger("job")
 
-COMMANDS = ("run", "refresh", "status", "login", "revoke", "tasks", "demo")
+COMMANDS = ("run", "refresh", "status", "login", "revoke", "tasks", "demo", "example")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,8 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep the demo's temporary directory")
     demo.add_argument("--oauth1", action="store_true",
                       help="show a legacy OAuth 1.0a integration (signed requests, nothing to refresh)")
+    example = command("example", "print a deployment file with this installation's program path filled in")
+    example.add_argument("kind", choices=list(EXAMPLES),
+                         help="service and timer (systemd units), credential (the client-secret drop-in for "
+                              "the service), crontab (a cron line) or env (every variable, documented)")
     _add_run_options(parser, top_level=True)
     return parser
+
+
+# The options of run that the top level also takes, for `aweber-job --task X` with no command.
+RUN_OPTIONS = ("--task", "--output", "--format", "--since")
 
 
 def _add_run_options(parser: argparse.ArgumentParser, *, top_level: bool = False) -> None:
@@ -109,28 +119,52 @@ def _add_run_options(parser: argparse.ArgumentParser, *, top_level: bool = False
                        help="first-run look-back, e.g. 24h, 7d, 2026-11-01 (default 24h)")
 
 
-def load_environment(env_file: str | None, environ: Mapping[str, str]) -> dict[str, str]:
-    """The real environment over the ``.env`` file's values; raise ConfigError for a missing file."""
+def read_env_file(env_file: str | None, environ: Mapping[str, str]) -> tuple[Path | None, dict[str, str]]:
+    """The env file in use (None when there is none) and its values; ConfigError for a missing or unreadable one."""
     from pathlib import Path
 
     explicit = env_file or environ.get("AWEBER_ENV_FILE") or None
     path = Path(explicit) if explicit else Path(".env")
-    merged: dict[str, str] = {}
-    if explicit or path.is_file():
-        if not path.is_file():
-            source = "--env-file" if env_file else "AWEBER_ENV_FILE"
-            raise ConfigError([f"{source}: {path} does not exist or is not a file"])
-        try:
-            from dotenv import dotenv_values
+    if not explicit and not path.is_file():
+        return None, {}
+    if not path.is_file():
+        source = "--env-file" if env_file else "AWEBER_ENV_FILE"
+        raise ConfigError([f"{source}: {path} does not exist or is not a file"])
+    try:
+        from dotenv import dotenv_values
 
-            with open(path, encoding="utf-8") as handle:
-                values = dotenv_values(stream=handle)
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-            raise ConfigError([f"env file {path}: cannot read it: {reason}"]) from None
-        merged.update({k: v for k, v in values.items() if v is not None})
-    merged.update(environ)
-    return merged
+        with open(path, encoding="utf-8") as handle:
+            values = dotenv_values(stream=handle)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigError([f"env file {path}: cannot read it: {reason}"]) from None
+    return path.absolute(), {k: v for k, v in values.items() if v is not None}
+
+
+def load_environment(env_file: str | None, environ: Mapping[str, str]) -> dict[str, str]:
+    """The real environment over the ``.env`` file's values; raise ConfigError for a missing file."""
+    _, values = read_env_file(env_file, environ)
+    return {**values, **environ}
+
+
+class _Origins:
+    """Where each variable's value came from, for messages: the real environment wins over the env file."""
+
+    def __init__(self, env_file: Path | None, environ: Mapping[str, str]) -> None:
+        self.env_file = env_file
+        self.environ = environ
+
+    def of(self, name: str) -> str:
+        return "the environment" if name in self.environ or self.env_file is None else str(self.env_file)
+
+
+def _warn_about_unknown_variables(names: Sequence[str], origins: _Origins) -> None:
+    """Name each ``AWEBER_`` variable the job does not read, with the known name it is closest to."""
+    from job.config import misspelled_variables
+
+    for name, closest in misspelled_variables(names):
+        advice = f"; did you mean {closest}?" if closest else " (.env.example lists every one)"
+        _log().warning("%s (in %s) is not a variable aweber-job reads%s", name, origins.of(name), advice)
 
 
 def make_session() -> requests.Session:
@@ -142,11 +176,114 @@ def make_session() -> requests.Session:
     return session
 
 
+class _GuardedStdout:
+    """The real standard output for a command: a write or flush that fails raises OutputError (exit 1).
+
+    ``sys.stdout`` is None when file descriptor 1 was closed (``aweber-job tasks >&-``), and a pipe
+    whose reader has gone (``aweber-job run | head -1``) fails with EPIPE: both become one plain
+    line instead of an AttributeError or a BrokenPipeError. ``after`` is said after the reason.
+    """
+
+    def __init__(self, stream: IO[str] | None, *, what: str, after: str) -> None:
+        self._stream = stream
+        self._what = what
+        self._after = after
+
+    def _error(self, exc: Exception | None) -> OutputError:
+        import errno
+
+        if isinstance(exc, BrokenPipeError):
+            reason = "the reading end of the pipe was closed (broken pipe)"
+        elif exc is None or isinstance(exc, ValueError) or getattr(exc, "errno", None) == errno.EBADF:
+            reason = "it is closed"
+        else:
+            reason = getattr(exc, "strerror", None) or str(exc)
+        return OutputError(f"cannot write {self._what}to standard output: {reason}{self._after}")
+
+    def write(self, text: str) -> int:
+        if self._stream is None:
+            raise self._error(None)
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError) as exc:
+            raise self._error(exc) from None
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._stream is None:
+            raise self._error(None)
+        try:
+            self._stream.flush()
+        except (OSError, ValueError) as exc:
+            raise self._error(exc) from None
+
+    def fileno(self) -> int:
+        if self._stream is None:
+            import errno
+
+            raise OSError(errno.EBADF, "standard output is closed")
+        return self._stream.fileno()
+
+    def __getattr__(self, name: str) -> Any:
+        # isatty, seekable, tell, encoding...: the stream's own (a closed one has none, as before).
+        return getattr(self._stream, name)
+
+
+def _guard_stdout(command: str) -> IO[str]:
+    """``sys.stdout`` behind :class:`_GuardedStdout`, with what the failing command should add."""
+    if command == "run":
+        guard = _GuardedStdout(
+            sys.stdout, what="the task's output ",
+            after="; the tokens are saved and the task's state was not advanced, so the next run repeats this "
+                  "run's work (give run --output PATH, or send stdout to a file or /dev/null)",
+        )
+    else:
+        guard = _GuardedStdout(sys.stdout, what="", after="")
+    # Duck-typed: what commands and tasks call is implemented, the rest is the stream's own.
+    return guard  # type: ignore[return-value]
+
+
+def _settle_stdout() -> bool:
+    """Flush the real stdout; on failure point fd 1 at /dev/null and return False.
+
+    Python flushes stdout once more at exit and reports a failure there as "Exception ignored ...
+    BrokenPipeError" with exit status 120; with /dev/null behind fd 1 that last flush succeeds.
+    """
+    stream = sys.stdout
+    if stream is None:
+        return True
+    try:
+        stream.flush()
+        return True
+    except (OSError, ValueError):
+        pass
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
          stdout: IO[str] | None = None, stdin: IO[str] | None = None) -> int:
     """Run the command line; return the exit code (the console script exits with it)."""
+    if stdout is not None:
+        return _main(argv, environ, stdout, stdin)
+    code = _main(argv, environ, None, stdin)
+    if not _settle_stdout() and code == EXIT_OK:
+        _log().error("cannot write to standard output: its last lines could not be written")
+        return EXIT_TASK_FAILED
+    return code
+
+
+def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None,
+          stdout: IO[str] | None, stdin: IO[str] | None) -> int:
     env_in = dict(os.environ if environ is None else environ)
-    out = stdout or sys.stdout
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
@@ -159,18 +296,24 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     log_format = args.log_format or (env_in.get("AWEBER_LOG_FORMAT") or "text").strip().lower()
     configure_logging(verbosity=args.verbose, quiet=args.quiet, fmt="json" if log_format == "json" else "text")
     command = args.command or "run"
+    out = stdout if stdout is not None else _guard_stdout(command)
     try:
+        _refuse_misplaced_run_options(args, command)
         if command == "tasks":
             return _cmd_tasks(out)
+        if command == "example":
+            return _cmd_example(args.kind, out)
         if command == "demo":
             from job.demo import run_demo
 
             demo_code: int = run_demo(out, keep=args.keep, verbose=args.verbose, quiet=args.quiet, oauth1=args.oauth1)
             return demo_code
-        env = load_environment(args.env_file, env_in)
+        env_file, file_values = read_env_file(args.env_file, env_in)
+        origins = _Origins(env_file, env_in)
+        _warn_about_unknown_variables([*file_values, *(name for name in env_in if name not in file_values)], origins)
         from job.config import load_settings
 
-        settings = load_settings(env)
+        settings = load_settings({**file_values, **env_in})
         if command == "status":
             return _cmd_status(settings, out, as_json=args.json)
         if command == "login":
@@ -183,7 +326,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return login_code
         if command == "revoke":
             return _cmd_revoke(settings)
-        return _cmd_run(settings, args, out, refresh_only=(command == "refresh"))
+        return _cmd_run(settings, args, out, origins, refresh_only=(command == "refresh"))
     except JobError as exc:
         _report(exc)
         return exc.exit_code
@@ -194,6 +337,15 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         _log().error("unexpected error: %s: %s", type(exc).__name__, exc)
         _log().debug("where it happened", exc_info=True)
         return EXIT_TASK_FAILED
+
+
+def _refuse_misplaced_run_options(args: argparse.Namespace, command: str) -> None:
+    """UsageError (64) for a run option given to another command, which would silently ignore it."""
+    if command == "run":
+        return
+    for flag in RUN_OPTIONS:
+        if getattr(args, flag.lstrip("-"), None) is not None:
+            raise UsageError(f"{flag} is an option of run, not of {command} (see: aweber-job run --help)")
 
 
 def _report(exc: JobError) -> None:
@@ -215,6 +367,22 @@ def _cmd_tasks(out: IO[str]) -> int:
     return EXIT_OK
 
 
+def _cmd_example(kind: str, out: IO[str]) -> int:
+    from job.deployment import example_text, fill_in, hidden_from_the_service, running_program
+
+    program = running_program(sys.argv[0], sys.executable)
+    out.write(fill_in(example_text(kind), program))
+    out.flush()
+    if kind == "service":
+        for path, top in hidden_from_the_service(program, sys.executable):
+            _log().warning(
+                "%s is under %s, which the service's ProtectHome=yes hides: the service would not start (203/EXEC); "
+                "install into a venv under /opt made with /usr/bin/python3 (see the README)",
+                path, top,
+            )
+    return EXIT_OK
+
+
 def _cmd_status(settings: Settings, out: IO[str], *, as_json: bool) -> int:
     from job.status import collect_status, render_status
 
@@ -231,16 +399,26 @@ def _cmd_revoke(settings: Settings) -> int:
     return revoke_code
 
 
-def _cmd_run(settings: Settings, args: argparse.Namespace, out: IO[str], *, refresh_only: bool) -> int:
+def _cmd_run(
+    settings: Settings, args: argparse.Namespace, out: IO[str], origins: _Origins, *, refresh_only: bool
+) -> int:
     """The whole cycle of docs/design.md §1 (or steps 1–5 for ``refresh``), with monitoring around it."""
     from job.monitor import Monitor
     from job.runner import RunOptions, RunOutcome, run_cycle
 
+    task_option = getattr(args, "task", None)
+    if task_option:
+        task_origin = "--task"
+    elif settings.source.get("AWEBER_TASK"):
+        task_origin = f"AWEBER_TASK in {origins.of('AWEBER_TASK')}"
+    else:
+        task_origin = "default"
     options = RunOptions(
-        task=None if refresh_only else (getattr(args, "task", None) or settings.task),
+        task=None if refresh_only else (task_option or settings.task),
+        task_origin=task_origin,
         output=getattr(args, "output", None),
         fmt=getattr(args, "format", None) or "jsonl",
-        since=getattr(args, "since", None) or "24h",
+        since=getattr(args, "since", None),
     )
     session = make_session()
     monitor = Monitor(settings, session)

@@ -8,7 +8,7 @@ at once, each naming its variable (exit 78).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -45,6 +45,30 @@ VARIABLES: dict[str, str] = {
     "AWEBER_METRICS_FILE": "Prometheus text-format metrics file",
     "AWEBER_LOG_FORMAT": "text or json",
 }
+
+
+# Read by the CLI before the settings exist: it names the env file, so it cannot live in one.
+ENV_FILE_VARIABLE = "AWEBER_ENV_FILE"
+_PREFIX = "AWEBER_"
+
+
+def misspelled_variables(names: Iterable[str]) -> list[tuple[str, str | None]]:
+    """(name, the known name it is closest to, or None) for each ``AWEBER_`` name, in any case, the job does not read.
+
+    A variable the job ignores is configuration that silently does not apply; a typo is the usual cause.
+    """
+    import difflib  # on use: only a name that is not known needs it
+
+    known = [*VARIABLES, ENV_FILE_VARIABLE]
+    # Every known name shares the prefix, so it is left out of the comparison (else anything would look close).
+    suffixes = {name[len(_PREFIX):]: name for name in known}
+    found: list[tuple[str, str | None]] = []
+    for name in names:
+        if name in known or not name.upper().startswith(_PREFIX):
+            continue
+        close = difflib.get_close_matches(name[len(_PREFIX):].upper(), list(suffixes), n=1, cutoff=0.6)
+        found.append((name, suffixes[close[0]] if close else None))
+    return found
 
 
 class Secret:
@@ -144,17 +168,37 @@ def _default_token_file(env: Mapping[str, str]) -> Path:
     return Path(home) / ".local" / "state" / "aweber-job" / "tokens.json"
 
 
+class _EmptySecretFile(ValueError):
+    """The secret file holds nothing but blank space."""
+
+
 def _read_secret_file(path: str) -> str:
-    """Return the first line of ``path``, stripped; raise OSError or ValueError on trouble."""
+    """Return the first line of ``path``, stripped; raise OSError or ValueError on trouble.
+
+    _EmptySecretFile when the file is blank throughout: usually one created for a public client.
+    """
     with open(path, "rb") as handle:
         data = handle.read(65536)
     # "utf-8-sig": editors on Windows save a byte order mark, which is not part of the secret.
     text = data.decode("utf-8-sig")
-    line = text.splitlines()[0] if text.strip() else ""
-    line = line.strip()
+    if not text.strip():
+        raise _EmptySecretFile("is empty")
+    line = text.splitlines()[0].strip()
     if not line:
-        raise ValueError("is empty")
+        raise ValueError("its first line is blank: the secret must be on the first line")
     return line
+
+
+def _empty_secret_problem(variable: str, path: str) -> str:
+    """What to do about an empty secret file: a public client drops it, a confidential one fills it."""
+    public = "for a public client (PKCE, no secret) remove"
+    if variable == "CREDENTIALS_DIRECTORY":
+        return (
+            f"the systemd credential {CREDENTIAL_NAME} ({path}) is empty: {public} its LoadCredential= (the drop-in "
+            "aweber-job.service.d/client-secret.conf); for a confidential one put the secret on the first line of "
+            "the file it loads"
+        )
+    return f"{variable}: {path} is empty: {public} {variable}; for a confidential one put the secret on its first line"
 
 
 def load_settings(env: Mapping[str, str]) -> Settings:
@@ -209,6 +253,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         for path, variable in candidates:
             try:
                 secret, secret_source = Secret(_read_secret_file(path)), f"{variable} ({path})"
+            except _EmptySecretFile:
+                problems.append(_empty_secret_problem(variable, path))
             except (OSError, ValueError, UnicodeDecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 if isinstance(exc, UnicodeDecodeError):

@@ -59,6 +59,12 @@ class UsageError(JobError):
     exit_code = EXIT_USAGE
 
 
+class OutputError(JobError):
+    """Standard output cannot be written: it is closed, or its reader has gone (a broken pipe)."""
+
+    exit_code = EXIT_TASK_FAILED
+
+
 class ConfigError(JobError):
     """One or more configuration variables are wrong; ``problems`` lists each with its variable."""
 

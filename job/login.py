@@ -152,8 +152,8 @@ def _refuse_to_overwrite(path: Path, *, force: bool) -> None:
         )
     if path.exists() and not force:
         raise UsageError(
-            f"token file {path} exists; use --force to replace it (the old refresh token stays valid "
-            "until revoked: aweber-job revoke)"
+            f"token file {path} exists; use --force to replace it. --force does not revoke its refresh token, "
+            "which may still work: to end it, run aweber-job revoke first (that removes the file too)"
         )
 
 
@@ -226,7 +226,9 @@ def _print_instructions(out: IO[str], url: str, *, redirect: str, public: bool) 
         f"Open this URL in a browser, sign in to AWeber and approve the app ({kind}):\n\n"
         f"{url}\n\n"
         f"{after}\n"
-        "The code works once and only for a few minutes.\n\n"
+        "The code works once and only for a few minutes.\n"
+        f'If AWeber answers "Invalid redirect URI", the app at labs.aweber.com must have {redirect} registered '
+        "exactly as written (or log in with --redirect-uri and the URI it has).\n\n"
         "Authorization code or redirect URL: "
     )
     out.flush()
@@ -303,7 +305,10 @@ def _exchange_and_save(
             )
         elif existing is not None:
             log.warning(
-                "replaced the token file; its old refresh token %s was not revoked and stays valid",
+                # Whether AWeber ends the old grant when the app is authorized again is not documented
+                # (docs/aweber-api.md), so the message promises neither way.
+                "replaced the token file; its old refresh token %s was not revoked and may still work "
+                "(AWeber may also end it by itself)",
                 fingerprint(existing.refresh_token),
             )
     return answer, tokens

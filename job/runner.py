@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -31,14 +32,22 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+DEFAULT_SINCE = "24h"
+
+
 @dataclass(frozen=True)
 class RunOptions:
-    """What ``run`` was asked to do; ``task=None`` means refresh only."""
+    """What ``run`` was asked to do; ``task=None`` means refresh only.
+
+    ``task_origin`` says where the task's name came from (``--task``, ``AWEBER_TASK in …``), for the
+    message about a name that is not known; ``since=None`` means ``--since`` was not given.
+    """
 
     task: str | None
     output: str | None = None
     fmt: str = "jsonl"
-    since: str = "24h"
+    since: str | None = None
+    task_origin: str | None = None
 
 
 @dataclass
@@ -126,6 +135,7 @@ def _open_output(path: str | None, stdout: IO[str]) -> tuple[IO[str], bool]:
     """The task's output stream: stdout, or ``path`` opened for appending (created 0600)."""
     if not path or path == "-":
         return stdout, False
+    _create_output_directory(Path(path).parent)
     try:
         import os
 
@@ -133,6 +143,30 @@ def _open_output(path: str | None, stdout: IO[str]) -> tuple[IO[str], bool]:
         return open(fd, "a", encoding="utf-8", newline=""), True
     except OSError as exc:
         raise StorageError(f"cannot open the output file {path}: {exc.strerror or exc}") from exc
+
+
+def _create_output_directory(directory: Path) -> None:
+    """Create the missing directories above the output file, each 0700; StorageError (73) when it cannot.
+
+    A crontab line copied with only its paths edited should work on its first day: the report holds
+    subscribers' addresses, so every directory made for it is private to the job's user.
+    """
+    missing: list[Path] = []
+    while not os.path.lexists(directory):
+        missing.append(directory)
+        if directory.parent == directory:
+            break
+        directory = directory.parent
+    for level in reversed(missing):
+        try:
+            os.mkdir(level, 0o700)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: it is there, which is all the output needs
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create the output file's directory {level}: {exc.strerror or exc}; nothing was sent to AWeber"
+            ) from exc
+        log.info("created the directory %s (mode 0700) for the output file", level)
 
 
 def run_cycle(
@@ -149,9 +183,9 @@ def run_cycle(
     """Run the cycle; raise JobError subclasses for the CLI to map to exit codes."""
     outcome = outcome if outcome is not None else RunOutcome()
     # Everything that can be checked without the token is checked first, so mistakes cost nothing.
-    task = resolve_task(options.task) if options.task else None
+    task = resolve_task(options.task, origin=options.task_origin) if options.task else None
     now = datetime.fromtimestamp(clock(), tz=timezone.utc)
-    since = parse_since(options.since, now) if task else None
+    since = parse_since(options.since or DEFAULT_SINCE, now) if task else None
     outcome.task = task.name if task else None
     output, close_output = _open_output(options.output, stdout) if task else (stdout, False)
     keeper = TokenKeeper(settings, session, clock=clock, monotonic=monotonic, sleep=sleep)
@@ -159,6 +193,13 @@ def run_cycle(
         with keeper:
             state_store = TaskState(settings.state_dir, task) if task else None
             state = state_store.load() if state_store else {}
+            if state and state_store and options.since is not None and task is not None:
+                # An operator who asked for a look-back and got none would otherwise not know why.
+                log.info(
+                    "--since %s is used only where task %s has no saved state: it continues from %s "
+                    "(move that file away to start again from --since)",
+                    options.since, task.name, state_store.path,
+                )
             if keeper.legacy_oauth1:
                 log.info("the token file holds OAuth 1.0a tokens, which do not expire: nothing to refresh")
             else:

@@ -148,3 +148,39 @@ def test_example_env_file_loads_as_valid_configuration(tmp_path: Path) -> None:
     env = load_environment(str(REPO / ".env.example"), {"HOME": str(tmp_path)})
     settings = load_settings(env)
     assert settings.rate_limit_per_minute == 120
+
+
+def test_an_empty_secret_file_says_how_to_fix_it_for_either_kind_of_client(tmp_path: Path) -> None:
+    """An empty AWEBER_CLIENT_SECRET_FILE says to remove it for a public client or fill its first line."""
+    empty = tmp_path / "client-secret"
+    empty.write_bytes(b"")
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"AWEBER_CLIENT_SECRET_FILE": str(empty)})
+    assert caught.value.problems == [
+        f"AWEBER_CLIENT_SECRET_FILE: {empty} is empty: for a public client (PKCE, no secret) remove "
+        "AWEBER_CLIENT_SECRET_FILE; for a confidential one put the secret on its first line"
+    ]
+
+
+def test_an_empty_systemd_credential_says_how_to_fix_it_for_either_kind_of_client(tmp_path: Path) -> None:
+    """An empty credential aweber-client-secret names the drop-in to remove for a public client, or the line to fill."""
+    credentials = tmp_path / "creds"
+    credentials.mkdir()
+    (credentials / "aweber-client-secret").write_text("\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"CREDENTIALS_DIRECTORY": str(credentials)})
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"the systemd credential aweber-client-secret ({credentials}/aweber-client-secret) "
+                              "is empty: for a public client (PKCE, no secret) remove")
+    assert "client-secret.conf" in problem
+    assert problem.endswith("for a confidential one put the secret on the first line of the file it loads")
+
+
+def test_a_secret_file_whose_first_line_is_blank_says_so(tmp_path: Path) -> None:
+    """A secret below a blank first line is not taken: the message says the first line is blank."""
+    secret_file = tmp_path / "client-secret"
+    secret_file.write_text("\n  \nsecret-on-line-three\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"AWEBER_CLIENT_SECRET_FILE": str(secret_file)})
+    message = str(caught.value)
+    assert "first line is blank" in message and "secret-on-line-three" not in message

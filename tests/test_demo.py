@@ -60,5 +60,17 @@ def test_demo_cleans_up_its_directory_without_keep(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo OK" in result.stdout
-    assert result.stderr == ""
     assert list(tmp_path.iterdir()) == []
+
+
+def test_quiet_demo_prints_only_its_one_line_result(tmp_path: Path) -> None:
+    """`aweber-job -q demo` (or `demo -q`) prints the one-line result on stdout and nothing on stderr."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+    for argv in (["-q", "demo"], ["demo", "--quiet"]):
+        result = subprocess.run(
+            [str(CONSOLE_SCRIPT), *argv], env=env, cwd=tmp_path,
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout == "demo OK: tokens rotated twice and saved, 5 new subscribers reported once.\n"
+        assert result.stderr == ""

@@ -6,20 +6,30 @@ skipped, never faked, when it is not installed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from job.config import CREDENTIAL_NAME
+from job.standin import StandIn
+from tests.conftest import CONFIDENTIAL_ID, CONFIDENTIAL_SECRET
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = ROOT / "systemd" / "aweber-job.service"
 TIMER = ROOT / "systemd" / "aweber-job.timer"
+# Installed only for a confidential app: it passes the client secret as a credential.
+SECRET_DROP_IN = ROOT / "systemd" / "aweber-job.service.d" / "client-secret.conf"
+README = ROOT / "README.md"
 CRONTAB = ROOT / "crontab.example"
 
 # Where the README, the unit and the crontab all say the console script is installed.
@@ -153,9 +163,10 @@ def runnable_job_command() -> list[str]:
     return [sys.executable, "-m", "job"]
 
 
-@pytest.fixture
-def unit_copies(tmp_path: Path) -> Path:
-    """Copies of both units whose ExecStart runs a job that exists on this machine."""
+@pytest.fixture(params=["public client", "confidential client"])
+def unit_copies(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """Copies of both units whose ExecStart runs a job that exists on this machine, with the client-secret
+    drop-in beside them for a confidential client."""
     program_words = runnable_job_command()
     service_text = SERVICE.read_text(encoding="utf-8")
     old_program = re.escape(INSTALLED_PROGRAM)
@@ -168,6 +179,10 @@ def unit_copies(tmp_path: Path) -> Path:
     assert count == 1, f"expected one ExecStart={INSTALLED_PROGRAM} line in {SERVICE}"
     (tmp_path / SERVICE.name).write_text(rewritten, encoding="utf-8")
     shutil.copyfile(TIMER, tmp_path / TIMER.name)
+    if request.param == "confidential client":
+        # systemd-analyze reads <unit>.d/*.conf beside the unit file given to it.
+        (tmp_path / SECRET_DROP_IN.parent.name).mkdir()
+        shutil.copyfile(SECRET_DROP_IN, tmp_path / SECRET_DROP_IN.parent.name / SECRET_DROP_IN.name)
     return tmp_path
 
 
@@ -234,10 +249,38 @@ def test_service_state_directory_is_aweber_job(service: Unit) -> None:
     assert "aweber-job" in all_words(service, "Service", "StateDirectory")
 
 
-def test_service_loads_the_client_secret_credential(service: Unit) -> None:
-    """LoadCredential passes a credential named aweber-client-secret, the name the job reads."""
-    names = [value.partition(":")[0] for value in service["Service"].get("LoadCredential", [])]
-    assert "aweber-client-secret" in names
+def test_the_service_alone_needs_no_client_secret_file(service: Unit) -> None:
+    """The unit loads no credential, so a public client (no secret) starts without a secret file: a
+    LoadCredential= whose file is missing fails every start with 243/CREDENTIALS."""
+    for key in ("LoadCredential", "LoadCredentialEncrypted", "SetCredential", "SetCredentialEncrypted"):
+        assert service["Service"].get(key, []) == [], f"{SERVICE.name} sets {key}="
+
+
+def test_the_confidential_drop_in_passes_the_secret_under_the_name_the_job_reads() -> None:
+    """client-secret.conf passes /etc/aweber-job/client-secret as the credential aweber-client-secret."""
+    drop_in = parse_unit(SECRET_DROP_IN.read_text(encoding="utf-8"))
+    assert drop_in == {"Service": {"LoadCredential": [f"{CREDENTIAL_NAME}:/etc/aweber-job/client-secret"]}}
+
+
+def shell_blocks(text: str) -> list[str]:
+    """The ```sh fenced blocks of a Markdown text."""
+    return re.findall(r"^```sh\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+
+
+def test_the_readme_creates_the_secret_file_only_with_the_drop_in_that_loads_it() -> None:
+    """The README's systemd steps create /etc/aweber-job/client-secret only in a confidential app's step, beside
+    the drop-in that loads it, and never as an empty file (which would end every run with exit 78)."""
+    blocks = [block for block in shell_blocks(README.read_text(encoding="utf-8")) if "/etc/systemd/system" in block]
+    assert blocks, "the README shows no systemd installation"
+    installs_units = [block for block in blocks if "aweber-job.timer" in block]
+    assert installs_units and all("client-secret" not in block for block in installs_units)
+    secret_blocks = [block for block in blocks if "/etc/aweber-job/client-secret" in block]
+    assert len(secret_blocks) == 1
+    assert "/etc/systemd/system/aweber-job.service.d/client-secret.conf" in secret_blocks[0]
+    for block in blocks:
+        for line in block.splitlines():
+            if "/etc/aweber-job/client-secret" in line:
+                assert "/dev/null" not in line and "touch" not in line.split(), line
 
 
 def test_service_restarts_only_on_temporary_failure(service: Unit) -> None:
@@ -402,3 +445,58 @@ def test_crontab_and_service_run_the_documented_install_path(service: Unit) -> N
     for path in (SERVICE, CRONTAB):
         mentioned = set(re.findall(r"(?<![^\s=])[^\s=]*/bin/aweber-job\b", path.read_text(encoding="utf-8")))
         assert mentioned == {INSTALLED_PROGRAM}, f"{path.name} names {sorted(mentioned)}"
+
+
+def crontab_variables() -> dict[str, str]:
+    """The NAME=value lines of crontab.example, as cron would put them in the job's environment."""
+    return {
+        name.strip(): value.strip()
+        for name, _, value in (
+            line.strip().partition("=")
+            for line in CRONTAB.read_text(encoding="utf-8").splitlines()
+            if VARIABLE_ASSIGNMENT.match(line.strip())
+        )
+    }
+
+
+def test_the_crontab_line_with_only_its_paths_edited_works_on_the_first_day(tmp_path: Path, standin: StandIn) -> None:
+    """crontab.example's line, with the user's home and the program's path put in, exits 0, prints nothing
+    (so cron mails nothing) and appends the new subscribers to the output file in a directory it creates."""
+    home = tmp_path / "you"
+    home.mkdir()
+    variables = crontab_variables()
+    (_, line), *_ = crontab_entries()
+    program = runnable_job_command()
+    command = line.split(None, 5)[5].replace(INSTALLED_PROGRAM, shlex.join(program)).replace("/home/you", str(home))
+    env_file = Path(variables["AWEBER_ENV_FILE"].replace("/home/you", str(home)))
+    env_file.parent.mkdir(parents=True, mode=0o700)
+    env_file.write_text(
+        f"AWEBER_CLIENT_ID={CONFIDENTIAL_ID}\n"
+        f"AWEBER_CLIENT_SECRET={CONFIDENTIAL_SECRET}\n"
+        f"AWEBER_TOKEN_URL={standin.token_url}\n"
+        f"AWEBER_API_URL={standin.api_url}\n",
+        encoding="utf-8",
+    )
+    # Where the crontab's comment says `login` leaves the token file for a cron user.
+    token_file = home / ".local" / "state" / "aweber-job" / "tokens.json"
+    token_file.parent.mkdir(parents=True)
+    grant = standin.issue_tokens(CONFIDENTIAL_ID)
+    token_file.write_text(json.dumps({**grant, "expires_at": time.time() + 7200}), encoding="utf-8")
+    token_file.chmod(0o600)
+    now = time.time()
+    standin.add_account(1)
+    standin.add_list(1, 2, "Newsletter", size=50, start=now - 90 * 86_400, end=now - 3 * 86_400)
+    standin.add_subscribers(1, 2, [{"email": "new@example.com", "subscribed_at": now - 600}])
+
+    # cron's environment: its own few variables and those the crontab sets, nothing from a login shell.
+    cron_env = {"HOME": str(home), "LOGNAME": "you", **variables, "AWEBER_ENV_FILE": str(env_file)}
+    result = subprocess.run([variables["SHELL"], "-c", command], env=cron_env, cwd=home,
+                            capture_output=True, text=True, timeout=60, check=False)
+
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    words = shlex.split(command)
+    output = Path(words[words.index("--output") + 1])
+    assert [json.loads(row)["email"] for row in output.read_text(encoding="utf-8").splitlines()] == [
+        "new@example.com"]
+    assert stat.S_IMODE(output.parent.stat().st_mode) == 0o700
+    assert json.loads(token_file.read_text(encoding="utf-8"))["refresh_token"] in standin.live_refresh_tokens()

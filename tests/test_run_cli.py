@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from job.standin import StandIn
 from tests.conftest import REPO, JobFiles, run_job, token_requests
@@ -149,9 +152,113 @@ def test_an_unknown_task_exits_64_before_the_token_endpoint_is_contacted(job: Jo
 
 
 def test_tasks_lists_both_built_ins_with_their_descriptions() -> None:
-    """`aweber-job tasks` prints one line per task: name, then the first line of its docstring."""
+    """`aweber-job tasks` prints one line per task: name, then the first line of its docstring as plain text."""
     result = run_job(["tasks"], {"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
     assert result.returncode == 0, result.stderr
     lines = dict(line.split("\t", 1) for line in result.stdout.splitlines())
     assert lines["new-subscribers"].startswith("Report the subscribers who joined each list since the last run")
-    assert lines["noop"].startswith("Do nothing")
+    # The docstring says ``run --task noop``; a terminal shows the words, not the reST markup.
+    assert lines["noop"] == "Do nothing: run --task noop is the same as refresh."
+    assert "`" not in result.stdout
+
+
+def test_output_into_a_missing_directory_creates_it_private(job: JobFiles) -> None:
+    """--output under directories that do not exist yet creates them 0700 (said at info) and the file 0600."""
+    populate(job.standin)
+    job.write_tokens()
+    added = add(job.standin, 2, "o")
+    target = job.root / "reports" / "aweber" / "new.jsonl"
+    result = run_job(["run", "--output", str(target)], job.env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert ids_of(target.read_text(encoding="utf-8")) == added
+    for directory in (job.root / "reports", job.root / "reports" / "aweber"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        assert f"info: created the directory {directory}" in result.stderr
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_a_misspelled_variable_is_named_with_the_closest_known_one(job: JobFiles) -> None:
+    """An unknown AWEBER_ name, in the env file or the environment, gets a warning naming where it is and the
+    known name it is closest to, and never its value."""
+    job.write_tokens()
+    env_file = job.root / "job.env"
+    env_file.write_text("AWEBER_CLIENT_SECERT=typo-secret-value-31f\naweber_task=noop\n", encoding="utf-8")
+    result = run_job(["--env-file", str(env_file), "status"], job.env(AWEBER_LOCK_TIMOUT="5", AWEBER_ZZZ="1"))
+    assert result.returncode == 0, result.stderr
+    warnings = sorted(line for line in result.stderr.splitlines() if ": warning: " in line)
+    assert warnings == sorted([
+        f"aweber-job: warning: AWEBER_CLIENT_SECERT (in {env_file}) is not a variable aweber-job reads; "
+        "did you mean AWEBER_CLIENT_SECRET?",
+        f"aweber-job: warning: aweber_task (in {env_file}) is not a variable aweber-job reads; "
+        "did you mean AWEBER_TASK?",
+        "aweber-job: warning: AWEBER_LOCK_TIMOUT (in the environment) is not a variable aweber-job reads; "
+        "did you mean AWEBER_LOCK_TIMEOUT?",
+        "aweber-job: warning: AWEBER_ZZZ (in the environment) is not a variable aweber-job reads "
+        "(.env.example lists every one)",
+    ])
+    assert "typo-secret-value-31f" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["--task", "noop", "status"],
+    ["--since", "7d", "status"],
+    ["--output", "out.jsonl", "tasks"],
+    ["--format", "csv", "refresh"],
+    ["--since", "7d", "login"],
+])
+def test_run_options_before_another_command_are_a_usage_error(job: JobFiles, argv: list[str]) -> None:
+    """A run option given to another command is exit 64 naming the option and the command, before any token is used."""
+    grant = job.write_tokens()
+    result = run_job(argv, job.env())
+    assert result.returncode == 64, result.stderr
+    assert result.stderr.splitlines() == [
+        f"aweber-job: error: {argv[0]} is an option of run, not of {argv[2]} (see: aweber-job run --help)"]
+    assert result.stdout == ""
+    assert job.standin.stats()["requests_total"] == 0
+    assert job.read_tokens()["refresh_token"] == grant["refresh_token"]
+
+
+def test_run_options_before_run_still_apply(job: JobFiles) -> None:
+    """`aweber-job --task noop run` runs noop: run options may stand before the command they belong to."""
+    job.write_tokens()
+    result = run_job(["--task", "noop", "run"], job.env())
+    assert (result.returncode, result.stdout) == (0, "")
+    assert job.standin.stats()["api"] == {}
+
+
+def test_since_is_said_to_be_unused_when_the_task_has_saved_state(job: JobFiles) -> None:
+    """--since on a run whose task already has state logs an info line naming the state file it continues from."""
+    populate(job.standin)
+    job.write_tokens()
+    add(job.standin, 1, "s")
+    state = job.token_file.parent / "new-subscribers.state.json"
+    first = run_job(["run", "--since", "7d"], job.env())
+    assert first.returncode == 0, first.stderr
+    assert "--since" not in first.stderr
+    second = run_job(["run", "--since", "30d"], job.env())
+    assert second.returncode == 0, second.stderr
+    said = (f"aweber-job: info: --since 30d is used only where task new-subscribers has no saved state: "
+            f"it continues from {state} (move that file away to start again from --since)")
+    assert said in second.stderr.splitlines()
+
+
+@pytest.mark.parametrize("where", ["--task", "environment", "env file"])
+def test_an_unknown_task_says_where_its_name_came_from(job: JobFiles, where: str) -> None:
+    """A misspelt task name is exit 64 naming its source: --task, AWEBER_TASK in the environment or in the env file."""
+    job.write_tokens()
+    env_file = job.root / "job.env"
+    env_file.write_text("AWEBER_TASK=new-subscriber\n" if where == "env file" else "", encoding="utf-8")
+    argv = ["--env-file", str(env_file), "run"]
+    env = job.env()
+    if where == "--task":
+        argv += ["--task", "new-subscriber"]
+    elif where == "environment":
+        env["AWEBER_TASK"] = "new-subscriber"
+    result = run_job(argv, env)
+    assert result.returncode == 64
+    source = {"--task": "--task", "environment": "AWEBER_TASK in the environment",
+              "env file": f"AWEBER_TASK in {env_file}"}[where]
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"aweber-job: error: unknown task 'new-subscriber' (given by {source}); known tasks: ")
+    assert token_requests(job.standin) == 0

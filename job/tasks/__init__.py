@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -84,38 +85,59 @@ def _registered() -> dict[str, str]:
     return found
 
 
-def _load(target: str, name: str) -> TaskFunction:
+def _given_by(origin: str | None) -> str:
+    return f" (given by {origin})" if origin and origin != "default" else ""
+
+
+def _load(target: str, name: str, origin: str | None = None) -> TaskFunction:
     module_name, _, attr = target.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
-        raise UsageError(f"task {name!r} cannot be loaded from {target}: {type(exc).__name__}: {exc}") from None
+        raise UsageError(
+            f"task {name!r}{_given_by(origin)} cannot be loaded from {target}: {type(exc).__name__}: {exc}"
+        ) from None
     if not callable(obj):
-        raise UsageError(f"task {name!r} ({target}) is not callable")
+        raise UsageError(f"task {name!r}{_given_by(origin)} ({target}) is not callable")
     function: TaskFunction = obj
     return function
 
 
-def resolve_task(name: str) -> Task:
-    """Find a task by registered name or ``package.module:callable``; UsageError (64) when unknown."""
+def resolve_task(name: str, *, origin: str | None = None) -> Task:
+    """Find a task by registered name or ``package.module:callable``; UsageError (64) when unknown.
+
+    ``origin`` (``--task``, ``AWEBER_TASK in /etc/aweber-job/env``) is named in the error, so the
+    operator knows which file or command line holds the name to fix.
+    """
     registered = _registered()
     if name in registered:
-        return Task(name, _load(registered[name], name))
+        return Task(name, _load(registered[name], name, origin))
     if ":" in name:
-        return Task(name, _load(name, name))
+        return Task(name, _load(name, name, origin))
     known = ", ".join(sorted(registered))
-    raise UsageError(f"unknown task {name!r}; known tasks: {known} (or give package.module:callable)")
+    raise UsageError(
+        f"unknown task {name!r}{_given_by(origin)}; known tasks: {known} (or give package.module:callable)"
+    )
+
+
+# reST inline markup in docstrings: :role:`text`, ``literal``, `text`, **strong**, *emphasis*.
+_REST_MARKUP = re.compile(r":[a-z:]+:`([^`]*)`|``([^`]*)``|`([^`]*)`|\*\*([^*]+)\*\*|\*([^*\s][^*]*)\*")
+
+
+def plain_text(line: str) -> str:
+    """``line`` without reST inline markup, as a terminal should show it: ``run --task noop`` → run --task noop."""
+    return _REST_MARKUP.sub(lambda match: next(group for group in match.groups() if group is not None), line)
 
 
 def known_tasks() -> list[tuple[str, str]]:
-    """(name, first docstring line) for every registered task."""
+    """(name, first docstring line as plain text) for every registered task."""
     rows = []
     for name, target in sorted(_registered().items()):
         try:
             doc = (_load(target, name).__doc__ or "").strip().splitlines()
         except UsageError as exc:
             doc = [f"(cannot be loaded: {exc})"]
-        rows.append((name, doc[0] if doc else ""))
+        rows.append((name, plain_text(doc[0]) if doc else ""))
     return rows

@@ -340,6 +340,10 @@ def expected_for_argv(argv: list[str]) -> int:
     except UsageError:
         return 64
     command = args.command or "run"
+    # A run option (it may stand before the command) given to another command would be ignored: refused.
+    run_options = ("task", "output", "format", "since")
+    if command != "run" and any(getattr(args, name, None) is not None for name in run_options):
+        return 64
     if command in ("status", "tasks"):
         return 0
     if command == "run":
@@ -376,6 +380,7 @@ COMMAND_LINE_TABLE = {
     "since is an impossible date": (["run", "--since", "2026-02-30"], "--since"),
     "log format yaml": (["--log-format", "yaml", "refresh"], "yaml"),
     "option needs a value": (["run", "--task"], "--task"),
+    "run option given to status": (["--task", "noop", "status"], "--task is an option of run, not of status"),
 }
 
 
