@@ -158,6 +158,28 @@ class _Origins:
         return "the environment" if name in self.environ or self.env_file is None else str(self.env_file)
 
 
+def _warn_about_readable_secrets(env_file: Path | None, settings: Settings) -> None:
+    """Warn when the env file holding the client secret, or the secret file, can be read by every user."""
+    import stat
+
+    paths = [env_file] if env_file is not None else []
+    secret_file = settings.source.get("AWEBER_CLIENT_SECRET_FILE")
+    if secret_file and settings.client_secret is not None:
+        from pathlib import Path
+
+        paths.append(Path(secret_file))
+    for path in paths:
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            continue
+        if mode & stat.S_IROTH:
+            _log().warning(
+                "%s holds the client secret and every user on this machine can read it (mode %04o): chmod 600 %s",
+                path, mode, path,
+            )
+
+
 def _warn_about_unknown_variables(names: Sequence[str], origins: _Origins) -> None:
     """Name each ``AWEBER_`` variable the job does not read, with the known name it is closest to."""
     from job.config import misspelled_variables
@@ -314,6 +336,7 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None,
         from job.config import load_settings
 
         settings = load_settings({**file_values, **env_in})
+        _warn_about_readable_secrets(env_file if file_values.get("AWEBER_CLIENT_SECRET") else None, settings)
         if command == "status":
             return _cmd_status(settings, out, as_json=args.json)
         if command == "login":

@@ -477,6 +477,7 @@ def test_the_crontab_line_with_only_its_paths_edited_works_on_the_first_day(tmp_
         f"AWEBER_API_URL={standin.api_url}\n",
         encoding="utf-8",
     )
+    env_file.chmod(0o600)  # "Keep it 0600", as the crontab's comment says
     # Where the crontab's comment says `login` leaves the token file for a cron user.
     token_file = home / ".local" / "state" / "aweber-job" / "tokens.json"
     token_file.parent.mkdir(parents=True)

@@ -262,3 +262,34 @@ def test_an_unknown_task_says_where_its_name_came_from(job: JobFiles, where: str
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"aweber-job: error: unknown task 'new-subscriber' (given by {source}); known tasks: ")
     assert token_requests(job.standin) == 0
+
+
+def test_secrets_readable_by_every_user_get_a_warning(job: JobFiles) -> None:
+    """An env file or a secret file that holds the client secret and that every user can read is named in a warning."""
+    job.write_tokens()
+    env_file = job.root / "aweber.env"
+    env_file.write_text(f"AWEBER_CLIENT_SECRET={job.env()['AWEBER_CLIENT_SECRET']}\n", encoding="utf-8")
+    os.chmod(env_file, 0o644)
+    env = job.env()
+    del env["AWEBER_CLIENT_SECRET"]
+    loose = run_job(["--env-file", str(env_file), "status"], env)
+    assert loose.returncode == 0, loose.stderr
+    assert f"{env_file}" in loose.stderr and "chmod 600" in loose.stderr
+
+    os.chmod(env_file, 0o600)
+    tight = run_job(["--env-file", str(env_file), "status"], env)
+    assert tight.returncode == 0 and "chmod" not in tight.stderr, tight.stderr
+
+    secret_file = job.root / "client-secret"
+    secret_file.write_text(job.env()["AWEBER_CLIENT_SECRET"] + "\n", encoding="utf-8")
+    os.chmod(secret_file, 0o604)
+    from_file = run_job(["status"], {**env, "AWEBER_CLIENT_SECRET_FILE": str(secret_file)})
+    assert from_file.returncode == 0, from_file.stderr
+    assert f"{secret_file}" in from_file.stderr and "chmod 600" in from_file.stderr
+
+    # A file without the secret in it may be world-readable: nothing to say.
+    plain = job.root / "plain.env"
+    plain.write_text("AWEBER_LOCK_TIMEOUT=5\n", encoding="utf-8")
+    os.chmod(plain, 0o644)
+    quiet = run_job(["--env-file", str(plain), "status"], job.env())
+    assert "chmod" not in quiet.stderr, quiet.stderr
