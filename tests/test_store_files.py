@@ -1,0 +1,111 @@
+"""Files in the job's directories that it did not make are never followed or adopted; the job's own files
+never overwrite one another; saves keep their owner under root and survive directories that cannot be fsynced."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import JobFiles, invalid_grants, run_job, token_requests
+
+NOBODY = 65534
+
+
+def temporaries(job: JobFiles) -> list[Path]:
+    return sorted(job.token_file.parent.glob(".tokens.json.tmp-*"))
+
+
+def warning_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if ": warning:" in line]
+
+
+def newer_tokens(expires_in: float = 99_999) -> bytes:
+    """A whole token file whose expiry is later than any the tests write: it would win on content alone."""
+    document = {"access_token": "planted-access-token-0001", "refresh_token": "planted-refresh-token-0001",
+                "token_type": "bearer", "expires_at": time.time() + expires_in}
+    return (json.dumps(document) + "\n").encode()
+
+
+# -- planted temporaries ------------------------------------------------------------------------------
+
+
+def _plant_symlink(job: JobFiles, temp: Path, elsewhere: Path) -> None:
+    elsewhere.write_bytes(newer_tokens())
+    os.chmod(elsewhere, 0o600)
+    temp.symlink_to(elsewhere)
+
+
+def _plant_foreign(job: JobFiles, temp: Path, elsewhere: Path) -> None:
+    temp.write_bytes(newer_tokens())
+    os.chmod(temp, 0o600)
+    os.chown(temp, NOBODY, NOBODY)
+
+
+def _plant_readable(job: JobFiles, temp: Path, elsewhere: Path) -> None:
+    temp.write_bytes(newer_tokens())
+    os.chmod(temp, 0o644)
+
+
+PLANTED = {"a symlink": _plant_symlink, "owned by another user": _plant_foreign, "mode 0644": _plant_readable}
+
+
+@pytest.mark.parametrize("kind", list(PLANTED))
+def test_a_temporary_the_job_did_not_make_is_neither_used_nor_removed(job: JobFiles, tmp_path: Path, kind: str) -> None:
+    """A temporary name holding a symlink, another user's file or a 0644 file is ignored and named in a warning."""
+    if kind == "owned by another user" and os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    job.write_tokens()
+    (job.token_file.parent / "tokens.json.lock").touch(mode=0o600)
+    elsewhere = tmp_path / "elsewhere.json"
+    temp = job.token_file.with_name(".tokens.json.tmp-5ca1ab1e0000")
+    PLANTED[kind](job, temp, elsewhere)
+    later = time.time() + 3600
+    os.utime(temp, (later, later), follow_symlinks=False)
+    planted = os.lstat(temp)
+    result = run_job(["refresh"], job.env())
+    assert result.returncode == 0, result.stderr
+    assert invalid_grants(job.standin) == 0
+    assert os.lstat(temp).st_ino == planted.st_ino and os.lstat(temp).st_mode == planted.st_mode
+    assert stat.S_ISREG(os.lstat(job.token_file).st_mode)
+    assert job.read_tokens()["refresh_token"] in job.standin.live_refresh_tokens()
+    assert any(str(temp) in line for line in warning_lines(result.stderr)), result.stderr
+
+
+# -- files the job writes are opened without following links -------------------------------------------
+
+
+def test_a_symlink_planted_at_the_lock_path_is_refused(job: JobFiles, tmp_path: Path) -> None:
+    """`tokens.json.lock` as a symlink: exit 73 naming it, the link's target untouched, nothing sent."""
+    job.write_tokens()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    lock = job.token_file.with_name("tokens.json.lock")
+    lock.symlink_to(victim)
+    result = run_job(["refresh"], job.env())
+    assert result.returncode == 73, result.stderr
+    assert str(lock) in result.stderr and "link" in result.stderr
+    assert victim.read_text() == "precious\n"
+    assert token_requests(job.standin) == 0
+
+
+def test_a_token_directory_writable_by_others_is_named_on_every_run_and_in_status(job: JobFiles) -> None:
+    """A group- or world-writable token directory gets a warning naming it, each run, and in status."""
+    job.write_tokens()
+    directory = job.token_file.parent
+    os.chmod(directory, 0o770)  # noqa: S103 - the mistake this test is about
+    for _ in range(2):
+        result = run_job(["refresh"], job.env())
+        assert result.returncode == 0, result.stderr
+        assert any(str(directory) in line and "writable by group or others" in line
+                   for line in warning_lines(result.stderr)), result.stderr
+    human = run_job(["status"], job.env())
+    assert any(str(directory) in line and "writable by group or others" in line
+               for line in human.stdout.splitlines() if line.startswith("warning:")), human.stdout
+    report = json.loads(run_job(["status", "--json"], job.env()).stdout)
+    assert report["directory_mode"] == "0770"
+    assert any(str(directory) in w and "writable by group or others" in w for w in report["warnings"])
