@@ -12,13 +12,15 @@ prepared here rather than through the session's defaults, so no header or cookie
 can reach the monitoring host.
 
 The metrics file is for node_exporter's textfile collector: rewritten atomically after every run,
-mode 0644 (it holds no secret, and node_exporter runs as another user).
+mode 0644 (it holds no secret, and node_exporter runs as another user). Textfile directories are often
+writable by a group, so a symlink found at its path is replaced, never followed.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import time
 import uuid
@@ -267,10 +269,11 @@ def _cap(head: str, lines: list[str]) -> bytes:
 def read_last_success(path: Path) -> float | None:
     """The last success timestamp in an earlier metrics file at ``path``, or None if none is there."""
     try:
-        with open(path, "rb") as handle:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as handle:
             data = handle.read(MAX_METRICS_FILE_BYTES)
     except OSError:
-        return None
+        return None  # absent, unreadable, or a link: not a file this job wrote
     match = _SAMPLE_LINE.search(data.decode("utf-8", errors="replace"))
     if not match:
         return None

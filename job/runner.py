@@ -6,8 +6,10 @@ failed run did too.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -88,11 +90,22 @@ class TaskState:
         self.path = state_dir / f"{task.state_name}.state.json"
 
     def load(self) -> dict[str, Any]:
-        """The saved state, or {} on a first run; TokenFileError (65) names a corrupt file."""
+        """The saved state, or {} on a first run; TokenFileError (65) names a corrupt file or a link."""
         try:
-            data = self.path.read_bytes()
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return {}
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise TokenFileError(
+                    f"task state file {self.path} is a symbolic link; the job neither reads nor writes its own "
+                    "files through links",
+                    hint="replace the link with the file itself",
+                ) from exc
+            raise StorageError(f"cannot read task state {self.path}: {exc.strerror or exc}") from exc
+        try:
+            with open(fd, "rb") as handle:
+                data = handle.read()
         except OSError as exc:
             raise StorageError(f"cannot read task state {self.path}: {exc.strerror or exc}") from exc
         try:
@@ -123,16 +136,17 @@ class TaskState:
 
 
 def _open_output(path: str | None, stdout: IO[str]) -> tuple[IO[str], bool]:
-    """The task's output stream: stdout, or ``path`` opened for appending (created 0600)."""
+    """The task's output stream: stdout, or ``path`` opened for appending (created 0600, never through a link)."""
     if not path or path == "-":
         return stdout, False
     try:
-        import os
-
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         return open(fd, "a", encoding="utf-8", newline=""), True
     except OSError as exc:
-        raise StorageError(f"cannot open the output file {path}: {exc.strerror or exc}") from exc
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.ELOOP:
+            reason = "it is a symbolic link, and the job does not follow links for the files it writes"
+        raise StorageError(f"cannot open the output file {path}: {reason}; nothing was sent to AWeber") from exc
 
 
 def run_cycle(

@@ -3,8 +3,10 @@ and putting in place the new tokens of a save an earlier run could not finish.
 
 Every write of the job (token file, rescue file, task state, metrics) goes through
 :func:`write_file_atomically` or a :class:`Reservation`: a temporary file in the same directory,
-created 0600 with ``O_CREAT|O_EXCL``, written, fsynced, renamed over the target, then the directory
-fsynced. A crash at any point leaves the old file or the new one, never a mix.
+created 0600 with ``O_CREAT|O_EXCL|O_NOFOLLOW``, written, fsynced, renamed over the target, then the
+directory fsynced. A crash at any point leaves the old file or the new one, never a mix. Only the
+token file's path may be a symlink (its target is replaced, the link kept); every other file the job
+writes is opened without following links.
 
 Which file holds the live refresh token is decided by content, never by modification times: the lock
 file holds a one-line record of the last refresh (see :class:`Record` and docs/design.md), written
@@ -457,7 +459,7 @@ def _create_temp(target: Path) -> tuple[int, Path]:
     for _ in range(10):
         temp = target.with_name(f".{target.name}{TEMP_MARK}{os.urandom(6).hex()}")
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except FileExistsError:
             continue
         return fd, temp
@@ -558,11 +560,12 @@ def _replace_durably(temp: Path, target: Path) -> None:
 def write_file_atomically(path: Path, content: bytes, *, mode: int = 0o600) -> None:
     """Write ``content`` to ``path`` atomically and durably, mode 0600; raise OSError on failure.
 
-    Another ``mode`` (only for files without secrets, e.g. metrics another user reads) is set
-    exactly, whatever the umask, on the still-empty temporary file.
+    ``path`` itself is replaced: a symlink there is replaced by the file, never followed (callers
+    that mean a link's target, as for the token file, resolve it first). Another ``mode`` (only for
+    files without secrets, e.g. metrics another user reads) is set exactly, whatever the umask, on
+    the still-empty temporary file.
     """
-    target = resolve_target(path)
-    fd, temp = _create_temp(target)
+    fd, temp = _create_temp(path)
     try:
         if mode != 0o600:
             os.fchmod(fd, mode)
@@ -573,7 +576,7 @@ def write_file_atomically(path: Path, content: bytes, *, mode: int = 0o600) -> N
         _unlink_quietly(temp)
         raise
     os.close(fd)
-    _replace_durably(temp, target)
+    _replace_durably(temp, path)
 
 
 # ---- what earlier runs left beside the token file -----------------------------------------------
@@ -938,7 +941,7 @@ def save_rotated_tokens(
             return
     rescue = rescue_path_for(token_file, now())
     try:
-        fd = os.open(rescue, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(rescue, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             _write_all(fd, content)
             os.fsync(fd)

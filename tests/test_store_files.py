@@ -93,6 +93,53 @@ def test_a_symlink_planted_at_the_lock_path_is_refused(job: JobFiles, tmp_path: 
     assert token_requests(job.standin) == 0
 
 
+def test_a_symlink_at_the_task_state_path_is_refused_before_anything_is_spent(job: JobFiles, tmp_path: Path) -> None:
+    """A link planted at the task state file is neither read nor written through: exit 65 naming it, the
+    link's target untouched, the refresh token not used."""
+    job.write_tokens()
+    victim = tmp_path / "victim.json"
+    victim.write_text('{"precious": true}\n')
+    state_file = job.token_file.with_name("noop.state.json")
+    state_file.symlink_to(victim)
+    result = run_job(["run", "--task", "noop"], job.env())
+    assert result.returncode == 65, result.stderr
+    assert str(state_file) in result.stderr and "link" in result.stderr
+    assert victim.read_text() == '{"precious": true}\n'
+    assert state_file.is_symlink()
+    assert token_requests(job.standin) == 0
+
+
+def test_a_symlink_at_the_metrics_path_is_replaced_not_followed(job: JobFiles, tmp_path: Path) -> None:
+    """A link planted at AWEBER_METRICS_FILE (textfile directories are often group-writable) is replaced."""
+    job.write_tokens()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    metrics_dir = tmp_path / "textfile"
+    metrics_dir.mkdir()
+    metrics = metrics_dir / "aweber-job.prom"
+    metrics.symlink_to(victim)
+    result = run_job(["refresh"], job.env(AWEBER_METRICS_FILE=str(metrics)))
+    assert result.returncode == 0, result.stderr
+    assert victim.read_text() == "precious\n"
+    assert stat.S_ISREG(os.lstat(metrics).st_mode)
+    assert "aweber_job_exit_code 0" in metrics.read_text()
+
+
+def test_a_symlink_at_the_output_path_is_refused_before_anything_is_spent(job: JobFiles, tmp_path: Path) -> None:
+    """`run --output` at a symlink: exit 73 naming it, the target untouched, the token not used."""
+    job.write_tokens()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    output = tmp_path / "out.jsonl"
+    output.symlink_to(victim)
+    before = job.token_file.read_bytes()
+    result = run_job(["run", "--task", "noop", "--output", str(output)], job.env())
+    assert result.returncode == 73, result.stderr
+    assert str(output) in result.stderr
+    assert victim.read_text() == "precious\n"
+    assert token_requests(job.standin) == 0 and job.token_file.read_bytes() == before
+
+
 def test_a_token_directory_writable_by_others_is_named_on_every_run_and_in_status(job: JobFiles) -> None:
     """A group- or world-writable token directory gets a warning naming it, each run, and in status."""
     job.write_tokens()
