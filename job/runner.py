@@ -23,8 +23,8 @@ import requests
 from job.api import ApiClient
 from job.config import Settings
 from job.cycle import TokenKeeper
-from job.errors import EXIT_OK, JobError, StorageError, TaskError, TokenFileError, UsageError
-from job.store import write_file_atomically
+from job.errors import EXIT_OK, ConfigError, JobError, StorageError, TaskError, TokenFileError, UsageError
+from job.store import lock_path_for, write_file_atomically
 from job.tasks import Task, TaskContext, resolve_task
 
 log = logging.getLogger(__name__)
@@ -83,11 +83,65 @@ def parse_since(value: str, now: datetime) -> datetime:
     return when.astimezone(timezone.utc)
 
 
+def state_file_for(state_dir: Path, task_name: str) -> Path:
+    """``<state dir>/<task>.state.json``, the task's name made safe for a file name."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in task_name)
+    return state_dir / f"{safe}.state.json"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same resolved path, or (both existing) the same device and inode."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samestat(os.stat(a), os.stat(b))
+    except OSError:
+        return False
+
+
+def own_file_collision(path: Path, settings: Settings, task_name: str | None) -> tuple[str, Path] | None:
+    """Which of the job's own files ``path`` is (what it is called, and its path), or None.
+
+    The token file, its lock, and the state files of ``task_name`` and of the configured task: a
+    metrics or output file written there would destroy the tokens or the task's watermark.
+    """
+    own: list[tuple[str, Path]] = [
+        ("token file", settings.token_file),
+        ("lock file", lock_path_for(settings.token_file)),
+    ]
+    for name in dict.fromkeys(n for n in (task_name, settings.task) if n):
+        own.append(("task state file", state_file_for(settings.state_dir, name)))
+    for label, own_path in own:
+        if _same_file(path, own_path):
+            return label, own_path
+    return None
+
+
+def check_own_files(settings: Settings, *, output: str | None, task_name: str | None) -> None:
+    """Raise ConfigError (78) when AWEBER_METRICS_FILE or ``--output`` is one of the job's own files.
+
+    Checked before the lock is taken, so such a mistake costs nothing.
+    """
+    problems = []
+    named = [("AWEBER_METRICS_FILE", settings.metrics_file)]
+    if output and output != "-":
+        named.append(("--output", Path(output)))
+    for option, path in named:
+        if path is None:
+            continue
+        collision = own_file_collision(path, settings, task_name)
+        if collision is not None:
+            label, own_path = collision
+            problems.append(f"{option} {os.path.normpath(path)} is the {label} {own_path}; give it a path of its own")
+    if problems:
+        raise ConfigError(problems)
+
+
 class TaskState:
     """A task's persistent JSON state in ``<state dir>/<task>.state.json``, saved atomically."""
 
     def __init__(self, state_dir: Path, task: Task) -> None:
-        self.path = state_dir / f"{task.state_name}.state.json"
+        self.path = state_file_for(state_dir, task.name)
 
     def load(self) -> dict[str, Any]:
         """The saved state, or {} on a first run; TokenFileError (65) names a corrupt file or a link."""
@@ -167,6 +221,7 @@ def run_cycle(
     now = datetime.fromtimestamp(clock(), tz=timezone.utc)
     since = parse_since(options.since, now) if task else None
     outcome.task = task.name if task else None
+    check_own_files(settings, output=options.output if task else None, task_name=task.name if task else None)
     output, close_output = _open_output(options.output, stdout) if task else (stdout, False)
     keeper = TokenKeeper(settings, session, clock=clock, monotonic=monotonic, sleep=sleep)
     try:

@@ -156,3 +156,57 @@ def test_a_token_directory_writable_by_others_is_named_on_every_run_and_in_statu
     report = json.loads(run_job(["status", "--json"], job.env()).stdout)
     assert report["directory_mode"] == "0770"
     assert any(str(directory) in w and "writable by group or others" in w for w in report["warnings"])
+
+
+# -- the job's own files never overwrite one another -------------------------------------------------------
+
+
+def _same_path(job: JobFiles, tmp_path: Path, own: str) -> str:
+    return str(job.token_file.with_name(own))
+
+
+def _hard_link(job: JobFiles, tmp_path: Path, own: str) -> str:
+    link = tmp_path / "elsewhere.prom"
+    os.link(job.token_file.with_name(own), link)
+    return str(link)
+
+
+def _symlink(job: JobFiles, tmp_path: Path, own: str) -> str:
+    link = tmp_path / "elsewhere.prom"
+    link.symlink_to(job.token_file.with_name(own))
+    return str(link)
+
+
+def _dotted(job: JobFiles, tmp_path: Path, own: str) -> str:
+    return str(job.token_file.parent / "." / own)
+
+
+SPELLINGS = {"the same path": _same_path, "a hard link": _hard_link, "a symlink": _symlink, "a dotted path": _dotted}
+OWN_FILES = {"tokens.json": "token file", "noop.state.json": "task state file", "tokens.json.lock": "lock file"}
+
+
+@pytest.mark.parametrize("spelling", list(SPELLINGS))
+@pytest.mark.parametrize("own", list(OWN_FILES))
+@pytest.mark.parametrize("option", ["AWEBER_METRICS_FILE", "--output"])
+def test_metrics_or_output_naming_one_of_the_jobs_own_files_is_a_configuration_error(
+    job: JobFiles, tmp_path: Path, option: str, own: str, spelling: str
+) -> None:
+    """The metrics file or --output is the token file, the task state or the lock, however spelled: exit 78
+    naming both, before the lock is taken and before anything is spent; every file as it was."""
+    job.write_tokens()
+    state = job.token_file.with_name("noop.state.json")
+    state.write_text("{}\n")
+    lock = job.token_file.with_name("tokens.json.lock")
+    if own == "tokens.json.lock":
+        lock.touch(mode=0o600)
+    before = {p.name: p.read_bytes() for p in job.token_file.parent.iterdir()}
+    path = SPELLINGS[spelling](job, tmp_path, own)
+    env = job.env(AWEBER_METRICS_FILE=path) if option == "AWEBER_METRICS_FILE" else job.env()
+    args = ["run", "--task", "noop"] + (["--output", path] if option == "--output" else [])
+    result = run_job(args, env)
+    assert result.returncode == 78, result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if ": error:" in line]
+    assert option in error and os.path.normpath(path) in error and str(job.token_file.with_name(own)) in error, error
+    assert OWN_FILES[own] in error
+    assert token_requests(job.standin) == 0
+    assert {p.name: p.read_bytes() for p in job.token_file.parent.iterdir()} == before
