@@ -38,6 +38,12 @@ RESCUE_MARK = ".rescue-"
 LOCK_POLL_SECONDS = 0.1
 # The lock file holds one short line; anything longer is not ours and is not read further.
 MAX_LOCK_FILE_BYTES = 4096
+# What CIFS, some FUSE file systems and WSL shares answer to fsync on a directory: the rename is done,
+# the file system just cannot promise its durability that way.
+UNSYNCABLE_DIRECTORY_ERRNOS = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
+_directories_said_unsyncable: set[str] = set()
+
+
 def resolve_target(path: Path) -> Path:
     """The file a save replaces: a symlinked token path replaces the link's target, keeping the link."""
     return Path(os.path.realpath(path))
@@ -447,9 +453,22 @@ def _read_at_most(fd: int, limit: int) -> bytes:
 # ---- writing ------------------------------------------------------------------------------------
 
 def _fsync_directory(directory: Path) -> None:
+    """fsync ``directory`` so a rename in it is durable; a file system that cannot is warned about once."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in UNSYNCABLE_DIRECTORY_ERRNOS:
+            raise
+        # The rename already happened: the save stands. Failing the run would only push the new tokens
+        # into a rescue file on the same file system, which cannot fsync its directory either.
+        if str(directory) not in _directories_said_unsyncable:
+            _directories_said_unsyncable.add(str(directory))
+            log.warning(
+                "the file system of %s cannot fsync a directory (%s): files are renamed into place, but a power "
+                "cut right after a save could undo it; a local file system is safer for the token file",
+                directory, exc.strerror or exc,
+            )
     finally:
         os.close(fd)
 

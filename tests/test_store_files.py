@@ -3,14 +3,20 @@ never overwrite one another; saves keep their owner under root and survive direc
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
+from job.config import load_settings
+from job.cycle import TokenKeeper
 from tests.conftest import JobFiles, invalid_grants, run_job, token_requests
 
 NOBODY = 65534
@@ -210,3 +216,41 @@ def test_metrics_or_output_naming_one_of_the_jobs_own_files_is_a_configuration_e
     assert OWN_FILES[own] in error
     assert token_requests(job.standin) == 0
     assert {p.name: p.read_bytes() for p in job.token_file.parent.iterdir()} == before
+
+
+# -- directories that cannot be fsynced ------------------------------------------------------------------
+
+
+@pytest.fixture
+def directory_fsync_says_einval(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """os.fsync fails with EINVAL for directories, as on CIFS, some FUSE file systems and WSL shares."""
+    real_fsync = os.fsync
+    refused: list[int] = []
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            refused.append(fd)
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    yield refused
+
+
+def test_a_directory_that_cannot_be_fsynced_is_not_a_failed_save(
+    job: JobFiles, directory_fsync_says_einval: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """fsync of the directory refused with EINVAL after the rename: the save stands, one warning for the run."""
+    job.write_tokens()
+    settings = load_settings(job.env())
+    caplog.set_level(logging.WARNING)
+    with requests.Session() as session, TokenKeeper(settings, session) as keeper:
+        keeper.refresh("first")
+        keeper.refresh("second")
+    assert directory_fsync_says_einval, "the directory fsync was never tried"
+    assert job.read_tokens()["refresh_token"] == keeper.tokens.refresh_token
+    assert job.standin.live_refresh_tokens() == {keeper.tokens.refresh_token}
+    assert not list(job.token_file.parent.glob("tokens.json.rescue-*")) and temporaries(job) == []
+    said = [r for r in caplog.records if "fsync" in r.getMessage() and r.levelno == logging.WARNING]
+    assert len(said) == 1, [r.getMessage() for r in caplog.records]
+    assert str(job.token_file.parent) in said[0].getMessage()
