@@ -80,6 +80,44 @@ def _format_time(at: float | None) -> str:
 
 # ---- ownership ----------------------------------------------------------------------------------
 
+def _owner_for(path: Path) -> tuple[int, int] | None:
+    """The owner and group a file the job writes at ``path`` keeps: those of the regular file there now,
+    else those of its directory. Only root can give a file away, so only a run as root asks; None otherwise.
+
+    ``sudo aweber-job refresh`` over a service user's token file must not leave a root-owned file the
+    service cannot read.
+    """
+    if os.geteuid() != 0:
+        return None
+    try:
+        info = os.lstat(path)
+        if stat.S_ISREG(info.st_mode):
+            return info.st_uid, info.st_gid
+    except OSError:
+        pass
+    try:
+        info = os.stat(path.parent)
+    except OSError:
+        return None
+    return info.st_uid, info.st_gid
+
+
+def _give_to(fd: int, owner: tuple[int, int] | None, path: Path) -> None:
+    """fchown ``fd`` to ``owner`` when it differs; a refusal is a warning, the save goes on."""
+    if owner is None:
+        return
+    info = os.fstat(fd)
+    if (info.st_uid, info.st_gid) == owner:
+        return
+    try:
+        os.fchown(fd, *owner)
+    except OSError as exc:
+        log.warning(
+            "cannot give %s to uid %d, gid %d (%s); it stays owned by uid %d",
+            path, owner[0], owner[1], exc.strerror or exc, info.st_uid,
+        )
+
+
 def _trusted_owners(target: Path) -> set[int]:
     """Who may own a file the job adopts: the user it runs as, root, and the token file's owner (root and
     that owner could replace the token file itself anyway, so trusting them gives nothing away)."""
@@ -242,6 +280,8 @@ class TokenLock:
             raise StorageError(
                 f"cannot create the lock file {self.path}: {_describe_os_error(exc)}; nothing was sent to AWeber"
             ) from exc
+        else:
+            _give_to(fd, _owner_for(self._target), self.path)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise StorageError(f"the lock file {self.path} is not a regular file; nothing was sent to AWeber")
@@ -516,6 +556,7 @@ class Reservation:
         temp: Path | None = None
         try:
             fd, temp = _create_temp(target)
+            _give_to(fd, _owner_for(target), temp)
             _write_all(fd, b" " * size_bytes)
             os.fsync(fd)
         except OSError as exc:
@@ -582,10 +623,11 @@ def write_file_atomically(path: Path, content: bytes, *, mode: int = 0o600) -> N
     ``path`` itself is replaced: a symlink there is replaced by the file, never followed (callers
     that mean a link's target, as for the token file, resolve it first). Another ``mode`` (only for
     files without secrets, e.g. metrics another user reads) is set exactly, whatever the umask, on
-    the still-empty temporary file.
+    the still-empty temporary file. Run as root, the file keeps the owner of the one it replaces.
     """
     fd, temp = _create_temp(path)
     try:
+        _give_to(fd, _owner_for(path), path)
         if mode != 0o600:
             os.fchmod(fd, mode)
         _write_all(fd, content)
@@ -962,6 +1004,7 @@ def save_rotated_tokens(
     try:
         fd = os.open(rescue, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
+            _give_to(fd, _owner_for(target), rescue)
             _write_all(fd, content)
             os.fsync(fd)
         finally:

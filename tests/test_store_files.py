@@ -18,6 +18,7 @@ import requests
 from job.config import load_settings
 from job.cycle import TokenKeeper
 from tests.conftest import JobFiles, invalid_grants, run_job, token_requests
+from tests.mounts import mounted
 
 NOBODY = 65534
 
@@ -254,3 +255,43 @@ def test_a_directory_that_cannot_be_fsynced_is_not_a_failed_save(
     said = [r for r in caplog.records if "fsync" in r.getMessage() and r.levelno == logging.WARNING]
     assert len(said) == 1, [r.getMessage() for r in caplog.records]
     assert str(job.token_file.parent) in said[0].getMessage()
+
+
+# -- ownership under root --------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running as root over another user's files needs root")
+def test_a_run_as_root_keeps_the_owner_of_the_files_it_replaces(job: JobFiles) -> None:
+    """`sudo aweber-job run` over a service user's files: the token file and task state keep their owner and
+    group, and a lock file root creates belongs to the token file's owner."""
+    job.write_tokens()
+    directory = job.token_file.parent
+    state = directory / "noop.state.json"
+    state.write_text("{}\n")
+    os.chmod(state, 0o600)
+    for path in (job.token_file, state):
+        os.chown(path, NOBODY, NOBODY)
+    result = run_job(["run", "--task", "noop"], job.env())
+    assert result.returncode == 0, result.stderr
+    assert job.read_tokens()["refresh_token"] in job.standin.live_refresh_tokens()
+    for path in (job.token_file, state, directory / "tokens.json.lock"):
+        info = os.stat(path)
+        assert (info.st_uid, info.st_gid) == (NOBODY, NOBODY), path
+        assert stat.S_IMODE(info.st_mode) == 0o600, path
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running as root over another user's files needs root")
+def test_a_rescue_file_root_writes_belongs_to_the_token_files_owner(job: JobFiles, tmp_path: Path) -> None:
+    """The rename fails (a single-file bind mount): the rescue file root writes is the token file owner's."""
+    job.write_tokens()
+    os.chown(job.token_file, NOBODY, NOBODY)
+    outside = tmp_path / "outside.json"
+    outside.write_bytes(job.token_file.read_bytes())
+    os.chown(outside, NOBODY, NOBODY)
+    with mounted("--bind", str(outside), target=job.token_file):
+        result = run_job(["refresh"], job.env())
+    assert result.returncode == 73, result.stderr
+    (rescue,) = job.token_file.parent.glob("tokens.json.rescue-*")
+    info = os.stat(rescue)
+    assert (info.st_uid, info.st_gid) == (NOBODY, NOBODY)
+    assert stat.S_IMODE(info.st_mode) == 0o600
