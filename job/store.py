@@ -564,9 +564,11 @@ class Reservation:
                 os.close(fd)
             if temp is not None:
                 _unlink_quietly(temp)
+            reason = _describe_os_error(exc)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                reason += f" (it needs {size_bytes} bytes free in {target.parent})"
             raise StorageError(
-                f"cannot write a new token file in {target.parent}: {_describe_os_error(exc)}; "
-                "the refresh token was not used"
+                f"cannot write a new token file in {target.parent}: {reason}; the refresh token was not used"
             ) from exc
         return cls(target, fd, temp)
 

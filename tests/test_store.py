@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import resource
 import signal
 import subprocess
@@ -324,7 +325,8 @@ def test_reservation_fails_cleanly_under_a_file_size_limit(job: JobFiles) -> Non
 
 
 def test_reservation_fails_cleanly_on_a_full_disk(job: JobFiles, tmp_path: Path) -> None:
-    """A full tmpfs: exit 73 before the token endpoint is contacted; the old file is intact."""
+    """A full tmpfs: exit 73 before the token endpoint is contacted, saying how many bytes it needs where;
+    the old file is intact."""
     disk = tmp_path / "disk"
     disk.mkdir()
     with mounted("-t", "tmpfs", "-o", "size=256k", "tmpfs", target=disk):
@@ -342,6 +344,12 @@ def test_reservation_fails_cleanly_on_a_full_disk(job: JobFiles, tmp_path: Path)
         result = run_job(["refresh"], job_on_disk.env())
         assert_nothing_spent(job_on_disk, before, result)
         assert "No space left" in result.stderr
+    # The line says how much the reservation needs and where: the file as it is plus the largest token
+    # answer accepted (64 KiB).
+    match = re.search(r"needs (\d+) bytes free in (\S+)", result.stderr)
+    assert match, result.stderr
+    assert int(match.group(1)) >= len(before) + 64 * 1024
+    assert match.group(2).rstrip(";,:)") == str(job_on_disk.token_file.parent)
 
 
 def test_reservation_fails_cleanly_in_a_read_only_directory(job: JobFiles) -> None:
