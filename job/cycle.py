@@ -126,8 +126,10 @@ class TokenKeeper:
     def refresh(self, reason: str) -> TokenFile:
         """Reserve, refresh, save (steps 3–5); return the saved tokens.
 
-        Raises StorageError (73) before anything is sent when the reservation fails, the token-call
-        errors (75, 76, 77) with the file untouched, TokenNotSavedError (73) when saving fails.
+        Raises StorageError (73) before anything is sent when the reservation or the lock file's record
+        of the refresh cannot be written, the token-call errors (75, 76, 77) with the file untouched (an
+        invalid_grant also says why, when the record shows an earlier run lost the answer),
+        TokenNotSavedError (73) when saving fails.
         """
         if self._client is None or self._tokens is None or self._lock is None:
             raise RuntimeError("open() the keeper before refreshing")

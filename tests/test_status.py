@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -210,3 +212,31 @@ def test_status_calls_a_rescue_file_older_once_the_record_names_the_live_tokens(
     result = run_job(["status"], env_for(path))
     said = [w for w in warnings_of(result.stdout) if str(rescue) in w]
     assert len(said) == 1 and "older tokens" in said[0] and "mv " not in said[0], result.stdout
+
+
+OLD_VERSION_HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.ftruncate(fd, 0)
+os.pwrite(fd, f"{os.getpid()}\\n".encode(), 0)
+print("locked", flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_lock_held_by_an_older_version_is_still_named(tmp_path: Path) -> None:
+    """A lock file holding just "<pid>" (as older versions write it): status and a waiting run name that pid."""
+    path = tmp_path / "tokens.json"
+    write(path, {"access_token": ACCESS, "refresh_token": REFRESH})
+    holder = subprocess.Popen([sys.executable, "-c", OLD_VERSION_HOLDER, str(path) + ".lock"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        report = json.loads(run_job(["status", "--json"], env_for(path)).stdout)
+        waited = run_job(["refresh"], {**env_for(path), "AWEBER_LOCK_TIMEOUT": "0.2"})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert report["lock_holder_pid"] == holder.pid
+    assert waited.returncode == 75 and f"pid {holder.pid}" in waited.stderr, waited.stderr
