@@ -18,7 +18,7 @@ from types import TracebackType
 import requests
 
 from job.config import Settings
-from job.errors import AuthError, ConfigError
+from job.errors import AuthError, ConfigError, StorageError
 from job.logs import REDACTOR
 from job.oauth import Client, TokenAnswer, TokenCall, refresh_tokens, warn_on_clock_skew
 from job.oauth1 import DISCONNECTED_HINT
@@ -30,6 +30,7 @@ from job.store import (
     reserve_size_for,
     save_rotated_tokens,
     tidy_temp_files,
+    token_hash,
 )
 from job.tokens import TokenFile, fingerprint, format_expiry
 
@@ -74,6 +75,8 @@ class TokenKeeper:
     _loaded: LoadedTokens | None = field(default=None, init=False, repr=False)
     _tokens: TokenFile | None = field(default=None, init=False, repr=False)
     _client: Client | None = field(default=None, init=False, repr=False)
+    # Why AWeber may refuse the token file's refresh token, as the lock file's record tells (for exit 77).
+    _explanation: str | None = field(default=None, init=False, repr=False)
 
     @property
     def path(self) -> Path:
@@ -94,15 +97,7 @@ class TokenKeeper:
         self._lock = TokenLock(self.path, self.settings.lock_timeout_seconds)
         self._lock.acquire()
         try:
-            cleanup = tidy_temp_files(self.path)
-            if cleanup.recovered is not None:
-                log.warning(
-                    "put the tokens an interrupted run saved in %s in place of %s", cleanup.recovered, self.path
-                )
-            if cleanup.removed:
-                log.info(
-                    "removed %d temporary file(s) left beside %s by an interrupted run", cleanup.removed, self.path
-                )
+            self._explanation = tidy_temp_files(self.path, self._lock).explanation
             self._loaded = load_token_file(self.path)
             self._tokens = self._loaded.tokens
             REDACTOR.add(*self._tokens.secrets())
@@ -136,15 +131,23 @@ class TokenKeeper:
     def refresh(self, reason: str) -> TokenFile:
         """Reserve, refresh, save (steps 3–5); return the saved tokens.
 
-        Raises StorageError (73) before anything is sent when the reservation fails, the token-call
-        errors (75, 76, 77) with the file untouched, TokenNotSavedError (73) when saving fails.
+        Raises StorageError (73) before anything is sent when the reservation or the lock file's record
+        of the refresh cannot be written, the token-call errors (75, 76, 77) with the file untouched (an
+        invalid_grant also says why, when the record shows an earlier run lost the answer),
+        TokenNotSavedError (73) when saving fails.
         """
         if self._tokens is not None and self._tokens.oauth1 is not None:
             raise AuthError(f"{reason}, and OAuth 1.0a tokens cannot be refreshed", hint=DISCONNECTED_HINT)
-        if self._client is None or self._tokens is None:
+        if self._client is None or self._tokens is None or self._lock is None:
             raise RuntimeError("open() the keeper before refreshing")
         current_size = len(self._tokens.to_bytes())
         reservation = Reservation.create(self.path, reserve_size_for(current_size))
+        spent = token_hash(self._tokens.refresh_token)
+        try:
+            self._lock.record_refreshing(spent)
+        except StorageError:
+            reservation.discard()
+            raise
         old_fingerprint = fingerprint(self._tokens.refresh_token)
         call = TokenCall(
             session=self.session,
@@ -159,15 +162,19 @@ class TokenKeeper:
         log.debug("refreshing (%s); refresh token %s", reason, old_fingerprint)
         try:
             answer = refresh_tokens(call, self._client, self._tokens.refresh_token)
-        except BaseException:
+        except BaseException as exc:
             reservation.discard()
+            self._lock.record_refresh_ended(spent, refused=isinstance(exc, AuthError))
+            if isinstance(exc, AuthError) and self._explanation and "invalid_grant" in exc.message:
+                raise AuthError(f"{exc.message}; {self._explanation}", hint=exc.hint) from exc
             raise
         finally:
             self.stats.token_requests += call.attempts
+        self._explanation = None
         self._remember(answer)
         new_tokens = self._tokens.with_answer(answer.body, answer.received_at)
         self._tokens = new_tokens
-        save_rotated_tokens(self.path, new_tokens, reservation, now=self.clock)
+        save_rotated_tokens(self.path, new_tokens, reservation, lock=self._lock, spent=spent, now=self.clock)
         self.stats.refreshes += 1
         self.stats.last_refresh_seconds = self.monotonic() - started
         warn_on_clock_skew(answer)

@@ -264,7 +264,7 @@ def _exchange_and_save(
 ) -> tuple[TokenAnswer, TokenFile]:
     """Under the lock: reserve, exchange the code, save the new token file."""
     path = settings.token_file
-    with TokenLock(path, settings.lock_timeout_seconds):
+    with TokenLock(path, settings.lock_timeout_seconds) as lock:
         # Looked at again under the lock: a file that appeared while the person was approving is
         # not overwritten silently, and --force keeps the shape of the file as it is now.
         _refuse_to_overwrite(path, force=force)
@@ -297,7 +297,8 @@ def _exchange_and_save(
                 "the token endpoint's answer to the authorization code has no refresh_token; "
                 "the job could not refresh later, so nothing was saved; the code is spent: run aweber-job login again"
             )
-        save_rotated_tokens(path, tokens, reservation)
+        # Recorded in the lock file, so a temporary an earlier run left never wins over this authorization.
+        save_rotated_tokens(path, tokens, reservation, lock=lock)
         if existing is not None and existing.oauth1 is not None:
             log.warning(
                 "replaced the OAuth 1.0a token file with OAuth 2 tokens; the job cannot revoke OAuth 1.0a "

@@ -12,13 +12,16 @@ prepared here rather than through the session's defaults, so no header or cookie
 can reach the monitoring host.
 
 The metrics file is for node_exporter's textfile collector: rewritten atomically after every run,
-mode 0644 (it holds no secret, and node_exporter runs as another user).
+mode 0644 (it holds no secret, and node_exporter runs as another user). Textfile directories are often
+writable by a group, so a symlink found at its path is replaced, never followed, and a path that
+names one of the job's own files (token file, lock, task state) is never written.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import time
 import uuid
@@ -104,6 +107,7 @@ class Monitor:
         sleep: Callable[[float], None] = time.sleep,
         log_tail: Iterable[str] = LOG_TAIL,
     ) -> None:
+        self._settings = settings
         self._ping_url = settings.ping_url
         self._metrics_file = settings.metrics_file
         self._session = session
@@ -200,6 +204,13 @@ class Monitor:
     # -- metrics ----------------------------------------------------------------------------------
 
     def _write_metrics(self, path: Path, outcome: RunOutcome, now: float, duration: float | None) -> None:
+        from job.runner import own_file_collision  # the run has imported it already
+
+        collision = own_file_collision(path, self._settings, outcome.task)
+        if collision is not None:
+            # The run has already failed with exit 78 for this; writing would destroy that file.
+            log.warning("not writing the metrics file %s: it is the %s %s", path, *collision)
+            return
         try:
             last_success = now if outcome.exit_code == EXIT_OK else read_last_success(path)
             text = render_metrics(metric_samples(outcome, now, last_success, duration))
@@ -272,10 +283,11 @@ def _cap(head: str, lines: list[str]) -> bytes:
 def read_last_success(path: Path) -> float | None:
     """The last success timestamp in an earlier metrics file at ``path``, or None if none is there."""
     try:
-        with open(path, "rb") as handle:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as handle:
             data = handle.read(MAX_METRICS_FILE_BYTES)
     except OSError:
-        return None
+        return None  # absent, unreadable, or a link: not a file this job wrote
     match = _SAMPLE_LINE.search(data.decode("utf-8", errors="replace"))
     if not match:
         return None

@@ -6,6 +6,7 @@ failed run did too.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -22,8 +23,8 @@ import requests
 from job.api import ApiClient
 from job.config import Settings
 from job.cycle import TokenKeeper
-from job.errors import EXIT_OK, JobError, StorageError, TaskError, TokenFileError, UsageError
-from job.store import write_file_atomically
+from job.errors import EXIT_OK, ConfigError, JobError, StorageError, TaskError, TokenFileError, UsageError
+from job.store import lock_path_for, write_file_atomically
 from job.tasks import Task, TaskContext, resolve_task
 
 log = logging.getLogger(__name__)
@@ -90,18 +91,83 @@ def parse_since(value: str, now: datetime) -> datetime:
     return when.astimezone(timezone.utc)
 
 
+def state_file_for(state_dir: Path, task_name: str) -> Path:
+    """``<state dir>/<task>.state.json``, the task's name made safe for a file name."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in task_name)
+    return state_dir / f"{safe}.state.json"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same resolved path, or (both existing) the same device and inode."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samestat(os.stat(a), os.stat(b))
+    except OSError:
+        return False
+
+
+def own_file_collision(path: Path, settings: Settings, task_name: str | None) -> tuple[str, Path] | None:
+    """Which of the job's own files ``path`` is (what it is called, and its path), or None.
+
+    The token file, its lock, and the state files of ``task_name`` and of the configured task: a
+    metrics or output file written there would destroy the tokens or the task's watermark.
+    """
+    own: list[tuple[str, Path]] = [
+        ("token file", settings.token_file),
+        ("lock file", lock_path_for(settings.token_file)),
+    ]
+    for name in dict.fromkeys(n for n in (task_name, settings.task) if n):
+        own.append(("task state file", state_file_for(settings.state_dir, name)))
+    for label, own_path in own:
+        if _same_file(path, own_path):
+            return label, own_path
+    return None
+
+
+def check_own_files(settings: Settings, *, output: str | None, task_name: str | None) -> None:
+    """Raise ConfigError (78) when AWEBER_METRICS_FILE or ``--output`` is one of the job's own files.
+
+    Checked before the lock is taken, so such a mistake costs nothing.
+    """
+    problems = []
+    named = [("AWEBER_METRICS_FILE", settings.metrics_file)]
+    if output and output != "-":
+        named.append(("--output", Path(output)))
+    for option, path in named:
+        if path is None:
+            continue
+        collision = own_file_collision(path, settings, task_name)
+        if collision is not None:
+            label, own_path = collision
+            problems.append(f"{option} {os.path.normpath(path)} is the {label} {own_path}; give it a path of its own")
+    if problems:
+        raise ConfigError(problems)
+
+
 class TaskState:
     """A task's persistent JSON state in ``<state dir>/<task>.state.json``, saved atomically."""
 
     def __init__(self, state_dir: Path, task: Task) -> None:
-        self.path = state_dir / f"{task.state_name}.state.json"
+        self.path = state_file_for(state_dir, task.name)
 
     def load(self) -> dict[str, Any]:
-        """The saved state, or {} on a first run; TokenFileError (65) names a corrupt file."""
+        """The saved state, or {} on a first run; TokenFileError (65) names a corrupt file or a link."""
         try:
-            data = self.path.read_bytes()
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return {}
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise TokenFileError(
+                    f"task state file {self.path} is a symbolic link; the job neither reads nor writes its own "
+                    "files through links",
+                    hint="replace the link with the file itself",
+                ) from exc
+            raise StorageError(f"cannot read task state {self.path}: {exc.strerror or exc}") from exc
+        try:
+            with open(fd, "rb") as handle:
+                data = handle.read()
         except OSError as exc:
             raise StorageError(f"cannot read task state {self.path}: {exc.strerror or exc}") from exc
         try:
@@ -132,17 +198,18 @@ class TaskState:
 
 
 def _open_output(path: str | None, stdout: IO[str]) -> tuple[IO[str], bool]:
-    """The task's output stream: stdout, or ``path`` opened for appending (created 0600)."""
+    """The task's output stream: stdout, or ``path`` opened for appending (created 0600, never through a link)."""
     if not path or path == "-":
         return stdout, False
     _create_output_directory(Path(path).parent)
     try:
-        import os
-
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         return open(fd, "a", encoding="utf-8", newline=""), True
     except OSError as exc:
-        raise StorageError(f"cannot open the output file {path}: {exc.strerror or exc}") from exc
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.ELOOP:
+            reason = "it is a symbolic link, and the job does not follow links for the files it writes"
+        raise StorageError(f"cannot open the output file {path}: {reason}; nothing was sent to AWeber") from exc
 
 
 def _create_output_directory(directory: Path) -> None:
@@ -187,6 +254,7 @@ def run_cycle(
     now = datetime.fromtimestamp(clock(), tz=timezone.utc)
     since = parse_since(options.since or DEFAULT_SINCE, now) if task else None
     outcome.task = task.name if task else None
+    check_own_files(settings, output=options.output if task else None, task_name=task.name if task else None)
     output, close_output = _open_output(options.output, stdout) if task else (stdout, False)
     keeper = TokenKeeper(settings, session, clock=clock, monotonic=monotonic, sleep=sleep)
     try:

@@ -1,6 +1,8 @@
 """``aweber-job status``: what the token file and lock look like, without touching the network.
 
-Shows fingerprints, never tokens. Exit 0 when the file loads, 65 when it does not.
+Shows fingerprints, never tokens, and what the next run will do with what lies beside the token
+file, as the lock file's record tells (a file it puts in place, a refresh that was in flight when a
+run died, files it ignores). Exit 0 when the file loads, 65 when it does not.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from job.config import Settings
 from job.errors import EXIT_OK, EXIT_TOKEN_FILE, JobError
 from job.oauth1 import MIGRATE_HINT
-from job.store import LoadedTokens, load_token_file, lock_path_for, pending_save, rescue_files
+from job.store import LoadedTokens, load_token_file, lock_path_for, read_record, survey_token_directory
 from job.tokens import fingerprint, format_expiry
 
 # typing costs start-up time and is needed for annotations only (strings here).
@@ -47,26 +49,81 @@ class StatusReport:
     owner: str | None = None
     lock_file: str | None = None
     lock_holder_pid: int | None = None
+    directory_mode: str | None = None
+    # The lock file's record of the last refresh, fingerprints only (state, by, at, from, to).
+    last_record: dict[str, Any] | None = None
+    # A temporary or rescue file holding the live tokens, which the next run puts in place.
+    pending_file: str | None = None
+    untrusted_files: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
 def _lock_holder(settings: Settings) -> tuple[str, int | None]:
-    """The lock path and the pid holding it now (None when free or unknown)."""
+    """The lock path and the pid holding it now (None when free, -1 when held by an unknown pid)."""
     path = lock_path_for(settings.token_file)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return str(path), None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            return str(path), int(text) if text.isdigit() else -1
+            pid, _, _ = read_record(settings.token_file)
+            return str(path), pid or -1
         fcntl.flock(fd, fcntl.LOCK_UN)
         return str(path), None
     finally:
         os.close(fd)
+
+
+def _describe_surroundings(settings: Settings, report: StatusReport) -> None:
+    """What the next run will find beside the token file, as warnings and fields of ``report``."""
+    _, record, distrust = read_record(settings.token_file)
+    running = report.lock_holder_pid is not None
+    survey = survey_token_directory(settings.token_file, record)
+    if survey.directory_mode is not None:
+        report.directory_mode = f"{survey.directory_mode:04o}"
+    if record is not None:
+        report.last_record = {
+            "state": record.state, "by": record.by, "at": record.at,
+            "from": record.spent[:8] if record.spent else None, "to": record.new[:8] if record.new else None,
+        }
+    warning = survey.directory_warning()
+    if warning:
+        report.warnings.append(warning)
+    if distrust:
+        report.warnings.append(f"{distrust}: its record is not used (another user could have written it)")
+    for untrusted in survey.untrusted:
+        report.untrusted_files.append(str(untrusted.path))
+        report.warnings.append(
+            f"{untrusted.path} is ignored: {untrusted.reason}; the job neither uses nor removes files it did not make"
+        )
+    if running:
+        return  # a run is under way: its files and record are changing, and are its business
+    if survey.recover is not None:
+        report.pending_file = str(survey.recover.path)
+        report.warnings.append(
+            f"{survey.recover.path} holds the live tokens (refresh token {survey.recover.fingerprint}), from a save "
+            "that could not finish; the next run puts it in place"
+        )
+    for kept, reason in survey.kept:
+        report.warnings.append(
+            f"{kept.path} holds a whole token file (refresh token {kept.fingerprint}) that the job keeps: {reason}"
+        )
+    for rescue in survey.rescues:
+        if survey.resolved:
+            report.warnings.append(
+                f"rescue file {rescue.path} holds older tokens (refresh token {rescue.fingerprint}) than the live "
+                "ones; remove it once you no longer need it"
+            )
+        else:
+            report.warnings.append(
+                f"rescue file {rescue.path} exists: a save failed there; if it is newer than the token file, move "
+                f"it into place: mv {rescue.path} {settings.token_file}"
+            )
+    if survey.note:
+        report.warnings.append(survey.note)
 
 
 def collect_status(settings: Settings, now: float | None = None) -> StatusReport:
@@ -75,22 +132,12 @@ def collect_status(settings: Settings, now: float | None = None) -> StatusReport
     report = StatusReport(token_file=str(settings.token_file), ok=False, exit_code=EXIT_TOKEN_FILE)
     report.lock_file, report.lock_holder_pid = _lock_holder(settings)
     # After a failed save, where the new tokens are matters more than what the token file holds.
-    for rescue in rescue_files(settings.token_file):
-        report.warnings.append(
-            f"rescue file {rescue} exists: a save failed there; if it is newer than the token file, "
-            f"move it into place: mv {rescue} {settings.token_file}"
-        )
+    _describe_surroundings(settings, report)
     try:
         loaded = load_token_file(settings.token_file)
     except JobError as exc:
         report.error = str(exc)
         return report
-    waiting = pending_save(settings.token_file)
-    if waiting is not None:
-        report.warnings.append(
-            f"{waiting} holds newer tokens than the token file (a save that could not finish); "
-            "the next run puts it in place"
-        )
     tokens = loaded.tokens
     report.ok, report.exit_code = True, EXIT_OK
     report.shape = tokens.shape
@@ -170,5 +217,10 @@ def render_status(report: StatusReport, *, as_json: bool) -> str:
     holder = report.lock_holder_pid
     lock_state = "free" if holder is None else ("held by pid " + str(holder) if holder > 0 else "held")
     lines.append(f"{'lock:':<15} {report.lock_file} ({lock_state})")
+    record = report.last_record
+    if record is not None:
+        tokens = " -> ".join(f"sha256:{record[k]}" for k in ("from", "to") if record.get(k))
+        when = format_expiry(record["at"], time.time()) if record.get("at") else "unknown time"
+        lines.append(f"{'last record:':<15} {record['state']} {tokens} (pid {record.get('by')}, {when})")
     lines += [f"warning:        {w}" for w in report.warnings]
     return "\n".join(lines) + "\n"

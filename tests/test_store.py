@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import resource
 import signal
 import subprocess
@@ -104,7 +105,8 @@ KILL_WRITER = textwrap.dedent(
     print("ready", flush=True)
     while True:
         n += 1
-        body = json.dumps({"n": n, "pad": "x" * (n % 5000), "access_token": f"a{n}", "refresh_token": f"r{n}"})
+        body = json.dumps({"n": n, "pad": "x" * (n % 5000), "access_token": f"a{n}", "refresh_token": f"r{n}",
+                           "expires_at": n})
         body = body.encode() + b"\\n"
         if n % 2:
             reservation = Reservation.create(path, 70000)
@@ -118,7 +120,7 @@ KILL_WRITER = textwrap.dedent(
 def test_a_save_killed_at_any_moment_leaves_a_whole_old_or_new_file(tmp_path: Path) -> None:
     """SIGKILL during endless saves, many times: the file always parses as one complete version."""
     path = tmp_path / "tokens.json"
-    path.write_text(json.dumps({"n": 0, "access_token": "a0", "refresh_token": "r0"}) + "\n")
+    path.write_text(json.dumps({"n": 0, "access_token": "a0", "refresh_token": "r0", "expires_at": 0}) + "\n")
     rng = random.Random(1234)
     last_seen = 0
     for _ in range(40):
@@ -139,15 +141,19 @@ def test_a_save_killed_at_any_moment_leaves_a_whole_old_or_new_file(tmp_path: Pa
         last_seen = n
         assert oct(path.stat().st_mode & 0o777) in (oct(0o600), oct(0o644))
     assert last_seen > 0, "the writer never completed a save; the kills came too early to test anything"
-    # Temporaries a kill left behind are never read as the token file. The next locked run removes them,
-    # except a whole newer version whose rename the kill prevented: that one it puts in place.
-    cleanup = tidy_temp_files(path)
-    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+    # Temporaries a kill left behind are never read as the token file. The next locked run (with no record
+    # in the lock file, as these saves made none) puts a whole newer version (a later expiry) whose rename
+    # the kill prevented in place, removes blank and half-written ones, and keeps whole older versions.
+    with TokenLock(path, 0) as lock:
+        cleanup = tidy_temp_files(path, lock)
     document = json.loads(path.read_text())
     if cleanup.recovered is None:
         assert document["n"] == last_seen
     else:
         assert document["n"] > last_seen and document["refresh_token"] == f"r{document['n']}"
+    for left in (p for p in tmp_path.iterdir() if ".tmp-" in p.name):
+        whole = json.loads(left.read_bytes())
+        assert whole["n"] <= document["n"] and whole["refresh_token"] == f"r{whole['n']}"
 
 
 def test_stale_temporaries_are_cleared_by_the_next_run_under_the_lock(job: JobFiles) -> None:
@@ -155,6 +161,7 @@ def test_stale_temporaries_are_cleared_by_the_next_run_under_the_lock(job: JobFi
     job.write_tokens()
     stale = job.token_file.with_name(".tokens.json.tmp-deadbeef0000")
     stale.write_bytes(b"{ half a file")
+    os.chmod(stale, 0o600)  # as the job creates its temporaries
     result = run_job(["refresh"], job.env())
     assert result.returncode == 0, result.stderr
     assert not stale.exists()
@@ -171,22 +178,22 @@ def _rotate_at_the_standin(job: JobFiles, refresh_token: str) -> dict[str, objec
     return document
 
 
-def _leave_a_complete_temporary(job: JobFiles, tokens: dict[str, object], *, seconds_after_the_file: float) -> Path:
+def _leave_a_complete_temporary(job: JobFiles, tokens: dict[str, object], *, expires_at: float) -> Path:
     """What a run killed between writing its new tokens and renaming them leaves beside the token file."""
     temp = job.token_file.with_name(".tokens.json.tmp-0123456789ab")
     # As a kill before the final truncate leaves it: the content, then the rest of the reserved blanks.
-    temp.write_bytes(json.dumps({**tokens, "token_type": "bearer"}).encode() + b"\n" + b" " * 70_000)
-    moment = job.token_file.stat().st_mtime + seconds_after_the_file
-    os.utime(temp, (moment, moment))
+    content = json.dumps({**tokens, "token_type": "bearer", "expires_at": expires_at}).encode()
+    temp.write_bytes(content + b"\n" + b" " * 70_000)
+    os.chmod(temp, 0o600)
     return temp
 
 
 def test_new_tokens_whose_rename_was_interrupted_are_put_in_place_by_the_next_run(job: JobFiles) -> None:
     """The server rotated, the new tokens reached their temporary, the rename never happened: the next run
-    uses them instead of spending the token file's dead refresh token."""
-    grant = job.write_tokens()
+    uses them instead of spending the token file's dead refresh token (no record: their later expiry says so)."""
+    grant = job.write_tokens(expires_in=600)
     rotated = _rotate_at_the_standin(job, str(grant["refresh_token"]))
-    temp = _leave_a_complete_temporary(job, rotated, seconds_after_the_file=1)
+    temp = _leave_a_complete_temporary(job, rotated, expires_at=time.time() + 7200)
     result = run_job(["refresh"], job.env())
     assert result.returncode == 0, result.stderr
     assert invalid_grants(job.standin) == 0
@@ -196,22 +203,10 @@ def test_new_tokens_whose_rename_was_interrupted_are_put_in_place_by_the_next_ru
     assert rotated["refresh_token"] not in result.stderr
 
 
-def test_a_complete_temporary_older_than_the_token_file_is_removed_not_used(job: JobFiles) -> None:
-    """A whole temporary written before the token file's last save (say, before a fresh login) is stale."""
-    job.write_tokens()
-    stale = {"access_token": "stale-access-token-0001", "refresh_token": "stale-refresh-token-0001"}
-    temp = _leave_a_complete_temporary(job, stale, seconds_after_the_file=-60)
-    result = run_job(["refresh"], job.env())
-    assert result.returncode == 0, result.stderr
-    assert not temp.exists()
-    assert invalid_grants(job.standin) == 0
-    assert job.read_tokens()["refresh_token"] != stale["refresh_token"]
-
-
 def test_complete_temporaries_are_kept_while_the_token_file_is_unreadable(job: JobFiles) -> None:
     """With the token file broken, a whole temporary may be the only copy left: exit 65, the temporary kept."""
     grant = job.write_tokens()
-    temp = _leave_a_complete_temporary(job, dict(grant), seconds_after_the_file=1)
+    temp = _leave_a_complete_temporary(job, dict(grant), expires_at=time.time() + 9000)
     job.token_file.write_bytes(b"{ broken")
     result = run_job(["refresh"], job.env())
     assert result.returncode == 65, result.stderr
@@ -330,7 +325,8 @@ def test_reservation_fails_cleanly_under_a_file_size_limit(job: JobFiles) -> Non
 
 
 def test_reservation_fails_cleanly_on_a_full_disk(job: JobFiles, tmp_path: Path) -> None:
-    """A full tmpfs: exit 73 before the token endpoint is contacted; the old file is intact."""
+    """A full tmpfs: exit 73 before the token endpoint is contacted, saying how many bytes it needs where;
+    the old file is intact."""
     disk = tmp_path / "disk"
     disk.mkdir()
     with mounted("-t", "tmpfs", "-o", "size=256k", "tmpfs", target=disk):
@@ -348,6 +344,12 @@ def test_reservation_fails_cleanly_on_a_full_disk(job: JobFiles, tmp_path: Path)
         result = run_job(["refresh"], job_on_disk.env())
         assert_nothing_spent(job_on_disk, before, result)
         assert "No space left" in result.stderr
+    # The line says how much the reservation needs and where: the file as it is plus the largest token
+    # answer accepted (64 KiB).
+    match = re.search(r"needs (\d+) bytes free in (\S+)", result.stderr)
+    assert match, result.stderr
+    assert int(match.group(1)) >= len(before) + 64 * 1024
+    assert match.group(2).rstrip(";,:)") == str(job_on_disk.token_file.parent)
 
 
 def test_reservation_fails_cleanly_in_a_read_only_directory(job: JobFiles) -> None:
