@@ -14,6 +14,7 @@ Endpoints (JSON bodies and answers):
 - ``POST /_control/expire-access-tokens``.
 - ``POST /_control/revoke-all-access-tokens`` ``{"disconnect"?: bool}``.
 - ``POST /_control/disconnect`` and ``/_control/reconnect`` ``{"client_id"?}``.
+- ``POST /_control/reuse-detection`` ``{"enabled": bool}``; ``GET /_control/reuse-stats``: ``reuse_stats()``.
 - ``POST /_control/add-account`` ``{"account_id", "company"?}``.
 - ``POST /_control/add-list`` ``{"account_id", "list_id", "name"?, "size"?, "start"?, "end"?, "seed"?}``.
 - ``POST /_control/add-subscribers`` ``{"account_id", "list_id", "subscribers": [...]}``: ``{"ids": [...]}``.
@@ -136,6 +137,18 @@ def _reconnect(standin: StandIn, payload: Mapping[str, object]) -> object:
     return {}
 
 
+def _reuse_detection(standin: StandIn, payload: Mapping[str, object]) -> object:
+    enabled = payload.get("enabled")
+    if not isinstance(enabled, bool):
+        raise ValueError("enabled must be true or false")
+    standin.set_reuse_detection(enabled)
+    return {}
+
+
+def _reuse_stats(standin: StandIn, payload: Mapping[str, object]) -> object:
+    return standin.reuse_stats()
+
+
 def _add_account(standin: StandIn, payload: Mapping[str, object]) -> object:
     standin.add_account(_int(payload, "account_id"), company=_text(payload, "company"))
     return {}
@@ -193,6 +206,8 @@ _ROUTES: Mapping[tuple[str, str], _Handler] = {
     ("POST", "revoke-all-access-tokens"): _revoke_all_access_tokens,
     ("POST", "disconnect"): _disconnect,
     ("POST", "reconnect"): _reconnect,
+    ("POST", "reuse-detection"): _reuse_detection,
+    ("GET", "reuse-stats"): _reuse_stats,
     ("POST", "add-account"): _add_account,
     ("POST", "add-list"): _add_list,
     ("POST", "add-subscribers"): _add_subscribers,
