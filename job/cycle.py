@@ -16,7 +16,7 @@ from types import TracebackType
 import requests
 
 from job.config import Settings
-from job.errors import ConfigError
+from job.errors import ConfigError, ProtocolError
 from job.logs import REDACTOR
 from job.oauth import Client, TokenAnswer, TokenCall, refresh_tokens, warn_on_clock_skew
 from job.store import (
@@ -132,7 +132,9 @@ class TokenKeeper:
         """Reserve, refresh, save (steps 3–5); return the saved tokens.
 
         Raises StorageError (73) before anything is sent when the reservation fails, the token-call
-        errors (75, 76, 77) with the file untouched, TokenNotSavedError (73) when saving fails.
+        errors (75, 76, 77) with the file untouched, TokenNotSavedError (73) when saving fails, and
+        ProtocolError (76) after saving when the answer carried a new refresh token but nothing this
+        run can use.
         """
         if self._client is None or self._tokens is None:
             raise RuntimeError("open() the keeper before refreshing")
@@ -163,6 +165,12 @@ class TokenKeeper:
         save_rotated_tokens(self.path, new_tokens, reservation, now=self.clock)
         self.stats.refreshes += 1
         self.stats.last_refresh_seconds = self.monotonic() - started
+        if answer.unusable:
+            raise ProtocolError(
+                f"the token endpoint's answer to the refresh {answer.unusable}; the new refresh token was saved "
+                f"({old_fingerprint} -> {fingerprint(new_tokens.refresh_token)}) in {self.path} and the next run "
+                "will refresh again"
+            )
         warn_on_clock_skew(answer)
         log.info(
             "token refreshed (%s): access token expires %s; refresh token %s -> %s%s",

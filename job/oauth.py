@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import secrets
 import time
@@ -24,6 +23,7 @@ import requests
 
 from job.errors import AuthError, ProtocolError, TemporaryError, shorten
 from job.retries import call_with_retries, parse_retry_after
+from job.token_answer import clean_answer, read_members
 from job.tokens import MAX_TOKEN_ANSWER_BYTES
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,17 @@ class Client:
 
 @dataclass(frozen=True)
 class TokenAnswer:
-    """A usable token-endpoint answer and when it arrived (Unix seconds)."""
+    """A token-endpoint answer worth saving, and when it arrived (Unix seconds).
+
+    ``body`` holds only token fields the token file can take. ``unusable`` says why this run
+    cannot use the answer although its refresh token must be saved (no usable access token, a
+    token type other than bearer, broken JSON); None when it is usable.
+    """
 
     body: Mapping[str, Any] = field(repr=False)
     received_at: float
     server_date: float | None = None
+    unusable: str | None = None
 
     @property
     def rotated(self) -> bool:
@@ -216,11 +222,9 @@ def _failed_before_sending(exc: requests.exceptions.ConnectionError) -> bool:
 # ---- classifying ---------------------------------------------------------------------------
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+    """The members of an error answer's JSON object (never raising, however deep it nests), or None."""
+    members = read_members(body)
+    return members.values if members is not None else None
 
 
 def _server_date(headers: Mapping[str, str]) -> float | None:
@@ -236,9 +240,10 @@ def _server_date(headers: Mapping[str, str]) -> float | None:
 def classify_token_answer(received: _Received, *, what: str) -> TokenAnswer:
     """Turn a token-endpoint answer into a TokenAnswer or raise the error class it belongs to.
 
-    2xx with a string ``access_token`` (bearer) → success; 408, 429, 5xx and OAuth
+    2xx carrying a refresh token, or a usable bearer access token → a TokenAnswer to save (its
+    ``unusable`` says when this run cannot go on with it); 408, 429, 5xx and OAuth
     ``server_error``/``temporarily_unavailable`` → TemporaryError; other 4xx → AuthError (exit 77);
-    an unusable 2xx (or 3xx) → ProtocolError (exit 76).
+    a 2xx without either (or a 3xx) → ProtocolError (exit 76).
     """
     status = received.status
     if 200 <= status < 300:
@@ -275,29 +280,32 @@ def classify_token_answer(received: _Received, *, what: str) -> TokenAnswer:
 
 
 def _usable_token(received: _Received, *, what: str) -> TokenAnswer:
+    """The answer to save from a 2xx, or ProtocolError (76) when no refresh token can be had from it.
+
+    A refresh token that arrived whole is always returned for saving, however odd the rest: the
+    server has spent the old one. What this run cannot use is said in ``unusable``.
+    """
     spent = "the refresh token may have been spent" if what == "the refresh" else "the code may have been spent"
     if len(received.body) > MAX_TOKEN_ANSWER_BYTES:
         raise ProtocolError(
             f"the token endpoint answered {what} with more than {MAX_TOKEN_ANSWER_BYTES} bytes; {spent}"
         )
-    body = _json_object(received.body)
-    if body is None:
+    members = read_members(received.body)
+    if members is None:
         raise ProtocolError(f"the token endpoint answered {what} with something that is not a JSON object; {spent}")
-    access = body.get("access_token")
-    if not isinstance(access, str) or not access:
-        raise ProtocolError(f"the token endpoint's answer to {what} has no access_token; {spent}")
-    token_type = body.get("token_type")
-    if token_type is not None and (not isinstance(token_type, str) or token_type.lower() != "bearer"):
-        raise ProtocolError(f"the token endpoint's answer to {what} has a token_type other than bearer; {spent}")
-    refresh = body.get("refresh_token")
-    if refresh is not None and (not isinstance(refresh, str) or not refresh):
-        raise ProtocolError(f"the token endpoint's answer to {what} has an unusable refresh_token; {spent}")
-    expires_in = body.get("expires_in")
-    if isinstance(expires_in, str) and expires_in.strip().isdigit():
-        body["expires_in"] = int(expires_in)
-    elif expires_in is not None and (isinstance(expires_in, bool) or not isinstance(expires_in, (int, float))):
-        raise ProtocolError(f"the token endpoint's answer to {what} has an unusable expires_in; {spent}")
-    return TokenAnswer(body=body, received_at=received.received_at, server_date=_server_date(received.headers))
+    answer = clean_answer(members)
+    for note in answer.notes:
+        log.warning("the token endpoint's answer to %s: %s", what, note)
+    if answer.refresh_problem:
+        raise ProtocolError(f"the token endpoint's answer to {what} {answer.refresh_problem}; {spent}")
+    if answer.refresh_token is None and answer.unusable:
+        raise ProtocolError(f"the token endpoint's answer to {what} {answer.unusable}; {spent}")
+    return TokenAnswer(
+        body=answer.fields,
+        received_at=received.received_at,
+        server_date=_server_date(received.headers),
+        unusable=answer.unusable,
+    )
 
 
 # ---- the calls ------------------------------------------------------------------------------

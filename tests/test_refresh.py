@@ -106,7 +106,7 @@ CASES = [
     Case("200 garbage", (Fault(status=200, body=b"<html>Service OK</html>", content_type="text/html"),),
          76, 1, False, "may have been spent"),
     Case("200 without access_token", (Fault(status=200, body=b'{"token_type": "bearer"}'),), 76, 1, False,
-         "no access_token"),
+         "no usable access_token"),
     Case("200 mac token", (Fault(status=200, body=b'{"access_token": "abcdefgh", "token_type": "mac"}'),),
          76, 1, False, "other than bearer"),
     Case("50 MB body", (Fault(status=200, body_size=50_000_000),), 76, 1, False, "more than"),
@@ -141,6 +141,103 @@ def test_token_endpoint_outcomes(job: JobFiles, seen: Seen, case: Case) -> None:
         assert job.token_file.read_bytes() == before
     if result.returncode != 0:
         assert len([line for line in result.stderr.splitlines() if ": error:" in line]) == 1
+
+
+# The longest access-token lifetime the job believes (a year); a longer or infinite one is clamped to it.
+LONGEST_LIFETIME = 365 * 86400
+
+
+@dataclass(frozen=True)
+class Odd:
+    """What a run must make of one odd answer that carries the new refresh token (or, for garbage, none)."""
+
+    name: str
+    exit_code: int
+    saved: bool  # the new refresh token is in the file afterwards
+    expires_in: float | None = None  # what the file then says (None: no expires_in and no expires_at)
+    words: tuple[str, ...] = ()  # words stderr must hold
+
+
+SAVED_AND_UNUSABLE = ("the new refresh token was saved", "the next run will refresh again")
+SPENT = ("may have been spent",)
+
+ODD_ANSWERS = [
+    Odd("expires_in_huge", 0, True, LONGEST_LIFETIME, ("expires_in",)),
+    Odd("expires_in_overflow", 0, True, LONGEST_LIFETIME, ("expires_in",)),
+    Odd("expires_in_nan", 0, True, None, ("expires_in",)),
+    Odd("expires_in_negative", 0, True, None, ("expires_in",)),
+    Odd("expires_in_zero", 0, True, None, ("expires_in",)),
+    Odd("expires_in_string", 0, True, 7200),
+    Odd("expires_in_word", 0, True, None, ("expires_in",)),
+    Odd("expires_in_short", 0, True, 30),
+    Odd("expires_in_missing", 0, True, None),
+    Odd("scope_object", 0, True, 7200, ("scope",)),
+    Odd("scope_non_strings", 0, True, 7200, ("scope",)),
+    Odd("scope_lone_surrogate", 0, True, 7200, ("scope",)),
+    Odd("scope_deeply_nested", 0, True, 7200, ("scope", "nests too deeply")),
+    Odd("lone_surrogate_in_unknown_member", 0, True, 7200),
+    Odd("invalid_utf8_in_unknown_member", 0, True, 7200),
+    Odd("deep_nesting_in_unknown_member", 0, True, 7200, ("'extra'", "nests too deeply")),
+    Odd("deep_nesting_before_the_tokens", 0, True, 7200, ("'extra'", "nests too deeply")),
+    Odd("deep_object_nesting", 0, True, 7200, ("'extra'", "nests too deeply")),
+    Odd("unknown_members_of_every_shape", 0, True, 7200),
+    Odd("duplicate_members", 0, True, 7200),
+    Odd("token_type_mac", 76, True, None, ("other than bearer", *SAVED_AND_UNUSABLE)),
+    Odd("token_type_number", 76, True, None, ("other than bearer", *SAVED_AND_UNUSABLE)),
+    Odd("token_type_lone_surrogate", 76, True, None, ("other than bearer", *SAVED_AND_UNUSABLE)),
+    Odd("access_token_missing", 76, True, None, ("no usable access_token", *SAVED_AND_UNUSABLE)),
+    Odd("access_token_empty", 76, True, None, ("no usable access_token", *SAVED_AND_UNUSABLE)),
+    Odd("access_token_number", 76, True, None, ("no usable access_token", *SAVED_AND_UNUSABLE)),
+    Odd("access_token_lone_surrogate", 76, True, None, ("no usable access_token", *SAVED_AND_UNUSABLE)),
+    Odd("access_token_deeply_nested", 76, True, None, ("no usable access_token", *SAVED_AND_UNUSABLE)),
+    Odd("broken_json_after_the_tokens", 76, True, None, ("not well-formed JSON", *SAVED_AND_UNUSABLE)),
+    Odd("garbage", 76, False, words=("not a JSON object", *SPENT)),
+    Odd("json_without_tokens", 76, False, words=SPENT),
+    Odd("refresh_token_only_in_a_broken_string", 76, False, words=SPENT),
+]
+
+
+@pytest.mark.parametrize("odd", ODD_ANSWERS, ids=[o.name for o in ODD_ANSWERS])
+def test_a_refresh_token_that_arrived_is_saved_whatever_else_the_answer_holds(
+    job: JobFiles, seen: Seen, odd: Odd
+) -> None:
+    """A rotated answer with odd fields: the new refresh token is saved in a file that loads, then the run may fail
+    (76, saying so), and the next run succeeds; an answer without a refresh token leaves the file as it was."""
+    from job.store import load_token_file
+
+    job.write_tokens()
+    before = job.token_file.read_bytes()
+    job.standin.inject(Fault(odd_answer=odd.name), path="/oauth2/token")
+    started = time.time()
+    result = refresh(job, seen)
+    assert result.returncode == odd.exit_code, result.stderr
+    assert "Traceback" not in result.stderr and "unexpected error" not in result.stderr
+    for words in odd.words:
+        assert words in result.stderr
+    errors = [line for line in result.stderr.splitlines() if ": error:" in line]
+    assert len(errors) == (0 if odd.exit_code == 0 else 1), result.stderr
+    assert token_requests(job.standin) == 1
+    (live,) = job.standin.live_refresh_tokens()
+    if not odd.saved:
+        assert job.token_file.read_bytes() == before
+        again = refresh(job, seen)
+        assert again.returncode == 77, again.stderr
+        return
+    loaded = load_token_file(job.token_file).tokens
+    assert loaded.refresh_token == live
+    saved = job.read_tokens()
+    if odd.expires_in is None:
+        assert "expires_in" not in saved and "expires_at" not in saved
+    else:
+        assert saved["expires_in"] == odd.expires_in
+        assert saved["expires_at"] == pytest.approx(started + odd.expires_in, abs=30)
+    assert "scope" not in saved  # no usable scope came, and the file had none
+    assert saved["token_type"] == "bearer"
+    if odd.exit_code != 0:
+        assert saved["access_token"] == ""
+    again = refresh(job, seen)
+    assert again.returncode == 0, again.stderr
+    assert job.read_tokens()["refresh_token"] in job.standin.live_refresh_tokens()
 
 
 def test_answer_without_refresh_token_keeps_the_old_one(job: JobFiles, seen: Seen) -> None:
