@@ -69,6 +69,9 @@ def json_kind(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
+    if isinstance(value, float) and not math.isfinite(value):
+        # json reads NaN, Infinity and -Infinity (and 1e999) into floats; "a number" would mislead.
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
     if isinstance(value, (int, float)):
         return "a number"
     if isinstance(value, str):

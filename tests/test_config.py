@@ -139,3 +139,13 @@ def test_example_env_file_loads_as_valid_configuration(tmp_path: Path) -> None:
     env = load_environment(str(REPO / ".env.example"), {"HOME": str(tmp_path)})
     settings = load_settings(env)
     assert settings.rate_limit_per_minute == 120
+
+
+@pytest.mark.parametrize("raw", ["inf", "-inf", "Infinity", "nan", "NaN"])
+@pytest.mark.parametrize("name", ["AWEBER_HTTP_TIMEOUT", "AWEBER_LOCK_TIMEOUT", "AWEBER_RETRY_DEADLINE",
+                                  "AWEBER_REFRESH_LEEWAY"])
+def test_infinity_and_nan_are_named_as_not_finite(name: str, raw: str) -> None:
+    """inf or nan for a number of seconds is refused as not a finite number (not as "too small")."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings({name: raw})
+    assert caught.value.problems == [f"{name} must be a finite number of seconds, got {raw!r}"]

@@ -34,6 +34,10 @@ BAD_FILES: list[tuple[str, bytes, str]] = [
     ("no access", json.dumps({"refresh_token": SECRET_REFRESH}).encode(), "'access_token' is missing"),
     ("string expiry", json.dumps(flat(expires_at="tomorrow")).encode(), "'expires_at' must be a number"),
     ("bool expiry", json.dumps(flat(expires_at=True)).encode(), "found a boolean"),
+    ("infinite expiry", json.dumps(flat(expires_at=float("inf"))).encode(), "found Infinity"),
+    ("overflowing expiry", b'{"access_token": "a", "refresh_token": "r", "expires_at": 1e999}', "found Infinity"),
+    ("minus infinite expiry", json.dumps(flat(expires_in=float("-inf"))).encode(), "found -Infinity"),
+    ("NaN expiry", json.dumps(flat(expires_at=float("nan"))).encode(), "found NaN"),
     ("nested not object", json.dumps({"token": [1]}).encode(), "'token' must be an object"),
     (
         "nested bad refresh",
