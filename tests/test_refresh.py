@@ -113,6 +113,9 @@ CASES = [
     Case("read timeout then answer", (Fault(delay_seconds=3),), 0, 2, True, "resending once",
          (("AWEBER_HTTP_TIMEOUT", "1"),)),
     Case("dropped before processing", (Fault(drop="before"),), 0, 2, True, "resending once"),
+    # ~150 bytes 20 ms apart: three seconds in all, but never a second without a byte.
+    Case("slow answer, each byte within the read timeout", (Fault(drip_seconds=0.02),), 0, 1, True,
+         "refresh token", (("AWEBER_HTTP_TIMEOUT", "1"),)),
 ]
 
 
