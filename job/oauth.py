@@ -79,6 +79,22 @@ class AnswerLostError(TemporaryError):
     """The request went out but no complete answer came back: the server may have acted on it."""
 
 
+class NotResentError(TemporaryError):
+    """An answer was lost and the one resend did not settle it: the request is not sent again (exit 75)."""
+
+    retryable = False
+
+
+class EndpointUnavailableError(TemporaryError):
+    """The token endpoint answered with a transient error; ``detail`` names it (``HTTP 503 ...``)."""
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, retry_after_seconds: float | None = None, detail: str = ""
+    ) -> None:
+        super().__init__(message, hint=hint, retry_after_seconds=retry_after_seconds)
+        self.detail = detail or message
+
+
 @dataclass(frozen=True)
 class _Received:
     status: int
@@ -258,8 +274,8 @@ def classify_token_answer(received: _Received, *, what: str) -> TokenAnswer:
     transient_error = isinstance(oauth_error, str) and oauth_error in TRANSIENT_OAUTH_ERRORS
     if status in TRANSIENT_STATUSES or status >= 500 or transient_error:
         detail = f"HTTP {status}" + (f" {oauth_error}" if isinstance(oauth_error, str) else "")
-        raise TemporaryError(
-            f"the token endpoint is unavailable ({detail})", retry_after_seconds=retry_after
+        raise EndpointUnavailableError(
+            f"the token endpoint is unavailable ({detail})", detail=detail, retry_after_seconds=retry_after
         )
     if isinstance(oauth_error, str):
         description = body.get("error_description") if body else None
@@ -326,32 +342,61 @@ class TokenCall:
     attempts: int = 0
 
     def post(self, form: dict[str, str], client: Client, *, what: str, consumed_hint: str) -> TokenAnswer:
-        """Send ``form`` with retries for transient outcomes and at most one resend after a lost answer."""
-        lost_answers = 0
+        """Send ``form`` with retries for transient outcomes, and at most one resend after a lost answer.
+
+        Once an answer is lost the server may have spent the refresh token (or code); presenting a
+        spent one again can make a server revoke the whole grant. So after a lost answer ``form`` is
+        sent once more and never again, whatever the retry deadline: a resend lost too, or answered
+        with a transient error, ends the call with NotResentError (75).
+        """
+        lost: AnswerLostError | None = None
+        unavailable: str | None = None
+        next_run = "the next run will tell; if it fails with invalid_grant, run: aweber-job login"
 
         def attempt() -> TokenAnswer:
-            nonlocal lost_answers
+            nonlocal lost, unavailable
+            resend = lost is not None
             body = dict(form)
             headers = client_auth(client, body)
             self.attempts += 1
             try:
                 received = _send(self.session, self.url, body, headers, self.timeout_seconds, self.clock)
             except AnswerLostError as exc:
-                lost_answers += 1
-                if lost_answers > 1:
-                    raise TemporaryError(
-                        f"{exc}, twice; {consumed_hint} may have been used by a request whose answer was lost",
-                        hint="the next run will tell; if it fails with invalid_grant, run: aweber-job login",
+                if lost is not None:
+                    raise NotResentError(
+                        f"{lost}, and the answer to the one resend was lost too ({exc}); not sent again: "
+                        f"{consumed_hint} may have been used by the request whose answer was lost",
+                        hint=next_run,
                     ) from None
+                lost = exc
                 log.warning("%s; resending once (the server may already have acted on it)", exc)
                 raise
+            # A TemporaryError from _send means nothing reached the server: a resend still pending stays so.
             try:
                 return classify_token_answer(received, what=what)
+            except EndpointUnavailableError as exc:
+                if lost is not None and resend:
+                    raise NotResentError(
+                        f"{lost}; the one resend was answered {exc.detail}; not sent again: {consumed_hint} may "
+                        "have been used by the request whose answer was lost",
+                        hint=next_run,
+                    ) from None
+                unavailable = unavailable or exc.detail
+                raise
             except AuthError as exc:
-                if lost_answers and "invalid_grant" in exc.message:
+                if "invalid_grant" not in exc.message:
+                    raise
+                if resend:
                     raise AuthError(
                         f"the token endpoint refused {what} with invalid_grant after an earlier answer was lost: "
                         f"{consumed_hint} was most likely consumed by the request whose answer never arrived",
+                        hint="authorize again: aweber-job login",
+                    ) from None
+                if unavailable:
+                    # A server may fail after it has spent the token (a 500 from a step after the rotation).
+                    raise AuthError(
+                        f"the token endpoint refused {what} with invalid_grant after an earlier attempt was "
+                        f"answered {unavailable}: that attempt may have consumed {consumed_hint} before it failed",
                         hint="authorize again: aweber-job login",
                     ) from None
                 raise
@@ -369,7 +414,7 @@ class TokenCall:
             raise TemporaryError(
                 f"{exc}, and the retry deadline passed before it could be resent; {consumed_hint} may have been "
                 "used by the request whose answer was lost",
-                hint="the next run will tell; if it fails with invalid_grant, run: aweber-job login",
+                hint=next_run,
             ) from None
 
 

@@ -3,6 +3,7 @@ and not one secret in anything the job prints."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import signal
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from job.errors import JobError
+from job.oauth import Client, TokenCall, refresh_tokens
 from job.standin import Fault, StandIn
 from tests.conftest import (
     CONFIDENTIAL_ID,
@@ -279,6 +282,84 @@ def test_lost_answer_then_invalid_grant_explains_the_consumed_token(job: JobFile
     assert "aweber-job login" in result.stderr
     assert token_requests(job.standin) == 2
     assert job.token_file.read_bytes() == before
+
+
+class FakeTime:
+    """A monotonic clock that only the injected sleep moves: retry waits cost no real time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def sends_of(standin: StandIn, refresh_token: str) -> int:
+    """How many token requests reached the stand-in carrying ``refresh_token`` (counted by fingerprint)."""
+    wanted = hashlib.sha256(refresh_token.encode()).hexdigest()[:8]
+    return sum(1 for entry in standin.request_log() if entry.get("refresh_token_fingerprint") == wanted)
+
+
+def refresh_in_process(standin: StandIn, refresh_token: str, fake: FakeTime, deadline: float) -> JobError:
+    """Refresh once through TokenCall against the stand-in; return the error it ends with."""
+    import requests
+
+    with requests.Session() as session:
+        call = TokenCall(session=session, url=standin.token_url, timeout_seconds=5, deadline_seconds=deadline,
+                         monotonic=fake.monotonic, sleep=fake.sleep)
+        with pytest.raises(JobError) as caught:
+            refresh_tokens(call, Client(CONFIDENTIAL_ID, CONFIDENTIAL_SECRET), refresh_token)
+    return caught.value
+
+
+def test_a_request_whose_answer_was_lost_is_resent_once_whatever_the_deadline(standin: StandIn) -> None:
+    """Every answer lost, a 120 s retry deadline: one refresh token is sent twice in all, then exit 75, explained."""
+    token = str(standin.issue_tokens(CONFIDENTIAL_ID)["refresh_token"])
+    standin.inject(*[Fault(drop="after") for _ in range(50)], path="/oauth2/token")
+    fake = FakeTime()
+    error = refresh_in_process(standin, token, fake, deadline=120)
+    assert sends_of(standin, token) == 2
+    assert error.exit_code == 75
+    assert "may have been used by the request whose answer was lost" in error.message
+    assert "not sent again" in error.message
+    assert fake.now < 120
+
+
+def test_after_a_lost_answer_a_transient_answer_to_the_resend_ends_the_refresh(standin: StandIn) -> None:
+    """Lost, then 503 to the resend: no third send of the same refresh token; exit 75 naming both."""
+    token = str(standin.issue_tokens(CONFIDENTIAL_ID)["refresh_token"])
+    standin.inject(Fault(drop="after"), Fault(status=503), path="/oauth2/token")
+    error = refresh_in_process(standin, token, FakeTime(), deadline=120)
+    assert sends_of(standin, token) == 2
+    assert error.exit_code == 75
+    assert "503" in error.message and "answer was lost" in error.message
+
+
+def test_with_reuse_detection_a_spent_token_is_never_presented_twice(standin: StandIn) -> None:
+    """A server that revokes a grant on replay: after a lost answer the job presents the spent token once, no more."""
+    standin.set_reuse_detection(True)
+    token = str(standin.issue_tokens(CONFIDENTIAL_ID)["refresh_token"])
+    standin.inject(*[Fault(drop="after") for _ in range(50)], path="/oauth2/token")
+    error = refresh_in_process(standin, token, FakeTime(), deadline=120)
+    assert standin.reuse_stats()["spent_refresh_tokens_presented"] <= 1
+    assert sends_of(standin, token) == 2
+    assert error.exit_code == 75
+
+
+def test_invalid_grant_after_a_500_says_the_500_may_have_consumed_the_token(job: JobFiles, seen: Seen) -> None:
+    """A 500, then invalid_grant on the retry: exit 77, and the message says the 500 may have spent the token."""
+    job.write_tokens()
+    job.standin.inject(Fault(status=500), Fault(status=400, oauth_error="invalid_grant"), path="/oauth2/token")
+    result = refresh(job, seen)
+    assert result.returncode == 77, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if ": error:" in line]
+    assert "HTTP 500" in line and "may have consumed the refresh token" in line
+    assert "aweber-job login" in line
 
 
 def test_public_client_refreshes_with_client_id_in_the_body(job: JobFiles, seen: Seen) -> None:
