@@ -28,7 +28,7 @@ from job.store import (
     save_rotated_tokens,
     tidy_temp_files,
 )
-from job.tokens import TokenFile, fingerprint, format_expiry
+from job.tokens import TokenFile, assumed_lifetime, fingerprint, format_expiry, refresh_margin
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,9 @@ class TokenKeeper:
     _loaded: LoadedTokens | None = field(default=None, init=False, repr=False)
     _tokens: TokenFile | None = field(default=None, init=False, repr=False)
     _client: Client | None = field(default=None, init=False, repr=False)
+    # When this run's last refresh answer arrived and the lifetime it gave (None: none usable).
+    _refreshed_at: float | None = field(default=None, init=False, repr=False)
+    _answer_lifetime: float | None = field(default=None, init=False, repr=False)
 
     @property
     def path(self) -> Path:
@@ -160,6 +163,9 @@ class TokenKeeper:
         finally:
             self.stats.token_requests += call.attempts
         self._remember(answer)
+        lifetime = answer.body.get("expires_in")
+        self._refreshed_at = answer.received_at
+        self._answer_lifetime = float(lifetime) if isinstance(lifetime, (int, float)) else None
         new_tokens = self._tokens.with_answer(answer.body, answer.received_at)
         self._tokens = new_tokens
         save_rotated_tokens(self.path, new_tokens, reservation, now=self.clock)
@@ -194,7 +200,19 @@ class TokenKeeper:
                 REDACTOR.add(value)
 
     def ensure_fresh(self, leeway_seconds: float) -> str:
-        """Return an access token good for at least ``leeway_seconds``, refreshing when it is not."""
-        if self.tokens.expires_within(leeway_seconds, self.clock()):
+        """Return an access token good for at least ``leeway_seconds``, refreshing when it is not.
+
+        Before this run has refreshed, the token file's expiry decides (unknown: refresh). After a
+        refresh, at most one more per access-token lifetime: an answer without a usable lifetime,
+        or with one shorter than the leeway, is taken to live AWeber's documented two hours, and
+        each token is used for half its lifetime at least (see job.tokens.assumed_lifetime).
+        """
+        now = self.clock()
+        if self._refreshed_at is None:
+            due = self.tokens.expires_within(leeway_seconds, now)
+        else:
+            lifetime = assumed_lifetime(self._answer_lifetime, leeway_seconds)
+            due = now >= self._refreshed_at + lifetime - refresh_margin(lifetime, leeway_seconds)
+        if due:
             self.refresh("the access token expires soon")
         return self.access_token

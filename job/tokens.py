@@ -51,6 +51,29 @@ def fingerprint(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
+def assumed_lifetime(expires_in: float | None, leeway_seconds: float) -> float:
+    """How long an access token just received is taken to live, for deciding when to refresh it.
+
+    The answer's ``expires_in`` when it is known and longer than the leeway; otherwise (none given,
+    or so short that the token would be refreshed before every request) at least AWeber's
+    documented lifetime, ASSUMED_LIFETIME_SECONDS. A token that really dies sooner is refused
+    with a 401, and the API client then refreshes once.
+    """
+    if expires_in is None:
+        return float(ASSUMED_LIFETIME_SECONDS)
+    if expires_in <= leeway_seconds:
+        return float(max(expires_in, ASSUMED_LIFETIME_SECONDS))
+    return float(expires_in)
+
+
+def refresh_margin(lifetime_seconds: float, leeway_seconds: float) -> float:
+    """How long before the assumed end of a lifetime to refresh: the leeway, but at most half the lifetime.
+
+    So every access token is used for half its lifetime at least, whatever the leeway.
+    """
+    return min(leeway_seconds, lifetime_seconds / 2)
+
+
 def format_expiry(expires_at: float | None, now: float) -> str:
     """``2026-11-28T19:40:00Z (in 7199 s)``, or ``unknown``."""
     if expires_at is None:

@@ -14,10 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import requests
 
+from job.config import load_settings
+from job.cycle import TokenKeeper
 from job.errors import JobError
 from job.oauth import Client, TokenCall, refresh_tokens
 from job.standin import Fault, StandIn
+from job.store import load_token_file
 from tests.conftest import (
     CONFIDENTIAL_ID,
     CONFIDENTIAL_SECRET,
@@ -209,8 +213,6 @@ def test_a_refresh_token_that_arrived_is_saved_whatever_else_the_answer_holds(
 ) -> None:
     """A rotated answer with odd fields: the new refresh token is saved in a file that loads, then the run may fail
     (76, saying so), and the next run succeeds; an answer without a refresh token leaves the file as it was."""
-    from job.store import load_token_file
-
     job.write_tokens()
     before = job.token_file.read_bytes()
     job.standin.inject(Fault(odd_answer=odd.name), path="/oauth2/token")
@@ -307,8 +309,6 @@ def sends_of(standin: StandIn, refresh_token: str) -> int:
 
 def refresh_in_process(standin: StandIn, refresh_token: str, fake: FakeTime, deadline: float) -> JobError:
     """Refresh once through TokenCall against the stand-in; return the error it ends with."""
-    import requests
-
     with requests.Session() as session:
         call = TokenCall(session=session, url=standin.token_url, timeout_seconds=5, deadline_seconds=deadline,
                          monotonic=fake.monotonic, sleep=fake.sleep)
@@ -360,6 +360,78 @@ def test_invalid_grant_after_a_500_says_the_500_may_have_consumed_the_token(job:
     (line,) = [line for line in result.stderr.splitlines() if ": error:" in line]
     assert "HTTP 500" in line and "may have consumed the refresh token" in line
     assert "aweber-job login" in line
+
+
+@pytest.mark.parametrize("odd_answer", ["expires_in_missing", "expires_in_nan", "expires_in_short"])
+def test_a_run_refreshes_once_when_the_answer_gives_no_usable_lifetime(
+    job: JobFiles, seen: Seen, odd_answer: str
+) -> None:
+    """No expires_in, NaN, or one shorter than the leeway: the run refreshes on start only, not before each request."""
+    job.standin.add_account(1)
+    job.standin.add_list(1, 11, "Newsletter", size=250, seed=3)
+    job.write_tokens()
+    # Every refresh of the run would get the same answer.
+    job.standin.inject(*[Fault(odd_answer=odd_answer) for _ in range(10)], path="/oauth2/token")
+    seen.add_file(job.token_file)
+    result = run_job(["run", "--since", "60d"], job.env(AWEBER_REFRESH_LEEWAY="300"))
+    seen.add_file(job.token_file)
+    seen.assert_absent_from(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stderr
+    api: dict[str, int] = job.standin.stats()["api"]  # type: ignore[assignment]
+    assert sum(api.values()) >= 4
+    assert token_requests(job.standin) == 1
+    assert job.standin.live_refresh_tokens() == {job.read_tokens()["refresh_token"]}
+
+
+class SteppedClock:
+    """A wall clock a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("odd_answer", "leeway", "quiet_until", "due_at"),
+    [
+        # A usable lifetime longer than the leeway: refresh when less than the leeway is left.
+        (None, 300, 6899, 6901),
+        ("expires_in_string", 300, 6899, 6901),
+        # No usable lifetime, or one shorter than the leeway: AWeber's documented 7200 s is assumed.
+        ("expires_in_missing", 300, 6899, 6901),
+        ("expires_in_nan", 300, 6899, 6901),
+        ("expires_in_negative", 300, 6899, 6901),
+        ("expires_in_short", 300, 6899, 6901),
+        # A leeway longer than the lifetime: each access token is used for half its lifetime at least.
+        (None, 10_000, 3599, 3601),
+        ("expires_in_missing", 10_000, 3599, 3601),
+    ],
+)
+def test_one_refresh_per_access_token_lifetime(
+    job: JobFiles, odd_answer: str | None, leeway: float, quiet_until: float, due_at: float
+) -> None:
+    """After a refresh, ensure_fresh leaves the new access token alone until it is due, then refreshes once."""
+    job.write_tokens()
+    clock = SteppedClock()
+    keeper = TokenKeeper(load_settings(job.env()), requests.Session(), clock=clock).open()
+    try:
+        if odd_answer:
+            job.standin.inject(Fault(odd_answer=odd_answer), path="/oauth2/token")
+        keeper.refresh("refresh on start")
+        started = clock.now
+        for offset in (0, 1, quiet_until / 2, quiet_until):
+            clock.now = started + offset
+            keeper.ensure_fresh(leeway)
+        assert token_requests(job.standin) == 1
+        clock.now = started + due_at
+        keeper.ensure_fresh(leeway)
+        keeper.ensure_fresh(leeway)
+        assert token_requests(job.standin) == 2
+    finally:
+        keeper.close()
+    assert job.standin.live_refresh_tokens() == {job.read_tokens()["refresh_token"]}
 
 
 def test_public_client_refreshes_with_client_id_in_the_body(job: JobFiles, seen: Seen) -> None:
