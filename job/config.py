@@ -221,7 +221,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             kind = "a whole number" if integer else "a number of seconds"
             problems.append(f"{name} must be {kind}, got {raw!r}")
             return default
-        if value != value or value in (float("inf"), float("-inf")) or value < minimum:
+        if value != value or value in (float("inf"), float("-inf")):
+            problems.append(f"{name} must be a finite number of seconds, got {raw!r}")
+            return default
+        if value < minimum:
             problems.append(f"{name} must be at least {minimum:g}, got {raw!r}")
             return default
         return value

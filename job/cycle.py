@@ -18,7 +18,7 @@ from types import TracebackType
 import requests
 
 from job.config import Settings
-from job.errors import AuthError, ConfigError, StorageError
+from job.errors import AuthError, ConfigError, ProtocolError, StorageError
 from job.logs import REDACTOR
 from job.oauth import Client, TokenAnswer, TokenCall, refresh_tokens, warn_on_clock_skew
 from job.oauth1 import DISCONNECTED_HINT
@@ -32,7 +32,7 @@ from job.store import (
     tidy_temp_files,
     token_hash,
 )
-from job.tokens import TokenFile, fingerprint, format_expiry
+from job.tokens import TokenFile, assumed_lifetime, fingerprint, format_expiry, refresh_margin
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,9 @@ class TokenKeeper:
     _client: Client | None = field(default=None, init=False, repr=False)
     # Why AWeber may refuse the token file's refresh token, as the lock file's record tells (for exit 77).
     _explanation: str | None = field(default=None, init=False, repr=False)
+    # When this run's last refresh answer arrived and the lifetime it gave (None: none usable).
+    _refreshed_at: float | None = field(default=None, init=False, repr=False)
+    _answer_lifetime: float | None = field(default=None, init=False, repr=False)
 
     @property
     def path(self) -> Path:
@@ -134,7 +137,8 @@ class TokenKeeper:
         Raises StorageError (73) before anything is sent when the reservation or the lock file's record
         of the refresh cannot be written, the token-call errors (75, 76, 77) with the file untouched (an
         invalid_grant also says why, when the record shows an earlier run lost the answer),
-        TokenNotSavedError (73) when saving fails.
+        TokenNotSavedError (73) when saving fails, and ProtocolError (76) after saving when the answer
+        carried a new refresh token but nothing this run can use.
         """
         if self._tokens is not None and self._tokens.oauth1 is not None:
             raise AuthError(f"{reason}, and OAuth 1.0a tokens cannot be refreshed", hint=DISCONNECTED_HINT)
@@ -172,11 +176,20 @@ class TokenKeeper:
             self.stats.token_requests += call.attempts
         self._explanation = None
         self._remember(answer)
+        lifetime = answer.body.get("expires_in")
+        self._refreshed_at = answer.received_at
+        self._answer_lifetime = float(lifetime) if isinstance(lifetime, (int, float)) else None
         new_tokens = self._tokens.with_answer(answer.body, answer.received_at)
         self._tokens = new_tokens
         save_rotated_tokens(self.path, new_tokens, reservation, lock=self._lock, spent=spent, now=self.clock)
         self.stats.refreshes += 1
         self.stats.last_refresh_seconds = self.monotonic() - started
+        if answer.unusable:
+            raise ProtocolError(
+                f"the token endpoint's answer to the refresh {answer.unusable}; the new refresh token was saved "
+                f"({old_fingerprint} -> {fingerprint(new_tokens.refresh_token)}) in {self.path} and the next run "
+                "will refresh again"
+            )
         warn_on_clock_skew(answer)
         log.info(
             "token refreshed (%s): access token expires %s; refresh token %s -> %s%s",
@@ -219,7 +232,19 @@ class TokenKeeper:
         return credentials.sign(method, str(prepared.url))
 
     def ensure_fresh(self, leeway_seconds: float) -> str:
-        """Return an access token good for at least ``leeway_seconds``, refreshing when it is not."""
-        if self.tokens.expires_within(leeway_seconds, self.clock()):
+        """Return an access token good for at least ``leeway_seconds``, refreshing when it is not.
+
+        Before this run has refreshed, the token file's expiry decides (unknown: refresh). After a
+        refresh, at most one more per access-token lifetime: an answer without a usable lifetime,
+        or with one shorter than the leeway, is taken to live AWeber's documented two hours, and
+        each token is used for half its lifetime at least (see job.tokens.assumed_lifetime).
+        """
+        now = self.clock()
+        if self._refreshed_at is None:
+            due = self.tokens.expires_within(leeway_seconds, now)
+        else:
+            lifetime = assumed_lifetime(self._answer_lifetime, leeway_seconds)
+            due = now >= self._refreshed_at + lifetime - refresh_margin(lifetime, leeway_seconds)
+        if due:
             self.refresh("the access token expires soon")
         return self.access_token

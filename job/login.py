@@ -312,6 +312,12 @@ def _exchange_and_save(
                 "(AWeber may also end it by itself)",
                 fingerprint(existing.refresh_token),
             )
+        if answer.unusable:
+            raise ProtocolError(
+                f"the token endpoint's answer to the authorization code {answer.unusable}; the new refresh token "
+                f"was saved ({fingerprint(tokens.refresh_token)}) in {path}, and the next run will refresh it "
+                "(or now: aweber-job refresh)"
+            )
     return answer, tokens
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import secrets
 import time
@@ -24,6 +23,7 @@ import requests
 
 from job.errors import AuthError, ProtocolError, TemporaryError, shorten
 from job.retries import call_with_retries, parse_retry_after
+from job.token_answer import clean_answer, read_members
 from job.tokens import MAX_TOKEN_ANSWER_BYTES
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,17 @@ class Client:
 
 @dataclass(frozen=True)
 class TokenAnswer:
-    """A usable token-endpoint answer and when it arrived (Unix seconds)."""
+    """A token-endpoint answer worth saving, and when it arrived (Unix seconds).
+
+    ``body`` holds only token fields the token file can take. ``unusable`` says why this run
+    cannot use the answer although its refresh token must be saved (no usable access token, a
+    token type other than bearer, broken JSON); None when it is usable.
+    """
 
     body: Mapping[str, Any] = field(repr=False)
     received_at: float
     server_date: float | None = None
+    unusable: str | None = None
 
     @property
     def rotated(self) -> bool:
@@ -71,6 +77,22 @@ class TokenAnswer:
 
 class AnswerLostError(TemporaryError):
     """The request went out but no complete answer came back: the server may have acted on it."""
+
+
+class NotResentError(TemporaryError):
+    """An answer was lost and the one resend did not settle it: the request is not sent again (exit 75)."""
+
+    retryable = False
+
+
+class EndpointUnavailableError(TemporaryError):
+    """The token endpoint answered with a transient error; ``detail`` names it (``HTTP 503 ...``)."""
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, retry_after_seconds: float | None = None, detail: str = ""
+    ) -> None:
+        super().__init__(message, hint=hint, retry_after_seconds=retry_after_seconds)
+        self.detail = detail or message
 
 
 @dataclass(frozen=True)
@@ -159,9 +181,13 @@ def parse_pasted_code(pasted: str, expected_state: str) -> str:
 
 # ---- sending -------------------------------------------------------------------------------
 
-def _read_body(response: requests.Response, timeout_seconds: float, clock: Callable[[], float]) -> bytes:
-    """Read at most MAX_TOKEN_ANSWER_BYTES + 1 bytes, within ``timeout_seconds`` in total."""
-    started = clock()
+def _read_body(response: requests.Response) -> bytes:
+    """Read at most MAX_TOKEN_ANSWER_BYTES + 1 bytes.
+
+    There is no cap on the total time: the session's timeout bounds each read (the wait for the
+    next bytes), so a slow answer that keeps coming is read to its end. It carries the rotated
+    refresh token; dropping it for being slow would spend the token for nothing.
+    """
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_content(chunk_size=8192):
@@ -169,8 +195,6 @@ def _read_body(response: requests.Response, timeout_seconds: float, clock: Calla
         size += len(chunk)
         if size > MAX_TOKEN_ANSWER_BYTES:
             break
-        if clock() - started > timeout_seconds:
-            raise requests.exceptions.ReadTimeout("the answer arrived too slowly")
     return b"".join(chunks)
 
 
@@ -198,7 +222,7 @@ def _send(
     except requests.exceptions.RequestException as exc:
         raise TemporaryError(f"the request to the token endpoint failed ({type(exc).__name__})") from None
     try:
-        body = _read_body(response, timeout_seconds, time.monotonic)
+        body = _read_body(response)
     except requests.exceptions.RequestException:
         raise AnswerLostError("the token endpoint's answer was cut off") from None
     finally:
@@ -216,11 +240,9 @@ def _failed_before_sending(exc: requests.exceptions.ConnectionError) -> bool:
 # ---- classifying ---------------------------------------------------------------------------
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+    """The members of an error answer's JSON object (never raising, however deep it nests), or None."""
+    members = read_members(body)
+    return members.values if members is not None else None
 
 
 def _server_date(headers: Mapping[str, str]) -> float | None:
@@ -236,9 +258,10 @@ def _server_date(headers: Mapping[str, str]) -> float | None:
 def classify_token_answer(received: _Received, *, what: str) -> TokenAnswer:
     """Turn a token-endpoint answer into a TokenAnswer or raise the error class it belongs to.
 
-    2xx with a string ``access_token`` (bearer) → success; 408, 429, 5xx and OAuth
+    2xx carrying a refresh token, or a usable bearer access token → a TokenAnswer to save (its
+    ``unusable`` says when this run cannot go on with it); 408, 429, 5xx and OAuth
     ``server_error``/``temporarily_unavailable`` → TemporaryError; other 4xx → AuthError (exit 77);
-    an unusable 2xx (or 3xx) → ProtocolError (exit 76).
+    a 2xx without either (or a 3xx) → ProtocolError (exit 76).
     """
     status = received.status
     if 200 <= status < 300:
@@ -251,8 +274,8 @@ def classify_token_answer(received: _Received, *, what: str) -> TokenAnswer:
     transient_error = isinstance(oauth_error, str) and oauth_error in TRANSIENT_OAUTH_ERRORS
     if status in TRANSIENT_STATUSES or status >= 500 or transient_error:
         detail = f"HTTP {status}" + (f" {oauth_error}" if isinstance(oauth_error, str) else "")
-        raise TemporaryError(
-            f"the token endpoint is unavailable ({detail})", retry_after_seconds=retry_after
+        raise EndpointUnavailableError(
+            f"the token endpoint is unavailable ({detail})", detail=detail, retry_after_seconds=retry_after
         )
     if isinstance(oauth_error, str):
         description = body.get("error_description") if body else None
@@ -275,29 +298,32 @@ def classify_token_answer(received: _Received, *, what: str) -> TokenAnswer:
 
 
 def _usable_token(received: _Received, *, what: str) -> TokenAnswer:
+    """The answer to save from a 2xx, or ProtocolError (76) when no refresh token can be had from it.
+
+    A refresh token that arrived whole is always returned for saving, however odd the rest: the
+    server has spent the old one. What this run cannot use is said in ``unusable``.
+    """
     spent = "the refresh token may have been spent" if what == "the refresh" else "the code may have been spent"
     if len(received.body) > MAX_TOKEN_ANSWER_BYTES:
         raise ProtocolError(
             f"the token endpoint answered {what} with more than {MAX_TOKEN_ANSWER_BYTES} bytes; {spent}"
         )
-    body = _json_object(received.body)
-    if body is None:
+    members = read_members(received.body)
+    if members is None:
         raise ProtocolError(f"the token endpoint answered {what} with something that is not a JSON object; {spent}")
-    access = body.get("access_token")
-    if not isinstance(access, str) or not access:
-        raise ProtocolError(f"the token endpoint's answer to {what} has no access_token; {spent}")
-    token_type = body.get("token_type")
-    if token_type is not None and (not isinstance(token_type, str) or token_type.lower() != "bearer"):
-        raise ProtocolError(f"the token endpoint's answer to {what} has a token_type other than bearer; {spent}")
-    refresh = body.get("refresh_token")
-    if refresh is not None and (not isinstance(refresh, str) or not refresh):
-        raise ProtocolError(f"the token endpoint's answer to {what} has an unusable refresh_token; {spent}")
-    expires_in = body.get("expires_in")
-    if isinstance(expires_in, str) and expires_in.strip().isdigit():
-        body["expires_in"] = int(expires_in)
-    elif expires_in is not None and (isinstance(expires_in, bool) or not isinstance(expires_in, (int, float))):
-        raise ProtocolError(f"the token endpoint's answer to {what} has an unusable expires_in; {spent}")
-    return TokenAnswer(body=body, received_at=received.received_at, server_date=_server_date(received.headers))
+    answer = clean_answer(members)
+    for note in answer.notes:
+        log.warning("the token endpoint's answer to %s: %s", what, note)
+    if answer.refresh_problem:
+        raise ProtocolError(f"the token endpoint's answer to {what} {answer.refresh_problem}; {spent}")
+    if answer.refresh_token is None and answer.unusable:
+        raise ProtocolError(f"the token endpoint's answer to {what} {answer.unusable}; {spent}")
+    return TokenAnswer(
+        body=answer.fields,
+        received_at=received.received_at,
+        server_date=_server_date(received.headers),
+        unusable=answer.unusable,
+    )
 
 
 # ---- the calls ------------------------------------------------------------------------------
@@ -316,32 +342,61 @@ class TokenCall:
     attempts: int = 0
 
     def post(self, form: dict[str, str], client: Client, *, what: str, consumed_hint: str) -> TokenAnswer:
-        """Send ``form`` with retries for transient outcomes and at most one resend after a lost answer."""
-        lost_answers = 0
+        """Send ``form`` with retries for transient outcomes, and at most one resend after a lost answer.
+
+        Once an answer is lost the server may have spent the refresh token (or code); presenting a
+        spent one again can make a server revoke the whole grant. So after a lost answer ``form`` is
+        sent once more and never again, whatever the retry deadline: a resend lost too, or answered
+        with a transient error, ends the call with NotResentError (75).
+        """
+        lost: AnswerLostError | None = None
+        unavailable: str | None = None
+        next_run = "the next run will tell; if it fails with invalid_grant, run: aweber-job login"
 
         def attempt() -> TokenAnswer:
-            nonlocal lost_answers
+            nonlocal lost, unavailable
+            resend = lost is not None
             body = dict(form)
             headers = client_auth(client, body)
             self.attempts += 1
             try:
                 received = _send(self.session, self.url, body, headers, self.timeout_seconds, self.clock)
             except AnswerLostError as exc:
-                lost_answers += 1
-                if lost_answers > 1:
-                    raise TemporaryError(
-                        f"{exc}, twice; {consumed_hint} may have been used by a request whose answer was lost",
-                        hint="the next run will tell; if it fails with invalid_grant, run: aweber-job login",
+                if lost is not None:
+                    raise NotResentError(
+                        f"{lost}, and the answer to the one resend was lost too ({exc}); not sent again: "
+                        f"{consumed_hint} may have been used by the request whose answer was lost",
+                        hint=next_run,
                     ) from None
+                lost = exc
                 log.warning("%s; resending once (the server may already have acted on it)", exc)
                 raise
+            # A TemporaryError from _send means nothing reached the server: a resend still pending stays so.
             try:
                 return classify_token_answer(received, what=what)
+            except EndpointUnavailableError as exc:
+                if lost is not None and resend:
+                    raise NotResentError(
+                        f"{lost}; the one resend was answered {exc.detail}; not sent again: {consumed_hint} may "
+                        "have been used by the request whose answer was lost",
+                        hint=next_run,
+                    ) from None
+                unavailable = unavailable or exc.detail
+                raise
             except AuthError as exc:
-                if lost_answers and "invalid_grant" in exc.message:
+                if "invalid_grant" not in exc.message:
+                    raise
+                if resend:
                     raise AuthError(
                         f"the token endpoint refused {what} with invalid_grant after an earlier answer was lost: "
                         f"{consumed_hint} was most likely consumed by the request whose answer never arrived",
+                        hint="authorize again: aweber-job login",
+                    ) from None
+                if unavailable:
+                    # A server may fail after it has spent the token (a 500 from a step after the rotation).
+                    raise AuthError(
+                        f"the token endpoint refused {what} with invalid_grant after an earlier attempt was "
+                        f"answered {unavailable}: that attempt may have consumed {consumed_hint} before it failed",
                         hint="authorize again: aweber-job login",
                     ) from None
                 raise
@@ -359,7 +414,7 @@ class TokenCall:
             raise TemporaryError(
                 f"{exc}, and the retry deadline passed before it could be resent; {consumed_hint} may have been "
                 "used by the request whose answer was lost",
-                hint="the next run will tell; if it fails with invalid_grant, run: aweber-job login",
+                hint=next_run,
             ) from None
 
 

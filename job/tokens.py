@@ -36,12 +36,44 @@ MAX_TOKEN_FILE_BYTES = 1024 * 1024
 # a few hundred bytes. Reservations are sized from it, so a saved file always fits.
 MAX_TOKEN_ANSWER_BYTES = 64 * 1024
 
+# AWeber's access tokens live two hours (expires_in 7200, see docs/aweber-api.md). When an answer
+# gives no usable lifetime, the job assumes this one rather than refreshing before every request.
+ASSUMED_LIFETIME_SECONDS = 7200
+
+# No access token lives longer than this; a longer lifetime in an answer (even 1e999, which json
+# reads as infinity) is clamped to it, so expires_at is always a date the job can print.
+LONGEST_LIFETIME_SECONDS = 365 * 86400
+
 
 def fingerprint(secret: str) -> str:
     """Return the first 8 hex digits of the SHA-256 of ``secret``: safe to log, enough to compare."""
     import hashlib  # on use: status and --help start faster without it
 
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()[:8]
+    # surrogatepass: a token that is not valid text still gets a fingerprint instead of an exception.
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def assumed_lifetime(expires_in: float | None, leeway_seconds: float) -> float:
+    """How long an access token just received is taken to live, for deciding when to refresh it.
+
+    The answer's ``expires_in`` when it is known and longer than the leeway; otherwise (none given,
+    or so short that the token would be refreshed before every request) at least AWeber's
+    documented lifetime, ASSUMED_LIFETIME_SECONDS. A token that really dies sooner is refused
+    with a 401, and the API client then refreshes once.
+    """
+    if expires_in is None:
+        return float(ASSUMED_LIFETIME_SECONDS)
+    if expires_in <= leeway_seconds:
+        return float(max(expires_in, ASSUMED_LIFETIME_SECONDS))
+    return float(expires_in)
+
+
+def refresh_margin(lifetime_seconds: float, leeway_seconds: float) -> float:
+    """How long before the assumed end of a lifetime to refresh: the leeway, but at most half the lifetime.
+
+    So every access token is used for half its lifetime at least, whatever the leeway.
+    """
+    return min(leeway_seconds, lifetime_seconds / 2)
 
 
 def format_expiry(expires_at: float | None, now: float) -> str:
@@ -56,12 +88,15 @@ def format_expiry(expires_at: float | None, now: float) -> str:
     return f"{stamp} ({relative})"
 
 
-def _kind(value: object) -> str:
+def json_kind(value: object) -> str:
     """Name the JSON type of ``value`` for messages, without showing the value."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
+    if isinstance(value, float) and not math.isfinite(value):
+        # json reads NaN, Infinity and -Infinity (and 1e999) into floats; "a number" would mislead.
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
     if isinstance(value, (int, float)):
         return "a number"
     if isinstance(value, str):
@@ -150,17 +185,26 @@ class TokenFile:
         """Return a copy with the token fields of a token-endpoint ``answer`` merged in.
 
         The refresh token is kept when the answer carries none (RFC 6749 §6); ``expires_at`` is
-        ``received_at + expires_in``. Keys the job does not know are kept.
+        ``received_at + expires_in`` (a lifetime that is not a positive number of at most
+        LONGEST_LIFETIME_SECONDS is left out: clamp it before). An answer without an access token
+        leaves an empty one, and no expiry. Keys the job does not know are kept.
         """
         document = copy.deepcopy(self.document)
         inner = document["token"] if self.nested else document
-        inner["access_token"] = answer["access_token"]
+        access = answer.get("access_token")
+        inner["access_token"] = access if isinstance(access, str) else ""
         new_refresh = answer.get("refresh_token")
         if isinstance(new_refresh, str) and new_refresh:
             inner["refresh_token"] = new_refresh
-        inner["token_type"] = answer.get("token_type") or inner.get("token_type") or "bearer"
+        token_type = answer.get("token_type")
+        if not isinstance(token_type, str) or not token_type:
+            token_type = inner.get("token_type") or "bearer"
+        inner["token_type"] = token_type
         expires_in = answer.get("expires_in")
-        if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool):
+        if (
+            isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool)
+            and 0 < expires_in <= LONGEST_LIFETIME_SECONDS and isinstance(access, str) and access
+        ):
             inner["expires_in"] = expires_in
             inner["expires_at"] = round(received_at + float(expires_in), 3)
         else:
@@ -173,7 +217,13 @@ class TokenFile:
 
     def to_bytes(self) -> bytes:
         """Serialise as UTF-8 JSON with a trailing newline."""
-        return (json.dumps(self.document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        text = json.dumps(self.document, indent=2, ensure_ascii=False) + "\n"
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate somewhere (json reads "\ud800" into one) cannot be UTF-8: escape every
+            # non-ASCII character instead. Nothing is lost, and parse_token_file reads it back the same.
+            return (json.dumps(self.document, indent=2, ensure_ascii=True) + "\n").encode("ascii")
 
 
 def new_token_file(answer: Mapping[str, Any], received_at: float) -> TokenFile:
@@ -211,7 +261,7 @@ def parse_token_file(data: bytes, where: str) -> TokenFile:
         # json gives up on deep nesting this way, not with JSONDecodeError; no token file nests.
         raise TokenFileError(f"token file {where} is not a token file: its JSON nests too deeply") from None
     if not isinstance(document, dict):
-        raise TokenFileError(f"token file {where} must hold a JSON object, found {_kind(document)}")
+        raise TokenFileError(f"token file {where} must hold a JSON object, found {json_kind(document)}")
     if looks_like_oauth1(document):
         return TokenFile(document=document, nested=False, oauth1=parse_oauth1(document, where))
 
@@ -220,11 +270,11 @@ def parse_token_file(data: bytes, where: str) -> TokenFile:
     if nested:
         inner = document["token"]
         if not isinstance(inner, dict):
-            raise TokenFileError(f"token file {where}: field 'token' must be an object, found {_kind(inner)}")
+            raise TokenFileError(f"token file {where}: field 'token' must be an object, found {json_kind(inner)}")
         for key in ("client_id", "client_secret"):
             if key in document and document[key] is not None and not isinstance(document[key], str):
                 raise TokenFileError(
-                    f"token file {where}: field '{key}' must be a string, found {_kind(document[key])}"
+                    f"token file {where}: field '{key}' must be a string, found {json_kind(document[key])}"
                 )
     else:
         inner = document
@@ -242,14 +292,14 @@ def _validate_token_fields(inner: Mapping[str, Any], where: str, prefix: str) ->
         )
     if not isinstance(refresh, str) or not refresh:
         raise TokenFileError(
-            f"token file {where}: field '{prefix}refresh_token' must be a non-empty string, found {_kind(refresh)}"
+            f"token file {where}: field '{prefix}refresh_token' must be a non-empty string, found {json_kind(refresh)}"
         )
     if "access_token" not in inner:
         raise TokenFileError(f"token file {where}: field '{prefix}access_token' is missing")
     if not isinstance(inner["access_token"], str):
         raise TokenFileError(
             f"token file {where}: field '{prefix}access_token' must be a string, "
-            f"found {_kind(inner['access_token'])}"
+            f"found {json_kind(inner['access_token'])}"
         )
     for key in ("expires_at", "expires_in"):
         if key in inner and inner[key] is not None:
@@ -257,13 +307,13 @@ def _validate_token_fields(inner: Mapping[str, Any], where: str, prefix: str) ->
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise TokenFileError(
                     f"token file {where}: field '{prefix}{key}' must be a number (Unix seconds), "
-                    f"found {_kind(value)}"
+                    f"found {json_kind(value)}"
                 )
     if "token_type" in inner and inner["token_type"] is not None and not isinstance(inner["token_type"], str):
         raise TokenFileError(
-            f"token file {where}: field '{prefix}token_type' must be a string, found {_kind(inner['token_type'])}"
+            f"token file {where}: field '{prefix}token_type' must be a string, found {json_kind(inner['token_type'])}"
         )
     if "scope" in inner and inner["scope"] is not None and not isinstance(inner["scope"], (str, list)):
         raise TokenFileError(
-            f"token file {where}: field '{prefix}scope' must be a string or a list, found {_kind(inner['scope'])}"
+            f"token file {where}: field '{prefix}scope' must be a string or a list, found {json_kind(inner['scope'])}"
         )

@@ -184,3 +184,13 @@ def test_a_secret_file_whose_first_line_is_blank_says_so(tmp_path: Path) -> None
         load_settings({"AWEBER_CLIENT_SECRET_FILE": str(secret_file)})
     message = str(caught.value)
     assert "first line is blank" in message and "secret-on-line-three" not in message
+
+
+@pytest.mark.parametrize("raw", ["inf", "-inf", "Infinity", "nan", "NaN"])
+@pytest.mark.parametrize("name", ["AWEBER_HTTP_TIMEOUT", "AWEBER_LOCK_TIMEOUT", "AWEBER_RETRY_DEADLINE",
+                                  "AWEBER_REFRESH_LEEWAY"])
+def test_infinity_and_nan_are_named_as_not_finite(name: str, raw: str) -> None:
+    """inf or nan for a number of seconds is refused as not a finite number (not as "too small")."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings({name: raw})
+    assert caught.value.problems == [f"{name} must be a finite number of seconds, got {raw!r}"]

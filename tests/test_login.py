@@ -293,6 +293,29 @@ def test_an_answer_without_a_refresh_token_writes_nothing(job: JobFiles) -> None
     assert not list(job.token_file.parent.glob(".tokens.json.tmp-*"))
 
 
+@pytest.mark.parametrize(
+    ("odd_answer", "exit_code"),
+    [("deep_nesting_before_the_tokens", 0), ("expires_in_overflow", 0), ("scope_lone_surrogate", 0),
+     ("access_token_missing", 76), ("token_type_mac", 76)],
+)
+def test_a_code_exchange_keeps_the_refresh_token_whatever_else_the_answer_holds(
+    job: JobFiles, odd_answer: str, exit_code: int
+) -> None:
+    """Login saves the refresh token of an odd answer in a file that loads; exit 76 only when no access token
+    can be used, saying the refresh token was saved; a refresh afterwards succeeds."""
+    job.standin.inject(Fault(odd_answer=odd_answer), path="/oauth2/token")
+    code = own_code(job.standin, CONFIDENTIAL_ID)
+    result = run_job(["login"], job.env(), input_text=code + "\n")
+    assert result.returncode == exit_code, result.stderr
+    assert "Traceback" not in result.stderr and "unexpected error" not in result.stderr
+    if exit_code:
+        assert "the new refresh token was saved" in result.stderr
+    tokens = parse_token_file(job.token_file.read_bytes(), "t.json")
+    assert job.standin.live_refresh_tokens() == {tokens.refresh_token}
+    assert run_job(["refresh"], job.env()).returncode == 0
+    assert job.standin.live_refresh_tokens() == {job.read_tokens()["refresh_token"]}
+
+
 def test_code_option_is_refused_for_a_public_client(tmp_path: Path, standin: StandIn) -> None:
     """A public client cannot take --code: the code must come from this login's PKCE challenge."""
     job = public_job(tmp_path, standin)

@@ -34,6 +34,10 @@ BAD_FILES: list[tuple[str, bytes, str]] = [
     ("no access", json.dumps({"refresh_token": SECRET_REFRESH}).encode(), "'access_token' is missing"),
     ("string expiry", json.dumps(flat(expires_at="tomorrow")).encode(), "'expires_at' must be a number"),
     ("bool expiry", json.dumps(flat(expires_at=True)).encode(), "found a boolean"),
+    ("infinite expiry", json.dumps(flat(expires_at=float("inf"))).encode(), "found Infinity"),
+    ("overflowing expiry", b'{"access_token": "a", "refresh_token": "r", "expires_at": 1e999}', "found Infinity"),
+    ("minus infinite expiry", json.dumps(flat(expires_in=float("-inf"))).encode(), "found -Infinity"),
+    ("NaN expiry", json.dumps(flat(expires_at=float("nan"))).encode(), "found NaN"),
     ("nested not object", json.dumps({"token": [1]}).encode(), "'token' must be an object"),
     (
         "nested bad refresh",
@@ -144,3 +148,35 @@ def test_arbitrary_bytes_either_parse_or_raise_token_file_error(data: bytes) -> 
         parse_token_file(data, "t.json")
     except TokenFileError:
         pass
+
+
+def test_a_lone_surrogate_anywhere_in_the_file_is_saved_and_read_back() -> None:
+    """A string json reads into a lone surrogate cannot be UTF-8: the file is written escaped, and loads the same."""
+    data = b'{"access_token": "a", "refresh_token": "r", "note": "\\ud800", "\\udfff": ["x\\udc00"]}'
+    tokens = parse_token_file(data, "t.json")
+    updated = tokens.with_answer({"access_token": "a2", "refresh_token": "r2", "scope": "s \ud800"}, received_at=0.0)
+    again = parse_token_file(updated.to_bytes(), "t.json")
+    assert again.document == updated.document
+    assert again.refresh_token == "r2"
+    assert fingerprint("r\ud800") != fingerprint("r")
+
+
+def test_an_answer_without_an_access_token_leaves_an_empty_one_and_no_expiry() -> None:
+    """Merging an answer that brought only a refresh token gives a file that loads, with no access token."""
+    tokens = parse_token_file(json.dumps(flat(expires_at=99.0, expires_in=7200)).encode(), "t.json")
+    updated = tokens.with_answer({"refresh_token": "r2", "expires_in": 7200}, received_at=0.0)
+    again = parse_token_file(updated.to_bytes(), "t.json")
+    assert again.refresh_token == "r2" and again.access_token == ""
+    assert again.expires_at is None and "expires_in" not in again.token
+
+
+@pytest.mark.parametrize(
+    "expires_in", [10**400, float("inf"), float("nan"), -1, 0, True, "7200"],
+    ids=["10**400", "inf", "nan", "negative", "zero", "boolean", "string"],
+)
+def test_an_expires_in_the_file_cannot_hold_is_dropped_or_clamped(expires_in: object) -> None:
+    """A lifetime that is not a positive number of at most a year never reaches the file as it came."""
+    tokens = parse_token_file(json.dumps(flat()).encode(), "t.json")
+    updated = tokens.with_answer({"access_token": "a2", "expires_in": expires_in}, received_at=0.0)
+    again = parse_token_file(updated.to_bytes(), "t.json")
+    assert again.expires_at is None or 0 < again.expires_at <= 365 * 86400

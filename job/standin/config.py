@@ -8,6 +8,7 @@ Example (every key optional)::
       "rate_limit_per_minute": 120,
       "rate_limit_window_seconds": 60,
       "request_delay_seconds": 0.0,
+      "reuse_detection": false,
       "verbose": false,
       "oauth1": [{"consumer_key": "...", "consumer_secret": "...", "access_token": "...", "token_secret": "..."}],
       "accounts": [
@@ -31,7 +32,7 @@ from job.standin.server import StandIn
 _TOP_KEYS = frozenset(
     {
         "clients", "access_token_lifetime_seconds", "rate_limit_per_minute", "rate_limit_window_seconds",
-        "request_delay_seconds", "verbose", "accounts", "oauth1",
+        "request_delay_seconds", "reuse_detection", "verbose", "accounts", "oauth1",
     }
 )
 _ACCOUNT_KEYS = frozenset({"id", "company", "lists"})
@@ -67,6 +68,7 @@ def standin_from_config(
         rate_limit_window_seconds=_number(config, "rate_limit_window_seconds", 60.0),
         request_delay_seconds=_number(config, "request_delay_seconds", 0.0),
         verbose=bool(config.get("verbose", False)),
+        reuse_detection=_boolean(config, "reuse_detection"),
         enable_control=enable_control,
         port=port,
     )
@@ -123,6 +125,13 @@ def _check_keys(mapping: Mapping[str, object], known: frozenset[str], where: str
     unknown = set(mapping) - known
     if unknown:
         raise ValueError(f"unknown {where} keys: {', '.join(sorted(unknown))}")
+
+
+def _boolean(mapping: Mapping[str, object], key: str) -> bool:
+    value = mapping.get(key, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false")
+    return value
 
 
 def _integer(mapping: Mapping[str, object], key: str, default: int | None) -> int:

@@ -76,6 +76,15 @@ class StandInControl(Endpoints):
         """Register legacy OAuth 1.0a credentials; return them as a token file would hold them."""
         return self._object(self._call("POST", "oauth1-credentials", values))
 
+    def set_reuse_detection(self, enabled: bool) -> None:
+        """Switch refresh-token reuse detection on or off."""
+        self._call("POST", "reuse-detection", {"enabled": enabled})
+
+    def reuse_stats(self) -> dict[str, int]:
+        """Return how often a spent refresh token was presented, and how many grants that revoked."""
+        answer = self._object(self._call("GET", "reuse-stats"))
+        return {str(key): int(str(value)) for key, value in answer.items()}
+
     def add_account(self, account_id: int, *, company: str | None = None) -> None:
         """Add a customer account."""
         self._call("POST", "add-account", {"account_id": account_id, "company": company})

@@ -16,6 +16,7 @@ Endpoints (JSON bodies and answers):
 - ``POST /_control/disconnect`` and ``/_control/reconnect`` ``{"client_id"?}``.
 - ``POST /_control/oauth1-credentials`` ``{"consumer_key"?, "consumer_secret"?, "access_token"?,
   "token_secret"?}``: the registered legacy OAuth 1.0a credentials (missing ones generated).
+- ``POST /_control/reuse-detection`` ``{"enabled": bool}``; ``GET /_control/reuse-stats``: ``reuse_stats()``.
 - ``POST /_control/add-account`` ``{"account_id", "company"?}``.
 - ``POST /_control/add-list`` ``{"account_id", "list_id", "name"?, "size"?, "start"?, "end"?, "seed"?}``.
 - ``POST /_control/add-subscribers`` ``{"account_id", "list_id", "subscribers": [...]}``: ``{"ids": [...]}``.
@@ -143,6 +144,18 @@ def _oauth1_credentials(standin: StandIn, payload: Mapping[str, object]) -> obje
     return standin.add_oauth1_credentials(**grant_from_mapping(payload)).as_token_file()
 
 
+def _reuse_detection(standin: StandIn, payload: Mapping[str, object]) -> object:
+    enabled = payload.get("enabled")
+    if not isinstance(enabled, bool):
+        raise ValueError("enabled must be true or false")
+    standin.set_reuse_detection(enabled)
+    return {}
+
+
+def _reuse_stats(standin: StandIn, payload: Mapping[str, object]) -> object:
+    return standin.reuse_stats()
+
+
 def _add_account(standin: StandIn, payload: Mapping[str, object]) -> object:
     standin.add_account(_int(payload, "account_id"), company=_text(payload, "company"))
     return {}
@@ -201,6 +214,8 @@ _ROUTES: Mapping[tuple[str, str], _Handler] = {
     ("POST", "disconnect"): _disconnect,
     ("POST", "reconnect"): _reconnect,
     ("POST", "oauth1-credentials"): _oauth1_credentials,
+    ("POST", "reuse-detection"): _reuse_detection,
+    ("GET", "reuse-stats"): _reuse_stats,
     ("POST", "add-account"): _add_account,
     ("POST", "add-list"): _add_list,
     ("POST", "add-subscribers"): _add_subscribers,

@@ -3,18 +3,22 @@
 A fault either *replaces* the answer (``status`` set: the request is not processed at all, so no
 token is rotated) or *disturbs the delivery* of the real answer (``drop="after"``, ``drip_seconds``,
 ``truncate``, ``retry_after``, ``delay_seconds``: the request is processed as usual first).
-``drop="before"`` closes the connection before anything is processed.
+``drop="before"`` closes the connection before anything is processed. ``odd_answer`` processes the
+request too, then answers the token request with one of the odd bodies of
+:mod:`job.standin.odd_answers` built around the real new grant.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Literal
 
 from job.standin.messages import Answer, envelope, oauth_error
+from job.standin.odd_answers import ODD_ANSWERS, odd_body
 
 OAUTH_KINDS = frozenset({"token", "revoke", "authorize"})
 
@@ -45,6 +49,10 @@ class Fault:
       connection without answering: the lost answer.
     - ``drip_seconds``: send the body one byte at a time, pausing this long between bytes.
     - ``truncate``: announce the full Content-Length, send only the first half of the body, close.
+    - ``odd_answer``: at the token endpoint, process the request fully (a refresh token IS rotated),
+      then replace a 200 answer's body by the odd answer of that name (a key of
+      :data:`job.standin.odd_answers.ODD_ANSWERS`) built around the new grant. Other answers (an
+      ``invalid_grant``, say) and other endpoints are left as they are.
     """
 
     status: int | None = None
@@ -59,6 +67,7 @@ class Fault:
     drop: Literal["before", "after"] | None = None
     drip_seconds: float = 0.0
     truncate: bool = False
+    odd_answer: str | None = None
 
     def __post_init__(self) -> None:
         if self.status is not None and not 100 <= self.status <= 599:
@@ -85,6 +94,11 @@ class Fault:
             raise ValueError('drop is "before", "after" or None')
         if self.drop is not None and (self.status is not None or self.drip_seconds or self.truncate):
             raise ValueError("a dropped connection sends nothing: drop excludes status, drip and truncate")
+        if self.odd_answer is not None:
+            if self.odd_answer not in ODD_ANSWERS:
+                raise ValueError(f"unknown odd answer {self.odd_answer!r}")
+            if self.status is not None or self.drop is not None:
+                raise ValueError("odd_answer changes the real answer: it excludes status and drop")
 
     def replaces_answer(self) -> bool:
         """Return whether the request is answered by this fault instead of being processed."""
@@ -102,6 +116,8 @@ class Fault:
         for name in ("envelope", "body", "body_size", "retry_after", "truncate"):
             if getattr(self, name) not in (None, False):
                 parts.append(name)
+        if self.odd_answer is not None:
+            parts.append(f"odd_answer={self.odd_answer}")
         if self.delay_seconds:
             parts.append("delay")
         if self.drip_seconds:
@@ -125,6 +141,21 @@ class Fault:
             return envelope(status, self.message)
         code = self.oauth_error or _default_oauth_error(status)
         return oauth_error(status, code, self.message or f"injected {status} {code}")
+
+    def disguise(self, answer: Answer) -> Answer:
+        """Return the real token ``answer`` with its body replaced by this fault's odd answer.
+
+        Only a 200 carrying a JSON object (a new grant) is changed; anything else is returned as it is.
+        """
+        if self.odd_answer is None or answer.status != 200 or answer.filler_size is not None:
+            return answer
+        try:
+            grant = json.loads(answer.body)
+        except ValueError:
+            return answer
+        if not isinstance(grant, dict):
+            return answer
+        return Answer(200, odd_body(self.odd_answer, grant), content_type=answer.content_type, headers=answer.headers)
 
     def to_json(self) -> dict[str, object]:
         """Return a JSON-ready mapping of the fields that are set; ``body`` goes as base64."""
@@ -169,6 +200,7 @@ _FIELD_TYPES: Mapping[str, tuple[type, ...]] = {
     "drop": (str,),
     "drip_seconds": (int, float),
     "truncate": (bool,),
+    "odd_answer": (str,),
 }
 
 

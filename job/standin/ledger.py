@@ -2,7 +2,9 @@
 
 Neither ever holds a token, secret, authorization code or PKCE verifier: requests are described
 by kind, label, grant type and *how* the client authenticated, and sensitive query values are
-replaced by ``"<redacted>"``.
+replaced by ``"<redacted>"``. A refresh request's log entry names the refresh token it presented by
+its fingerprint (the first 8 hex digits of its SHA-256), so a test can count how often one token
+was sent.
 
 ``stats()`` returns (all keys always present, JSON-serialisable)::
 
@@ -28,6 +30,7 @@ A connection dropped before processing counts as ``<label>:dropped``.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 from collections import Counter, deque
@@ -62,6 +65,7 @@ class Description:
     label: str
     grant_type: str | None = None
     client_auth: str | None = None
+    refresh_token_fingerprint: str | None = None
 
 
 def describe(request: Request) -> Description:
@@ -73,12 +77,21 @@ def describe(request: Request) -> Description:
         if path == "/oauth2/revoke":
             return Description("revoke", "revoke", None, auth)
         grant = form.get("grant_type") or "-"
-        return Description("token", grant[:_GRANT_LABEL_CHARS], grant[:_GRANT_LABEL_CHARS], auth)
+        presented = form.get("refresh_token")
+        return Description(
+            "token", grant[:_GRANT_LABEL_CHARS], grant[:_GRANT_LABEL_CHARS], auth,
+            token_fingerprint(presented) if presented else None,
+        )
     if path == "/oauth2/authorize":
         return Description("authorize", "authorize")
     if path == "/1.0" or path.startswith("/1.0/"):
         return Description("api", f"{request.method} {_api_resource(request)}")
     return Description("other", f"{request.method} other")
+
+
+def token_fingerprint(token: str) -> str:
+    """The first 8 hex digits of the SHA-256 of ``token``: enough to tell tokens apart, never the token."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
 def _client_auth(request: Request, form: dict[str, str]) -> str:
@@ -146,6 +159,7 @@ class Ledger:
             "error": error,
             "grant_type": description.grant_type,
             "client_auth": description.client_auth,
+            "refresh_token_fingerprint": description.refresh_token_fingerprint,
             "fault": fault,
             "outcome": outcome,
         }

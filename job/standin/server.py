@@ -141,6 +141,8 @@ class _Handler(BaseHTTPRequestHandler):
             answer = fault.canned_answer(description.kind)
         else:
             answer = standin.answer(request, description)
+            if fault is not None and description.kind == "token":
+                answer = fault.disguise(answer)
         if fault is not None and fault.retry_after is not None:
             answer = dataclasses.replace(answer, headers=(*answer.headers, ("Retry-After", fault.retry_after)))
 
@@ -243,6 +245,7 @@ class StandIn(Endpoints):
     ``rate_limit_window_seconds`` (None: no limit); ``request_delay_seconds`` is added to every
     request. ``verbose`` prints method, path and status of each request to stderr.
     ``enable_control`` serves the JSON ``/_control/`` endpoints used in process mode.
+    ``reuse_detection`` makes a spent refresh token, presented again, revoke its whole grant.
     """
 
     def __init__(
@@ -257,6 +260,7 @@ class StandIn(Endpoints):
         verbose: bool = False,
         enable_control: bool = False,
         port: int = 0,
+        reuse_detection: bool = False,
     ) -> None:
         if request_delay_seconds < 0:
             raise ValueError("request_delay_seconds must not be negative")
@@ -268,6 +272,7 @@ class StandIn(Endpoints):
             DEFAULT_CLIENTS if clients is None else clients,
             access_token_lifetime_seconds=access_token_lifetime_seconds,
             clock=clock,
+            reuse_detection=reuse_detection,
         )
         self.oauth1 = OAuth1Registry()
         self.faults = FaultQueue()
@@ -371,6 +376,18 @@ class StandIn(Endpoints):
     def reconnect(self, client_id: str | None = None) -> None:
         """Undo :meth:`disconnect`."""
         self.state.reconnect(client_id)
+
+    def set_reuse_detection(self, enabled: bool) -> None:
+        """Switch refresh-token reuse detection on or off (off by default).
+
+        On: a spent refresh token presented again revokes its whole grant, as OAuth 2.1 servers do.
+        """
+        with self.state.lock:
+            self.state.reuse_detection = enabled
+
+    def reuse_stats(self) -> dict[str, int]:
+        """Return how often a spent refresh token was presented, and how many grants that revoked."""
+        return self.state.reuse_stats()
 
     # -- accounts and lists ---------------------------------------------------------------------
 

@@ -6,7 +6,9 @@ Token rules, as API-FACTS §1.7 leads us to assume for AWeber:
 * every refresh token works exactly once: a refresh answers a new access token *and* a new
   refresh token and kills the one presented. Presenting a spent token is refused
   (``invalid_grant``) but does not revoke the chain it belonged to, so whoever holds the newest
-  token keeps working;
+  token keeps working — unless ``reuse_detection`` is on: then presenting a spent refresh token
+  revokes the whole grant (every refresh and access token descended from the same authorization),
+  as OAuth 2.1 servers that detect refresh-token replay do. AWeber documents neither;
 * revoking a refresh token also kills the access tokens of the same grant (RFC 7009 §2.1);
 * a "disconnected" client (the customer removed the integration from their account) can still
   refresh, but none of its access tokens — old or new — is accepted by the API.
@@ -90,6 +92,7 @@ class State:
         *,
         access_token_lifetime_seconds: int,
         clock: Callable[[], float],
+        reuse_detection: bool = False,
     ) -> None:
         if not clients:
             raise ValueError("at least one client is needed")
@@ -101,7 +104,11 @@ class State:
         self._clients = dict(clients)
         self._access: dict[str, AccessToken] = {}
         self._refresh: dict[str, RefreshToken] = {}
-        self._spent_refresh: set[str] = set()
+        self.reuse_detection = reuse_detection
+        # Spent refresh tokens and the grant each belonged to, so a replay can revoke that grant.
+        self._spent_refresh: dict[str, int] = {}
+        self._spent_presented = 0
+        self._grants_revoked_for_reuse = 0
         self._codes: dict[str, AuthorizationCode] = {}
         self._redeemed_codes: dict[str, int] = {}
         self._disconnected: set[str] = set()
@@ -150,13 +157,21 @@ class State:
         with self.lock:
             held = self._refresh.get(refresh_token)
             if held is None:
-                if refresh_token in self._spent_refresh:
+                spent_grant = self._spent_refresh.get(refresh_token)
+                if spent_grant is not None:
+                    self._spent_presented += 1
+                    if self.reuse_detection:
+                        self._revoke_grant(spent_grant)
+                        self._grants_revoked_for_reuse += 1
+                        raise Refused(
+                            "the refresh token was already used; reuse detected, every token of this grant is revoked"
+                        )
                     raise Refused("the refresh token was already used; each refresh token works once")
                 raise Refused("the refresh token is unknown or was revoked")
             if held.client_id != client_id:
                 raise Refused("the refresh token was issued to another client")
             del self._refresh[refresh_token]
-            self._spent_refresh.add(refresh_token)
+            self._spent_refresh[refresh_token] = held.grant_id
             return self._issue(client_id, held.scope, held.grant_id)
 
     def access_token_problem(self, access_token: str) -> str | None:
@@ -186,6 +201,14 @@ class State:
                 self._drop_grant_access_tokens(refresh.grant_id)
             if access is not None:
                 del self._access[token]
+
+    def reuse_stats(self) -> dict[str, int]:
+        """Return how often a spent refresh token was presented, and how many grants that revoked."""
+        with self.lock:
+            return {
+                "spent_refresh_tokens_presented": self._spent_presented,
+                "grants_revoked_for_reuse": self._grants_revoked_for_reuse,
+            }
 
     def issued_secrets(self) -> list[str]:
         """Return every access token, refresh token and authorization code issued, live or not."""

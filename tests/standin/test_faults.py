@@ -1,7 +1,10 @@
-"""Injected faults: canned answers, delays, dropped connections, lost answers, drip, truncation, huge bodies."""
+"""Injected faults: canned answers, delays, dropped connections, lost answers, drip, truncation, huge bodies,
+odd answers around a real new grant."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from typing import Any
 
@@ -193,9 +196,13 @@ def test_request_delay_applies_to_every_request(http: requests.Session) -> None:
         {"delay_seconds": -1},
         {"content_type": "text/plain", "status": 200},
         {"drop": "sideways"},
+        {"odd_answer": "no-such-answer"},
+        {"odd_answer": "garbage", "status": 200},
+        {"odd_answer": "garbage", "drop": "after"},
     ],
     ids=["body without status", "message without status", "two bodies", "status and drop", "drop and truncate",
-         "bad status", "negative delay", "content type without body", "unknown drop"],
+         "bad status", "negative delay", "content type without body", "unknown drop", "unknown odd answer",
+         "odd answer and status", "odd answer and drop"],
 )
 def test_contradictory_faults_are_refused(fields: dict[str, Any]) -> None:
     """A fault whose fields contradict each other raises ValueError when built."""
@@ -212,6 +219,7 @@ def test_contradictory_faults_are_refused(fields: dict[str, Any]) -> None:
         Fault(drop="after"),
         Fault(status=200, body_size=10, drip_seconds=0.1, truncate=True),
         Fault(status=400, oauth_error="invalid_grant", message="gone"),
+        Fault(odd_answer="expires_in_overflow", delay_seconds=0.1),
     ],
 )
 def test_faults_round_trip_through_json(fault: Fault) -> None:
@@ -227,3 +235,98 @@ def test_fault_from_json_rejects_unknown_fields_and_wrong_types() -> None:
         Fault.from_json({"status": True})
     with pytest.raises(ValueError):
         Fault.from_json({"status": "500"})
+
+
+# What each odd answer must hold, written out here rather than read from the stand-in: the raw JSON text
+# of the member that is odd (checked in the bytes, since json cannot read some of them back faithfully).
+ODD_MEMBER_TEXT = {
+    "expires_in_huge": b'"expires_in": 1' + b"0" * 400 + b"}",
+    "expires_in_overflow": b'"expires_in": 1e999',
+    "expires_in_nan": b'"expires_in": NaN',
+    "expires_in_negative": b'"expires_in": -7200',
+    "expires_in_string": b'"expires_in": "7200"',
+    "expires_in_word": b'"expires_in": "soon"',
+    "scope_lone_surrogate": b'"scope": "account.read \\ud800 list.read"',
+    "token_type_mac": b'"token_type": "mac"',
+    "access_token_lone_surrogate": b'"access_token": "abc\\ud800def"',
+    "invalid_utf8_in_unknown_member": b'"note": "\xff\xfe"',
+    "deep_nesting_in_unknown_member": b'"extra": ' + b"[" * 5000 + b"]" * 5000,
+}
+
+
+def test_odd_answer_rotates_and_carries_the_new_refresh_token(server: StandIn, http: requests.Session) -> None:
+    """An odd-answer fault processes the refresh (the old token is spent) and its 200 body carries the new live one."""
+    token = str(server.issue_tokens(CONF_ID)["refresh_token"])
+    server.inject(Fault(odd_answer="expires_in_overflow"), path="/oauth2/token")
+    answer = refresh(http, server, token)
+    assert answer.status_code == 200
+    assert answer.headers["Cache-Control"] == "no-store"
+    body = json.loads(answer.content)  # Python's json reads 1e999 as infinity
+    assert body["expires_in"] == float("inf")
+    assert body["token_type"] == "bearer"
+    assert server.live_refresh_tokens() == {body["refresh_token"]}
+    assert token not in server.live_refresh_tokens()
+    assert server.stats()["faults"] == {"odd_answer=expires_in_overflow": 1}
+
+
+@pytest.mark.parametrize("name", sorted(ODD_MEMBER_TEXT))
+def test_odd_answers_hold_the_odd_member_beside_the_new_refresh_token(
+    server: StandIn, http: requests.Session, name: str
+) -> None:
+    """Each listed odd answer holds its odd member as raw JSON text and the new live refresh token."""
+    token = str(server.issue_tokens(CONF_ID)["refresh_token"])
+    server.inject(Fault(odd_answer=name), path="/oauth2/token")
+    answer = refresh(http, server, token)
+    assert answer.status_code == 200
+    assert ODD_MEMBER_TEXT[name] in answer.content
+    (live,) = server.live_refresh_tokens()
+    assert f'"refresh_token": "{live}"'.encode() in answer.content
+
+
+def test_deep_nesting_breaks_a_recursive_json_reader(server: StandIn, http: requests.Session) -> None:
+    """The deep-nesting odd answer is valid JSON that Python's json module cannot read: RecursionError."""
+    token = str(server.issue_tokens(CONF_ID)["refresh_token"])
+    server.inject(Fault(odd_answer="deep_nesting_before_the_tokens"), path="/oauth2/token")
+    answer = refresh(http, server, token)
+    with pytest.raises(RecursionError):
+        json.loads(answer.content)
+    assert len(answer.content) < 64 * 1024
+
+
+@pytest.mark.parametrize("name", ["garbage", "json_without_tokens", "refresh_token_only_in_a_broken_string"])
+def test_garbage_odd_answers_spend_the_token_and_carry_no_usable_one(
+    server: StandIn, http: requests.Session, name: str
+) -> None:
+    """The garbage odd answers rotate all the same, but no complete new refresh token is in their body."""
+    token = str(server.issue_tokens(CONF_ID)["refresh_token"])
+    server.inject(Fault(odd_answer=name), path="/oauth2/token")
+    answer = refresh(http, server, token)
+    assert answer.status_code == 200
+    (live,) = server.live_refresh_tokens()
+    assert live != token
+    assert f'"{live}"'.encode() not in answer.content
+
+
+def test_odd_answer_leaves_a_refused_refresh_and_the_api_alone(server: StandIn, http: requests.Session) -> None:
+    """An odd-answer fault changes only a 200 from the token endpoint: invalid_grant and API answers pass through."""
+    server.add_account(1)
+    grant = server.issue_tokens(CONF_ID)
+    server.inject(Fault(odd_answer="garbage"))
+    refused = refresh(http, server, "not-a-live-token")
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+    server.inject(Fault(odd_answer="garbage"))
+    accounts = http.get(f"{server.api_url}/accounts", headers=bearer(grant["access_token"]), timeout=5)
+    assert accounts.status_code == 200 and accounts.json()["entries"][0]["id"] == 1
+
+
+def test_the_request_log_names_the_presented_refresh_token_by_fingerprint(
+    server: StandIn, http: requests.Session
+) -> None:
+    """A refresh request's log entry holds the SHA-256 prefix of the refresh token it presented, never the token."""
+    token = str(server.issue_tokens(CONF_ID)["refresh_token"])
+    refresh(http, server, token)
+    refresh(http, server, token)
+    entries = [entry for entry in server.request_log() if entry["kind"] == "token"]
+    expected = hashlib.sha256(token.encode()).hexdigest()[:8]
+    assert [entry["refresh_token_fingerprint"] for entry in entries] == [expected, expected]
+    assert token not in json.dumps(server.request_log())

@@ -75,6 +75,43 @@ def test_each_refresh_token_works_once(server: StandIn, http: requests.Session) 
     assert refresh(http, server, second).status_code == 200
 
 
+def test_reuse_detection_is_off_by_default(server: StandIn, http: requests.Session) -> None:
+    """Without reuse detection a replayed refresh token is refused, and the grant it belonged to lives on."""
+    first = str(server.issue_tokens(CONF_ID)["refresh_token"])
+    second = refresh(http, server, first).json()["refresh_token"]
+    assert refresh(http, server, first).json()["error"] == "invalid_grant"
+    assert server.live_refresh_tokens() == {second}
+    assert server.reuse_stats() == {"spent_refresh_tokens_presented": 1, "grants_revoked_for_reuse": 0}
+
+
+def test_reuse_detection_revokes_the_whole_grant(server: StandIn, http: requests.Session) -> None:
+    """With reuse detection on, a replayed refresh token revokes every token of its grant; other grants live on."""
+    server.add_account(1)
+    server.set_reuse_detection(True)
+    other = server.issue_tokens(CONF_ID)
+    first = str(server.issue_tokens(CONF_ID)["refresh_token"])
+    rotated = refresh(http, server, first).json()
+    replayed = refresh(http, server, first)
+    assert replayed.status_code == 400 and replayed.json()["error"] == "invalid_grant"
+    assert "reuse detected" in replayed.json()["error_description"]
+    assert server.live_refresh_tokens() == {other["refresh_token"]}
+    assert refresh(http, server, rotated["refresh_token"]).json()["error"] == "invalid_grant"
+    accounts = f"{server.api_url}/accounts"
+    assert http.get(accounts, headers=bearer(rotated["access_token"]), timeout=5).status_code == 401
+    assert http.get(accounts, headers=bearer(other["access_token"]), timeout=5).status_code == 200
+    assert server.reuse_stats() == {"spent_refresh_tokens_presented": 1, "grants_revoked_for_reuse": 1}
+
+
+def test_reuse_detection_can_be_switched_off_again(server: StandIn, http: requests.Session) -> None:
+    """Switched off, a replay no longer revokes anything."""
+    server.set_reuse_detection(True)
+    server.set_reuse_detection(False)
+    first = str(server.issue_tokens(CONF_ID)["refresh_token"])
+    second = refresh(http, server, first).json()["refresh_token"]
+    refresh(http, server, first)
+    assert server.live_refresh_tokens() == {second}
+
+
 def test_refresh_token_of_another_client_is_invalid_grant(server: StandIn, http: requests.Session) -> None:
     """A refresh token issued to the public client is refused to the confidential one, and stays live."""
     token = str(server.issue_tokens(PUBLIC_ID)["refresh_token"])

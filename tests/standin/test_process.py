@@ -157,3 +157,44 @@ def test_control_client_drives_an_in_thread_stand_in_too() -> None:
         control.revoke_all_access_tokens()
         assert requests.get(url, headers=bearer(grant["access_token"]), timeout=5).status_code == 401
         assert control.stats() == server.stats()
+
+
+def test_odd_answers_and_reuse_detection_work_through_the_control_api(
+    running: tuple[subprocess.Popen[bytes], Path, StandInControl],
+) -> None:
+    """In process mode an odd-answer fault and the reuse-detection switch are driven through the control API."""
+    _, _, control = running
+    token = str(control.issue_tokens(CONF_ID)["refresh_token"])
+    control.inject(Fault(odd_answer="expires_in_nan"), path="/oauth2/token")
+    data = {"grant_type": "refresh_token", "refresh_token": token}
+    answer = requests.post(control.token_url, data=data, auth=(CONF_ID, CONF_SECRET), timeout=5)
+    assert b'"expires_in": NaN' in answer.content
+    (live,) = control.live_refresh_tokens()
+    assert f'"refresh_token": "{live}"'.encode() in answer.content
+
+    control.set_reuse_detection(True)
+    replayed = requests.post(control.token_url, data=data, auth=(CONF_ID, CONF_SECRET), timeout=5)
+    assert replayed.json()["error"] == "invalid_grant"
+    assert control.live_refresh_tokens() == set()
+    assert control.reuse_stats() == {"spent_refresh_tokens_presented": 1, "grants_revoked_for_reuse": 1}
+    with pytest.raises(ValueError):
+        control.set_reuse_detection("yes")  # type: ignore[arg-type]
+
+
+def test_reuse_detection_can_be_set_in_the_config(tmp_path: Path) -> None:
+    """"reuse_detection": true in the config file starts the stand-in with the switch on; a non-boolean exits 2."""
+    process, port_file = start_process(tmp_path, {"clients": {CONF_ID: CONF_SECRET}, "reuse_detection": True})
+    try:
+        control = StandInControl(f"http://127.0.0.1:{wait_for_port(process, port_file)}")
+        token = str(control.issue_tokens(CONF_ID)["refresh_token"])
+        data = {"grant_type": "refresh_token", "refresh_token": token}
+        for _ in range(2):
+            requests.post(control.token_url, data=data, auth=(CONF_ID, CONF_SECRET), timeout=5)
+        assert control.reuse_stats()["grants_revoked_for_reuse"] == 1
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+    (tmp_path / "bad").mkdir()
+    bad, _ = start_process(tmp_path / "bad", {"reuse_detection": "yes"})
+    assert bad.wait(timeout=15) == 2
+    bad.communicate(timeout=5)

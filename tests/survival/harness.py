@@ -47,7 +47,9 @@ def scaled(ci: int, soak: int) -> int:
 
 # -- the tally -------------------------------------------------------------------------------------
 
-OUTCOMES = ("survived", "lost_answer", "failed")
+# lost_answer: the server rotated and its answer never arrived whole (the job explains it);
+# garbled_answer: the server rotated and its answer arrived, but held no readable refresh token.
+OUTCOMES = ("survived", "lost_answer", "garbled_answer", "failed")
 
 
 @dataclass
@@ -106,12 +108,15 @@ class Tally:
 
 @dataclass
 class Attempt:
-    """How the attempt in progress ended; a lost answer must be marked explicitly."""
+    """How the attempt in progress ended; a lost or garbled answer must be marked explicitly."""
 
     outcome: str = "survived"
 
     def mark_lost_answer(self) -> None:
         self.outcome = "lost_answer"
+
+    def mark_garbled_answer(self) -> None:
+        self.outcome = "garbled_answer"
 
 
 TALLY = Tally()

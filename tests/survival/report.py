@@ -19,12 +19,12 @@ KILL_PHASES = (
 def render_table(report: Mapping[str, Any]) -> str:
     """The main table, one row per scenario, and a total."""
     lines = [
-        "| scenario | tried | survived | lost answer (explained) | failures |",
-        "|---|---:|---:|---:|---:|",
+        "| scenario | tried | survived | lost answer (explained) | garbled answer (explained) | failures |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    totals = [0, 0, 0, 0]
+    totals = [0, 0, 0, 0, 0]
     for name, row in report.items():
-        values = [row["tried"], row["survived"], row["lost_answer"], row["failed"]]
+        values = [row["tried"], row["survived"], row["lost_answer"], row.get("garbled_answer", 0), row["failed"]]
         totals = [a + b for a, b in zip(totals, values, strict=True)]
         lines.append(f"| {name} | " + " | ".join(str(v) for v in values) + " |")
     lines.append("| **total** | " + " | ".join(f"**{v}**" for v in totals) + " |")
