@@ -9,7 +9,7 @@ sent. Collections are walked page by page through ``next_collection_link`` as a 
 Quirks, from API-FACTS §3: AWeber's rate limit answers HTTP 403 (not 429) with
 ``error.message`` "Rate Limit Error" and no Retry-After, and blocks the account for 60 s; other
 403s (suspended account, missing permission) must not be retried. An expired or disconnected
-access token answers 401.
+access token answers 401, in RFC 6750's shape rather than the envelope (docs/aweber-api.md).
 """
 
 from __future__ import annotations
@@ -109,15 +109,26 @@ def format_origin(origin: Origin) -> str:
 
 
 def _error_fields(body: bytes) -> tuple[str | None, str | None]:
-    """AWeber's ``error.type`` and ``error.message`` from an error envelope, when the body is one."""
+    """The error's kind and message from either of AWeber's error bodies, when the body is one.
+
+    The REST API's envelope ``{"error": {"type", "message", ...}}`` gives ``error.type`` and
+    ``error.message``; the token layer's RFC 6750 answer to an expired or unknown access token,
+    ``{"error": "invalid_token", "error_description": "..."}``, gives the code and the description
+    (docs/aweber-api.md). Both are shortened to one line.
+    """
     try:
         value = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return None, None
     error = value.get("error") if isinstance(value, dict) else None
-    if not isinstance(error, dict):
+    kind: object
+    message: object
+    if isinstance(error, str) and isinstance(value, dict):
+        kind, message = error, value.get("error_description")
+    elif isinstance(error, dict):
+        kind, message = error.get("type"), error.get("message")
+    else:
         return None, None
-    kind, message = error.get("type"), error.get("message")
     return (
         shorten(kind, 60) if isinstance(kind, str) and kind else None,
         shorten(message) if isinstance(message, str) and message else None,

@@ -422,7 +422,7 @@ def test_access_token_expired_mid_walk_is_refreshed_once_and_saved(
     assert standin.live_refresh_tokens() == {saved["refresh_token"]}
     assert saved["access_token"] == keeper.access_token
     assert (job.token_file.stat().st_mode & 0o777) == 0o600
-    assert _api_count(standin, "GET subscribers:401:UnauthorizedError") == 1
+    assert _api_count(standin, "GET subscribers:401:invalid_token") == 1
     assert client.requests_made == 4
 
 
@@ -443,7 +443,7 @@ def test_token_near_expiry_is_refreshed_before_the_request(
     assert keeper.stats.refreshes == 1
     assert standin.live_refresh_tokens() == {job.read_tokens()["refresh_token"]}
     assert _api_count(standin, "GET accounts:200") == 2
-    assert _api_count(standin, "GET accounts:401:UnauthorizedError") == 0
+    assert _api_count(standin, "GET accounts:401:invalid_token") == 0
 
 
 def test_401_that_survives_a_refresh_is_an_auth_error(
@@ -466,6 +466,47 @@ def test_401_that_survives_a_refresh_is_an_auth_error(
     # The refresh still rotated and saved the token, so the file stays usable after re-connecting.
     assert standin.live_refresh_tokens() == {job.read_tokens()["refresh_token"]}
     assert keeper.access_token not in text
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        # AWeber's token layer answers an expired or unknown access token in RFC 6750's shape.
+        ({"error": "invalid_token", "error_description": "The access token expired"},
+         "HTTP 401 invalid_token: The access token expired"),
+        # Other 401s (an inactive account, a bad consumer key) come in AWeber's error envelope.
+        ({"error": {"status": 401, "message": "Invalid account.", "type": "UnauthorizedError"}},
+         "HTTP 401 UnauthorizedError: Invalid account."),
+    ],
+    ids=["rfc6750", "envelope"],
+)
+def test_401_bodies_of_both_shapes_are_quoted_in_the_auth_error(
+    standin: StandIn, body: dict[str, Any], shown: str
+) -> None:
+    """A 401 that survives the refresh names AWeber's error code and description, in either body shape."""
+    answer = Fault(status=401, body=json.dumps(body).encode())
+    standin.inject(answer, answer, path="/1.0/accounts")
+    client = _client(standin, FakeTokens("access-token-abcdef"))
+
+    with pytest.raises(AuthError) as raised:
+        client.get("/accounts")
+
+    assert shown in str(raised.value)
+
+
+def test_a_long_401_description_is_shortened_to_one_line(standin: StandIn) -> None:
+    """An invalid_token description of a kilobyte over several lines is quoted shortened, on one line."""
+    description = "The access token is invalid.\n" + "x" * 1000
+    answer = Fault(status=401, body=json.dumps({"error": "invalid_token", "error_description": description}).encode())
+    standin.inject(answer, answer, path="/1.0/accounts")
+    client = _client(standin, FakeTokens("access-token-abcdef"))
+
+    with pytest.raises(AuthError) as raised:
+        client.get("/accounts")
+
+    text = str(raised.value)
+    assert "invalid_token: The access token is invalid. xxx" in text
+    assert "\n" not in text and len(text) < 500
 
 
 def test_401_with_a_fake_token_source_refreshes_exactly_once(standin: StandIn) -> None:

@@ -54,6 +54,10 @@ class _ApiProblem(Exception):
         self.error_type = error_type
 
 
+class _InvalidToken(_ApiProblem):
+    """An access token that is unknown, expired or of a disconnected integration."""
+
+
 def _web_service_error(message: str) -> _ApiProblem:
     return _ApiProblem(400, message, "WebServiceError")
 
@@ -81,10 +85,16 @@ class Api:
                 return envelope(403, RATE_LIMIT_MESSAGE, "ForbiddenError")
             with self._state.lock:
                 return self._route(request)
+        except _InvalidToken as problem:
+            # AWeber's token layer, not the REST API, refuses an expired or unknown access token: an
+            # RFC 6750 answer rather than the error envelope (docs/aweber-api.md).
+            challenge = ("WWW-Authenticate", 'Bearer realm="AWeber", error="invalid_token"')
+            body = {"error": "invalid_token", "error_description": problem.message}
+            return json_answer(401, body, headers=(challenge,), error="invalid_token")
         except _ApiProblem as problem:
             answer = envelope(problem.status, problem.message, problem.error_type)
             if problem.status == 401:
-                challenge = ("WWW-Authenticate", 'Bearer realm="AWeber", error="invalid_token"')
+                challenge = ("WWW-Authenticate", 'Bearer realm="AWeber"')
                 return dataclasses.replace(answer, headers=(challenge,))
             if problem.status == 405:
                 return dataclasses.replace(answer, headers=(("Allow", "GET"),))
@@ -107,7 +117,7 @@ class Api:
             raise _ApiProblem(400, "Missing oauth parameters: oauth_consumer_key", "MissingOAuthParametersError")
         problem = self._state.access_token_problem(token)
         if problem is not None:
-            raise _ApiProblem(401, problem)
+            raise _InvalidToken(401, problem)
 
     def _buckets(self, request: Request) -> Sequence[Hashable]:
         # The limit is per customer account; a request outside any account counts for all of them.

@@ -48,14 +48,13 @@ def walk(http: requests.Session, url: str, token: str, **params: Any) -> Iterato
 # -- authentication -------------------------------------------------------------------------------
 
 
-def test_unknown_token_is_401_with_the_envelope(server: StandIn, http: requests.Session) -> None:
-    """An access token the stand-in never issued answers 401 UnauthorizedError."""
+def test_unknown_token_is_401_invalid_token_from_the_token_layer(server: StandIn, http: requests.Session) -> None:
+    """An access token the stand-in never issued answers 401 in RFC 6750's shape, as AWeber's token layer does."""
     answer = get(http, f"{server.api_url}/accounts", "never-issued")
     assert answer.status_code == 401
-    assert answer.json() == {"error": {
-        "status": 401, "message": "Invalid token.", "type": "UnauthorizedError",
-        "documentation_url": "https://api.aweber.com/#unauthorized",
-    }}
+    assert answer.json() == {"error": "invalid_token", "error_description": "Invalid token."}
+    assert answer.headers["WWW-Authenticate"].startswith('Bearer realm="AWeber", error="invalid_token"')
+    assert server.stats()["api"] == {"GET accounts:401:invalid_token": 1}
 
 
 def test_expired_tokens_are_401_until_refreshed(server: StandIn, http: requests.Session, token: str) -> None:
@@ -78,7 +77,8 @@ def test_tokens_expire_by_the_injected_clock(http: requests.Session) -> None:
         assert get(http, f"{server.api_url}/accounts", str(grant["access_token"])).status_code == 200
         clock.advance(1)
         answer = get(http, f"{server.api_url}/accounts", str(grant["access_token"]))
-    assert answer.status_code == 401 and answer.json()["error"]["message"] == "Access token expired."
+    assert answer.status_code == 401
+    assert answer.json() == {"error": "invalid_token", "error_description": "Access token expired."}
 
 
 def test_disconnected_client_gets_401_even_after_refresh(server: StandIn, http: requests.Session, token: str) -> None:
@@ -102,9 +102,10 @@ def test_missing_credentials_are_a_400_like_aweber(server: StandIn, http: reques
 
 
 def test_other_authorization_schemes_are_401(server: StandIn, http: requests.Session, token: str) -> None:
-    """Only the Bearer scheme authenticates API requests."""
+    """Only the Bearer scheme authenticates API requests; another scheme gets AWeber's envelope, not invalid_token."""
     answer = http.get(f"{server.api_url}/accounts", headers={"Authorization": f"Token {token}"}, timeout=5)
     assert answer.status_code == 401
+    assert answer.json()["error"]["type"] == "UnauthorizedError"
 
 
 # -- rate limit -----------------------------------------------------------------------------------
