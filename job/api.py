@@ -6,9 +6,11 @@ requests fall in any rolling window. The bearer token goes only to the scheme, h
 the API base URL: a link in a response that points anywhere else is refused before anything is
 sent. Collections are walked page by page through ``next_collection_link`` as a generator.
 
-Quirks, from API-FACTS §3: AWeber's rate limit answers HTTP 403 (not 429) with
-``error.message`` "Rate Limit Error" and no Retry-After, and blocks the account for 60 s; other
-403s (suspended account, missing permission) must not be retried. An expired or disconnected
+Quirks, from docs/aweber-api.md: AWeber's rate limit answers HTTP 403 (not 429) with
+``error.message`` "Rate Limit Error" and no Retry-After, and blocks the account for 60 s; two
+other 403s ("not accepting requests", "cannot be processed" at this time) ask for a retry with
+exponential backoff and get the same retries as a 5xx; the rest (suspended account, missing
+permission) must not be retried. An expired or disconnected
 access token answers 401, in RFC 6750's shape rather than the envelope (docs/aweber-api.md).
 """
 
@@ -42,6 +44,8 @@ MAX_ANSWER_BYTES = 16 * 1024 * 1024
 MAX_ERROR_BODY_BYTES = 64 * 1024
 # Statuses worth another try besides 5xx: request timeout, and 429 should AWeber ever send it.
 TRANSIENT_STATUSES = frozenset({408, 429})
+# The words of AWeber's 403s that ask to be retried with backoff (see is_retry_later_answer).
+_RETRY_LATER_PHRASES = ("not accepting requests at this time", "cannot be processed at this time")
 _READ_CHUNK_BYTES = 64 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -147,6 +151,19 @@ def _describe(status: int, kind: str | None, message: str | None) -> str:
 def is_rate_limit_answer(status: int, message: str | None) -> bool:
     """Whether an answer is AWeber's rate-limit refusal: 403 whose message says "rate limit" (KB-RATE)."""
     return status == 403 and message is not None and "rate limit" in message.lower()
+
+
+def is_retry_later_answer(status: int, message: str | None) -> bool:
+    """Whether an answer is one of AWeber's 403s that say to try again using an exponential backoff.
+
+    "This account is not accepting requests at this time" and "Your request cannot be processed at
+    this time" (AWeber's Troubleshooting section, docs/aweber-api.md); matched on those words, not
+    the exact text.
+    """
+    if status != 403 or message is None:
+        return False
+    words = " ".join(message.lower().split())
+    return any(phrase in words for phrase in _RETRY_LATER_PHRASES)
 
 
 class ApiClient:
@@ -341,6 +358,8 @@ class ApiClient:
                 hint="the job paces itself to AWEBER_RATE_LIMIT; another integration may share the account's limit",
                 retry_after_seconds=self._window_seconds,
             )
+        if is_retry_later_answer(status, message):
+            raise TemporaryError(f"GET {path}: AWeber asks to try again later ({detail})")
         if status >= 500 or status in TRANSIENT_STATUSES:
             retry_after = parse_retry_after(response_headers.get("Retry-After"), self._clock())
             raise TemporaryError(f"GET {path}: the API is unavailable ({detail})", retry_after_seconds=retry_after)

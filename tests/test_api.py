@@ -17,7 +17,7 @@ from job.api import ApiClient, format_origin, origin_of
 from job.config import load_settings
 from job.cycle import TokenKeeper
 from job.errors import EXIT_AUTH, EXIT_TEMPORARY, ApiError, AuthError, TemporaryError
-from job.standin import Fault, StandIn
+from job.standin import RETRY_LATER_403_MESSAGES, Fault, StandIn
 from tests.conftest import JobFiles
 
 ACCOUNT_ID = 1001
@@ -253,6 +253,38 @@ def test_rate_limit_beyond_the_deadline_is_a_temporary_failure(standin: StandIn)
     assert "rate limit" in str(raised.value).lower()
     assert fake_time.sleeps == []
     assert client.requests_made == 1
+
+
+@pytest.mark.parametrize("message", RETRY_LATER_403_MESSAGES)
+def test_403_that_asks_for_a_backoff_is_retried_like_a_5xx(standin: StandIn, message: str) -> None:
+    """AWeber's 403s that say to try again with exponential backoff are retried with backoff, not the 60 s wait."""
+    standin.add_account(ACCOUNT_ID)
+    standin.inject(Fault(status=403, message=message), Fault(status=403, message=message), path="/1.0/accounts")
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time)
+
+    accounts = client.get("/accounts")
+
+    assert [entry["id"] for entry in accounts["entries"]] == [ACCOUNT_ID]
+    assert client.requests_made == 3
+    assert client.rate_limited == 0
+    # Backoff with jitter: the first wait within [0.5, 1] s, the second within [1, 2] s.
+    assert len(fake_time.sleeps) == 2
+    assert 0.5 <= fake_time.sleeps[0] <= 1.0 and 1.0 <= fake_time.sleeps[1] <= 2.0
+
+
+def test_403_that_asks_for_a_backoff_ends_temporary_when_it_persists(standin: StandIn) -> None:
+    """A "not accepting requests" 403 that lasts past the retry deadline is a temporary failure (exit 75)."""
+    standin.inject(*[Fault(status=403, message=RETRY_LATER_403_MESSAGES[0])] * 30, path="/1.0/accounts")
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time, retry_deadline_seconds=20.0)
+
+    with pytest.raises(TemporaryError) as raised:
+        client.get("/accounts")
+
+    assert raised.value.exit_code == EXIT_TEMPORARY
+    assert "not accepting requests" in str(raised.value)
+    assert client.requests_made >= 3
 
 
 def test_other_403_is_not_retried(standin: StandIn) -> None:
