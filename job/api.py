@@ -21,10 +21,12 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
+from http.client import HTTPException
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
+import urllib3
 
 from job.errors import ApiError, AuthError, JobError, TemporaryError, shorten
 from job.retries import call_with_retries, parse_retry_after
@@ -386,25 +388,34 @@ class ApiClient:
             raise ApiError(f"GET {path}: the request could not be made ({type(exc).__name__})") from None
         try:
             limit = MAX_ANSWER_BYTES if 200 <= response.status_code < 300 else MAX_ERROR_BODY_BYTES
-            body = self._read_body(response, limit, path)
-        except (requests.exceptions.RequestException, OSError) as exc:
+            body = self._read_body(response, limit)
+        except (urllib3.exceptions.ReadTimeoutError, requests.exceptions.Timeout, TimeoutError):
+            raise TemporaryError(
+                f"GET {path}: the API stopped sending its answer for more than {self._timeout_seconds:g} s"
+            ) from None
+        except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, HTTPException, OSError) as exc:
             raise TemporaryError(f"GET {path}: the answer was cut off ({type(exc).__name__})") from None
         finally:
             response.close()
         return response.status_code, response.headers, body
 
-    def _read_body(self, response: requests.Response, limit: int, path: str) -> bytes:
-        """Read at most ``limit + 1`` bytes, within the timeout for the whole body (a drip is not an answer)."""
-        started = self._monotonic()
+    def _read_body(self, response: requests.Response, limit: int) -> bytes:
+        """Read the body as it arrives, at most ``limit + 1`` bytes.
+
+        The read timeout bounds each wait for the next bytes, not the whole body: a slow answer that
+        keeps coming is read to its end (it is an answer, and asking again would only repeat it).
+        """
+        raw = response.raw
+        # urllib3 2's read1 returns whatever has arrived; read(n) would wait for n bytes.
+        read = getattr(raw, "read1", None) or raw.read
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_content(chunk_size=_READ_CHUNK_BYTES):
+        while size <= limit:
+            chunk = read(_READ_CHUNK_BYTES, decode_content=True)
+            if not chunk:
+                break
             chunks.append(chunk)
             size += len(chunk)
-            if size > limit:
-                break
-            if self._monotonic() - started > self._timeout_seconds:
-                raise TemporaryError(f"GET {path}: the answer arrived too slowly")
         return b"".join(chunks)
 
     # ---- pacing -------------------------------------------------------------------------------

@@ -363,6 +363,51 @@ def test_read_timeout_is_retried(standin: StandIn) -> None:
     assert len(fake_time.sleeps) == 1
 
 
+def test_a_slow_but_steady_answer_is_read_whole(standin: StandIn) -> None:
+    """The read timeout is a limit between bytes: an answer dripping over 1.5 s under a 0.5 s timeout is used."""
+    body = json.dumps({"entries": [{"id": ACCOUNT_ID}], "start": 0, "total_size": 1}).encode()
+    standin.inject(Fault(status=200, body=body, drip_seconds=0.03), path="/1.0/accounts")
+    fake_time = FakeTime()
+    # The real monotonic clock: the answer's own time is what is being tested.
+    client = _client(standin, _fake_tokens(standin), sleep=fake_time.sleep, timeout_seconds=0.5)
+    started = time.monotonic()
+
+    accounts = client.get("/accounts")
+
+    assert time.monotonic() - started > 1.0  # it did drip for longer than the timeout
+    assert accounts["entries"] == [{"id": ACCOUNT_ID}]
+    assert client.requests_made == 1
+    assert fake_time.sleeps == []
+
+
+def test_an_answer_that_stalls_past_the_read_timeout_is_retried(standin: StandIn) -> None:
+    """Bytes that stop coming for longer than the read timeout abandon the answer, and the GET is sent again."""
+    standin.add_account(ACCOUNT_ID)
+    standin.inject(Fault(drip_seconds=0.8), path="/1.0/accounts")
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time, timeout_seconds=0.3)
+
+    accounts = client.get("/accounts")
+
+    assert accounts["entries"][0]["id"] == ACCOUNT_ID
+    assert client.requests_made == 2
+    assert len(fake_time.sleeps) == 1
+
+
+def test_connections_are_kept_alive_between_requests(standin: StandIn) -> None:
+    """Reading answers as they arrive still hands the connection back: three GETs use one TCP connection."""
+    standin.add_account(ACCOUNT_ID)
+    session = _session()
+    client = ApiClient(session, base_url=standin.api_url, tokens=_fake_tokens(standin), rate_limit_per_minute=120,
+                       refresh_leeway_seconds=300.0, timeout_seconds=5.0, retry_deadline_seconds=300.0)
+
+    for _ in range(3):
+        client.get("/accounts")
+
+    pools = session.get_adapter(standin.api_url).poolmanager.pools
+    assert [pools[key].num_connections for key in pools.keys()] == [1]
+
+
 def test_connection_refused_is_retried_then_temporary() -> None:
     """An API that cannot be reached is retried within the deadline, then TemporaryError (exit 75)."""
     with StandIn() as gone:

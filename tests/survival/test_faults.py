@@ -67,13 +67,15 @@ MISBEHAVIOURS = [
     Misbehaviour("50 MB body with 200", (Fault(status=200, body_size=FIFTY_MEGABYTES),), 76, 1),
     Misbehaviour("HTML error page (502)", (Fault(status=502, body=HTML_PAGE, content_type="text/html"),), 0, 0),
     Misbehaviour("HTML page with 200", (Fault(status=200, body=HTML_PAGE, content_type="text/html"),), 76, 1),
-    # A drip is not an answer: one that takes longer than the read timeout counts as lost (token endpoint)
-    # or is retried (API). The API answers are a few KB, so the API drip is faster to stay bounded.
+    # A drip is not an answer: one that takes longer than the read timeout counts as lost (token endpoint).
     Misbehaviour("slow drip past the read timeout", (Fault(drip_seconds=0.02),), 77, 0,
                  (("AWEBER_HTTP_TIMEOUT", "1"), ("AWEBER_RETRY_DEADLINE", "15")),
                  explains_lost_answer=CONSUMED, places=("token endpoint",)),
-    Misbehaviour("slow drip past the read timeout", (Fault(drip_seconds=0.001),), 77, 0,
-                 (("AWEBER_HTTP_TIMEOUT", "0.5"),), places=API, words="arrived too slowly"),
+    # The API's read timeout is between bytes: a slow, steady answer is used; a pause past it is retried.
+    Misbehaviour("slow drip within the read timeout", (Fault(drip_seconds=0.001),), 77, 0,
+                 (("AWEBER_HTTP_TIMEOUT", "0.5"),), places=API),
+    Misbehaviour("drip pausing past the read timeout", (Fault(drip_seconds=0.7),), 77, 0,
+                 (("AWEBER_HTTP_TIMEOUT", "0.5"),), places=API, words="stopped sending its answer"),
     Misbehaviour("slow drip past the retry deadline", (Fault(drip_seconds=0.02),), 75, 0,
                  (("AWEBER_HTTP_TIMEOUT", "1"), ("AWEBER_RETRY_DEADLINE", "2")),
                  explains_lost_answer="may have been used by the request whose answer was lost",
