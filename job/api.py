@@ -28,7 +28,8 @@ from urllib.parse import parse_qsl, urlsplit
 import requests
 import urllib3
 
-from job.errors import ApiError, AuthError, JobError, TemporaryError, shorten
+from job.config import format_duration
+from job.errors import ApiError, AuthError, JobError, RunTimeoutError, TemporaryError, shorten
 from job.retries import call_with_retries, parse_retry_after
 
 if TYPE_CHECKING:
@@ -169,10 +170,14 @@ def is_retry_later_answer(status: int, message: str | None) -> bool:
 
 
 class ApiClient:
-    """The AWeber API through one session: paced, retried, refreshed, origin-locked.
+    """The AWeber API through one session: paced, retried, refreshed, origin-locked, time-limited.
 
     ``requests_made`` counts HTTP requests actually sent; ``rate_limited`` counts 403 "Rate Limit
-    Error" answers received.
+    Error" answers received. With ``run_timeout_seconds``, nothing runs past ``run_started`` (the
+    monotonic time the run began; default: now) plus that many seconds: no request is sent, no
+    wait (pacing, rate limit, retry backoff) is begun that would end later, connect and read
+    timeouts are cut to the time left, and an answer still arriving then is abandoned. Any of these
+    raises RunTimeoutError.
     """
 
     def __init__(
@@ -189,6 +194,8 @@ class ApiClient:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         window_seconds: float = DEFAULT_WINDOW_SECONDS,
+        run_timeout_seconds: float | None = None,
+        run_started: float | None = None,
     ) -> None:
         if rate_limit_per_minute < 1:
             raise ValueError("rate_limit_per_minute must be at least 1")
@@ -210,6 +217,11 @@ class ApiClient:
         self._monotonic = monotonic
         self._sleep = sleep
         self._window_seconds = window_seconds
+        self._run_timeout_seconds = run_timeout_seconds
+        # The run's time limit as an instant on the monotonic clock (None: no limit).
+        self._run_deadline: float | None = None
+        if run_timeout_seconds is not None:
+            self._run_deadline = (monotonic() if run_started is None else run_started) + run_timeout_seconds
         # When each of the last ``rate_limit`` requests finished: O(limit) memory whatever the run.
         self._recent: collections.deque[float] = collections.deque(maxlen=rate_limit_per_minute)
         self.requests_made = 0
@@ -221,8 +233,9 @@ class ApiClient:
     def from_settings(
         cls, session: requests.Session, settings: Settings, tokens: TokenSource, **options: Any
     ) -> ApiClient:
-        """A client configured as the settings say (URL, rate limit, leeway, timeouts); ``options``
-        adds the clock seams or a scaled rate-limit window."""
+        """A client configured as the settings say (URL, rate limit, leeway, timeouts, run time limit);
+        ``options`` adds the clock seams, the run's start or a scaled rate-limit window."""
+        options.setdefault("run_timeout_seconds", settings.run_timeout_seconds)
         return cls(
             session,
             base_url=settings.api_url,
@@ -309,7 +322,7 @@ class ApiClient:
                     deadline_seconds=self._deadline_seconds,
                     what=f"GET {path}",
                     clock=self._monotonic,
-                    sleep=self._sleep,
+                    sleep=lambda seconds: self._wait(seconds, f"waiting to retry GET {path}"),
                 )
             except _NotRetried as carried:
                 raise carried.error from carried.error.__cause__
@@ -327,12 +340,14 @@ class ApiClient:
     def _attempt(self, url: str, params: Mapping[str, str | int] | None) -> Any:
         """Send one GET and classify the answer; raise what the retry policy needs to see."""
         path = self._path(url)
+        self._check_run_time(f"before GET {path}")
         try:
             access_token = self._tokens.ensure_fresh(self._leeway_seconds)
         except JobError as exc:
             # The token endpoint's own retries are done; do not repeat them here.
             raise _NotRetried(exc) from exc
-        self._pace()
+        self._pace(path)
+        self._check_run_time(f"before GET {path}")
         headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
         self.requests_made += 1
         try:
@@ -370,26 +385,39 @@ class ApiClient:
     def _send(
         self, url: str, params: Mapping[str, str | int] | None, headers: dict[str, str], path: str
     ) -> tuple[int, Mapping[str, str], bytes]:
-        """One GET on the wire; transport failures become TemporaryError (retried: a GET is safe to repeat)."""
+        """One GET on the wire; transport failures become TemporaryError (retried: a GET is safe to repeat).
+
+        RunTimeoutError instead when the run's time limit is what cut the request short.
+        """
+        timeout_seconds = self._timeout_seconds
+        left = self._run_seconds_left()
+        if left is not None:
+            timeout_seconds = max(0.001, min(timeout_seconds, left))
         try:
             response = self._session.get(
                 url,
                 params=dict(params) if params else None,
                 headers=headers,
-                timeout=(self._timeout_seconds, self._timeout_seconds),
+                timeout=(timeout_seconds, timeout_seconds),
                 allow_redirects=False,
                 stream=True,
             )
-        except requests.exceptions.Timeout:
-            raise TemporaryError(f"GET {path}: the API did not answer in time") from None
-        except requests.exceptions.ConnectionError as exc:
-            raise TemporaryError(f"GET {path}: could not reach the API ({type(exc).__name__})") from None
         except requests.exceptions.RequestException as exc:
+            out_of_time = self._out_of_run_time(f"waiting for the answer to GET {path}")
+            if out_of_time is not None:
+                raise out_of_time from None
+            if isinstance(exc, requests.exceptions.Timeout):
+                raise TemporaryError(f"GET {path}: the API did not answer in time") from None
+            if isinstance(exc, requests.exceptions.ConnectionError):
+                raise TemporaryError(f"GET {path}: could not reach the API ({type(exc).__name__})") from None
             raise ApiError(f"GET {path}: the request could not be made ({type(exc).__name__})") from None
         try:
             limit = MAX_ANSWER_BYTES if 200 <= response.status_code < 300 else MAX_ERROR_BODY_BYTES
-            body = self._read_body(response, limit)
+            body = self._read_body(response, limit, path)
         except (urllib3.exceptions.ReadTimeoutError, requests.exceptions.Timeout, TimeoutError):
+            out_of_time = self._out_of_run_time(f"reading the answer to GET {path}")
+            if out_of_time is not None:
+                raise out_of_time from None
             raise TemporaryError(
                 f"GET {path}: the API stopped sending its answer for more than {self._timeout_seconds:g} s"
             ) from None
@@ -399,11 +427,13 @@ class ApiClient:
             response.close()
         return response.status_code, response.headers, body
 
-    def _read_body(self, response: requests.Response, limit: int) -> bytes:
+    def _read_body(self, response: requests.Response, limit: int, path: str) -> bytes:
         """Read the body as it arrives, at most ``limit + 1`` bytes.
 
         The read timeout bounds each wait for the next bytes, not the whole body: a slow answer that
-        keeps coming is read to its end (it is an answer, and asking again would only repeat it).
+        keeps coming is read to its end (it is an answer, and asking again would only repeat it),
+        unless the run's time limit comes first (RunTimeoutError), which is what ends a drip that
+        would never finish.
         """
         raw = response.raw
         # urllib3 2's read1 returns whatever has arrived; read(n) would wait for n bytes.
@@ -411,6 +441,7 @@ class ApiClient:
         chunks: list[bytes] = []
         size = 0
         while size <= limit:
+            self._check_run_time(f"reading the answer to GET {path}")
             chunk = read(_READ_CHUNK_BYTES, decode_content=True)
             if not chunk:
                 break
@@ -420,7 +451,7 @@ class ApiClient:
 
     # ---- pacing -------------------------------------------------------------------------------
 
-    def _pace(self) -> None:
+    def _pace(self, path: str) -> None:
         """Wait until fewer than ``rate_limit`` requests finished within the last window.
 
         Times are taken when a request *finished*, which is no earlier than the server saw it, so
@@ -432,7 +463,31 @@ class ApiClient:
         if wait_seconds > 0:
             log.debug("pacing: waiting %.2f s to stay within %d requests per %.0f s",
                       wait_seconds, self._rate_limit, self._window_seconds)
-            self._sleep(wait_seconds)
+            self._wait(wait_seconds, f"pacing before GET {path}")
+
+    # ---- the run's time limit -----------------------------------------------------------------
+
+    def _run_seconds_left(self) -> float | None:
+        return None if self._run_deadline is None else self._run_deadline - self._monotonic()
+
+    def _out_of_run_time(self, doing: str, wait_seconds: float = 0.0) -> RunTimeoutError | None:
+        """The error to raise if the run's time is up, or would be before ``wait_seconds`` pass; else None."""
+        left = self._run_seconds_left()
+        if left is None or (left > 0 and wait_seconds <= left):
+            return None
+        limit = format_duration(self._run_timeout_seconds or 0.0)
+        return RunTimeoutError(f"the run reached its time limit, AWEBER_RUN_TIMEOUT ({limit}), {doing}")
+
+    def _check_run_time(self, doing: str, wait_seconds: float = 0.0) -> None:
+        """Raise RunTimeoutError if the run's time is up, or would be before ``wait_seconds`` pass."""
+        error = self._out_of_run_time(doing, wait_seconds)
+        if error is not None:
+            raise error
+
+    def _wait(self, seconds: float, doing: str) -> None:
+        """Sleep ``seconds``, unless that would end past the run's time limit (RunTimeoutError, unslept)."""
+        self._check_run_time(doing, seconds)
+        self._sleep(seconds)
 
     def _path(self, url: str) -> str:
         """The URL's path for messages: no query (it may hold filters such as an email address)."""

@@ -16,7 +16,7 @@ import requests
 from job.api import ApiClient, format_origin, origin_of
 from job.config import load_settings
 from job.cycle import TokenKeeper
-from job.errors import EXIT_AUTH, EXIT_TEMPORARY, ApiError, AuthError, TemporaryError
+from job.errors import EXIT_AUTH, EXIT_TEMPORARY, ApiError, AuthError, RunTimeoutError, TemporaryError
 from job.standin import RETRY_LATER_403_MESSAGES, Fault, StandIn
 from tests.conftest import JobFiles
 
@@ -475,6 +475,94 @@ def test_page_that_is_not_a_collection_raises_api_error(standin: StandIn) -> Non
 
     with pytest.raises(ApiError, match="not a collection"):
         list(client.walk("/accounts"))
+
+
+# ---- the run's time limit ----------------------------------------------------------------------
+
+def test_a_pacing_wait_that_would_pass_the_run_limit_stops_the_run(standin: StandIn) -> None:
+    """Pacing waits while the run limit allows; a wait that would end past it raises RunTimeoutError unslept."""
+    standin.add_account(ACCOUNT_ID)
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time, rate_limit_per_minute=1,
+                     run_timeout_seconds=90.0)
+
+    client.get("/accounts")
+    client.get("/accounts")  # waits 60 s: the run is then 60 s old, within its 90
+    with pytest.raises(RunTimeoutError) as raised:
+        client.get("/accounts")  # would wait until 120 s
+
+    assert fake_time.sleeps == [60.0]
+    assert client.requests_made == 2
+    assert raised.value.exit_code == EXIT_TEMPORARY
+    assert "AWEBER_RUN_TIMEOUT (90s)" in str(raised.value) and "GET /1.0/accounts" in str(raised.value)
+
+
+def test_a_rate_limit_wait_past_the_run_limit_stops_the_run(standin: StandIn) -> None:
+    """AWeber's 60 s rate-limit wait is not begun when it would end past the run limit."""
+    standin.add_account(ACCOUNT_ID)
+    standin.inject(Fault(status=403, message="Rate Limit Error"), path="/1.0/accounts")
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time, run_timeout_seconds=30.0)
+
+    with pytest.raises(RunTimeoutError):
+        client.get("/accounts")
+
+    assert fake_time.sleeps == []
+    assert client.requests_made == 1
+
+
+def test_retries_stop_at_the_run_limit(standin: StandIn) -> None:
+    """Backoff between 5xx retries stops at the run limit even though the retry deadline is further."""
+    standin.inject(*[Fault(status=503)] * 30, path="/1.0/accounts")
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time, run_timeout_seconds=5.0,
+                     retry_deadline_seconds=300.0)
+
+    with pytest.raises(RunTimeoutError):
+        client.get("/accounts")
+
+    assert 0 < sum(fake_time.sleeps) <= 5.0
+    assert client.requests_made == len(fake_time.sleeps) + 1
+
+
+def test_nothing_is_sent_once_the_run_limit_has_passed(standin: StandIn) -> None:
+    """A run already past its limit sends no request at all."""
+    standin.add_account(ACCOUNT_ID)
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time, run_timeout_seconds=50.0,
+                     run_started=fake_time.now - 50.0)
+
+    with pytest.raises(RunTimeoutError):
+        client.get("/accounts")
+
+    assert client.requests_made == 0
+    assert standin.stats()["requests_total"] == 0
+
+
+def test_a_slow_answer_is_given_up_at_the_run_limit(standin: StandIn) -> None:
+    """An answer that takes longer than the time the run has left is abandoned when the run's time is up."""
+    standin.add_account(ACCOUNT_ID)
+    standin.inject(Fault(delay_seconds=4.0), path="/1.0/accounts")
+    client = _client(standin, _fake_tokens(standin), timeout_seconds=30.0, run_timeout_seconds=1.0)
+    started = time.monotonic()
+
+    with pytest.raises(RunTimeoutError):
+        client.get("/accounts")
+
+    assert time.monotonic() - started < 3.0
+
+
+def test_a_drip_that_never_ends_is_stopped_by_the_run_limit(standin: StandIn) -> None:
+    """A body whose bytes keep coming within the read timeout, but would take hours, ends at the run limit."""
+    standin.inject(Fault(status=200, body_size=1_000_000, drip_seconds=0.005), path="/1.0/accounts")
+    client = _client(standin, _fake_tokens(standin), timeout_seconds=5.0, run_timeout_seconds=1.5)
+    started = time.monotonic()
+
+    with pytest.raises(RunTimeoutError) as raised:
+        client.get("/accounts")
+
+    assert 1.4 < time.monotonic() - started < 4.0
+    assert "reading the answer to GET /1.0/accounts" in str(raised.value)
 
 
 # ---- tokens -------------------------------------------------------------------------------------

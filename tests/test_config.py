@@ -140,3 +140,26 @@ def test_example_env_file_loads_as_valid_configuration(tmp_path: Path) -> None:
     env = load_environment(str(REPO / ".env.example"), {"HOME": str(tmp_path)})
     settings = load_settings(env)
     assert settings.rate_limit_per_minute == 100
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("6h", 21_600), ("90m", 5_400), ("45s", 45), ("3600", 3_600), ("1.5h", 5_400), (" 2 h ", 7_200), ("1d", 86_400),
+     ("0.5", 0.5)],
+)
+def test_run_timeout_takes_a_duration_or_seconds(text: str, seconds: float) -> None:
+    """AWEBER_RUN_TIMEOUT is a duration (s, m, h, d) or a plain number of seconds."""
+    assert load_settings({"AWEBER_RUN_TIMEOUT": text}).run_timeout_seconds == seconds
+
+
+def test_run_timeout_defaults_to_six_hours() -> None:
+    """Unset, a run may take at most 6 hours: well under the day between two daily runs."""
+    assert load_settings({}).run_timeout_seconds == 6 * 3600
+
+
+@pytest.mark.parametrize("text", ["0", "0h", "-1h", "soon", "6 hours", "nan", "inf", "6x"])
+def test_a_bad_run_timeout_is_a_config_error_naming_it(text: str) -> None:
+    """Zero, negative or unreadable run time limits are exit 78, naming AWEBER_RUN_TIMEOUT and the value."""
+    with pytest.raises(ConfigError, match="AWEBER_RUN_TIMEOUT") as caught:
+        load_settings({"AWEBER_RUN_TIMEOUT": text})
+    assert repr(text.strip()) in str(caught.value)

@@ -16,12 +16,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from job.cli import main
-from job.config import Settings
-from job.standin import StandIn
+from job.cli import main, make_session
+from job.config import Settings, load_settings
+from job.errors import EXIT_TEMPORARY, RunTimeoutError
+from job.runner import RunOptions, run_cycle
+from job.standin import Fault, StandIn
 from job.tasks import TaskContext
 from job.tasks.new_subscribers import FIELDS, Watermark, new_subscribers, parse_timestamp
-from tests.conftest import JobFiles
+from tests.conftest import JobFiles, run_job
 
 DAY = 86_400
 ACCOUNT = 100
@@ -321,3 +323,70 @@ def test_entries_without_a_usable_timestamp_are_skipped_not_fatal(tmp_path: Path
     assert summary == {"accounts": 1, "lists": 1, "new_subscribers": 2, "requests": 3}
     assert context.counters["new_subscribers"] == 2
     assert context.state["lists"]["1/2"] == {"subscribed_at": "2026-11-28T09:00:00.5Z", "ids": [15]}
+
+
+class FakeTime:
+    """A monotonic clock that only moves when the recording sleep is called."""
+
+    def __init__(self) -> None:
+        self.now = 5000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_the_run_time_limit_keeps_the_rows_written_and_the_next_run_continues(job: JobFiles) -> None:
+    """Stopped by AWEBER_RUN_TIMEOUT mid-list: rows out are kept, the watermark covers them, the rest come next run."""
+    populate(job.standin, (201,), size=1000)
+    job.write_tokens()
+    added = add(job.standin, 201, 250, at=time.time() - 900)
+    # One request a minute and 150 s: accounts, then lists and the first find page after a minute each;
+    # the second page would start at 180 s.
+    settings = load_settings(job.env(AWEBER_RATE_LIMIT="1", AWEBER_RUN_TIMEOUT="150"))
+    fake_time = FakeTime()
+    output = io.StringIO()
+
+    with pytest.raises(RunTimeoutError) as raised:
+        run_cycle(settings, make_session(), RunOptions(task="new-subscribers"), stdout=output,
+                  monotonic=fake_time.monotonic, sleep=fake_time.sleep)
+
+    assert fake_time.sleeps == [60.0, 60.0]
+    assert raised.value.exit_code == EXIT_TEMPORARY
+    message = str(raised.value)
+    assert "AWEBER_RUN_TIMEOUT (150s)" in message and "the next run continues" in message
+    rows = [json.loads(line) for line in output.getvalue().splitlines()]
+    assert [row["id"] for row in rows] == added[:100]
+    mark = watermarks(job)[f"{ACCOUNT}/201"]
+    assert (mark["subscribed_at"], mark["ids"]) == (rows[-1]["subscribed_at"], [added[99]])
+
+    code, rows, _ = run(job)
+    assert code == 0
+    assert [row["id"] for row in rows] == added[100:]
+
+
+def test_a_drip_that_never_ends_stops_the_real_process_at_the_run_time_limit(job: JobFiles) -> None:
+    """A find answer dripping for hours ends the run at AWEBER_RUN_TIMEOUT: exit 75, one line; the next run goes on."""
+    populate(job.standin, (201,), size=1000)
+    job.write_tokens()
+    added = add(job.standin, 201, 3)
+    job.standin.inject(Fault(drip_seconds=0.2), path=f"/1.0/accounts/{ACCOUNT}/lists/201/subscribers")
+    started = time.monotonic()
+
+    ran = run_job(["run"], job.env(AWEBER_RUN_TIMEOUT="2", AWEBER_HTTP_TIMEOUT="5"), cwd=job.root)
+
+    assert time.monotonic() - started < 15
+    assert ran.returncode == EXIT_TEMPORARY, ran.stderr
+    assert ran.stdout == ""
+    errors = [line for line in ran.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, ran.stderr
+    assert "AWEBER_RUN_TIMEOUT (2s)" in errors[0] and "the next run continues" in errors[0]
+    assert f"{ACCOUNT}/201" in watermarks(job)
+
+    code, rows, _ = run(job)
+    assert code == 0
+    assert [row["id"] for row in rows] == added

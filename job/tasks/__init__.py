@@ -3,6 +3,10 @@
 Tasks are found by name in the entry-point group ``aweber_job.tasks`` (the built-ins are
 registered there too) or by a ``package.module:callable`` path. Resolution happens before the
 lock and the refresh, so a typo costs no token.
+
+The state is saved when the task returns, and also when the run reaches ``AWEBER_RUN_TIMEOUT``
+(the API client raises RunTimeoutError): a task should therefore move its state only past output
+it has flushed (:meth:`TaskContext.flush_output`), so that what is saved then is true.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import IO, Any
 
+from job.errors import RunTimeoutError
 from job.tasks import TaskContext
 
 FIELDS = ("account_id", "list_id", "list_name", "id", "email", "name", "status", "subscribed_at")
@@ -200,7 +201,13 @@ def new_subscribers(context: TaskContext) -> dict[str, Any]:
                 context.log.warning("list %s: the saved watermark is unreadable; looking back to %s",
                                     ref.list_id, since.isoformat())
             mark = Watermark.look_back(since)
-        found = _report_list(context, ref, mark, writer)
+        try:
+            found = _report_list(context, ref, mark, writer)
+        except RunTimeoutError:
+            # The run is out of time mid-list: keep the rows already written, as after a whole list.
+            context.flush_output()
+            watermarks[ref.state_key] = mark.to_state()
+            raise
         # At least once: the watermark moves only once the rows it covers are out of our hands.
         context.flush_output()
         watermarks[ref.state_key] = mark.to_state()
