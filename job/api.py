@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from http.client import HTTPException
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 import urllib3
@@ -140,6 +140,31 @@ def _error_fields(body: bytes) -> tuple[str | None, str | None]:
         shorten(kind, 60) if isinstance(kind, str) and kind else None,
         shorten(message) if isinstance(message, str) and message else None,
     )
+
+
+# The parameters that say which page of a collection: a next link's own are kept, the rest put back.
+_PAGE_PARAMS = frozenset({"ws.start", "ws.size"})
+
+
+def _ws_start(pairs: list[tuple[str, str]]) -> int | None:
+    """The last ``ws.start`` among query pairs as a number; None when absent or not a whole number."""
+    values = [value for key, value in pairs if key == "ws.start"]
+    return int(values[-1]) if values and values[-1].isdigit() else None
+
+
+def _held_to(link: str, asked: list[tuple[str, str]]) -> str:
+    """``link`` with every non-page parameter of ``asked`` set as asked; the link's page parameters kept.
+
+    AWeber's next links are documented as the way to the next page, not as keeping the find's
+    filters and sort; one that lost or changed them would walk another collection.
+    """
+    parts = urlsplit(link)
+    wanted = {key: value for key, value in asked if key not in _PAGE_PARAMS}
+    pairs = [(key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True) if key not in wanted]
+    present = {key for key, _ in pairs}
+    pairs += [(key, value) for key, value in asked if key == "ws.size" and key not in present]
+    pairs += list(wanted.items())
+    return urlunsplit(parts._replace(query=urlencode(pairs)))
 
 
 def _describe(status: int, kind: str | None, message: str | None) -> str:
@@ -261,30 +286,44 @@ class ApiClient:
         """Yield the entries of a collection, page after page through ``next_collection_link``.
 
         The first request asks for ``ws.size=100`` unless ``params`` or the URL set it. Only one
-        page is held at a time. Raises as :meth:`get`, and ApiError for a page that is not a collection.
+        page is held at a time. A next link is not trusted to keep what the walk asked for: every
+        parameter of the first request (``ws.op``, filters, sort...) is sent again with the link's
+        ``ws.start``/``ws.size``, so pages stay those of the same find. Raises as :meth:`get`, and
+        ApiError for a page that is not a collection or a next link whose ``ws.start`` does not move
+        forward (a loop, or a walk that would never end); errors name the path, never the query.
         """
         url = self.resolve(url_or_path)
         query: dict[str, str | int] = dict(params or {})
         if "ws.size" not in query and not any(key == "ws.size" for key, _ in parse_qsl(urlsplit(url).query)):
             query["ws.size"] = PAGE_SIZE
+        asked = [(key, value) for key, value in parse_qsl(urlsplit(url).query, keep_blank_values=True)
+                 if key not in query]
+        asked += [(key, str(value)) for key, value in query.items()]
+        path = self._path(url)
+        start = _ws_start(asked) or 0
         page = self._get_json(url, query)
         while True:
             entries = page.get("entries") if isinstance(page, dict) else None
             if not isinstance(entries, list):
-                raise ApiError(f"GET {self._path(url)}: the answer is not a collection (no entries list)")
+                raise ApiError(f"GET {path}: the answer is not a collection (no entries list)")
             for entry in entries:
                 if not isinstance(entry, dict):
-                    raise ApiError(f"GET {self._path(url)}: a collection entry is not an object")
+                    raise ApiError(f"GET {path}: a collection entry is not an object")
                 yield entry
             following = page.get("next_collection_link")
             if not following:
                 return
             if not isinstance(following, str):
-                raise ApiError(f"GET {self._path(url)}: next_collection_link is not a string")
-            following_url = self.resolve(following)
-            if following_url == url:
-                raise ApiError(f"GET {self._path(url)}: next_collection_link points at the same page")
-            url = following_url
+                raise ApiError(f"GET {path}: next_collection_link is not a string")
+            url = _held_to(self.resolve(following), asked)
+            following_start = _ws_start(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+            if following_start is None or following_start <= start:
+                shown = "no ws.start" if following_start is None else f"ws.start={following_start}"
+                raise ApiError(
+                    f"GET {path}: next_collection_link goes to {shown} after ws.start={start}, "
+                    "so the collection would never end; stopped"
+                )
+            start = following_start
             del page, entries
             page = self._get_json(url, None)
 

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -184,6 +185,87 @@ def test_walk_is_lazy_and_keeps_a_given_page_size(standin: StandIn) -> None:
 
     sizes = [dict(entry["query"]).get("ws.size") for entry in standin.request_log()]  # type: ignore[call-overload]
     assert sizes == ["50", "50", "50"]
+
+
+def _canned_page(standin: StandIn, start: int, next_query: str | None, entry_id: int) -> Fault:
+    """A 200 collection page answered in place of the real one, whose next link carries ``next_query``."""
+    page: dict[str, Any] = {"entries": [{"id": entry_id}], "start": start}
+    if next_query is not None:
+        page["next_collection_link"] = f"{standin.api_url}{SUBSCRIBERS.removeprefix('/1.0')}?{next_query}"
+    return Fault(status=200, body=json.dumps(page).encode())
+
+
+def test_next_links_that_loop_are_an_error_naming_the_path_only(standin: StandIn) -> None:
+    """Pages whose next links go A -> B -> A raise ApiError at the first step back, naming the path and no query."""
+    standin.inject(
+        _canned_page(standin, 0, "ws.op=find&email=jo.secret%40example.com&ws.start=100&ws.size=100", 1),
+        _canned_page(standin, 100, "ws.op=find&email=jo.secret%40example.com&ws.start=0&ws.size=100", 2),
+        path=SUBSCRIBERS,
+    )
+    client = _client(standin, _fake_tokens(standin))
+
+    walk = client.walk(SUBSCRIBERS, {"ws.op": "find", "email": "jo.secret@example.com"})
+    assert [next(walk)["id"], next(walk)["id"]] == [1, 2]
+    with pytest.raises(ApiError) as raised:
+        next(walk)
+
+    message = str(raised.value)
+    assert message.startswith(f"GET {SUBSCRIBERS}: ")
+    assert "ws.start=0 after ws.start=100" in message
+    assert "secret" not in message and "example.com" not in message and "?" not in message
+    assert raised.value.exit_code == 1
+    assert client.requests_made == 2
+
+
+def test_a_next_link_that_does_not_move_forward_is_an_error(standin: StandIn) -> None:
+    """A next link to the same ws.start (other parameters changed) would never end: ApiError before it is sent."""
+    standin.inject(_canned_page(standin, 100, "ws.start=100&ws.size=50", 1), path=SUBSCRIBERS)
+    client = _client(standin, _fake_tokens(standin))
+
+    with pytest.raises(ApiError) as raised:
+        list(client.walk(SUBSCRIBERS, {"ws.start": 100}))
+
+    assert "ws.start=100 after ws.start=100" in str(raised.value)
+    assert client.requests_made == 1
+
+
+def test_next_links_that_lost_the_find_parameters_get_them_back(standin: StandIn) -> None:
+    """A stand-in dropping filters and sort from next links still yields the find's pages, in the fewest requests."""
+    _add_list(standin, 1_000)
+    list_ = standin.state.subscriber_list(ACCOUNT_ID, LIST_ID)
+    assert list_ is not None
+    cut = list_.get(700).subscribed_at
+    params = {"ws.op": "find", "subscribed_after": date.fromtimestamp(cut).isoformat(), "sort_key": "subscribed_at",
+              "sort_order": "asc", "status": "subscribed"}
+    client = _client(standin, _fake_tokens(standin))
+    expected = [entry["id"] for entry in client.walk(SUBSCRIBERS, params)]
+    assert 200 < len(expected) <= 400
+    standin.configure_api(next_links_drop_filters=True)
+    standin.reset_stats()
+
+    found = [entry["id"] for entry in client.walk(SUBSCRIBERS, params)]
+
+    assert found == expected
+    queries = [entry["query"] for entry in standin.request_log()]
+    assert len(queries) == -(-len(expected) // 100)
+    for number, query in enumerate(queries):
+        assert isinstance(query, dict)
+        assert {key: query[key] for key in params} == params
+        assert query["ws.size"] == "100"
+        assert query.get("ws.start", "0") == str(number * 100)
+
+
+def test_a_next_link_that_changed_the_sort_is_held_to_what_was_asked(standin: StandIn) -> None:
+    """A next link whose sort_order differs from the walk's is sent with the walk's, keeping its page."""
+    _add_list(standin, 150)
+    standin.inject(_canned_page(standin, 0, "ws.op=find&sort_order=desc&ws.start=100&ws.size=100", 1),
+                   path=SUBSCRIBERS)
+    client = _client(standin, _fake_tokens(standin))
+
+    list(client.walk(SUBSCRIBERS, {"ws.op": "find", "sort_order": "asc"}))
+
+    second = standin.request_log()[1]["query"]
+    assert second == {"ws.op": "find", "sort_order": "asc", "ws.start": "100", "ws.size": "100"}
 
 
 def test_get_sends_bearer_accept_user_agent_and_joins_relative_paths(other_server: _RecordingServer) -> None:

@@ -18,6 +18,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from job.standin.days import SECONDS_PER_DAY, day_of, day_start_epoch, format_timestamp, parse_filter_day
@@ -42,6 +43,28 @@ _UNSUPPORTED_FILTERS = (
     "misc_notes", "name", "postal_code", "region", "subscription_method", "tags", "tags_not_in",
     "unsubscribe_method", "unsubscribed_before", "unsubscribed_after", "unsubscribed_at", "verified_at",
 )
+
+
+@dataclass
+class ApiBehaviour:
+    """Choices AWeber's documentation leaves open, switchable to test a client against each reading.
+
+    ``next_links_drop_filters``: a ``next_collection_link`` keeps only ``ws.start`` and ``ws.size``,
+    losing the find's ``ws.op``, filters and sort (AWeber only says to follow the link).
+    """
+
+    next_links_drop_filters: bool = False
+
+    def update(self, *, next_links_drop_filters: bool | None = None) -> None:
+        """Change the settings given; raise ValueError, changing nothing, on a bad value."""
+        if next_links_drop_filters is not None and not isinstance(next_links_drop_filters, bool):
+            raise ValueError("next_links_drop_filters must be true or false")
+        if next_links_drop_filters is not None:
+            self.next_links_drop_filters = next_links_drop_filters
+
+    def to_json(self) -> dict[str, object]:
+        """The settings as a JSON-ready mapping."""
+        return dataclasses.asdict(self)
 
 
 class _ApiProblem(Exception):
@@ -69,11 +92,14 @@ def _bad_request(message: str) -> _ApiProblem:
 class Api:
     """Routes and answers ``/1.0`` requests against a :class:`State`."""
 
-    def __init__(self, state: State, limiter: RateLimiter, ledger: Ledger, api_url: str) -> None:
+    def __init__(
+        self, state: State, limiter: RateLimiter, ledger: Ledger, api_url: str, behaviour: ApiBehaviour | None = None
+    ) -> None:
         self._state = state
         self._limiter = limiter
         self._ledger = ledger
         self.api_url = api_url
+        self.behaviour = behaviour if behaviour is not None else ApiBehaviour()
 
     def handle(self, request: Request) -> Answer:
         """Answer one API request: authenticate, rate-limit, route."""
@@ -337,18 +363,29 @@ class Api:
         else:
             body["total_size"] = total
         if start + size < total:
-            body["next_collection_link"] = self._link(request, start=start + size, size=size)
+            body["next_collection_link"] = self._link(
+                request, start=start + size, size=size, page_only=self.behaviour.next_links_drop_filters
+            )
         if start > 0:
             body["prev_collection_link"] = self._link(request, start=max(0, start - size), size=size)
         body["resource_type_link"] = f"{_TYPE_LINK}{resource_type}"
         body["self_link"] = self._link(request, start=start, size=size)
         return body
 
-    def _link(self, request: Request, *, start: int = 0, size: int = MAX_PAGE_SIZE, show_total: bool = False) -> str:
-        """Return this request's URL with the page set, keeping every other query parameter in place."""
+    def _link(
+        self,
+        request: Request,
+        *,
+        start: int = 0,
+        size: int = MAX_PAGE_SIZE,
+        show_total: bool = False,
+        page_only: bool = False,
+    ) -> str:
+        """Return this request's URL with the page set, keeping every other query parameter in place
+        (none of them with ``page_only``)."""
         pairs: list[tuple[str, str]] = []
         wanted = {"ws.show": "total_size"} if show_total else {"ws.start": str(start), "ws.size": str(size)}
-        for key, value in request.query:
+        for key, value in () if page_only else request.query:
             # Never copy a token into a link; and page parameters are replaced, not repeated.
             if key == "access_token" or key in ("ws.start", "ws.size", "ws.show"):
                 if key in wanted:

@@ -8,6 +8,7 @@ Example (every key optional)::
       "rate_limit_per_minute": 120,
       "rate_limit_window_seconds": 60,
       "request_delay_seconds": 0.0,
+      "next_links_drop_filters": false,
       "verbose": false,
       "accounts": [
         {"id": 123, "company": "Example Company",
@@ -29,7 +30,7 @@ from job.standin.server import StandIn
 _TOP_KEYS = frozenset(
     {
         "clients", "access_token_lifetime_seconds", "rate_limit_per_minute", "rate_limit_window_seconds",
-        "request_delay_seconds", "verbose", "accounts",
+        "request_delay_seconds", "verbose", "accounts", "next_links_drop_filters",
     }
 )
 _ACCOUNT_KEYS = frozenset({"id", "company", "lists"})
@@ -67,6 +68,7 @@ def standin_from_config(
         verbose=bool(config.get("verbose", False)),
         enable_control=enable_control,
         port=port,
+        next_links_drop_filters=_boolean(config, "next_links_drop_filters"),
     )
     accounts = config.get("accounts", [])
     if not isinstance(accounts, list):
@@ -122,6 +124,13 @@ def _integer(mapping: Mapping[str, object], key: str, default: int | None) -> in
     value = mapping.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{key} must be an integer")
+    return value
+
+
+def _boolean(mapping: Mapping[str, object], key: str) -> bool:
+    value = mapping.get(key, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false")
     return value
 
 

@@ -108,6 +108,13 @@ class StandInControl(Endpoints):
         """Queue faults for the next requests whose path starts with ``path``."""
         self._call("POST", "faults", {"faults": [fault.to_json() for fault in faults], "path": path})
 
+    def configure_api(self, *, next_links_drop_filters: bool | None = None) -> dict[str, object]:
+        """Change the API behaviour switches given; return them all."""
+        payload: dict[str, object] = {}
+        if next_links_drop_filters is not None:
+            payload["next_links_drop_filters"] = next_links_drop_filters
+        return self._object(self._call("POST", "configure-api", payload))
+
     def stats(self) -> dict[str, object]:
         """Return the request counters."""
         return self._object(self._call("GET", "stats"))

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from job.standin.api import Api
+from job.standin.api import Api, ApiBehaviour
 from job.standin.control_endpoints import handle_control
 from job.standin.endpoints import Endpoints
 from job.standin.faults import Fault, FaultQueue
@@ -242,6 +242,8 @@ class StandIn(Endpoints):
     ``rate_limit_window_seconds`` (None: no limit); ``request_delay_seconds`` is added to every
     request. ``verbose`` prints method, path and status of each request to stderr.
     ``enable_control`` serves the JSON ``/_control/`` endpoints used in process mode.
+    ``next_links_drop_filters`` and the other :class:`ApiBehaviour` switches (also settable later
+    with :meth:`configure_api`) choose among the readings of what AWeber leaves undocumented.
     """
 
     def __init__(
@@ -256,6 +258,7 @@ class StandIn(Endpoints):
         verbose: bool = False,
         enable_control: bool = False,
         port: int = 0,
+        next_links_drop_filters: bool = False,
     ) -> None:
         if request_delay_seconds < 0:
             raise ValueError("request_delay_seconds must not be negative")
@@ -268,6 +271,8 @@ class StandIn(Endpoints):
             access_token_lifetime_seconds=access_token_lifetime_seconds,
             clock=clock,
         )
+        self.api_behaviour = ApiBehaviour()
+        self.api_behaviour.update(next_links_drop_filters=next_links_drop_filters)
         self.faults = FaultQueue()
         self.ledger = Ledger()
         self.limiter = RateLimiter(rate_limit_per_minute, rate_limit_window_seconds)
@@ -284,7 +289,7 @@ class StandIn(Endpoints):
             raise RuntimeError("the stand-in is already running")
         server = _Server(("127.0.0.1", self._port), self)
         self._server = server
-        self._api = Api(self.state, self.limiter, self.ledger, self.api_url)
+        self._api = Api(self.state, self.limiter, self.ledger, self.api_url, self.api_behaviour)
         self._thread = threading.Thread(
             # A short poll interval lets stop() return quickly; idle polling costs nothing measurable.
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="aweber-standin", daemon=True
@@ -395,7 +400,15 @@ class StandIn(Endpoints):
         """
         return self.state.add_subscribers(account_id, list_id, entries)
 
-    # -- faults and counters ----------------------------------------------------------------------
+    # -- behaviour, faults and counters -----------------------------------------------------------
+
+    def configure_api(self, *, next_links_drop_filters: bool | None = None) -> dict[str, object]:
+        """Change the :class:`ApiBehaviour` switches given (None leaves one as it is); return them all.
+
+        Raises ValueError, changing nothing, on a bad value.
+        """
+        self.api_behaviour.update(next_links_drop_filters=next_links_drop_filters)
+        return self.api_behaviour.to_json()
 
     def inject(self, *faults: Fault, path: str | None = None) -> None:
         """Queue faults for the next requests whose path starts with ``path`` (any path when None)."""

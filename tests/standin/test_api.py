@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from datetime import date, timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
@@ -419,3 +420,22 @@ def test_adding_a_subscriber_back_in_time_is_refused(server: StandIn, token: str
         server.add_subscribers(ACCOUNT, LIST, [{"email": "ok@example.com", "colour": "blue"}])
     assert server.state.subscriber_list(ACCOUNT, LIST) is not None
     assert server.state.subscriber_list(ACCOUNT, LIST).total == 250  # type: ignore[union-attr]
+
+
+def test_next_links_can_be_made_to_drop_filters_and_sort(server: StandIn, http: requests.Session, token: str) -> None:
+    """With next_links_drop_filters a find's next link keeps only ws.start and ws.size; self links are untouched."""
+    url = f"{server.api_url}/accounts/{ACCOUNT}/lists/{LIST}/subscribers"
+    params = {"ws.op": "find", "subscribed_after": "2026-01-02", "sort_key": "subscribed_at", "sort_order": "desc",
+              "status": "subscribed", "ws.size": "50"}
+    kept = get(http, url, token, **params).json()
+    assert dict(parse_qsl(urlsplit(kept["next_collection_link"]).query)) == {**params, "ws.start": "50"}
+
+    server.configure_api(next_links_drop_filters=True)
+    page = get(http, url, token, **params).json()
+    assert dict(parse_qsl(urlsplit(page["next_collection_link"]).query)) == {"ws.start": "50", "ws.size": "50"}
+    assert dict(parse_qsl(urlsplit(page["self_link"]).query)) == {**params, "ws.start": "0"}
+    assert page["entries"] == kept["entries"]
+
+    server.configure_api(next_links_drop_filters=False)
+    again = get(http, url, token, **params).json()
+    assert again["next_collection_link"] == kept["next_collection_link"]
