@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from job.cli import main, make_session
 from job.config import Settings, load_settings
-from job.errors import EXIT_TEMPORARY, RunTimeoutError
+from job.errors import EXIT_TEMPORARY, ApiError, RunTimeoutError
 from job.runner import RunOptions, run_cycle
 from job.standin import Fault, StandIn
 from job.tasks import TaskContext
@@ -293,6 +293,20 @@ class CannedApi:
         yield from self.pages[url_or_path]
 
 
+def canned_context(api: CannedApi, output: io.StringIO, tmp_path: Path) -> TaskContext:
+    """A task context around the canned API, on 2026-11-28 at noon UTC, looking back a day."""
+    return TaskContext(
+        api=api,  # type: ignore[arg-type]
+        state={},
+        settings=Settings(client_id="c", client_secret=None, client_secret_source=None,
+                          token_file=tmp_path / "tokens.json", state_dir=tmp_path),
+        log=logging.getLogger("test"),
+        output=output,
+        now=lambda: datetime(2026, 11, 28, 12, tzinfo=timezone.utc),
+        since=datetime(2026, 11, 27, 12, tzinfo=timezone.utc),
+    )
+
+
 def test_entries_without_a_usable_timestamp_are_skipped_not_fatal(tmp_path: Path) -> None:
     """Empty, missing and garbled subscribed_at values are skipped; offset-less ones count as UTC."""
     api = CannedApi({
@@ -308,16 +322,7 @@ def test_entries_without_a_usable_timestamp_are_skipped_not_fatal(tmp_path: Path
         ],
     })
     output = io.StringIO()
-    context = TaskContext(
-        api=api,  # type: ignore[arg-type]
-        state={},
-        settings=Settings(client_id="c", client_secret=None, client_secret_source=None,
-                          token_file=tmp_path / "tokens.json", state_dir=tmp_path),
-        log=logging.getLogger("test"),
-        output=output,
-        now=lambda: datetime(2026, 11, 28, 12, tzinfo=timezone.utc),
-        since=datetime(2026, 11, 27, 12, tzinfo=timezone.utc),
-    )
+    context = canned_context(api, output, tmp_path)
     summary = new_subscribers(context)
     assert [json.loads(line)["id"] for line in output.getvalue().splitlines()] == [14, 15]
     assert summary == {"accounts": 1, "lists": 1, "new_subscribers": 2, "requests": 3}
@@ -390,3 +395,39 @@ def test_a_drip_that_never_ends_stops_the_real_process_at_the_run_time_limit(job
     code, rows, _ = run(job)
     assert code == 0
     assert [row["id"] for row in rows] == added
+
+
+def test_next_links_that_drop_the_find_parameters_hide_no_subscriber(job: JobFiles) -> None:
+    """When AWeber's next links lose the filters and sort, all 250 new subscribers still come, in 3 finds."""
+    populate(job.standin, (201,), size=1000)
+    job.write_tokens()
+    job.standin.configure_api(next_links_drop_filters=True)
+    added = add(job.standin, 201, 250, at=time.time() - 900)
+
+    code, rows, _ = run(job)
+
+    assert code == 0
+    assert [row["id"] for row in rows] == added
+    assert api_counts(job.standin)["GET find:200"] == 3
+
+
+def test_subscribed_at_going_backwards_is_an_error_not_a_silent_skip(tmp_path: Path) -> None:
+    """A find sorted ascending whose subscribed_at goes back is an ApiError naming the list, not skipped rows."""
+    api = CannedApi({
+        "accounts": [{"id": 1}],
+        "accounts/1/lists": [{"id": 2, "name": "L"}],
+        "accounts/1/lists/2/subscribers": [
+            {"id": 10, "email": "a@example.com", "subscribed_at": "2026-11-28T09:00:00Z"},
+            {"id": 11, "email": "b@example.com", "subscribed_at": "2026-11-28T10:00:00Z"},
+            {"id": 12, "email": "c@example.com", "subscribed_at": "2026-11-28T09:30:00Z"},
+        ],
+    })
+    output = io.StringIO()
+    context = canned_context(api, output, tmp_path)
+
+    with pytest.raises(ApiError) as raised:
+        new_subscribers(context)
+
+    message = str(raised.value)
+    assert "list 2" in message and "12" in message and "backwards" in message
+    assert raised.value.exit_code == 1

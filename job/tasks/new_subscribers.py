@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import IO, Any
 
-from job.errors import RunTimeoutError
+from job.errors import ApiError, RunTimeoutError, shorten
 from job.tasks import TaskContext
 
 FIELDS = ("account_id", "list_id", "list_name", "id", "email", "name", "status", "subscribed_at")
@@ -233,6 +233,7 @@ def _report_list(context: TaskContext, ref: ListRef, mark: Watermark, writer: Ro
         "ws.size": str(PAGE_SIZE),
     }
     found = 0
+    previous: tuple[datetime, str] | None = None
     # Streamed entry by entry: memory stays flat however many subscribers arrived.
     for entry in context.api.walk(ref.subscribers_link, params):
         written = entry.get("subscribed_at")
@@ -242,6 +243,15 @@ def _report_list(context: TaskContext, ref: ListRef, mark: Watermark, writer: Ro
                               ref.list_id, entry.get("id"), written)
             continue
         subscriber_id = entry.get("id")
+        if previous is not None and instant < previous[0]:
+            # The cut below relies on the order asked for; out of order, "older than the
+            # watermark" no longer means "already reported", so skipping would hide people.
+            raise ApiError(
+                f"list {ref.list_id}: the find sorted by subscribed_at went backwards, from {previous[1]} "
+                f"to {shorten(written, 40)} at subscriber {shorten(subscriber_id, 20)}; stopped rather than "
+                "skip anyone"
+            )
+        previous = instant, shorten(written, 40)
         if not mark.is_passed_by(instant, subscriber_id):
             continue
         writer.write({
