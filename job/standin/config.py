@@ -8,6 +8,8 @@ Example (every key optional)::
       "rate_limit_per_minute": 120,
       "rate_limit_window_seconds": 60,
       "request_delay_seconds": 0.0,
+      "filter_day_offset_hours": -5,
+      "exclusive_day_filters": false,
       "next_links_drop_filters": false,
       "verbose": false,
       "accounts": [
@@ -25,12 +27,14 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from job.standin.api import DEFAULT_FILTER_DAY_OFFSET_HOURS
 from job.standin.server import StandIn
 
 _TOP_KEYS = frozenset(
     {
         "clients", "access_token_lifetime_seconds", "rate_limit_per_minute", "rate_limit_window_seconds",
-        "request_delay_seconds", "verbose", "accounts", "next_links_drop_filters",
+        "request_delay_seconds", "verbose", "accounts", "filter_day_offset_hours", "exclusive_day_filters",
+        "next_links_drop_filters",
     }
 )
 _ACCOUNT_KEYS = frozenset({"id", "company", "lists"})
@@ -68,6 +72,8 @@ def standin_from_config(
         verbose=bool(config.get("verbose", False)),
         enable_control=enable_control,
         port=port,
+        filter_day_offset_hours=_number(config, "filter_day_offset_hours", DEFAULT_FILTER_DAY_OFFSET_HOURS),
+        exclusive_day_filters=_boolean(config, "exclusive_day_filters"),
         next_links_drop_filters=_boolean(config, "next_links_drop_filters"),
     )
     accounts = config.get("accounts", [])

@@ -18,8 +18,8 @@ Endpoints (JSON bodies and answers):
 - ``POST /_control/add-list`` ``{"account_id", "list_id", "name"?, "size"?, "start"?, "end"?, "seed"?}``.
 - ``POST /_control/add-subscribers`` ``{"account_id", "list_id", "subscribers": [...]}``: ``{"ids": [...]}``.
 - ``POST /_control/faults`` ``{"faults": [Fault.to_json(), ...], "path"?}``: ``{"queued": n}``.
-- ``POST /_control/configure-api`` ``{"next_links_drop_filters"?}``: every
-  :class:`job.standin.api.ApiBehaviour` switch, after the change.
+- ``POST /_control/configure-api`` ``{"filter_day_offset_hours"?, "exclusive_day_filters"?,
+  "next_links_drop_filters"?}``: every :class:`job.standin.api.ApiBehaviour` switch, after the change.
 - ``GET /_control/stats``: ``stats()``; ``GET /_control/request-log``: ``{"requests": [...]}``.
 - ``POST /_control/reset-stats``.
 
@@ -174,13 +174,11 @@ def _faults(standin: StandIn, payload: Mapping[str, object]) -> object:
 
 
 def _configure_api(standin: StandIn, payload: Mapping[str, object]) -> object:
-    unknown = set(payload) - {"next_links_drop_filters"}
+    unknown = set(payload) - {"filter_day_offset_hours", "exclusive_day_filters", "next_links_drop_filters"}
     if unknown:
         raise ValueError(f"unknown switches: {', '.join(sorted(unknown))}")
-    drop = payload.get("next_links_drop_filters")
-    if drop is not None and not isinstance(drop, bool):
-        raise ValueError("next_links_drop_filters must be true or false")
-    return standin.configure_api(next_links_drop_filters=drop)
+    # ApiBehaviour.update checks every value; a JSON value of the wrong type is refused there.
+    return standin.configure_api(**payload)  # type: ignore[arg-type]
 
 
 def _stats(standin: StandIn, payload: Mapping[str, object]) -> object:

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from job.standin.api import Api, ApiBehaviour
+from job.standin.api import DEFAULT_FILTER_DAY_OFFSET_HOURS, Api, ApiBehaviour
 from job.standin.control_endpoints import handle_control
 from job.standin.endpoints import Endpoints
 from job.standin.faults import Fault, FaultQueue
@@ -242,8 +242,9 @@ class StandIn(Endpoints):
     ``rate_limit_window_seconds`` (None: no limit); ``request_delay_seconds`` is added to every
     request. ``verbose`` prints method, path and status of each request to stderr.
     ``enable_control`` serves the JSON ``/_control/`` endpoints used in process mode.
-    ``next_links_drop_filters`` and the other :class:`ApiBehaviour` switches (also settable later
-    with :meth:`configure_api`) choose among the readings of what AWeber leaves undocumented.
+    ``filter_day_offset_hours``, ``exclusive_day_filters`` and ``next_links_drop_filters``, the
+    :class:`ApiBehaviour` switches (also settable later with :meth:`configure_api`), choose among
+    the readings of what AWeber leaves undocumented.
     """
 
     def __init__(
@@ -258,6 +259,8 @@ class StandIn(Endpoints):
         verbose: bool = False,
         enable_control: bool = False,
         port: int = 0,
+        filter_day_offset_hours: float = DEFAULT_FILTER_DAY_OFFSET_HOURS,
+        exclusive_day_filters: bool = False,
         next_links_drop_filters: bool = False,
     ) -> None:
         if request_delay_seconds < 0:
@@ -272,7 +275,11 @@ class StandIn(Endpoints):
             clock=clock,
         )
         self.api_behaviour = ApiBehaviour()
-        self.api_behaviour.update(next_links_drop_filters=next_links_drop_filters)
+        self.api_behaviour.update(
+            filter_day_offset_hours=filter_day_offset_hours,
+            exclusive_day_filters=exclusive_day_filters,
+            next_links_drop_filters=next_links_drop_filters,
+        )
         self.faults = FaultQueue()
         self.ledger = Ledger()
         self.limiter = RateLimiter(rate_limit_per_minute, rate_limit_window_seconds)
@@ -402,12 +409,22 @@ class StandIn(Endpoints):
 
     # -- behaviour, faults and counters -----------------------------------------------------------
 
-    def configure_api(self, *, next_links_drop_filters: bool | None = None) -> dict[str, object]:
+    def configure_api(
+        self,
+        *,
+        filter_day_offset_hours: float | None = None,
+        exclusive_day_filters: bool | None = None,
+        next_links_drop_filters: bool | None = None,
+    ) -> dict[str, object]:
         """Change the :class:`ApiBehaviour` switches given (None leaves one as it is); return them all.
 
         Raises ValueError, changing nothing, on a bad value.
         """
-        self.api_behaviour.update(next_links_drop_filters=next_links_drop_filters)
+        self.api_behaviour.update(
+            filter_day_offset_hours=filter_day_offset_hours,
+            exclusive_day_filters=exclusive_day_filters,
+            next_links_drop_filters=next_links_drop_filters,
+        )
         return self.api_behaviour.to_json()
 
     def inject(self, *faults: Fault, path: str | None = None) -> None:

@@ -361,6 +361,57 @@ def test_day_boundaries_are_at_minus_five_hours(server: StandIn, http: requests.
     assert entry["subscribed_at"] == "2026-11-26T23:30:00-05:00"
 
 
+@pytest.mark.parametrize(
+    ("offset_hours", "exclusive", "expected"),
+    [
+        # The subscriber joined at 2026-11-27T11:30Z: the 26th at UTC-12, the 27th at UTC, the 28th at UTC+14.
+        (-12, False, {"at 11-26": True, "at 11-27": False, "after 11-26": True, "after 11-27": False,
+                      "before 11-26": True, "before 11-25": False}),
+        (14, False, {"at 11-28": True, "at 11-27": False, "after 11-28": True, "after 11-29": False,
+                     "before 11-28": True, "before 11-27": False}),
+        (0, True, {"at 11-27": True, "after 11-26": True, "after 11-27": False,
+                   "before 11-28": True, "before 11-27": False}),
+        (-12, True, {"at 11-26": True, "after 11-25": True, "after 11-26": False,
+                     "before 11-27": True, "before 11-26": False}),
+        (14, True, {"at 11-28": True, "after 11-27": True, "after 11-28": False,
+                    "before 11-29": True, "before 11-28": False}),
+    ],
+    ids=["utc-12", "utc+14", "utc exclusive", "utc-12 exclusive", "utc+14 exclusive"],
+)
+def test_filter_days_follow_the_chosen_zone_and_inclusiveness(
+    server: StandIn, http: requests.Session, token: str, offset_hours: float, exclusive: bool,
+    expected: dict[str, bool],
+) -> None:
+    """Filter days start at the configured offset; exclusive after/before leave the named day out, "at" never."""
+    moment = 1_795_779_000  # 2026-11-27T11:30:00Z
+    (subscriber_id,) = server.add_subscribers(ACCOUNT, LIST, [{"email": "edge@example.com", "subscribed_at": moment}])
+    url = f"{server.api_url}/accounts/{ACCOUNT}/lists/{LIST}/subscribers"
+    settings = server.configure_api(filter_day_offset_hours=offset_hours, exclusive_day_filters=exclusive)
+    assert (settings["filter_day_offset_hours"], settings["exclusive_day_filters"]) == (offset_hours, exclusive)
+    names = {"at": "subscribed_at", "after": "subscribed_after", "before": "subscribed_before"}
+
+    found = {}
+    for case in expected:
+        which, day = case.split()
+        # Newest first: the subscriber comes before the list's 250 older ones, on the first page.
+        answer = get(http, url, token, **{"ws.op": "find", names[which]: f"2026-{day}", "sort_order": "desc"})
+        found[case] = subscriber_id in [entry["id"] for entry in answer.json()["entries"]]
+
+    assert found == expected
+
+
+@pytest.mark.parametrize("settings", [{"filter_day_offset_hours": 14.5}, {"filter_day_offset_hours": -12.25},
+                                      {"exclusive_day_filters": "yes"}, {"next_links_drop_filters": 1}])
+def test_api_switches_refuse_bad_values(server: StandIn, settings: dict[str, Any]) -> None:
+    """Offsets outside UTC-12..UTC+14 and non-boolean switches raise ValueError, changing nothing."""
+    before = server.configure_api()
+    with pytest.raises(ValueError):
+        server.configure_api(**settings)
+    assert server.configure_api() == before == {
+        "filter_day_offset_hours": -5.0, "exclusive_day_filters": False, "next_links_drop_filters": False,
+    }
+
+
 # -- appended subscribers -------------------------------------------------------------------------
 
 

@@ -161,7 +161,8 @@ def test_control_client_drives_an_in_thread_stand_in_too() -> None:
 
 def test_api_behaviour_comes_from_the_config_file_and_the_control_endpoint(tmp_path: Path) -> None:
     """The API behaviour switches are read from the JSON config and changed through /_control/configure-api."""
-    config = {"clients": {CONF_ID: CONF_SECRET}, "next_links_drop_filters": True,
+    config = {"clients": {CONF_ID: CONF_SECRET}, "next_links_drop_filters": True, "filter_day_offset_hours": 14,
+              "exclusive_day_filters": True,
               "accounts": [{"id": 1, "lists": [{"id": 2, "size": 30, "start": START, "end": START + 29 * 60}]}]}
     process, port_file = start_process(tmp_path, config)
     try:
@@ -175,7 +176,12 @@ def test_api_behaviour_comes_from_the_config_file_and_the_control_endpoint(tmp_p
             return str(page["next_collection_link"])
 
         assert next_link().endswith("/subscribers?ws.start=10&ws.size=10")
-        assert control.configure_api(next_links_drop_filters=False)["next_links_drop_filters"] is False
+        assert control.configure_api(next_links_drop_filters=False) == {
+            "filter_day_offset_hours": 14.0, "exclusive_day_filters": True, "next_links_drop_filters": False,
+        }
+        assert control.configure_api(filter_day_offset_hours=-12, exclusive_day_filters=False) == {
+            "filter_day_offset_hours": -12.0, "exclusive_day_filters": False, "next_links_drop_filters": False,
+        }
         assert "ws.op=find&sort_key=subscribed_at" in next_link()
         refused = requests.post(f"{control.base_url}/_control/configure-api",
                                 json={"next_links_drop_filters": "yes"}, timeout=5)
