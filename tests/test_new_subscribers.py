@@ -21,6 +21,7 @@ from job.config import Settings, load_settings
 from job.errors import EXIT_TEMPORARY, ApiError, RunTimeoutError
 from job.runner import RunOptions, run_cycle
 from job.standin import Fault, StandIn
+from job.standin.days import format_timestamp
 from job.tasks import TaskContext
 from job.tasks.new_subscribers import FIELDS, Watermark, new_subscribers, parse_timestamp
 from tests.conftest import JobFiles, run_job
@@ -93,7 +94,7 @@ def test_requests_are_the_minimum_for_none_five_and_250_new_subscribers(job: Job
     assert [row["id"] for row in rows] == [i for list_id in LISTS for i in added[list_id]]
     assert api_counts(job.standin) == {"GET accounts:200": 1, "GET lists:200": 1, "GET find:200": 3}
 
-    # k = 250, plus at most the 5 of the watermark's own day: ceil(k/100) = 3 pages per list.
+    # k = 250, plus the 5 of the run before on the days asked: ceil(k/100) = 3 pages per list.
     added = {list_id: add(job.standin, list_id, 250, at=time.time() - 300) for list_id in LISTS}
     code, rows, _ = run(job)
     assert code == 0
@@ -270,13 +271,30 @@ def test_isoformat_round_trips_keeping_its_offset(moment: datetime, offset_minut
     assert parse_timestamp(moment.isoformat()) == moment.replace(tzinfo=timezone.utc)
 
 
-def test_filter_day_is_the_watermark_day_as_written_and_the_earliest_day_on_a_first_run() -> None:
-    """A watermark's filter day is its date in its own offset; a first run's is the date of --since at UTC-12."""
-    evening = Watermark.from_state({"subscribed_at": "2026-11-27T23:30:00-05:00", "ids": [1]})
-    assert evening is not None
-    assert evening.filter_day() == date(2026, 11, 27)  # the 28th in UTC
+@pytest.mark.parametrize(
+    ("written", "day"),
+    [
+        # 04:30 UTC on the 28th: the 27th at UTC-12, so the 26th is asked for.
+        ("2026-11-27T23:30:00-05:00", date(2026, 11, 26)),
+        # 11:59 UTC on the 28th is still the 27th at UTC-12; at 12:00 UTC it is the 28th there.
+        ("2026-11-28T11:59:59Z", date(2026, 11, 26)),
+        ("2026-11-28T12:00:00Z", date(2026, 11, 27)),
+        # Written at UTC+14 (the 29th there), it is 09:30 UTC on the 28th: the 27th at UTC-12.
+        ("2026-11-29T00:30:00+14:00", date(2026, 11, 26)),
+    ],
+)
+def test_filter_day_is_the_day_before_the_watermarks_day_at_utc_minus_12(written: str, day: date) -> None:
+    """The day asked for is the one before the earliest calendar day the watermark falls on anywhere."""
+    mark = Watermark.from_state({"subscribed_at": written, "ids": [1]})
+    assert mark is not None
+    assert mark.filter_day() == day
+
+
+def test_a_first_runs_filter_day_comes_from_since_and_bad_state_is_none() -> None:
+    """A first run's watermark is --since itself, with its filter day by the same rule; unreadable state is None."""
     look_back = Watermark.look_back(datetime(2026, 11, 28, 6, 0, tzinfo=timezone.utc))
-    assert look_back.filter_day() == date(2026, 11, 27)
+    assert look_back.filter_day() == date(2026, 11, 26)
+    assert look_back.is_passed_by(datetime(2026, 11, 28, 6, 0, tzinfo=timezone.utc), 5)
     assert Watermark.from_state({"subscribed_at": "", "ids": []}) is None
     assert Watermark.from_state("garbage") is None
 
@@ -347,7 +365,7 @@ class FakeTime:
 
 def test_the_run_time_limit_keeps_the_rows_written_and_the_next_run_continues(job: JobFiles) -> None:
     """Stopped by AWEBER_RUN_TIMEOUT mid-list: rows out are kept, the watermark covers them, the rest come next run."""
-    populate(job.standin, (201,), size=1000)
+    populate(job.standin, (201,), size=0)  # only new subscribers: the first find page is 100 of them
     job.write_tokens()
     added = add(job.standin, 201, 250, at=time.time() - 900)
     # One request a minute and 150 s: accounts, then lists and the first find page after a minute each;
@@ -431,3 +449,63 @@ def test_subscribed_at_going_backwards_is_an_error_not_a_silent_skip(tmp_path: P
     message = str(raised.value)
     assert "list 2" in message and "12" in message and "backwards" in message
     assert raised.value.exit_code == 1
+
+
+HOUR = 3600
+EXTREME_ZONES = (-12, -5, 0, 14)
+# Watermarks well in the past, on a day after which every extreme zone's midnight falls.
+WATERMARK_DAY = datetime(2026, 3, 14, tzinfo=timezone.utc)
+
+
+def midnights_between(earliest: float, latest: float) -> list[float]:
+    """Every midnight at UTC-12, -05, 00 and +14 that falls within [earliest, latest], as Unix seconds."""
+    found = []
+    day = datetime.fromtimestamp(earliest, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    for days in range(-2, 4):
+        for hours in EXTREME_ZONES:
+            # Midnight at UTC+h is h hours before midnight UTC of the same date.
+            moment = (day + timedelta(days=days) - timedelta(hours=hours)).timestamp()
+            if earliest <= moment <= latest:
+                found.append(moment)
+    return found
+
+
+@pytest.mark.parametrize("exclusive", [False, True], ids=["inclusive", "exclusive"])
+@pytest.mark.parametrize("offset_hours", EXTREME_ZONES, ids=[f"UTC{h:+d}" for h in EXTREME_ZONES])
+def test_every_subscriber_past_the_watermark_is_found_whatever_zone_and_reading_the_day_filters_use(
+    job: JobFiles, offset_hours: int, exclusive: bool
+) -> None:
+    """Watermarks a second either side of midnight in each extreme zone miss none of the subscribers after them."""
+    job.standin.configure_api(filter_day_offset_hours=offset_hours, exclusive_day_filters=exclusive)
+    job.standin.add_account(ACCOUNT)
+    state: dict[str, Any] = {"lists": {}}
+    expected: list[int] = []
+    list_id = 300
+    for zone in EXTREME_ZONES:
+        for side in (-1, 1):
+            list_id += 1
+            watermark = (WATERMARK_DAY - timedelta(hours=zone)).timestamp() + side
+            after = sorted({watermark + 1, *[
+                moment + delta
+                for moment in midnights_between(watermark + 1, watermark + 50 * HOUR) for delta in (-1, 0, 1)
+                if moment + delta > watermark
+            ]})
+            moments = [watermark - 30 * HOUR, watermark - 1, watermark, *after]
+            job.standin.add_list(ACCOUNT, list_id, f"List {list_id}", size=0, start=moments[0], end=moments[0])
+            ids = job.standin.add_subscribers(ACCOUNT, list_id, [
+                {"email": f"s{number}.{list_id}@example.com", "subscribed_at": moment}
+                for number, moment in enumerate(moments)
+            ])
+            # The watermark: the subscriber at `watermark`, as AWeber wrote its time, already reported.
+            state["lists"][f"{ACCOUNT}/{list_id}"] = {"subscribed_at": format_timestamp(watermark), "ids": [ids[2]]}
+            expected += ids[3:]
+    job.write_tokens()
+    state_file = job.token_file.parent / "new-subscribers.state.json"
+    state_file.write_text(json.dumps(state), encoding="utf-8")
+
+    code, rows, _ = run(job)
+
+    assert code == 0
+    assert [row["id"] for row in rows] == expected
+    # Each list's new ones plus the few before the watermark on the day asked fit on one page.
+    assert api_counts(job.standin)["GET find:200"] == len(state["lists"])

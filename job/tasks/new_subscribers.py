@@ -1,8 +1,10 @@
 """The ``new-subscribers`` task: report who joined each list since the last run, oldest first.
 
-Per list it asks AWeber's ``ws.op=find`` for the subscribers ``subscribed_after`` the watermark's
-day, sorted by ``subscribed_at`` ascending, so the cost is ``max(1, ceil(k/100))`` requests where
-``k`` counts the subscribers since that day — never a walk over the whole list. The day filter is
+Per list it asks AWeber's ``ws.op=find`` for the subscribers ``subscribed_after`` a day early
+enough for any reading of that filter (the day before the watermark's day at UTC-12: AWeber names
+neither the zone of its filter days nor whether the named day is included), sorted by
+``subscribed_at`` ascending, so the cost is ``max(1, ceil(k/100))`` requests where ``k`` counts
+the subscribers returned for that day on — never a walk over the whole list. The day filter is
 coarse; the exact cut is made here by comparing full timestamps, and the ids that share the
 watermark's instant keep a subscriber who arrives in the same second from being lost or repeated.
 
@@ -33,9 +35,9 @@ FIELDS = ("account_id", "list_id", "list_name", "id", "email", "name", "status",
 PAGE_SIZE = 100
 DEFAULT_LOOK_BACK = timedelta(hours=24)
 
-# The earliest time zone in use (Baker Island, UTC-12). A calendar day there starts later than the
-# same calendar day anywhere else, so a filter day taken from it starts at or before the instant it
-# was taken from, whatever zone AWeber uses for its day filters (API-FACTS §2.5, open question 4).
+# The earliest time zone in use (Baker Island, UTC-12): an instant's calendar day there is the
+# earliest calendar day it falls on anywhere, and that day begins, in every zone from UTC-12 to
+# UTC+14, at or before the instant.
 EARLIEST_ZONE = timezone(timedelta(hours=-12))
 
 # Lenient ISO 8601: 'T' or space; seconds and fraction optional; 'Z', '+hh:mm', '+hhmm', '+hh' or no
@@ -93,8 +95,8 @@ class Watermark:
 
     @classmethod
     def look_back(cls, since: datetime) -> Watermark:
-        """The first run's starting point, written at UTC-12 so that its own day is the safe filter day."""
-        written = since.astimezone(EARLIEST_ZONE)
+        """The first run's starting point: ``since``, itself included."""
+        written = since.astimezone(timezone.utc)
         return cls(written.isoformat(), written, [], inclusive=True)
 
     @classmethod
@@ -110,13 +112,14 @@ class Watermark:
         return cls(written, instant, list(ids))
 
     def filter_day(self) -> date:
-        """The day to ask AWeber for: the watermark's calendar day in the offset it is written with.
+        """The ``subscribed_after`` day to ask for: the day before the watermark's day at UTC-12.
 
-        AWeber does not document the time zone of its day filters. The date part of AWeber's own
-        timestamp is the best guess of the day AWeber files a subscriber under, so it is used as
-        written rather than converted to UTC (which would be up to a day off near midnight).
+        AWeber does not say in which zone its filter days begin, nor whether the named day itself
+        is included (docs/aweber-api.md). The watermark's day at UTC-12 begins at or before it in
+        every zone; asking for the day before keeps that day in even if the filter leaves the
+        named day out. The exact cut is made on full timestamps and ids (:meth:`is_passed_by`).
         """
-        return self.instant.date()
+        return self.instant.astimezone(EARLIEST_ZONE).date() - timedelta(days=1)
 
     def is_passed_by(self, instant: datetime, subscriber_id: Any) -> bool:
         """Whether a subscriber at ``instant`` with ``subscriber_id`` comes after this watermark."""
