@@ -21,6 +21,8 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from http.client import HTTPException
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -251,8 +253,18 @@ class ApiClient:
         self._recent: collections.deque[float] = collections.deque(maxlen=rate_limit_per_minute)
         self.requests_made = 0
         self.rate_limited = 0
+        self._server_date: datetime | None = None
 
     # ---- public -------------------------------------------------------------------------------
+
+    @property
+    def server_date(self) -> datetime | None:
+        """The ``Date`` of the latest API answer that carried one (UTC, whole seconds); None before.
+
+        The server's clock, for what must not depend on the local one: a watermark is never moved
+        past it, and a first run looks back from it when the local clock is ahead.
+        """
+        return self._server_date
 
     @classmethod
     def from_settings(
@@ -450,6 +462,7 @@ class ApiClient:
             if isinstance(exc, requests.exceptions.ConnectionError):
                 raise TemporaryError(f"GET {path}: could not reach the API ({type(exc).__name__})") from None
             raise ApiError(f"GET {path}: the request could not be made ({type(exc).__name__})") from None
+        self._note_server_date(response.headers.get("Date"))
         try:
             limit = MAX_ANSWER_BYTES if 200 <= response.status_code < 300 else MAX_ERROR_BODY_BYTES
             body = self._read_body(response, limit, path)
@@ -487,6 +500,18 @@ class ApiClient:
             chunks.append(chunk)
             size += len(chunk)
         return b"".join(chunks)
+
+    def _note_server_date(self, value: str | None) -> None:
+        """Remember an answer's ``Date`` header; one that does not parse is ignored."""
+        if not value:
+            return
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return
+        if when.tzinfo is None:  # "-0000": UTC, offset unknown (RFC 5322)
+            when = when.replace(tzinfo=timezone.utc)
+        self._server_date = when.astimezone(timezone.utc)
 
     # ---- pacing -------------------------------------------------------------------------------
 

@@ -59,14 +59,21 @@ class RunOutcome:
         return self.token_requests + self.api_requests
 
 
+def since_duration(value: str) -> timedelta | None:
+    """The ``--since`` value as a duration (``24h``, ``7d``...), or None when it is a date."""
+    match = _DURATION.match(value)
+    if not match:
+        return None
+    return timedelta(seconds=float(match.group(1)) * DURATION_UNITS[match.group(2).lower()])
+
+
 def parse_since(value: str, now: datetime) -> datetime:
     """``24h``, ``90m``, ``7d``, ``2w``, a date ``2026-11-01`` or an ISO date-time → an aware UTC instant."""
-    match = _DURATION.match(value)
-    if match:
-        seconds = float(match.group(1)) * DURATION_UNITS[match.group(2).lower()]
-        if seconds <= 0:
+    duration = since_duration(value)
+    if duration is not None:
+        if duration <= timedelta(0):
             raise UsageError(f"--since must be a positive duration, got {value!r}")
-        return now - timedelta(seconds=seconds)
+        return now - duration
     try:
         when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -182,6 +189,7 @@ def run_cycle(
                 now=lambda: datetime.fromtimestamp(clock(), tz=timezone.utc),
                 output_format=options.fmt,
                 since=since,
+                look_back=since_duration(options.since),
             )
             try:
                 summary = task.function(context)

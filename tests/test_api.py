@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -557,6 +557,24 @@ def test_page_that_is_not_a_collection_raises_api_error(standin: StandIn) -> Non
 
     with pytest.raises(ApiError, match="not a collection"):
         list(client.walk("/accounts"))
+
+
+def test_server_date_is_the_date_of_the_latest_answer() -> None:
+    """The client remembers the Date header of the latest answer, a refusal's too, by the server's own clock."""
+    server_clock = [1_795_000_000.0]
+    with StandIn({"cid-confidential": "secret-x"}, clock=lambda: server_clock[0]) as server:
+        server.add_account(ACCOUNT_ID)
+        client = _client(server, _fake_tokens(server))
+        assert client.server_date is None
+
+        client.get("/accounts")
+        assert client.server_date == datetime.fromtimestamp(1_795_000_000, timezone.utc)
+
+        server_clock[0] += 90.7
+        server.inject(Fault(status=404, envelope=True), path="/1.0/accounts")
+        with pytest.raises(ApiError):
+            client.get("/accounts")
+        assert client.server_date == datetime.fromtimestamp(1_795_000_090, timezone.utc)
 
 
 # ---- the run's time limit ----------------------------------------------------------------------

@@ -300,14 +300,20 @@ def test_a_first_runs_filter_day_comes_from_since_and_bad_state_is_none() -> Non
 
 
 class CannedApi:
-    """A narrow seam for entries the stand-in never sends (empty or missing timestamps): canned pages by path."""
+    """A narrow seam for answers the stand-in never sends (empty timestamps, no Date header): canned pages by path.
 
-    def __init__(self, pages: dict[str, list[dict[str, Any]]]) -> None:
+    ``dates`` gives the server's Date that comes with the answer for a path; without one, none comes.
+    """
+
+    def __init__(self, pages: dict[str, list[dict[str, Any]]], dates: dict[str, datetime] | None = None) -> None:
         self.pages = pages
+        self.dates = dates or {}
         self.requests_made = 0
+        self.server_date: datetime | None = None
 
     def walk(self, url_or_path: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         self.requests_made += 1
+        self.server_date = self.dates.get(url_or_path, self.server_date)
         yield from self.pages[url_or_path]
 
 
@@ -509,3 +515,160 @@ def test_every_subscriber_past_the_watermark_is_found_whatever_zone_and_reading_
     assert [row["id"] for row in rows] == expected
     # Each list's new ones plus the few before the watermark on the day asked fit on one page.
     assert api_counts(job.standin)["GET find:200"] == len(state["lists"])
+
+
+YEAR = timedelta(days=365)
+
+
+def test_a_first_run_under_a_fast_clock_keeps_a_watermark_the_next_correct_run_sees_past(job: JobFiles) -> None:
+    """A local clock a year fast looks back from the server's Date, so neither its run nor the next hides anyone."""
+    populate(job.standin, (201,), size=1000)
+    job.write_tokens()
+    first = add(job.standin, 201, 2, at=time.time() - 3600, tag="first")
+    fast = io.StringIO()
+    settings = load_settings(job.env())
+
+    run_cycle(settings, make_session(), RunOptions(task="new-subscribers"), stdout=fast,
+              clock=lambda: time.time() + YEAR.total_seconds())
+
+    assert [json.loads(line)["id"] for line in fast.getvalue().splitlines()] == first
+    mark = parse_timestamp(watermarks(job)[f"{ACCOUNT}/201"]["subscribed_at"])
+    assert mark is not None and mark.timestamp() <= time.time()
+    later = add(job.standin, 201, 1, at=time.time() - 1, tag="later")
+    code, rows, _ = run(job)
+    assert code == 0
+    assert [row["id"] for row in rows] == later
+
+
+def test_a_first_run_with_nothing_new_under_a_fast_clock_keeps_no_watermark_in_the_future(job: JobFiles) -> None:
+    """With nothing new, the look-back watermark a fast clock wrote is at or before the server's Date."""
+    populate(job.standin, (201,), size=1000)
+    job.write_tokens()
+    settings = load_settings(job.env())
+    run_cycle(settings, make_session(), RunOptions(task="new-subscribers", since="2h"), stdout=io.StringIO(),
+              clock=lambda: time.time() + YEAR.total_seconds())
+
+    mark = parse_timestamp(watermarks(job)[f"{ACCOUNT}/201"]["subscribed_at"])
+    assert mark is not None and mark.timestamp() <= time.time() - 2 * 3600 + 5
+    arrived = add(job.standin, 201, 1, at=time.time() - 1)
+    assert [row["id"] for row in run(job)[1]] == arrived
+
+
+def test_the_look_back_watermark_is_clamped_to_the_find_answers_date(tmp_path: Path) -> None:
+    """When only the find answer carries a Date, a fast clock's look-back watermark is pulled back to it."""
+    server_now = datetime(2026, 11, 28, 12, tzinfo=timezone.utc)
+    api = CannedApi({"accounts": [{"id": 1}], "accounts/1/lists": [{"id": 2, "name": "L"}],
+                     "accounts/1/lists/2/subscribers": []},
+                    dates={"accounts/1/lists/2/subscribers": server_now})
+    context = canned_context(api, io.StringIO(), tmp_path)
+    context.now = lambda: server_now + YEAR
+    context.since, context.look_back = server_now + YEAR - timedelta(hours=24), timedelta(hours=24)
+
+    new_subscribers(context)
+
+    mark = parse_timestamp(context.state["lists"]["1/2"]["subscribed_at"])
+    assert mark is not None and mark <= server_now
+
+
+def test_a_saved_watermark_far_past_the_servers_date_is_taken_as_wrong(
+    job: JobFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A watermark a year ahead (left by a fast clock) is replaced by the look-back from --since, with a warning."""
+    populate(job.standin, (201,), size=1000)
+    job.write_tokens()
+    ahead = datetime.fromtimestamp(time.time(), timezone.utc) + YEAR
+    state_file = job.token_file.parent / "new-subscribers.state.json"
+    state_file.write_text(json.dumps({"lists": {f"{ACCOUNT}/201": {"subscribed_at": ahead.isoformat(), "ids": [1]}}}))
+    arrived = add(job.standin, 201, 1, at=time.time() - 1)
+    capsys.readouterr()
+
+    code, rows, _ = run(job)
+
+    assert code == 0
+    assert [row["id"] for row in rows] == arrived
+    err = capsys.readouterr().err
+    assert "list 201" in err and "after the server's Date" in err and "warning" in err
+
+
+def test_a_subscriber_dated_in_the_future_is_reported_once_without_moving_the_watermark_past_the_date(
+    job: JobFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Subscribers a broken server dates ahead are reported once, warned about once, and do not move the watermark."""
+    populate(job.standin, (201,), size=1000)
+    job.write_tokens()
+    now = time.time()
+    normal = add(job.standin, 201, 1, at=now - 60, tag="normal")
+    future = add(job.standin, 201, 2, at=now + 30 * DAY, tag="future")
+    capsys.readouterr()
+
+    code, rows, _ = run(job)
+
+    assert code == 0
+    assert [row["id"] for row in rows] == normal + future
+    mark = watermarks(job)[f"{ACCOUNT}/201"]
+    assert (mark["ids"], parse_timestamp(mark["subscribed_at"])) == (normal, parse_timestamp(rows[0]["subscribed_at"]))
+    err = capsys.readouterr().err
+    assert err.count("after the server's Date") == 1 and "list 201" in err
+
+    code, rows, _ = run(job)
+    assert (code, rows) == (0, [])
+    assert "after the server's Date" not in capsys.readouterr().err
+
+
+def test_subscribers_reported_ahead_of_the_watermark_are_forgotten_once_it_passes_them() -> None:
+    """The ids kept for subscribers dated past the server's Date stay only while the watermark is behind them."""
+    noon = datetime(2026, 11, 28, 12, tzinfo=timezone.utc)
+    mark = Watermark.from_state({"subscribed_at": noon.isoformat(), "ids": [1]})
+    assert mark is not None
+    late = noon + timedelta(hours=5)
+    mark.advance(late.isoformat(), late, 7, server_date=noon + timedelta(hours=1))
+    assert mark.instant == noon
+    assert not mark.is_passed_by(late, 7) and mark.is_passed_by(late, 8)
+    saved = Watermark.from_state(mark.to_state())
+    assert saved is not None and not saved.is_passed_by(late, 7)
+
+    later = noon + timedelta(hours=6)
+    saved.advance(later.isoformat(), later, 9, server_date=later)
+    assert saved.to_state() == {"subscribed_at": later.isoformat(), "ids": [9]}
+
+
+def test_a_subscriber_reported_ahead_is_passed_over_once_the_servers_date_reaches_it(tmp_path: Path) -> None:
+    """Dated past the server's Date, b is reported and kept aside; a later run moves over b without reporting it."""
+    noon = datetime(2026, 11, 28, 12, tzinfo=timezone.utc)
+    a = {"id": 1, "email": "a@example.com", "subscribed_at": "2026-11-28T11:00:00Z"}
+    b = {"id": 2, "email": "b@example.com", "subscribed_at": "2026-11-28T15:00:00Z"}
+    c = {"id": 3, "email": "c@example.com", "subscribed_at": "2026-11-28T15:30:00Z"}
+    pages = {"accounts": [{"id": 1}], "accounts/1/lists": [{"id": 2, "name": "L"}]}
+    first = CannedApi({**pages, "accounts/1/lists/2/subscribers": [a, b]}, dates={"accounts": noon})
+    output = io.StringIO()
+    context = canned_context(first, output, tmp_path)
+
+    new_subscribers(context)
+
+    assert [json.loads(line)["id"] for line in output.getvalue().splitlines()] == [1, 2]
+    assert context.state["lists"]["1/2"] == {
+        "subscribed_at": "2026-11-28T11:00:00Z", "ids": [1],
+        "ahead": [{"id": 2, "subscribed_at": "2026-11-28T15:00:00Z"}],
+    }
+
+    caught_up = CannedApi({**pages, "accounts/1/lists/2/subscribers": [a, b]},
+                          dates={"accounts": noon + timedelta(hours=4)})
+    output = io.StringIO()
+    again = canned_context(caught_up, output, tmp_path)
+    again.state = context.state
+
+    new_subscribers(again)
+
+    assert output.getvalue() == ""
+    assert again.state["lists"]["1/2"] == {"subscribed_at": "2026-11-28T15:00:00Z", "ids": [2]}
+
+    later = CannedApi({**pages, "accounts/1/lists/2/subscribers": [b, c]},
+                      dates={"accounts": noon + timedelta(hours=4)})
+    output = io.StringIO()
+    last = canned_context(later, output, tmp_path)
+    last.state = again.state
+
+    new_subscribers(last)
+
+    assert [json.loads(line)["id"] for line in output.getvalue().splitlines()] == [3]
+    assert last.state["lists"]["1/2"] == {"subscribed_at": "2026-11-28T15:30:00Z", "ids": [3]}

@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib.metadata import entry_points
 from typing import IO, TYPE_CHECKING, Any
 
@@ -38,7 +38,12 @@ BUILTIN_TASKS = {
 
 @dataclass
 class TaskContext:
-    """What a task gets: the API, its persistent state, configuration, a logger, output, the clock."""
+    """What a task gets: the API, its persistent state, configuration, a logger, output, the clock.
+
+    ``since`` is where a first run looks back to by the local clock (``--since``); ``look_back``
+    is the ``--since`` duration when one was given, so that a task can count it back from a better
+    idea of the present, such as the server's Date (``api.server_date``).
+    """
 
     api: ApiClient
     state: dict[str, Any]
@@ -48,6 +53,7 @@ class TaskContext:
     now: Callable[[], datetime]
     output_format: str = "jsonl"
     since: datetime | None = None
+    look_back: timedelta | None = None
     counters: dict[str, int] = field(default_factory=dict)
 
     def flush_output(self) -> None:
