@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from job.cli import main, make_session
 from job.config import Settings, load_settings
 from job.errors import EXIT_TEMPORARY, ApiError, RunTimeoutError
-from job.runner import RunOptions, run_cycle
+from job.runner import RunOptions, RunOutcome, run_cycle
 from job.standin import Fault, StandIn
 from job.standin.days import format_timestamp
 from job.tasks import TaskContext
@@ -380,8 +380,9 @@ def test_the_run_time_limit_keeps_the_rows_written_and_the_next_run_continues(jo
     fake_time = FakeTime()
     output = io.StringIO()
 
+    outcome = RunOutcome()
     with pytest.raises(RunTimeoutError) as raised:
-        run_cycle(settings, make_session(), RunOptions(task="new-subscribers"), stdout=output,
+        run_cycle(settings, make_session(), RunOptions(task="new-subscribers"), stdout=output, outcome=outcome,
                   monotonic=fake_time.monotonic, sleep=fake_time.sleep)
 
     assert fake_time.sleeps == [60.0, 60.0]
@@ -390,6 +391,7 @@ def test_the_run_time_limit_keeps_the_rows_written_and_the_next_run_continues(jo
     assert "AWEBER_RUN_TIMEOUT (150s)" in message and "the next run continues" in message
     rows = [json.loads(line) for line in output.getvalue().splitlines()]
     assert [row["id"] for row in rows] == added[:100]
+    assert outcome.new_subscribers == 100
     mark = watermarks(job)[f"{ACCOUNT}/201"]
     assert (mark["subscribed_at"], mark["ids"]) == (rows[-1]["subscribed_at"], [added[99]])
 

@@ -256,6 +256,8 @@ def new_subscribers(context: TaskContext) -> dict[str, Any]:
         watermarks = context.state["lists"] = {}
     since = _first_run_since(context)
     writer = RowWriter(context.output, context.output_format)
+    # Counted as rows go out, so a run stopped by its time limit still reports what it found.
+    context.counters["new_subscribers"] = 0
     total = 0
     for ref in lists:
         saved = watermarks.get(ref.state_key)
@@ -292,7 +294,6 @@ def new_subscribers(context: TaskContext) -> dict[str, Any]:
         context.log.info('list %s "%s": %d new', ref.list_id, ref.name, found,
                          extra={"account_id": ref.account_id, "list_id": ref.list_id, "new": found})
         total += found
-    context.counters["new_subscribers"] = total
     return {
         "accounts": accounts,
         "lists": len(lists),
@@ -387,6 +388,7 @@ def _report_list(context: TaskContext, ref: ListRef, mark: Watermark, writer: Ro
         server_now = context.api.server_date
         mark.advance(written, instant, subscriber_id, server_date=server_now)
         found += 1
+        context.counters["new_subscribers"] += 1
         # The Date header has whole seconds: a subscriber within that second is no sign of trouble.
         if server_now is not None and instant - server_now >= DATE_RESOLUTION and not warned_ahead:
             warned_ahead = True
