@@ -10,8 +10,8 @@ Quirks, from docs/aweber-api.md: AWeber's rate limit answers HTTP 403 (not 429) 
 ``error.message`` "Rate Limit Error" and no Retry-After, and blocks the account for 60 s; two
 other 403s ("not accepting requests", "cannot be processed" at this time) ask for a retry with
 exponential backoff and get the same retries as a 5xx; the rest (suspended account, missing
-permission) must not be retried. An expired or disconnected
-access token answers 401, in RFC 6750's shape rather than the envelope (docs/aweber-api.md).
+permission) must not be retried. An expired or disconnected access token answers 401, in RFC
+6750's shape rather than the error envelope.
 """
 
 from __future__ import annotations
