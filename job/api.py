@@ -7,10 +7,12 @@ window. The credentials go only to the scheme, host and port of
 the API base URL: a link in a response that points anywhere else is refused before anything is
 sent. Collections are walked page by page through ``next_collection_link`` as a generator.
 
-Quirks, from API-FACTS §3: AWeber's rate limit answers HTTP 403 (not 429) with
-``error.message`` "Rate Limit Error" and no Retry-After, and blocks the account for 60 s; other
-403s (suspended account, missing permission) must not be retried. An expired or disconnected
-access token answers 401.
+Quirks, from docs/aweber-api.md: AWeber's rate limit answers HTTP 403 (not 429) with
+``error.message`` "Rate Limit Error" and no Retry-After, and blocks the account for 60 s; two
+other 403s ("not accepting requests", "cannot be processed" at this time) ask for a retry with
+exponential backoff and get the same retries as a 5xx; the rest (suspended account, missing
+permission) must not be retried. An expired or disconnected access token answers 401, in RFC
+6750's shape rather than the error envelope.
 """
 
 from __future__ import annotations
@@ -20,12 +22,17 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from http.client import HTTPException
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
+import urllib3
 
-from job.errors import ApiError, AuthError, JobError, TemporaryError, shorten
+from job.config import format_duration
+from job.errors import ApiError, AuthError, JobError, RunTimeoutError, TemporaryError, shorten
 from job.retries import call_with_retries, parse_retry_after
 
 if TYPE_CHECKING:
@@ -43,6 +50,8 @@ MAX_ANSWER_BYTES = 16 * 1024 * 1024
 MAX_ERROR_BODY_BYTES = 64 * 1024
 # Statuses worth another try besides 5xx: request timeout, and 429 should AWeber ever send it.
 TRANSIENT_STATUSES = frozenset({408, 429})
+# The words of AWeber's 403s that ask to be retried with backoff (see is_retry_later_answer).
+_RETRY_LATER_PHRASES = ("not accepting requests at this time", "cannot be processed at this time")
 _READ_CHUNK_BYTES = 64 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -110,19 +119,55 @@ def format_origin(origin: Origin) -> str:
 
 
 def _error_fields(body: bytes) -> tuple[str | None, str | None]:
-    """AWeber's ``error.type`` and ``error.message`` from an error envelope, when the body is one."""
+    """The error's kind and message from either of AWeber's error bodies, when the body is one.
+
+    The REST API's envelope ``{"error": {"type", "message", ...}}`` gives ``error.type`` and
+    ``error.message``; the token layer's RFC 6750 answer to an expired or unknown access token,
+    ``{"error": "invalid_token", "error_description": "..."}``, gives the code and the description
+    (docs/aweber-api.md). Both are shortened to one line.
+    """
     try:
         value = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return None, None
     error = value.get("error") if isinstance(value, dict) else None
-    if not isinstance(error, dict):
+    kind: object
+    message: object
+    if isinstance(error, str) and isinstance(value, dict):
+        kind, message = error, value.get("error_description")
+    elif isinstance(error, dict):
+        kind, message = error.get("type"), error.get("message")
+    else:
         return None, None
-    kind, message = error.get("type"), error.get("message")
     return (
         shorten(kind, 60) if isinstance(kind, str) and kind else None,
         shorten(message) if isinstance(message, str) and message else None,
     )
+
+
+# The parameters that say which page of a collection: a next link's own are kept, the rest put back.
+_PAGE_PARAMS = frozenset({"ws.start", "ws.size"})
+
+
+def _ws_start(pairs: list[tuple[str, str]]) -> int | None:
+    """The last ``ws.start`` among query pairs as a number; None when absent or not a whole number."""
+    values = [value for key, value in pairs if key == "ws.start"]
+    return int(values[-1]) if values and values[-1].isdigit() else None
+
+
+def _held_to(link: str, asked: list[tuple[str, str]]) -> str:
+    """``link`` with every non-page parameter of ``asked`` set as asked; the link's page parameters kept.
+
+    AWeber's next links are documented as the way to the next page, not as keeping the find's
+    filters and sort; one that lost or changed them would walk another collection.
+    """
+    parts = urlsplit(link)
+    wanted = {key: value for key, value in asked if key not in _PAGE_PARAMS}
+    pairs = [(key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True) if key not in wanted]
+    present = {key for key, _ in pairs}
+    pairs += [(key, value) for key, value in asked if key == "ws.size" and key not in present]
+    pairs += list(wanted.items())
+    return urlunsplit(parts._replace(query=urlencode(pairs)))
 
 
 def _describe(status: int, kind: str | None, message: str | None) -> str:
@@ -139,11 +184,28 @@ def is_rate_limit_answer(status: int, message: str | None) -> bool:
     return status == 403 and message is not None and "rate limit" in message.lower()
 
 
+def is_retry_later_answer(status: int, message: str | None) -> bool:
+    """Whether an answer is one of AWeber's 403s that say to try again using an exponential backoff.
+
+    "This account is not accepting requests at this time" and "Your request cannot be processed at
+    this time" (AWeber's Troubleshooting section, docs/aweber-api.md); matched on those words, not
+    the exact text.
+    """
+    if status != 403 or message is None:
+        return False
+    words = " ".join(message.lower().split())
+    return any(phrase in words for phrase in _RETRY_LATER_PHRASES)
+
+
 class ApiClient:
-    """The AWeber API through one session: paced, retried, refreshed, origin-locked.
+    """The AWeber API through one session: paced, retried, refreshed, origin-locked, time-limited.
 
     ``requests_made`` counts HTTP requests actually sent; ``rate_limited`` counts 403 "Rate Limit
-    Error" answers received.
+    Error" answers received. With ``run_timeout_seconds``, nothing runs past ``run_started`` (the
+    monotonic time the run began; default: now) plus that many seconds: no request is sent, no
+    wait (pacing, rate limit, retry backoff) is begun that would end later, connect and read
+    timeouts are cut to the time left, and an answer still arriving then is abandoned. Any of these
+    raises RunTimeoutError.
     """
 
     def __init__(
@@ -160,6 +222,8 @@ class ApiClient:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         window_seconds: float = DEFAULT_WINDOW_SECONDS,
+        run_timeout_seconds: float | None = None,
+        run_started: float | None = None,
     ) -> None:
         if rate_limit_per_minute < 1:
             raise ValueError("rate_limit_per_minute must be at least 1")
@@ -181,19 +245,35 @@ class ApiClient:
         self._monotonic = monotonic
         self._sleep = sleep
         self._window_seconds = window_seconds
+        self._run_timeout_seconds = run_timeout_seconds
+        # The run's time limit as an instant on the monotonic clock (None: no limit).
+        self._run_deadline: float | None = None
+        if run_timeout_seconds is not None:
+            self._run_deadline = (monotonic() if run_started is None else run_started) + run_timeout_seconds
         # When each of the last ``rate_limit`` requests finished: O(limit) memory whatever the run.
         self._recent: collections.deque[float] = collections.deque(maxlen=rate_limit_per_minute)
         self.requests_made = 0
         self.rate_limited = 0
+        self._server_date: datetime | None = None
 
     # ---- public -------------------------------------------------------------------------------
+
+    @property
+    def server_date(self) -> datetime | None:
+        """The ``Date`` of the latest API answer that carried one (UTC, whole seconds); None before.
+
+        The server's clock, for what must not depend on the local one: a watermark is never moved
+        past it, and a first run looks back from it when the local clock is ahead.
+        """
+        return self._server_date
 
     @classmethod
     def from_settings(
         cls, session: requests.Session, settings: Settings, tokens: TokenSource, **options: Any
     ) -> ApiClient:
-        """A client configured as the settings say (URL, rate limit, leeway, timeouts); ``options``
-        adds the clock seams or a scaled rate-limit window."""
+        """A client configured as the settings say (URL, rate limit, leeway, timeouts, run time limit);
+        ``options`` adds the clock seams, the run's start or a scaled rate-limit window."""
+        options.setdefault("run_timeout_seconds", settings.run_timeout_seconds)
         return cls(
             session,
             base_url=settings.api_url,
@@ -219,30 +299,44 @@ class ApiClient:
         """Yield the entries of a collection, page after page through ``next_collection_link``.
 
         The first request asks for ``ws.size=100`` unless ``params`` or the URL set it. Only one
-        page is held at a time. Raises as :meth:`get`, and ApiError for a page that is not a collection.
+        page is held at a time. A next link is not trusted to keep what the walk asked for: every
+        parameter of the first request (``ws.op``, filters, sort...) is sent again with the link's
+        ``ws.start``/``ws.size``, so pages stay those of the same find. Raises as :meth:`get`, and
+        ApiError for a page that is not a collection or a next link whose ``ws.start`` does not move
+        forward (a loop, or a walk that would never end); errors name the path, never the query.
         """
         url = self.resolve(url_or_path)
         query: dict[str, str | int] = dict(params or {})
         if "ws.size" not in query and not any(key == "ws.size" for key, _ in parse_qsl(urlsplit(url).query)):
             query["ws.size"] = PAGE_SIZE
+        asked = [(key, value) for key, value in parse_qsl(urlsplit(url).query, keep_blank_values=True)
+                 if key not in query]
+        asked += [(key, str(value)) for key, value in query.items()]
+        path = self._path(url)
+        start = _ws_start(asked) or 0
         page = self._get_json(url, query)
         while True:
             entries = page.get("entries") if isinstance(page, dict) else None
             if not isinstance(entries, list):
-                raise ApiError(f"GET {self._path(url)}: the answer is not a collection (no entries list)")
+                raise ApiError(f"GET {path}: the answer is not a collection (no entries list)")
             for entry in entries:
                 if not isinstance(entry, dict):
-                    raise ApiError(f"GET {self._path(url)}: a collection entry is not an object")
+                    raise ApiError(f"GET {path}: a collection entry is not an object")
                 yield entry
             following = page.get("next_collection_link")
             if not following:
                 return
             if not isinstance(following, str):
-                raise ApiError(f"GET {self._path(url)}: next_collection_link is not a string")
-            following_url = self.resolve(following)
-            if following_url == url:
-                raise ApiError(f"GET {self._path(url)}: next_collection_link points at the same page")
-            url = following_url
+                raise ApiError(f"GET {path}: next_collection_link is not a string")
+            url = _held_to(self.resolve(following), asked)
+            following_start = _ws_start(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+            if following_start is None or following_start <= start:
+                shown = "no ws.start" if following_start is None else f"ws.start={following_start}"
+                raise ApiError(
+                    f"GET {path}: next_collection_link goes to {shown} after ws.start={start}, "
+                    "so the collection would never end; stopped"
+                )
+            start = following_start
             del page, entries
             page = self._get_json(url, None)
 
@@ -280,7 +374,7 @@ class ApiClient:
                     deadline_seconds=self._deadline_seconds,
                     what=f"GET {path}",
                     clock=self._monotonic,
-                    sleep=self._sleep,
+                    sleep=lambda seconds: self._wait(seconds, f"waiting to retry GET {path}"),
                 )
             except _NotRetried as carried:
                 raise carried.error from carried.error.__cause__
@@ -298,12 +392,14 @@ class ApiClient:
     def _attempt(self, url: str, params: Mapping[str, str | int] | None) -> Any:
         """Send one GET and classify the answer; raise what the retry policy needs to see."""
         path = self._path(url)
+        self._check_run_time(f"before GET {path}")
         try:
             authorization = self._tokens.authorize("GET", url, params, leeway_seconds=self._leeway_seconds)
         except JobError as exc:
             # The token endpoint's own retries are done; do not repeat them here.
             raise _NotRetried(exc) from exc
-        self._pace()
+        self._pace(path)
+        self._check_run_time(f"before GET {path}")
         headers = {**authorization, "Accept": "application/json"}
         self.requests_made += 1
         try:
@@ -331,6 +427,8 @@ class ApiClient:
                 hint="the job paces itself to AWEBER_RATE_LIMIT; another integration may share the account's limit",
                 retry_after_seconds=self._window_seconds,
             )
+        if is_retry_later_answer(status, message):
+            raise TemporaryError(f"GET {path}: AWeber asks to try again later ({detail})")
         if status >= 500 or status in TRANSIENT_STATUSES:
             retry_after = parse_retry_after(response_headers.get("Retry-After"), self._clock())
             raise TemporaryError(f"GET {path}: the API is unavailable ({detail})", retry_after_seconds=retry_after)
@@ -339,48 +437,86 @@ class ApiClient:
     def _send(
         self, url: str, params: Mapping[str, str | int] | None, headers: dict[str, str], path: str
     ) -> tuple[int, Mapping[str, str], bytes]:
-        """One GET on the wire; transport failures become TemporaryError (retried: a GET is safe to repeat)."""
+        """One GET on the wire; transport failures become TemporaryError (retried: a GET is safe to repeat).
+
+        RunTimeoutError instead when the run's time limit is what cut the request short.
+        """
+        timeout_seconds = self._timeout_seconds
+        left = self._run_seconds_left()
+        if left is not None:
+            timeout_seconds = max(0.001, min(timeout_seconds, left))
         try:
             response = self._session.get(
                 url,
                 params=dict(params) if params else None,
                 headers=headers,
-                timeout=(self._timeout_seconds, self._timeout_seconds),
+                timeout=(timeout_seconds, timeout_seconds),
                 allow_redirects=False,
                 stream=True,
             )
-        except requests.exceptions.Timeout:
-            raise TemporaryError(f"GET {path}: the API did not answer in time") from None
-        except requests.exceptions.ConnectionError as exc:
-            raise TemporaryError(f"GET {path}: could not reach the API ({type(exc).__name__})") from None
         except requests.exceptions.RequestException as exc:
+            out_of_time = self._out_of_run_time(f"waiting for the answer to GET {path}")
+            if out_of_time is not None:
+                raise out_of_time from None
+            if isinstance(exc, requests.exceptions.Timeout):
+                raise TemporaryError(f"GET {path}: the API did not answer in time") from None
+            if isinstance(exc, requests.exceptions.ConnectionError):
+                raise TemporaryError(f"GET {path}: could not reach the API ({type(exc).__name__})") from None
             raise ApiError(f"GET {path}: the request could not be made ({type(exc).__name__})") from None
+        self._note_server_date(response.headers.get("Date"))
         try:
             limit = MAX_ANSWER_BYTES if 200 <= response.status_code < 300 else MAX_ERROR_BODY_BYTES
             body = self._read_body(response, limit, path)
-        except (requests.exceptions.RequestException, OSError) as exc:
+        except (urllib3.exceptions.ReadTimeoutError, requests.exceptions.Timeout, TimeoutError):
+            out_of_time = self._out_of_run_time(f"reading the answer to GET {path}")
+            if out_of_time is not None:
+                raise out_of_time from None
+            raise TemporaryError(
+                f"GET {path}: the API stopped sending its answer for more than {self._timeout_seconds:g} s"
+            ) from None
+        except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, HTTPException, OSError) as exc:
             raise TemporaryError(f"GET {path}: the answer was cut off ({type(exc).__name__})") from None
         finally:
             response.close()
         return response.status_code, response.headers, body
 
     def _read_body(self, response: requests.Response, limit: int, path: str) -> bytes:
-        """Read at most ``limit + 1`` bytes, within the timeout for the whole body (a drip is not an answer)."""
-        started = self._monotonic()
+        """Read the body as it arrives, at most ``limit + 1`` bytes.
+
+        The read timeout bounds each wait for the next bytes, not the whole body: a slow answer that
+        keeps coming is read to its end (it is an answer, and asking again would only repeat it),
+        unless the run's time limit comes first (RunTimeoutError), which is what ends a drip that
+        would never finish.
+        """
+        raw = response.raw
+        # urllib3 2's read1 returns whatever has arrived; read(n) would wait for n bytes.
+        read = getattr(raw, "read1", None) or raw.read
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_content(chunk_size=_READ_CHUNK_BYTES):
+        while size <= limit:
+            self._check_run_time(f"reading the answer to GET {path}")
+            chunk = read(_READ_CHUNK_BYTES, decode_content=True)
+            if not chunk:
+                break
             chunks.append(chunk)
             size += len(chunk)
-            if size > limit:
-                break
-            if self._monotonic() - started > self._timeout_seconds:
-                raise TemporaryError(f"GET {path}: the answer arrived too slowly")
         return b"".join(chunks)
+
+    def _note_server_date(self, value: str | None) -> None:
+        """Remember an answer's ``Date`` header; one that does not parse is ignored."""
+        if not value:
+            return
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return
+        if when.tzinfo is None:  # "-0000": UTC, offset unknown (RFC 5322)
+            when = when.replace(tzinfo=timezone.utc)
+        self._server_date = when.astimezone(timezone.utc)
 
     # ---- pacing -------------------------------------------------------------------------------
 
-    def _pace(self) -> None:
+    def _pace(self, path: str) -> None:
         """Wait until fewer than ``rate_limit`` requests finished within the last window.
 
         Times are taken when a request *finished*, which is no earlier than the server saw it, so
@@ -392,7 +528,31 @@ class ApiClient:
         if wait_seconds > 0:
             log.debug("pacing: waiting %.2f s to stay within %d requests per %.0f s",
                       wait_seconds, self._rate_limit, self._window_seconds)
-            self._sleep(wait_seconds)
+            self._wait(wait_seconds, f"pacing before GET {path}")
+
+    # ---- the run's time limit -----------------------------------------------------------------
+
+    def _run_seconds_left(self) -> float | None:
+        return None if self._run_deadline is None else self._run_deadline - self._monotonic()
+
+    def _out_of_run_time(self, doing: str, wait_seconds: float = 0.0) -> RunTimeoutError | None:
+        """The error to raise if the run's time is up, or would be before ``wait_seconds`` pass; else None."""
+        left = self._run_seconds_left()
+        if left is None or (left > 0 and wait_seconds <= left):
+            return None
+        limit = format_duration(self._run_timeout_seconds or 0.0)
+        return RunTimeoutError(f"the run reached its time limit, AWEBER_RUN_TIMEOUT ({limit}), {doing}")
+
+    def _check_run_time(self, doing: str, wait_seconds: float = 0.0) -> None:
+        """Raise RunTimeoutError if the run's time is up, or would be before ``wait_seconds`` pass."""
+        error = self._out_of_run_time(doing, wait_seconds)
+        if error is not None:
+            raise error
+
+    def _wait(self, seconds: float, doing: str) -> None:
+        """Sleep ``seconds``, unless that would end past the run's time limit (RunTimeoutError, unslept)."""
+        self._check_run_time(doing, seconds)
+        self._sleep(seconds)
 
     def _path(self, url: str) -> str:
         """The URL's path for messages: no query (it may hold filters such as an email address)."""

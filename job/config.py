@@ -8,6 +8,7 @@ at once, each naming its variable (exit 78).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,15 @@ DEFAULT_REVOKE_URL = "https://auth.aweber.com/oauth2/revoke"
 DEFAULT_API_URL = "https://api.aweber.com/1.0"
 DEFAULT_TASK = "new-subscribers"
 CREDENTIAL_NAME = "aweber-client-secret"
+# AWeber allows 120 API requests a minute per customer account, shared by every integration on it
+# (docs/aweber-api.md); 100 leaves room for the others.
+DEFAULT_RATE_LIMIT_PER_MINUTE = 100
+# A daily job must be done long before the next run: a hung or endless run would otherwise hold the
+# lock (and the timer's slot) for ever.
+DEFAULT_RUN_TIMEOUT_SECONDS = 6 * 3600.0
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
 
 # Every variable the job reads, with a one-line meaning; `.env.example` documents exactly these.
 VARIABLES: dict[str, str] = {
@@ -39,8 +49,9 @@ VARIABLES: dict[str, str] = {
     "AWEBER_LOCK_TIMEOUT": "seconds to wait for another run's lock",
     "AWEBER_HTTP_TIMEOUT": "seconds for connect and for each read",
     "AWEBER_RETRY_DEADLINE": "seconds one call may spend retrying",
-    "AWEBER_RATE_LIMIT": "API requests per minute the job allows itself",
+    "AWEBER_RATE_LIMIT": "API requests per rolling minute the job allows itself (default 100 of AWeber's 120)",
     "AWEBER_REFRESH_LEEWAY": "refresh during the task when the access token has less than this left",
+    "AWEBER_RUN_TIMEOUT": "the longest a run may take (6h, 90m, or seconds); then it stops, keeping its progress",
     "AWEBER_PING_URL": "healthchecks-style monitoring URL",
     "AWEBER_METRICS_FILE": "Prometheus text-format metrics file",
     "AWEBER_LOG_FORMAT": "text or json",
@@ -113,8 +124,9 @@ class Settings:
     lock_timeout_seconds: float = 60.0
     http_timeout_seconds: float = 30.0
     retry_deadline_seconds: float = 300.0
-    rate_limit_per_minute: int = 120
+    rate_limit_per_minute: int = DEFAULT_RATE_LIMIT_PER_MINUTE
     refresh_leeway_seconds: float = 300.0
+    run_timeout_seconds: float = DEFAULT_RUN_TIMEOUT_SECONDS
     ping_url: str | None = None
     metrics_file: Path | None = None
     log_format: str = "text"
@@ -124,6 +136,23 @@ class Settings:
     def is_public_client(self) -> bool:
         """A client without a secret authenticates with PKCE and ``client_id`` in the body."""
         return self.client_secret is None
+
+
+def parse_duration_seconds(text: str) -> float | None:
+    """Seconds from ``3600``, ``45s``, ``90m``, ``6h``, ``1d`` or ``2w``; None when ``text`` is none of these."""
+    match = _DURATION.match(text)
+    if not match:
+        return None
+    return float(match.group(1)) * DURATION_UNITS[(match.group(2) or "s").lower()]
+
+
+def format_duration(seconds: float) -> str:
+    """A duration the way an operator would write it: ``6h``, ``90m``, ``45s``, ``2.5s``."""
+    for unit in ("h", "m"):
+        size = DURATION_UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def is_loopback_host(host: str) -> bool:
@@ -229,6 +258,16 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             return default
         return value
 
+    def duration(name: str, default: float) -> float:
+        raw = get(name)
+        if raw is None:
+            return default
+        seconds = parse_duration_seconds(raw)
+        if seconds is None or seconds <= 0:
+            problems.append(f"{name} must be a positive duration such as 6h, 90m or 3600 (seconds), got {raw!r}")
+            return default
+        return seconds
+
     def url(name: str, default: str) -> str:
         raw = get(name) or default
         why = check_url(raw)
@@ -324,8 +363,11 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         lock_timeout_seconds=number("AWEBER_LOCK_TIMEOUT", 60.0, minimum=0),
         http_timeout_seconds=number("AWEBER_HTTP_TIMEOUT", 30.0, minimum=0.001),
         retry_deadline_seconds=number("AWEBER_RETRY_DEADLINE", 300.0, minimum=0),
-        rate_limit_per_minute=int(number("AWEBER_RATE_LIMIT", 120, minimum=1, integer=True)),
+        rate_limit_per_minute=int(
+            number("AWEBER_RATE_LIMIT", DEFAULT_RATE_LIMIT_PER_MINUTE, minimum=1, integer=True)
+        ),
         refresh_leeway_seconds=number("AWEBER_REFRESH_LEEWAY", 300.0, minimum=0),
+        run_timeout_seconds=duration("AWEBER_RUN_TIMEOUT", DEFAULT_RUN_TIMEOUT_SECONDS),
         ping_url=ping_url,
         metrics_file=metrics_file,
         log_format=log_format,

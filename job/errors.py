@@ -109,6 +109,13 @@ class TemporaryError(JobError):
         self.retry_after_seconds = retry_after_seconds
 
 
+class RunTimeoutError(TemporaryError):
+    """The run reached AWEBER_RUN_TIMEOUT: it stops where it is, keeping what it did, and exits 75."""
+
+    # Waiting or retrying is exactly what the limit forbids.
+    retryable = False
+
+
 class LockBusyError(TemporaryError):
     """Another run holds the lock beyond the wait limit."""
 

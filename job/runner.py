@@ -21,16 +21,24 @@ from typing import IO, Any
 import requests
 
 from job.api import ApiClient
-from job.config import Settings
+from job.config import DURATION_UNITS, Settings
 from job.cycle import TokenKeeper
-from job.errors import EXIT_OK, ConfigError, JobError, StorageError, TaskError, TokenFileError, UsageError
+from job.errors import (
+    EXIT_OK,
+    ConfigError,
+    JobError,
+    RunTimeoutError,
+    StorageError,
+    TaskError,
+    TokenFileError,
+    UsageError,
+)
 from job.store import lock_path_for, write_file_atomically
 from job.tasks import Task, TaskContext, resolve_task
 
 log = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 DEFAULT_SINCE = "24h"
@@ -70,14 +78,21 @@ class RunOutcome:
         return self.token_requests + self.api_requests
 
 
+def since_duration(value: str) -> timedelta | None:
+    """The ``--since`` value as a duration (``24h``, ``7d``...), or None when it is a date."""
+    match = _DURATION.match(value)
+    if not match:
+        return None
+    return timedelta(seconds=float(match.group(1)) * DURATION_UNITS[match.group(2).lower()])
+
+
 def parse_since(value: str, now: datetime) -> datetime:
     """``24h``, ``90m``, ``7d``, ``2w``, a date ``2026-11-01`` or an ISO date-time → an aware UTC instant."""
-    match = _DURATION.match(value)
-    if match:
-        seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
-        if seconds <= 0:
+    duration = since_duration(value)
+    if duration is not None:
+        if duration <= timedelta(0):
             raise UsageError(f"--since must be a positive duration, got {value!r}")
-        return now - timedelta(seconds=seconds)
+        return now - duration
     try:
         when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -247,7 +262,13 @@ def run_cycle(
     monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> RunOutcome:
-    """Run the cycle; raise JobError subclasses for the CLI to map to exit codes."""
+    """Run the cycle; raise JobError subclasses for the CLI to map to exit codes.
+
+    The task's API requests, and every wait between them, end at ``AWEBER_RUN_TIMEOUT`` after this
+    call began; then the output so far is flushed and the task state saved as the task left it
+    (RunTimeoutError, exit 75), so the next run continues from there.
+    """
+    run_started = monotonic()
     outcome = outcome if outcome is not None else RunOutcome()
     # Everything that can be checked without the token is checked first, so mistakes cost nothing.
     task = resolve_task(options.task, origin=options.task_origin) if options.task else None
@@ -277,7 +298,9 @@ def run_cycle(
                     _copy_refresh_stats(keeper, outcome)
             if task is None or state_store is None:
                 return outcome
-            api = ApiClient.from_settings(session, settings, keeper, clock=clock, monotonic=monotonic, sleep=sleep)
+            api = ApiClient.from_settings(
+                session, settings, keeper, clock=clock, monotonic=monotonic, sleep=sleep, run_started=run_started
+            )
             context = TaskContext(
                 api=api,
                 state=state,
@@ -287,9 +310,19 @@ def run_cycle(
                 now=lambda: datetime.fromtimestamp(clock(), tz=timezone.utc),
                 output_format=options.fmt,
                 since=since,
+                look_back=since_duration(options.since or DEFAULT_SINCE),
             )
             try:
                 summary = task.function(context)
+            except RunTimeoutError as exc:
+                # Out of time, not failed: what was done is kept (a task moves its state only past
+                # output it has flushed), so the next run picks up where this one stopped.
+                context.flush_output()
+                state_store.save(context.state)
+                raise RunTimeoutError(
+                    f"{exc.message}; the output so far is flushed and the task state saved: "
+                    "the next run continues from there"
+                ) from None
             except JobError:
                 raise
             except Exception as exc:

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from datetime import date, datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -16,8 +17,8 @@ import requests
 from job.api import ApiClient, format_origin, origin_of
 from job.config import load_settings
 from job.cycle import TokenKeeper
-from job.errors import EXIT_AUTH, EXIT_TEMPORARY, ApiError, AuthError, TemporaryError
-from job.standin import Fault, StandIn
+from job.errors import EXIT_AUTH, EXIT_TEMPORARY, ApiError, AuthError, RunTimeoutError, TemporaryError
+from job.standin import RETRY_LATER_403_MESSAGES, Fault, StandIn
 from tests.conftest import JobFiles
 
 ACCOUNT_ID = 1001
@@ -188,6 +189,87 @@ def test_walk_is_lazy_and_keeps_a_given_page_size(standin: StandIn) -> None:
     assert sizes == ["50", "50", "50"]
 
 
+def _canned_page(standin: StandIn, start: int, next_query: str | None, entry_id: int) -> Fault:
+    """A 200 collection page answered in place of the real one, whose next link carries ``next_query``."""
+    page: dict[str, Any] = {"entries": [{"id": entry_id}], "start": start}
+    if next_query is not None:
+        page["next_collection_link"] = f"{standin.api_url}{SUBSCRIBERS.removeprefix('/1.0')}?{next_query}"
+    return Fault(status=200, body=json.dumps(page).encode())
+
+
+def test_next_links_that_loop_are_an_error_naming_the_path_only(standin: StandIn) -> None:
+    """Pages whose next links go A -> B -> A raise ApiError at the first step back, naming the path and no query."""
+    standin.inject(
+        _canned_page(standin, 0, "ws.op=find&email=jo.secret%40example.com&ws.start=100&ws.size=100", 1),
+        _canned_page(standin, 100, "ws.op=find&email=jo.secret%40example.com&ws.start=0&ws.size=100", 2),
+        path=SUBSCRIBERS,
+    )
+    client = _client(standin, _fake_tokens(standin))
+
+    walk = client.walk(SUBSCRIBERS, {"ws.op": "find", "email": "jo.secret@example.com"})
+    assert [next(walk)["id"], next(walk)["id"]] == [1, 2]
+    with pytest.raises(ApiError) as raised:
+        next(walk)
+
+    message = str(raised.value)
+    assert message.startswith(f"GET {SUBSCRIBERS}: ")
+    assert "ws.start=0 after ws.start=100" in message
+    assert "secret" not in message and "example.com" not in message and "?" not in message
+    assert raised.value.exit_code == 1
+    assert client.requests_made == 2
+
+
+def test_a_next_link_that_does_not_move_forward_is_an_error(standin: StandIn) -> None:
+    """A next link to the same ws.start (other parameters changed) would never end: ApiError before it is sent."""
+    standin.inject(_canned_page(standin, 100, "ws.start=100&ws.size=50", 1), path=SUBSCRIBERS)
+    client = _client(standin, _fake_tokens(standin))
+
+    with pytest.raises(ApiError) as raised:
+        list(client.walk(SUBSCRIBERS, {"ws.start": 100}))
+
+    assert "ws.start=100 after ws.start=100" in str(raised.value)
+    assert client.requests_made == 1
+
+
+def test_next_links_that_lost_the_find_parameters_get_them_back(standin: StandIn) -> None:
+    """A stand-in dropping filters and sort from next links still yields the find's pages, in the fewest requests."""
+    _add_list(standin, 1_000)
+    list_ = standin.state.subscriber_list(ACCOUNT_ID, LIST_ID)
+    assert list_ is not None
+    cut = list_.get(700).subscribed_at
+    params = {"ws.op": "find", "subscribed_after": date.fromtimestamp(cut).isoformat(), "sort_key": "subscribed_at",
+              "sort_order": "asc", "status": "subscribed"}
+    client = _client(standin, _fake_tokens(standin))
+    expected = [entry["id"] for entry in client.walk(SUBSCRIBERS, params)]
+    assert 200 < len(expected) <= 400
+    standin.configure_api(next_links_drop_filters=True)
+    standin.reset_stats()
+
+    found = [entry["id"] for entry in client.walk(SUBSCRIBERS, params)]
+
+    assert found == expected
+    queries = [entry["query"] for entry in standin.request_log()]
+    assert len(queries) == -(-len(expected) // 100)
+    for number, query in enumerate(queries):
+        assert isinstance(query, dict)
+        assert {key: query[key] for key in params} == params
+        assert query["ws.size"] == "100"
+        assert query.get("ws.start", "0") == str(number * 100)
+
+
+def test_a_next_link_that_changed_the_sort_is_held_to_what_was_asked(standin: StandIn) -> None:
+    """A next link whose sort_order differs from the walk's is sent with the walk's, keeping its page."""
+    _add_list(standin, 150)
+    standin.inject(_canned_page(standin, 0, "ws.op=find&sort_order=desc&ws.start=100&ws.size=100", 1),
+                   path=SUBSCRIBERS)
+    client = _client(standin, _fake_tokens(standin))
+
+    list(client.walk(SUBSCRIBERS, {"ws.op": "find", "sort_order": "asc"}))
+
+    second = standin.request_log()[1]["query"]
+    assert second == {"ws.op": "find", "sort_order": "asc", "ws.start": "100", "ws.size": "100"}
+
+
 def test_get_sends_bearer_accept_user_agent_and_joins_relative_paths(other_server: _RecordingServer) -> None:
     """Requests carry the bearer token, Accept JSON and the session's User-Agent; paths go under the base."""
     other_server.answer = {"id": 1}
@@ -255,6 +337,38 @@ def test_rate_limit_beyond_the_deadline_is_a_temporary_failure(standin: StandIn)
     assert "rate limit" in str(raised.value).lower()
     assert fake_time.sleeps == []
     assert client.requests_made == 1
+
+
+@pytest.mark.parametrize("message", RETRY_LATER_403_MESSAGES)
+def test_403_that_asks_for_a_backoff_is_retried_like_a_5xx(standin: StandIn, message: str) -> None:
+    """AWeber's 403s that say to try again with exponential backoff are retried with backoff, not the 60 s wait."""
+    standin.add_account(ACCOUNT_ID)
+    standin.inject(Fault(status=403, message=message), Fault(status=403, message=message), path="/1.0/accounts")
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time)
+
+    accounts = client.get("/accounts")
+
+    assert [entry["id"] for entry in accounts["entries"]] == [ACCOUNT_ID]
+    assert client.requests_made == 3
+    assert client.rate_limited == 0
+    # Backoff with jitter: the first wait within [0.5, 1] s, the second within [1, 2] s.
+    assert len(fake_time.sleeps) == 2
+    assert 0.5 <= fake_time.sleeps[0] <= 1.0 and 1.0 <= fake_time.sleeps[1] <= 2.0
+
+
+def test_403_that_asks_for_a_backoff_ends_temporary_when_it_persists(standin: StandIn) -> None:
+    """A "not accepting requests" 403 that lasts past the retry deadline is a temporary failure (exit 75)."""
+    standin.inject(*[Fault(status=403, message=RETRY_LATER_403_MESSAGES[0])] * 30, path="/1.0/accounts")
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time, retry_deadline_seconds=20.0)
+
+    with pytest.raises(TemporaryError) as raised:
+        client.get("/accounts")
+
+    assert raised.value.exit_code == EXIT_TEMPORARY
+    assert "not accepting requests" in str(raised.value)
+    assert client.requests_made >= 3
 
 
 def test_other_403_is_not_retried(standin: StandIn) -> None:
@@ -333,6 +447,51 @@ def test_read_timeout_is_retried(standin: StandIn) -> None:
     assert len(fake_time.sleeps) == 1
 
 
+def test_a_slow_but_steady_answer_is_read_whole(standin: StandIn) -> None:
+    """The read timeout is a limit between bytes: an answer dripping over 1.5 s under a 0.5 s timeout is used."""
+    body = json.dumps({"entries": [{"id": ACCOUNT_ID}], "start": 0, "total_size": 1}).encode()
+    standin.inject(Fault(status=200, body=body, drip_seconds=0.03), path="/1.0/accounts")
+    fake_time = FakeTime()
+    # The real monotonic clock: the answer's own time is what is being tested.
+    client = _client(standin, _fake_tokens(standin), sleep=fake_time.sleep, timeout_seconds=0.5)
+    started = time.monotonic()
+
+    accounts = client.get("/accounts")
+
+    assert time.monotonic() - started > 1.0  # it did drip for longer than the timeout
+    assert accounts["entries"] == [{"id": ACCOUNT_ID}]
+    assert client.requests_made == 1
+    assert fake_time.sleeps == []
+
+
+def test_an_answer_that_stalls_past_the_read_timeout_is_retried(standin: StandIn) -> None:
+    """Bytes that stop coming for longer than the read timeout abandon the answer, and the GET is sent again."""
+    standin.add_account(ACCOUNT_ID)
+    standin.inject(Fault(drip_seconds=0.8), path="/1.0/accounts")
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time, timeout_seconds=0.3)
+
+    accounts = client.get("/accounts")
+
+    assert accounts["entries"][0]["id"] == ACCOUNT_ID
+    assert client.requests_made == 2
+    assert len(fake_time.sleeps) == 1
+
+
+def test_connections_are_kept_alive_between_requests(standin: StandIn) -> None:
+    """Reading answers as they arrive still hands the connection back: three GETs use one TCP connection."""
+    standin.add_account(ACCOUNT_ID)
+    session = _session()
+    client = ApiClient(session, base_url=standin.api_url, tokens=_fake_tokens(standin), rate_limit_per_minute=120,
+                       refresh_leeway_seconds=300.0, timeout_seconds=5.0, retry_deadline_seconds=300.0)
+
+    for _ in range(3):
+        client.get("/accounts")
+
+    pools = session.get_adapter(standin.api_url).poolmanager.pools
+    assert [pools[key].num_connections for key in pools.keys()] == [1]
+
+
 def test_connection_refused_is_retried_then_temporary() -> None:
     """An API that cannot be reached is retried within the deadline, then TemporaryError (exit 75)."""
     with StandIn() as gone:
@@ -402,6 +561,112 @@ def test_page_that_is_not_a_collection_raises_api_error(standin: StandIn) -> Non
         list(client.walk("/accounts"))
 
 
+def test_server_date_is_the_date_of_the_latest_answer() -> None:
+    """The client remembers the Date header of the latest answer, a refusal's too, by the server's own clock."""
+    server_clock = [1_795_000_000.0]
+    with StandIn({"cid-confidential": "secret-x"}, clock=lambda: server_clock[0]) as server:
+        server.add_account(ACCOUNT_ID)
+        client = _client(server, _fake_tokens(server))
+        assert client.server_date is None
+
+        client.get("/accounts")
+        assert client.server_date == datetime.fromtimestamp(1_795_000_000, timezone.utc)
+
+        server_clock[0] += 90.7
+        server.inject(Fault(status=404, envelope=True), path="/1.0/accounts")
+        with pytest.raises(ApiError):
+            client.get("/accounts")
+        assert client.server_date == datetime.fromtimestamp(1_795_000_090, timezone.utc)
+
+
+# ---- the run's time limit ----------------------------------------------------------------------
+
+def test_a_pacing_wait_that_would_pass_the_run_limit_stops_the_run(standin: StandIn) -> None:
+    """Pacing waits while the run limit allows; a wait that would end past it raises RunTimeoutError unslept."""
+    standin.add_account(ACCOUNT_ID)
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time, rate_limit_per_minute=1,
+                     run_timeout_seconds=90.0)
+
+    client.get("/accounts")
+    client.get("/accounts")  # waits 60 s: the run is then 60 s old, within its 90
+    with pytest.raises(RunTimeoutError) as raised:
+        client.get("/accounts")  # would wait until 120 s
+
+    assert fake_time.sleeps == [60.0]
+    assert client.requests_made == 2
+    assert raised.value.exit_code == EXIT_TEMPORARY
+    assert "AWEBER_RUN_TIMEOUT (90s)" in str(raised.value) and "GET /1.0/accounts" in str(raised.value)
+
+
+def test_a_rate_limit_wait_past_the_run_limit_stops_the_run(standin: StandIn) -> None:
+    """AWeber's 60 s rate-limit wait is not begun when it would end past the run limit."""
+    standin.add_account(ACCOUNT_ID)
+    standin.inject(Fault(status=403, message="Rate Limit Error"), path="/1.0/accounts")
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time, run_timeout_seconds=30.0)
+
+    with pytest.raises(RunTimeoutError):
+        client.get("/accounts")
+
+    assert fake_time.sleeps == []
+    assert client.requests_made == 1
+
+
+def test_retries_stop_at_the_run_limit(standin: StandIn) -> None:
+    """Backoff between 5xx retries stops at the run limit even though the retry deadline is further."""
+    standin.inject(*[Fault(status=503)] * 30, path="/1.0/accounts")
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time, run_timeout_seconds=5.0,
+                     retry_deadline_seconds=300.0)
+
+    with pytest.raises(RunTimeoutError):
+        client.get("/accounts")
+
+    assert 0 < sum(fake_time.sleeps) <= 5.0
+    assert client.requests_made == len(fake_time.sleeps) + 1
+
+
+def test_nothing_is_sent_once_the_run_limit_has_passed(standin: StandIn) -> None:
+    """A run already past its limit sends no request at all."""
+    standin.add_account(ACCOUNT_ID)
+    fake_time = FakeTime()
+    client = _client(standin, _fake_tokens(standin), fake_time=fake_time, run_timeout_seconds=50.0,
+                     run_started=fake_time.now - 50.0)
+
+    with pytest.raises(RunTimeoutError):
+        client.get("/accounts")
+
+    assert client.requests_made == 0
+    assert standin.stats()["requests_total"] == 0
+
+
+def test_a_slow_answer_is_given_up_at_the_run_limit(standin: StandIn) -> None:
+    """An answer that takes longer than the time the run has left is abandoned when the run's time is up."""
+    standin.add_account(ACCOUNT_ID)
+    standin.inject(Fault(delay_seconds=4.0), path="/1.0/accounts")
+    client = _client(standin, _fake_tokens(standin), timeout_seconds=30.0, run_timeout_seconds=1.0)
+    started = time.monotonic()
+
+    with pytest.raises(RunTimeoutError):
+        client.get("/accounts")
+
+    assert time.monotonic() - started < 3.0
+
+
+def test_a_drip_that_never_ends_is_stopped_by_the_run_limit(standin: StandIn) -> None:
+    """A body whose bytes keep coming within the read timeout, but would take hours, ends at the run limit."""
+    standin.inject(Fault(status=200, body_size=1_000_000, drip_seconds=0.005), path="/1.0/accounts")
+    client = _client(standin, _fake_tokens(standin), timeout_seconds=5.0, run_timeout_seconds=1.5)
+    started = time.monotonic()
+
+    with pytest.raises(RunTimeoutError) as raised:
+        client.get("/accounts")
+
+    assert 1.4 < time.monotonic() - started < 4.0
+    assert "reading the answer to GET /1.0/accounts" in str(raised.value)
+
+
 # ---- tokens -------------------------------------------------------------------------------------
 
 def test_access_token_expired_mid_walk_is_refreshed_once_and_saved(
@@ -424,7 +689,7 @@ def test_access_token_expired_mid_walk_is_refreshed_once_and_saved(
     assert standin.live_refresh_tokens() == {saved["refresh_token"]}
     assert saved["access_token"] == keeper.access_token
     assert (job.token_file.stat().st_mode & 0o777) == 0o600
-    assert _api_count(standin, "GET subscribers:401:UnauthorizedError") == 1
+    assert _api_count(standin, "GET subscribers:401:invalid_token") == 1
     assert client.requests_made == 4
 
 
@@ -445,7 +710,7 @@ def test_token_near_expiry_is_refreshed_before_the_request(
     assert keeper.stats.refreshes == 1
     assert standin.live_refresh_tokens() == {job.read_tokens()["refresh_token"]}
     assert _api_count(standin, "GET accounts:200") == 2
-    assert _api_count(standin, "GET accounts:401:UnauthorizedError") == 0
+    assert _api_count(standin, "GET accounts:401:invalid_token") == 0
 
 
 def test_401_that_survives_a_refresh_is_an_auth_error(
@@ -468,6 +733,47 @@ def test_401_that_survives_a_refresh_is_an_auth_error(
     # The refresh still rotated and saved the token, so the file stays usable after re-connecting.
     assert standin.live_refresh_tokens() == {job.read_tokens()["refresh_token"]}
     assert keeper.access_token not in text
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        # AWeber's token layer answers an expired or unknown access token in RFC 6750's shape.
+        ({"error": "invalid_token", "error_description": "The access token expired"},
+         "HTTP 401 invalid_token: The access token expired"),
+        # Other 401s (an inactive account, a bad consumer key) come in AWeber's error envelope.
+        ({"error": {"status": 401, "message": "Invalid account.", "type": "UnauthorizedError"}},
+         "HTTP 401 UnauthorizedError: Invalid account."),
+    ],
+    ids=["rfc6750", "envelope"],
+)
+def test_401_bodies_of_both_shapes_are_quoted_in_the_auth_error(
+    standin: StandIn, body: dict[str, Any], shown: str
+) -> None:
+    """A 401 that survives the refresh names AWeber's error code and description, in either body shape."""
+    answer = Fault(status=401, body=json.dumps(body).encode())
+    standin.inject(answer, answer, path="/1.0/accounts")
+    client = _client(standin, FakeTokens("access-token-abcdef"))
+
+    with pytest.raises(AuthError) as raised:
+        client.get("/accounts")
+
+    assert shown in str(raised.value)
+
+
+def test_a_long_401_description_is_shortened_to_one_line(standin: StandIn) -> None:
+    """An invalid_token description of a kilobyte over several lines is quoted shortened, on one line."""
+    description = "The access token is invalid.\n" + "x" * 1000
+    answer = Fault(status=401, body=json.dumps({"error": "invalid_token", "error_description": description}).encode())
+    standin.inject(answer, answer, path="/1.0/accounts")
+    client = _client(standin, FakeTokens("access-token-abcdef"))
+
+    with pytest.raises(AuthError) as raised:
+        client.get("/accounts")
+
+    text = str(raised.value)
+    assert "invalid_token: The access token is invalid. xxx" in text
+    assert "\n" not in text and len(text) < 500
 
 
 def test_401_with_a_fake_token_source_refreshes_exactly_once(standin: StandIn) -> None:

@@ -25,7 +25,8 @@ def test_defaults_follow_the_spec(tmp_path: Path) -> None:
     assert settings.api_url == "https://api.aweber.com/1.0"
     assert settings.task == "new-subscribers"
     assert (settings.lock_timeout_seconds, settings.http_timeout_seconds) == (60, 30)
-    assert (settings.retry_deadline_seconds, settings.rate_limit_per_minute) == (300, 120)
+    # 100 a minute leaves headroom under AWeber's 120 per account for other integrations on it.
+    assert (settings.retry_deadline_seconds, settings.rate_limit_per_minute) == (300, 100)
     assert settings.refresh_leeway_seconds == 300
     assert settings.client_secret is None and settings.is_public_client
     assert settings.log_format == "text"
@@ -147,7 +148,7 @@ def test_example_env_file_loads_as_valid_configuration(tmp_path: Path) -> None:
     """The shipped .env.example, as it is, is a valid configuration."""
     env = load_environment(str(REPO / ".env.example"), {"HOME": str(tmp_path)})
     settings = load_settings(env)
-    assert settings.rate_limit_per_minute == 120
+    assert settings.rate_limit_per_minute == 100
 
 
 def test_an_empty_secret_file_says_how_to_fix_it_for_either_kind_of_client(tmp_path: Path) -> None:
@@ -194,3 +195,26 @@ def test_infinity_and_nan_are_named_as_not_finite(name: str, raw: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({name: raw})
     assert caught.value.problems == [f"{name} must be a finite number of seconds, got {raw!r}"]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("6h", 21_600), ("90m", 5_400), ("45s", 45), ("3600", 3_600), ("1.5h", 5_400), (" 2 h ", 7_200), ("1d", 86_400),
+     ("0.5", 0.5)],
+)
+def test_run_timeout_takes_a_duration_or_seconds(text: str, seconds: float) -> None:
+    """AWEBER_RUN_TIMEOUT is a duration (s, m, h, d) or a plain number of seconds."""
+    assert load_settings({"AWEBER_RUN_TIMEOUT": text}).run_timeout_seconds == seconds
+
+
+def test_run_timeout_defaults_to_six_hours() -> None:
+    """Unset, a run may take at most 6 hours: well under the day between two daily runs."""
+    assert load_settings({}).run_timeout_seconds == 6 * 3600
+
+
+@pytest.mark.parametrize("text", ["0", "0h", "-1h", "soon", "6 hours", "nan", "inf", "6x"])
+def test_a_bad_run_timeout_is_a_config_error_naming_it(text: str) -> None:
+    """Zero, negative or unreadable run time limits are exit 78, naming AWEBER_RUN_TIMEOUT and the value."""
+    with pytest.raises(ConfigError, match="AWEBER_RUN_TIMEOUT") as caught:
+        load_settings({"AWEBER_RUN_TIMEOUT": text})
+    assert repr(text.strip()) in str(caught.value)

@@ -16,12 +16,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from job.cli import main
-from job.config import Settings
-from job.standin import StandIn
+from job.cli import main, make_session
+from job.config import Settings, load_settings
+from job.errors import EXIT_TEMPORARY, ApiError, RunTimeoutError
+from job.runner import RunOptions, RunOutcome, run_cycle
+from job.standin import Fault, StandIn
+from job.standin.days import format_timestamp
 from job.tasks import TaskContext
 from job.tasks.new_subscribers import FIELDS, Watermark, new_subscribers, parse_timestamp
-from tests.conftest import JobFiles
+from tests.conftest import JobFiles, run_job
 
 DAY = 86_400
 ACCOUNT = 100
@@ -91,7 +94,7 @@ def test_requests_are_the_minimum_for_none_five_and_250_new_subscribers(job: Job
     assert [row["id"] for row in rows] == [i for list_id in LISTS for i in added[list_id]]
     assert api_counts(job.standin) == {"GET accounts:200": 1, "GET lists:200": 1, "GET find:200": 3}
 
-    # k = 250, plus at most the 5 of the watermark's own day: ceil(k/100) = 3 pages per list.
+    # k = 250, plus the 5 of the run before on the days asked: ceil(k/100) = 3 pages per list.
     added = {list_id: add(job.standin, list_id, 250, at=time.time() - 300) for list_id in LISTS}
     code, rows, _ = run(job)
     assert code == 0
@@ -268,27 +271,64 @@ def test_isoformat_round_trips_keeping_its_offset(moment: datetime, offset_minut
     assert parse_timestamp(moment.isoformat()) == moment.replace(tzinfo=timezone.utc)
 
 
-def test_filter_day_is_the_watermark_day_as_written_and_the_earliest_day_on_a_first_run() -> None:
-    """A watermark's filter day is its date in its own offset; a first run's is the date of --since at UTC-12."""
-    evening = Watermark.from_state({"subscribed_at": "2026-11-27T23:30:00-05:00", "ids": [1]})
-    assert evening is not None
-    assert evening.filter_day() == date(2026, 11, 27)  # the 28th in UTC
+@pytest.mark.parametrize(
+    ("written", "day"),
+    [
+        # 04:30 UTC on the 28th: the 27th at UTC-12, so the 26th is asked for.
+        ("2026-11-27T23:30:00-05:00", date(2026, 11, 26)),
+        # 11:59 UTC on the 28th is still the 27th at UTC-12; at 12:00 UTC it is the 28th there.
+        ("2026-11-28T11:59:59Z", date(2026, 11, 26)),
+        ("2026-11-28T12:00:00Z", date(2026, 11, 27)),
+        # Written at UTC+14 (the 29th there), it is 09:30 UTC on the 28th: the 27th at UTC-12.
+        ("2026-11-29T00:30:00+14:00", date(2026, 11, 26)),
+    ],
+)
+def test_filter_day_is_the_day_before_the_watermarks_day_at_utc_minus_12(written: str, day: date) -> None:
+    """The day asked for is the one before the earliest calendar day the watermark falls on anywhere."""
+    mark = Watermark.from_state({"subscribed_at": written, "ids": [1]})
+    assert mark is not None
+    assert mark.filter_day() == day
+
+
+def test_a_first_runs_filter_day_comes_from_since_and_bad_state_is_none() -> None:
+    """A first run's watermark is --since itself, with its filter day by the same rule; unreadable state is None."""
     look_back = Watermark.look_back(datetime(2026, 11, 28, 6, 0, tzinfo=timezone.utc))
-    assert look_back.filter_day() == date(2026, 11, 27)
+    assert look_back.filter_day() == date(2026, 11, 26)
+    assert look_back.is_passed_by(datetime(2026, 11, 28, 6, 0, tzinfo=timezone.utc), 5)
     assert Watermark.from_state({"subscribed_at": "", "ids": []}) is None
     assert Watermark.from_state("garbage") is None
 
 
 class CannedApi:
-    """A narrow seam for entries the stand-in never sends (empty or missing timestamps): canned pages by path."""
+    """A narrow seam for answers the stand-in never sends (empty timestamps, no Date header): canned pages by path.
 
-    def __init__(self, pages: dict[str, list[dict[str, Any]]]) -> None:
+    ``dates`` gives the server's Date that comes with the answer for a path; without one, none comes.
+    """
+
+    def __init__(self, pages: dict[str, list[dict[str, Any]]], dates: dict[str, datetime] | None = None) -> None:
         self.pages = pages
+        self.dates = dates or {}
         self.requests_made = 0
+        self.server_date: datetime | None = None
 
     def walk(self, url_or_path: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         self.requests_made += 1
+        self.server_date = self.dates.get(url_or_path, self.server_date)
         yield from self.pages[url_or_path]
+
+
+def canned_context(api: CannedApi, output: io.StringIO, tmp_path: Path) -> TaskContext:
+    """A task context around the canned API, on 2026-11-28 at noon UTC, looking back a day."""
+    return TaskContext(
+        api=api,  # type: ignore[arg-type]
+        state={},
+        settings=Settings(client_id="c", client_secret=None, client_secret_source=None,
+                          token_file=tmp_path / "tokens.json", state_dir=tmp_path),
+        log=logging.getLogger("test"),
+        output=output,
+        now=lambda: datetime(2026, 11, 28, 12, tzinfo=timezone.utc),
+        since=datetime(2026, 11, 27, 12, tzinfo=timezone.utc),
+    )
 
 
 def test_entries_without_a_usable_timestamp_are_skipped_not_fatal(tmp_path: Path) -> None:
@@ -306,18 +346,331 @@ def test_entries_without_a_usable_timestamp_are_skipped_not_fatal(tmp_path: Path
         ],
     })
     output = io.StringIO()
-    context = TaskContext(
-        api=api,  # type: ignore[arg-type]
-        state={},
-        settings=Settings(client_id="c", client_secret=None, client_secret_source=None,
-                          token_file=tmp_path / "tokens.json", state_dir=tmp_path),
-        log=logging.getLogger("test"),
-        output=output,
-        now=lambda: datetime(2026, 11, 28, 12, tzinfo=timezone.utc),
-        since=datetime(2026, 11, 27, 12, tzinfo=timezone.utc),
-    )
+    context = canned_context(api, output, tmp_path)
     summary = new_subscribers(context)
     assert [json.loads(line)["id"] for line in output.getvalue().splitlines()] == [14, 15]
     assert summary == {"accounts": 1, "lists": 1, "new_subscribers": 2, "requests": 3}
     assert context.counters["new_subscribers"] == 2
     assert context.state["lists"]["1/2"] == {"subscribed_at": "2026-11-28T09:00:00.5Z", "ids": [15]}
+
+
+class FakeTime:
+    """A monotonic clock that only moves when the recording sleep is called."""
+
+    def __init__(self) -> None:
+        self.now = 5000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_the_run_time_limit_keeps_the_rows_written_and_the_next_run_continues(job: JobFiles) -> None:
+    """Stopped by AWEBER_RUN_TIMEOUT mid-list: rows out are kept, the watermark covers them, the rest come next run."""
+    populate(job.standin, (201,), size=0)  # only new subscribers: the first find page is 100 of them
+    job.write_tokens()
+    added = add(job.standin, 201, 250, at=time.time() - 900)
+    # One request a minute and 150 s: accounts, then lists and the first find page after a minute each;
+    # the second page would start at 180 s.
+    settings = load_settings(job.env(AWEBER_RATE_LIMIT="1", AWEBER_RUN_TIMEOUT="150"))
+    fake_time = FakeTime()
+    output = io.StringIO()
+
+    outcome = RunOutcome()
+    with pytest.raises(RunTimeoutError) as raised:
+        run_cycle(settings, make_session(), RunOptions(task="new-subscribers"), stdout=output, outcome=outcome,
+                  monotonic=fake_time.monotonic, sleep=fake_time.sleep)
+
+    assert fake_time.sleeps == [60.0, 60.0]
+    assert raised.value.exit_code == EXIT_TEMPORARY
+    message = str(raised.value)
+    assert "AWEBER_RUN_TIMEOUT (150s)" in message and "the next run continues" in message
+    rows = [json.loads(line) for line in output.getvalue().splitlines()]
+    assert [row["id"] for row in rows] == added[:100]
+    assert outcome.new_subscribers == 100
+    mark = watermarks(job)[f"{ACCOUNT}/201"]
+    assert (mark["subscribed_at"], mark["ids"]) == (rows[-1]["subscribed_at"], [added[99]])
+
+    code, rows, _ = run(job)
+    assert code == 0
+    assert [row["id"] for row in rows] == added[100:]
+
+
+def test_a_drip_that_never_ends_stops_the_real_process_at_the_run_time_limit(job: JobFiles) -> None:
+    """A find answer dripping for hours ends the run at AWEBER_RUN_TIMEOUT: exit 75, one line; the next run goes on."""
+    populate(job.standin, (201,), size=1000)
+    job.write_tokens()
+    added = add(job.standin, 201, 3)
+    job.standin.inject(Fault(drip_seconds=0.2), path=f"/1.0/accounts/{ACCOUNT}/lists/201/subscribers")
+    started = time.monotonic()
+
+    ran = run_job(["run"], job.env(AWEBER_RUN_TIMEOUT="2", AWEBER_HTTP_TIMEOUT="5"), cwd=job.root)
+
+    assert time.monotonic() - started < 15
+    assert ran.returncode == EXIT_TEMPORARY, ran.stderr
+    assert ran.stdout == ""
+    errors = [line for line in ran.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, ran.stderr
+    assert "AWEBER_RUN_TIMEOUT (2s)" in errors[0] and "the next run continues" in errors[0]
+    assert f"{ACCOUNT}/201" in watermarks(job)
+
+    code, rows, _ = run(job)
+    assert code == 0
+    assert [row["id"] for row in rows] == added
+
+
+def test_next_links_that_drop_the_find_parameters_hide_no_subscriber(job: JobFiles) -> None:
+    """When AWeber's next links lose the filters and sort, all 250 new subscribers still come, in 3 finds."""
+    populate(job.standin, (201,), size=1000)
+    job.write_tokens()
+    job.standin.configure_api(next_links_drop_filters=True)
+    added = add(job.standin, 201, 250, at=time.time() - 900)
+
+    code, rows, _ = run(job)
+
+    assert code == 0
+    assert [row["id"] for row in rows] == added
+    assert api_counts(job.standin)["GET find:200"] == 3
+
+
+def test_subscribed_at_going_backwards_is_an_error_not_a_silent_skip(tmp_path: Path) -> None:
+    """A find sorted ascending whose subscribed_at goes back is an ApiError naming the list, not skipped rows."""
+    api = CannedApi({
+        "accounts": [{"id": 1}],
+        "accounts/1/lists": [{"id": 2, "name": "L"}],
+        "accounts/1/lists/2/subscribers": [
+            {"id": 10, "email": "a@example.com", "subscribed_at": "2026-11-28T09:00:00Z"},
+            {"id": 11, "email": "b@example.com", "subscribed_at": "2026-11-28T10:00:00Z"},
+            {"id": 12, "email": "c@example.com", "subscribed_at": "2026-11-28T09:30:00Z"},
+        ],
+    })
+    output = io.StringIO()
+    context = canned_context(api, output, tmp_path)
+
+    with pytest.raises(ApiError) as raised:
+        new_subscribers(context)
+
+    message = str(raised.value)
+    assert "list 2" in message and "12" in message and "backwards" in message
+    assert raised.value.exit_code == 1
+
+
+HOUR = 3600
+EXTREME_ZONES = (-12, -5, 0, 14)
+# Watermarks well in the past, on a day after which every extreme zone's midnight falls.
+WATERMARK_DAY = datetime(2026, 3, 14, tzinfo=timezone.utc)
+
+
+def midnights_between(earliest: float, latest: float) -> list[float]:
+    """Every midnight at UTC-12, -05, 00 and +14 that falls within [earliest, latest], as Unix seconds."""
+    found = []
+    day = datetime.fromtimestamp(earliest, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    for days in range(-2, 4):
+        for hours in EXTREME_ZONES:
+            # Midnight at UTC+h is h hours before midnight UTC of the same date.
+            moment = (day + timedelta(days=days) - timedelta(hours=hours)).timestamp()
+            if earliest <= moment <= latest:
+                found.append(moment)
+    return found
+
+
+@pytest.mark.parametrize("exclusive", [False, True], ids=["inclusive", "exclusive"])
+@pytest.mark.parametrize("offset_hours", EXTREME_ZONES, ids=[f"UTC{h:+d}" for h in EXTREME_ZONES])
+def test_every_subscriber_past_the_watermark_is_found_whatever_zone_and_reading_the_day_filters_use(
+    job: JobFiles, offset_hours: int, exclusive: bool
+) -> None:
+    """Watermarks a second either side of midnight in each extreme zone miss none of the subscribers after them."""
+    job.standin.configure_api(filter_day_offset_hours=offset_hours, exclusive_day_filters=exclusive)
+    job.standin.add_account(ACCOUNT)
+    state: dict[str, Any] = {"lists": {}}
+    expected: list[int] = []
+    list_id = 300
+    for zone in EXTREME_ZONES:
+        for side in (-1, 1):
+            list_id += 1
+            watermark = (WATERMARK_DAY - timedelta(hours=zone)).timestamp() + side
+            after = sorted({watermark + 1, *[
+                moment + delta
+                for moment in midnights_between(watermark + 1, watermark + 50 * HOUR) for delta in (-1, 0, 1)
+                if moment + delta > watermark
+            ]})
+            moments = [watermark - 30 * HOUR, watermark - 1, watermark, *after]
+            job.standin.add_list(ACCOUNT, list_id, f"List {list_id}", size=0, start=moments[0], end=moments[0])
+            ids = job.standin.add_subscribers(ACCOUNT, list_id, [
+                {"email": f"s{number}.{list_id}@example.com", "subscribed_at": moment}
+                for number, moment in enumerate(moments)
+            ])
+            # The watermark: the subscriber at `watermark`, as AWeber wrote its time, already reported.
+            state["lists"][f"{ACCOUNT}/{list_id}"] = {"subscribed_at": format_timestamp(watermark), "ids": [ids[2]]}
+            expected += ids[3:]
+    job.write_tokens()
+    state_file = job.token_file.parent / "new-subscribers.state.json"
+    state_file.write_text(json.dumps(state), encoding="utf-8")
+
+    code, rows, _ = run(job)
+
+    assert code == 0
+    assert [row["id"] for row in rows] == expected
+    # Each list's new ones plus the few before the watermark on the day asked fit on one page.
+    assert api_counts(job.standin)["GET find:200"] == len(state["lists"])
+
+
+YEAR = timedelta(days=365)
+
+
+def test_a_first_run_under_a_fast_clock_keeps_a_watermark_the_next_correct_run_sees_past(job: JobFiles) -> None:
+    """A local clock a year fast looks back from the server's Date, so neither its run nor the next hides anyone."""
+    populate(job.standin, (201,), size=1000)
+    job.write_tokens()
+    first = add(job.standin, 201, 2, at=time.time() - 3600, tag="first")
+    fast = io.StringIO()
+    settings = load_settings(job.env())
+
+    run_cycle(settings, make_session(), RunOptions(task="new-subscribers"), stdout=fast,
+              clock=lambda: time.time() + YEAR.total_seconds())
+
+    assert [json.loads(line)["id"] for line in fast.getvalue().splitlines()] == first
+    mark = parse_timestamp(watermarks(job)[f"{ACCOUNT}/201"]["subscribed_at"])
+    assert mark is not None and mark.timestamp() <= time.time()
+    later = add(job.standin, 201, 1, at=time.time() - 1, tag="later")
+    code, rows, _ = run(job)
+    assert code == 0
+    assert [row["id"] for row in rows] == later
+
+
+def test_a_first_run_with_nothing_new_under_a_fast_clock_keeps_no_watermark_in_the_future(job: JobFiles) -> None:
+    """With nothing new, the look-back watermark a fast clock wrote is at or before the server's Date."""
+    populate(job.standin, (201,), size=1000)
+    job.write_tokens()
+    settings = load_settings(job.env())
+    run_cycle(settings, make_session(), RunOptions(task="new-subscribers", since="2h"), stdout=io.StringIO(),
+              clock=lambda: time.time() + YEAR.total_seconds())
+
+    mark = parse_timestamp(watermarks(job)[f"{ACCOUNT}/201"]["subscribed_at"])
+    assert mark is not None and mark.timestamp() <= time.time() - 2 * 3600 + 5
+    arrived = add(job.standin, 201, 1, at=time.time() - 1)
+    assert [row["id"] for row in run(job)[1]] == arrived
+
+
+def test_the_look_back_watermark_is_clamped_to_the_find_answers_date(tmp_path: Path) -> None:
+    """When only the find answer carries a Date, a fast clock's look-back watermark is pulled back to it."""
+    server_now = datetime(2026, 11, 28, 12, tzinfo=timezone.utc)
+    api = CannedApi({"accounts": [{"id": 1}], "accounts/1/lists": [{"id": 2, "name": "L"}],
+                     "accounts/1/lists/2/subscribers": []},
+                    dates={"accounts/1/lists/2/subscribers": server_now})
+    context = canned_context(api, io.StringIO(), tmp_path)
+    context.now = lambda: server_now + YEAR
+    context.since, context.look_back = server_now + YEAR - timedelta(hours=24), timedelta(hours=24)
+
+    new_subscribers(context)
+
+    mark = parse_timestamp(context.state["lists"]["1/2"]["subscribed_at"])
+    assert mark is not None and mark <= server_now
+
+
+def test_a_saved_watermark_far_past_the_servers_date_is_taken_as_wrong(
+    job: JobFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A watermark a year ahead (left by a fast clock) is replaced by the look-back from --since, with a warning."""
+    populate(job.standin, (201,), size=1000)
+    job.write_tokens()
+    ahead = datetime.fromtimestamp(time.time(), timezone.utc) + YEAR
+    state_file = job.token_file.parent / "new-subscribers.state.json"
+    state_file.write_text(json.dumps({"lists": {f"{ACCOUNT}/201": {"subscribed_at": ahead.isoformat(), "ids": [1]}}}))
+    arrived = add(job.standin, 201, 1, at=time.time() - 1)
+    capsys.readouterr()
+
+    code, rows, _ = run(job)
+
+    assert code == 0
+    assert [row["id"] for row in rows] == arrived
+    err = capsys.readouterr().err
+    assert "list 201" in err and "after the server's Date" in err and "warning" in err
+
+
+def test_a_subscriber_dated_in_the_future_is_reported_once_without_moving_the_watermark_past_the_date(
+    job: JobFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Subscribers a broken server dates ahead are reported once, warned about once, and do not move the watermark."""
+    populate(job.standin, (201,), size=1000)
+    job.write_tokens()
+    now = time.time()
+    normal = add(job.standin, 201, 1, at=now - 60, tag="normal")
+    future = add(job.standin, 201, 2, at=now + 30 * DAY, tag="future")
+    capsys.readouterr()
+
+    code, rows, _ = run(job)
+
+    assert code == 0
+    assert [row["id"] for row in rows] == normal + future
+    mark = watermarks(job)[f"{ACCOUNT}/201"]
+    assert (mark["ids"], parse_timestamp(mark["subscribed_at"])) == (normal, parse_timestamp(rows[0]["subscribed_at"]))
+    err = capsys.readouterr().err
+    assert err.count("after the server's Date") == 1 and "list 201" in err
+
+    code, rows, _ = run(job)
+    assert (code, rows) == (0, [])
+    assert "after the server's Date" not in capsys.readouterr().err
+
+
+def test_subscribers_reported_ahead_of_the_watermark_are_forgotten_once_it_passes_them() -> None:
+    """The ids kept for subscribers dated past the server's Date stay only while the watermark is behind them."""
+    noon = datetime(2026, 11, 28, 12, tzinfo=timezone.utc)
+    mark = Watermark.from_state({"subscribed_at": noon.isoformat(), "ids": [1]})
+    assert mark is not None
+    late = noon + timedelta(hours=5)
+    mark.advance(late.isoformat(), late, 7, server_date=noon + timedelta(hours=1))
+    assert mark.instant == noon
+    assert not mark.is_passed_by(late, 7) and mark.is_passed_by(late, 8)
+    saved = Watermark.from_state(mark.to_state())
+    assert saved is not None and not saved.is_passed_by(late, 7)
+
+    later = noon + timedelta(hours=6)
+    saved.advance(later.isoformat(), later, 9, server_date=later)
+    assert saved.to_state() == {"subscribed_at": later.isoformat(), "ids": [9]}
+
+
+def test_a_subscriber_reported_ahead_is_passed_over_once_the_servers_date_reaches_it(tmp_path: Path) -> None:
+    """Dated past the server's Date, b is reported and kept aside; a later run moves over b without reporting it."""
+    noon = datetime(2026, 11, 28, 12, tzinfo=timezone.utc)
+    a = {"id": 1, "email": "a@example.com", "subscribed_at": "2026-11-28T11:00:00Z"}
+    b = {"id": 2, "email": "b@example.com", "subscribed_at": "2026-11-28T15:00:00Z"}
+    c = {"id": 3, "email": "c@example.com", "subscribed_at": "2026-11-28T15:30:00Z"}
+    pages = {"accounts": [{"id": 1}], "accounts/1/lists": [{"id": 2, "name": "L"}]}
+    first = CannedApi({**pages, "accounts/1/lists/2/subscribers": [a, b]}, dates={"accounts": noon})
+    output = io.StringIO()
+    context = canned_context(first, output, tmp_path)
+
+    new_subscribers(context)
+
+    assert [json.loads(line)["id"] for line in output.getvalue().splitlines()] == [1, 2]
+    assert context.state["lists"]["1/2"] == {
+        "subscribed_at": "2026-11-28T11:00:00Z", "ids": [1],
+        "ahead": [{"id": 2, "subscribed_at": "2026-11-28T15:00:00Z"}],
+    }
+
+    caught_up = CannedApi({**pages, "accounts/1/lists/2/subscribers": [a, b]},
+                          dates={"accounts": noon + timedelta(hours=4)})
+    output = io.StringIO()
+    again = canned_context(caught_up, output, tmp_path)
+    again.state = context.state
+
+    new_subscribers(again)
+
+    assert output.getvalue() == ""
+    assert again.state["lists"]["1/2"] == {"subscribed_at": "2026-11-28T15:00:00Z", "ids": [2]}
+
+    later = CannedApi({**pages, "accounts/1/lists/2/subscribers": [b, c]},
+                      dates={"accounts": noon + timedelta(hours=4)})
+    output = io.StringIO()
+    last = canned_context(later, output, tmp_path)
+    last.state = again.state
+
+    new_subscribers(last)
+
+    assert [json.loads(line)["id"] for line in output.getvalue().splitlines()] == [3]
+    assert last.state["lists"]["1/2"] == {"subscribed_at": "2026-11-28T15:30:00Z", "ids": [3]}

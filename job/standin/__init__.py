@@ -9,8 +9,8 @@ driven through :class:`StandInControl`.
 """
 
 from job.standin.control import StandInControl
-from job.standin.faults import Fault
+from job.standin.faults import RETRY_LATER_403_MESSAGES, Fault
 from job.standin.server import StandIn
 from job.standin.state import DEFAULT_CLIENTS, DEFAULT_SCOPE
 
-__all__ = ["DEFAULT_CLIENTS", "DEFAULT_SCOPE", "Fault", "StandIn", "StandInControl"]
+__all__ = ["DEFAULT_CLIENTS", "DEFAULT_SCOPE", "RETRY_LATER_403_MESSAGES", "Fault", "StandIn", "StandInControl"]

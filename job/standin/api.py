@@ -18,6 +18,8 @@ import hashlib
 import re
 import uuid
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta, timezone
 from urllib.parse import urlencode
 
 from job.standin.days import SECONDS_PER_DAY, day_of, day_start_epoch, format_timestamp, parse_filter_day
@@ -29,6 +31,10 @@ from job.standin.state import Account, State
 from job.standin.subscribers import STATUSES, Subscriber, SubscriberList
 
 MAX_PAGE_SIZE = 100
+# The zones in use on Earth run from UTC-12 to UTC+14.
+MIN_OFFSET_HOURS = -12
+MAX_OFFSET_HOURS = 14
+DEFAULT_FILTER_DAY_OFFSET_HOURS = -5.0
 RATE_LIMIT_MESSAGE = "Rate Limit Error"
 
 _TYPE_LINK = "https://api.aweber.com/1.0/#"
@@ -45,6 +51,60 @@ _UNSUPPORTED_FILTERS = (
 )
 
 
+@dataclass
+class ApiBehaviour:
+    """Choices AWeber's documentation leaves open, switchable to test a client against each reading.
+
+    - ``filter_day_offset_hours``: the UTC offset at which the find's filter days begin, any of
+      -12 to +14 (default -5, see :mod:`job.standin.days`); AWeber does not say which zone it uses.
+    - ``exclusive_day_filters``: ``subscribed_after=D`` means from the day after D and
+      ``subscribed_before=D`` up to the start of D, leaving the named day out (AWeber documents
+      "on or after" / "on or before", but a client that trusts that is one reading away from
+      losing a day); ``subscribed_at=D`` is D either way.
+    - ``next_links_drop_filters``: a ``next_collection_link`` keeps only ``ws.start`` and
+      ``ws.size``, losing the find's ``ws.op``, filters and sort (AWeber only says to follow it).
+    """
+
+    filter_day_offset_hours: float = DEFAULT_FILTER_DAY_OFFSET_HOURS
+    exclusive_day_filters: bool = False
+    next_links_drop_filters: bool = False
+
+    def update(
+        self,
+        *,
+        filter_day_offset_hours: float | None = None,
+        exclusive_day_filters: bool | None = None,
+        next_links_drop_filters: bool | None = None,
+    ) -> None:
+        """Change the settings given (None: leave as is); raise ValueError, changing nothing, on a bad value."""
+        if filter_day_offset_hours is not None and (
+            isinstance(filter_day_offset_hours, bool)
+            or not isinstance(filter_day_offset_hours, (int, float))
+            or not MIN_OFFSET_HOURS <= filter_day_offset_hours <= MAX_OFFSET_HOURS
+        ):
+            raise ValueError(
+                f"filter_day_offset_hours must be a number of hours from {MIN_OFFSET_HOURS} to {MAX_OFFSET_HOURS}"
+            )
+        for name, value in (("exclusive_day_filters", exclusive_day_filters),
+                            ("next_links_drop_filters", next_links_drop_filters)):
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false")
+        if filter_day_offset_hours is not None:
+            self.filter_day_offset_hours = float(filter_day_offset_hours)
+        if exclusive_day_filters is not None:
+            self.exclusive_day_filters = exclusive_day_filters
+        if next_links_drop_filters is not None:
+            self.next_links_drop_filters = next_links_drop_filters
+
+    def filter_day_zone(self) -> timezone:
+        """The zone in which filter days begin."""
+        return timezone(timedelta(hours=self.filter_day_offset_hours))
+
+    def to_json(self) -> dict[str, object]:
+        """The settings as a JSON-ready mapping."""
+        return dataclasses.asdict(self)
+
+
 class _ApiProblem(Exception):
     """An AWeber error envelope to answer with."""
 
@@ -53,6 +113,10 @@ class _ApiProblem(Exception):
         self.status = status
         self.message = message
         self.error_type = error_type
+
+
+class _InvalidToken(_ApiProblem):
+    """An access token that is unknown, expired or of a disconnected integration."""
 
 
 def _web_service_error(message: str) -> _ApiProblem:
@@ -67,13 +131,20 @@ class Api:
     """Routes and answers ``/1.0`` requests against a :class:`State`."""
 
     def __init__(
-        self, state: State, limiter: RateLimiter, ledger: Ledger, api_url: str, oauth1: OAuth1Registry | None = None
+        self,
+        state: State,
+        limiter: RateLimiter,
+        ledger: Ledger,
+        api_url: str,
+        oauth1: OAuth1Registry | None = None,
+        behaviour: ApiBehaviour | None = None,
     ) -> None:
         self._state = state
         self._oauth1 = oauth1 if oauth1 is not None else OAuth1Registry()
         self._limiter = limiter
         self._ledger = ledger
         self.api_url = api_url
+        self.behaviour = behaviour if behaviour is not None else ApiBehaviour()
 
     def handle(self, request: Request) -> Answer:
         """Answer one API request: authenticate, rate-limit, route."""
@@ -85,10 +156,16 @@ class Api:
                 return envelope(403, RATE_LIMIT_MESSAGE, "ForbiddenError")
             with self._state.lock:
                 return self._route(request)
+        except _InvalidToken as problem:
+            # AWeber's token layer, not the REST API, refuses an expired or unknown access token: an
+            # RFC 6750 answer rather than the error envelope (docs/aweber-api.md).
+            challenge = ("WWW-Authenticate", 'Bearer realm="AWeber", error="invalid_token"')
+            body = {"error": "invalid_token", "error_description": problem.message}
+            return json_answer(401, body, headers=(challenge,), error="invalid_token")
         except _ApiProblem as problem:
             answer = envelope(problem.status, problem.message, problem.error_type)
             if problem.status == 401:
-                challenge = ("WWW-Authenticate", 'Bearer realm="AWeber", error="invalid_token"')
+                challenge = ("WWW-Authenticate", 'Bearer realm="AWeber"')
                 return dataclasses.replace(answer, headers=(challenge,))
             if problem.status == 405:
                 return dataclasses.replace(answer, headers=(("Allow", "GET"),))
@@ -117,7 +194,7 @@ class Api:
             raise _ApiProblem(400, "Missing oauth parameters: oauth_consumer_key", "MissingOAuthParametersError")
         problem = self._state.access_token_problem(token)
         if problem is not None:
-            raise _ApiProblem(401, problem)
+            raise _InvalidToken(401, problem)
 
     def _buckets(self, request: Request) -> Sequence[Hashable]:
         # The limit is per customer account; a request outside any account counts for all of them.
@@ -219,7 +296,7 @@ class Api:
         status = _value(request, "status")
         if status is not None and status not in STATUSES:
             raise _bad_request(f'Invalid value for "status" parameter. Expected one of: {", ".join(STATUSES)}.')
-        earliest, before = _day_window(request)
+        earliest, before = _day_window(request, self.behaviour)
         selection = found.select(
             earliest=earliest, before=before, status=status, email=_value(request, "email"),
             unsubscribed_order=sort_key == "unsubscribed_at",
@@ -337,18 +414,29 @@ class Api:
         else:
             body["total_size"] = total
         if start + size < total:
-            body["next_collection_link"] = self._link(request, start=start + size, size=size)
+            body["next_collection_link"] = self._link(
+                request, start=start + size, size=size, page_only=self.behaviour.next_links_drop_filters
+            )
         if start > 0:
             body["prev_collection_link"] = self._link(request, start=max(0, start - size), size=size)
         body["resource_type_link"] = f"{_TYPE_LINK}{resource_type}"
         body["self_link"] = self._link(request, start=start, size=size)
         return body
 
-    def _link(self, request: Request, *, start: int = 0, size: int = MAX_PAGE_SIZE, show_total: bool = False) -> str:
-        """Return this request's URL with the page set, keeping every other query parameter in place."""
+    def _link(
+        self,
+        request: Request,
+        *,
+        start: int = 0,
+        size: int = MAX_PAGE_SIZE,
+        show_total: bool = False,
+        page_only: bool = False,
+    ) -> str:
+        """Return this request's URL with the page set, keeping every other query parameter in place
+        (none of them with ``page_only``)."""
         pairs: list[tuple[str, str]] = []
         wanted = {"ws.show": "total_size"} if show_total else {"ws.start": str(start), "ws.size": str(size)}
-        for key, value in request.query:
+        for key, value in () if page_only else request.query:
             # Never copy a token into a link; and page parameters are replaced, not repeated.
             if key == "access_token" or key in ("ws.start", "ws.size", "ws.show"):
                 if key in wanted:
@@ -417,8 +505,8 @@ def _sort_order(request: Request) -> str:
     return order
 
 
-def _day_window(request: Request) -> tuple[float | None, float | None]:
-    """Return [earliest, before) in Unix seconds from the subscribed_* day filters."""
+def _day_window(request: Request, behaviour: ApiBehaviour) -> tuple[float | None, float | None]:
+    """Return [earliest, before) in Unix seconds from the subscribed_* day filters, read as ``behaviour`` says."""
     earliest: float | None = None
     before: float | None = None
     for name in ("subscribed_after", "subscribed_before", "subscribed_at"):
@@ -431,12 +519,15 @@ def _day_window(request: Request) -> tuple[float | None, float | None]:
             raise _bad_request(
                 f'Invalid value for "{name}" parameter. Expected a date as YYYY-MM-DD or MM-DD-YYYY.'
             ) from error
-        day_start = day_start_epoch(day)
+        day_start = day_start_epoch(day, behaviour.filter_day_zone())
+        day_end = day_start + SECONDS_PER_DAY
+        exclusive = behaviour.exclusive_day_filters and name != "subscribed_at"
         if name in ("subscribed_after", "subscribed_at"):
-            earliest = day_start if earliest is None else max(earliest, day_start)
+            first = day_end if exclusive else day_start
+            earliest = first if earliest is None else max(earliest, first)
         if name in ("subscribed_before", "subscribed_at"):
-            day_end = day_start + SECONDS_PER_DAY
-            before = day_end if before is None else min(before, day_end)
+            end = day_start if exclusive else day_end
+            before = end if before is None else min(before, end)
     return earliest, before
 
 

@@ -9,6 +9,9 @@ Example (every key optional)::
       "rate_limit_window_seconds": 60,
       "request_delay_seconds": 0.0,
       "reuse_detection": false,
+      "filter_day_offset_hours": -5,
+      "exclusive_day_filters": false,
+      "next_links_drop_filters": false,
       "verbose": false,
       "oauth1": [{"consumer_key": "...", "consumer_secret": "...", "access_token": "...", "token_secret": "..."}],
       "accounts": [
@@ -26,13 +29,15 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from job.standin.api import DEFAULT_FILTER_DAY_OFFSET_HOURS
 from job.standin.oauth1 import grant_from_mapping
 from job.standin.server import StandIn
 
 _TOP_KEYS = frozenset(
     {
         "clients", "access_token_lifetime_seconds", "rate_limit_per_minute", "rate_limit_window_seconds",
-        "request_delay_seconds", "reuse_detection", "verbose", "accounts", "oauth1",
+        "request_delay_seconds", "reuse_detection", "verbose", "accounts", "oauth1", "filter_day_offset_hours",
+        "exclusive_day_filters", "next_links_drop_filters",
     }
 )
 _ACCOUNT_KEYS = frozenset({"id", "company", "lists"})
@@ -71,6 +76,9 @@ def standin_from_config(
         reuse_detection=_boolean(config, "reuse_detection"),
         enable_control=enable_control,
         port=port,
+        filter_day_offset_hours=_number(config, "filter_day_offset_hours", DEFAULT_FILTER_DAY_OFFSET_HOURS),
+        exclusive_day_filters=_boolean(config, "exclusive_day_filters"),
+        next_links_drop_filters=_boolean(config, "next_links_drop_filters"),
     )
     accounts = config.get("accounts", [])
     if not isinstance(accounts, list):

@@ -121,6 +121,22 @@ class StandInControl(Endpoints):
         """Queue faults for the next requests whose path starts with ``path``."""
         self._call("POST", "faults", {"faults": [fault.to_json() for fault in faults], "path": path})
 
+    def configure_api(
+        self,
+        *,
+        filter_day_offset_hours: float | None = None,
+        exclusive_day_filters: bool | None = None,
+        next_links_drop_filters: bool | None = None,
+    ) -> dict[str, object]:
+        """Change the API behaviour switches given (None leaves one as it is); return them all."""
+        given = {
+            "filter_day_offset_hours": filter_day_offset_hours,
+            "exclusive_day_filters": exclusive_day_filters,
+            "next_links_drop_filters": next_links_drop_filters,
+        }
+        payload = {name: value for name, value in given.items() if value is not None}
+        return self._object(self._call("POST", "configure-api", payload))
+
     def stats(self) -> dict[str, object]:
         """Return the request counters."""
         return self._object(self._call("GET", "stats"))

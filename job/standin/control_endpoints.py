@@ -21,6 +21,8 @@ Endpoints (JSON bodies and answers):
 - ``POST /_control/add-list`` ``{"account_id", "list_id", "name"?, "size"?, "start"?, "end"?, "seed"?}``.
 - ``POST /_control/add-subscribers`` ``{"account_id", "list_id", "subscribers": [...]}``: ``{"ids": [...]}``.
 - ``POST /_control/faults`` ``{"faults": [Fault.to_json(), ...], "path"?}``: ``{"queued": n}``.
+- ``POST /_control/configure-api`` ``{"filter_day_offset_hours"?, "exclusive_day_filters"?,
+  "next_links_drop_filters"?}``: every :class:`job.standin.api.ApiBehaviour` switch, after the change.
 - ``GET /_control/stats``: ``stats()``; ``GET /_control/request-log``: ``{"requests": [...]}``.
 - ``POST /_control/reset-stats``.
 
@@ -191,6 +193,14 @@ def _faults(standin: StandIn, payload: Mapping[str, object]) -> object:
     return {"queued": len(faults)}
 
 
+def _configure_api(standin: StandIn, payload: Mapping[str, object]) -> object:
+    unknown = set(payload) - {"filter_day_offset_hours", "exclusive_day_filters", "next_links_drop_filters"}
+    if unknown:
+        raise ValueError(f"unknown switches: {', '.join(sorted(unknown))}")
+    # ApiBehaviour.update checks every value; a JSON value of the wrong type is refused there.
+    return standin.configure_api(**payload)  # type: ignore[arg-type]
+
+
 def _stats(standin: StandIn, payload: Mapping[str, object]) -> object:
     return standin.stats()
 
@@ -220,6 +230,7 @@ _ROUTES: Mapping[tuple[str, str], _Handler] = {
     ("POST", "add-list"): _add_list,
     ("POST", "add-subscribers"): _add_subscribers,
     ("POST", "faults"): _faults,
+    ("POST", "configure-api"): _configure_api,
     ("GET", "stats"): _stats,
     ("GET", "request-log"): _request_log,
     ("POST", "reset-stats"): _reset_stats,

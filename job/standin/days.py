@@ -12,7 +12,10 @@ AWeber is a US company and the timestamps in its own examples carry US Eastern o
 
 A client that derives filter days from UTC timestamps is therefore up to five hours off around
 midnight, exactly the kind of mismatch it must survive against the real service, where the zone
-is unknown: it should filter by day with a margin and compare full timestamps itself.
+is unknown: it should filter by day with a margin and compare full timestamps itself. The zone of
+the filter days (any offset from -12 to +14 hours), and whether ``subscribed_after`` and
+``subscribed_before`` include the named day, are switches (:class:`job.standin.api.ApiBehaviour`),
+so a client can be tested against every reading.
 """
 
 from __future__ import annotations
@@ -50,9 +53,9 @@ def parse_filter_day(text: str) -> date:
     return date(year, month, day)
 
 
-def day_start_epoch(day: date) -> int:
-    """Return the Unix time at which ``day`` begins at the stand-in's offset."""
-    return int(datetime(day.year, day.month, day.day, tzinfo=AWEBER_OFFSET).timestamp())
+def day_start_epoch(day: date, zone: timezone = AWEBER_OFFSET) -> int:
+    """Return the Unix time at which ``day`` begins at the stand-in's offset (or in ``zone``)."""
+    return int(datetime(day.year, day.month, day.day, tzinfo=zone).timestamp())
 
 
 def day_of(epoch_seconds: float) -> date:

@@ -22,6 +22,14 @@ from job.standin.odd_answers import ODD_ANSWERS, odd_body
 
 OAUTH_KINDS = frozenset({"token", "revoke", "authorize"})
 
+# AWeber's 403 messages that say to try again using an exponential backoff (its Troubleshooting
+# section; docs/aweber-api.md), unlike "Rate Limit Error" (wait 60 s) and the other 403s (do not
+# retry). Inject them as ``Fault(status=403, message=...)``.
+RETRY_LATER_403_MESSAGES = (
+    "This account is not accepting requests at this time",
+    "Your request cannot be processed at this time",
+)
+
 
 @dataclass(frozen=True)
 class Fault:

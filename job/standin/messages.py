@@ -1,8 +1,10 @@
 """The stand-in's request and answer values, and the two error body shapes AWeber uses.
 
 AWeber's REST API answers errors in its own envelope
-``{"error": {"status", "message", "type", "documentation_url"}}`` (API-FACTS §3.3), while its
-OAuth endpoints answer in the RFC 6749 §5.2 shape ``{"error", "error_description"}`` (§1.10).
+``{"error": {"status", "message", "type", "documentation_url"}}`` (docs/aweber-api.md), while its
+OAuth endpoints answer in the RFC 6749 §5.2 shape ``{"error", "error_description"}``, and so does
+the token check in front of the API when an access token is expired or unknown
+(``"error": "invalid_token"``, RFC 6750 §3.1).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from job.standin.api import Api
+from job.standin.api import DEFAULT_FILTER_DAY_OFFSET_HOURS, Api, ApiBehaviour
 from job.standin.control_endpoints import handle_control
 from job.standin.endpoints import Endpoints
 from job.standin.faults import Fault, FaultQueue
@@ -246,6 +246,9 @@ class StandIn(Endpoints):
     request. ``verbose`` prints method, path and status of each request to stderr.
     ``enable_control`` serves the JSON ``/_control/`` endpoints used in process mode.
     ``reuse_detection`` makes a spent refresh token, presented again, revoke its whole grant.
+    ``filter_day_offset_hours``, ``exclusive_day_filters`` and ``next_links_drop_filters``, the
+    :class:`ApiBehaviour` switches (also settable later with :meth:`configure_api`), choose among
+    the readings of what AWeber leaves undocumented.
     """
 
     def __init__(
@@ -261,6 +264,9 @@ class StandIn(Endpoints):
         enable_control: bool = False,
         port: int = 0,
         reuse_detection: bool = False,
+        filter_day_offset_hours: float = DEFAULT_FILTER_DAY_OFFSET_HOURS,
+        exclusive_day_filters: bool = False,
+        next_links_drop_filters: bool = False,
     ) -> None:
         if request_delay_seconds < 0:
             raise ValueError("request_delay_seconds must not be negative")
@@ -275,6 +281,12 @@ class StandIn(Endpoints):
             reuse_detection=reuse_detection,
         )
         self.oauth1 = OAuth1Registry()
+        self.api_behaviour = ApiBehaviour()
+        self.api_behaviour.update(
+            filter_day_offset_hours=filter_day_offset_hours,
+            exclusive_day_filters=exclusive_day_filters,
+            next_links_drop_filters=next_links_drop_filters,
+        )
         self.faults = FaultQueue()
         self.ledger = Ledger()
         self.limiter = RateLimiter(rate_limit_per_minute, rate_limit_window_seconds)
@@ -291,7 +303,9 @@ class StandIn(Endpoints):
             raise RuntimeError("the stand-in is already running")
         server = _Server(("127.0.0.1", self._port), self)
         self._server = server
-        self._api = Api(self.state, self.limiter, self.ledger, self.api_url, self.oauth1)
+        self._api = Api(
+            self.state, self.limiter, self.ledger, self.api_url, oauth1=self.oauth1, behaviour=self.api_behaviour
+        )
         self._thread = threading.Thread(
             # A short poll interval lets stop() return quickly; idle polling costs nothing measurable.
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="aweber-standin", daemon=True
@@ -425,7 +439,25 @@ class StandIn(Endpoints):
         """
         return self.state.add_subscribers(account_id, list_id, entries)
 
-    # -- faults and counters ----------------------------------------------------------------------
+    # -- behaviour, faults and counters -----------------------------------------------------------
+
+    def configure_api(
+        self,
+        *,
+        filter_day_offset_hours: float | None = None,
+        exclusive_day_filters: bool | None = None,
+        next_links_drop_filters: bool | None = None,
+    ) -> dict[str, object]:
+        """Change the :class:`ApiBehaviour` switches given (None leaves one as it is); return them all.
+
+        Raises ValueError, changing nothing, on a bad value.
+        """
+        self.api_behaviour.update(
+            filter_day_offset_hours=filter_day_offset_hours,
+            exclusive_day_filters=exclusive_day_filters,
+            next_links_drop_filters=next_links_drop_filters,
+        )
+        return self.api_behaviour.to_json()
 
     def inject(self, *faults: Fault, path: str | None = None) -> None:
         """Queue faults for the next requests whose path starts with ``path`` (any path when None)."""

@@ -3,6 +3,10 @@
 Tasks are found by name in the entry-point group ``aweber_job.tasks`` (the built-ins are
 registered there too) or by a ``package.module:callable`` path. Resolution happens before the
 lock and the refresh, so a typo costs no token.
+
+The state is saved when the task returns, and also when the run reaches ``AWEBER_RUN_TIMEOUT``
+(the API client raises RunTimeoutError): a task should therefore move its state only past output
+it has flushed (:meth:`TaskContext.flush_output`), so that what is saved then is true.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib.metadata import entry_points
 from typing import IO, TYPE_CHECKING, Any
 
@@ -35,7 +39,12 @@ BUILTIN_TASKS = {
 
 @dataclass
 class TaskContext:
-    """What a task gets: the API, its persistent state, configuration, a logger, output, the clock."""
+    """What a task gets: the API, its persistent state, configuration, a logger, output, the clock.
+
+    ``since`` is where a first run looks back to by the local clock (``--since``); ``look_back``
+    is the ``--since`` duration when one was given, so that a task can count it back from a better
+    idea of the present, such as the server's Date (``api.server_date``).
+    """
 
     api: ApiClient
     state: dict[str, Any]
@@ -45,6 +54,7 @@ class TaskContext:
     now: Callable[[], datetime]
     output_format: str = "jsonl"
     since: datetime | None = None
+    look_back: timedelta | None = None
     counters: dict[str, int] = field(default_factory=dict)
 
     def flush_output(self) -> None:

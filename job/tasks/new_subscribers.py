@@ -1,19 +1,29 @@
 """The ``new-subscribers`` task: report who joined each list since the last run, oldest first.
 
-Per list it asks AWeber's ``ws.op=find`` for the subscribers ``subscribed_after`` the watermark's
-day, sorted by ``subscribed_at`` ascending, so the cost is ``max(1, ceil(k/100))`` requests where
-``k`` counts the subscribers since that day — never a walk over the whole list. The day filter is
+Per list it asks AWeber's ``ws.op=find`` for the subscribers ``subscribed_after`` a day early
+enough for any reading of that filter (the day before the watermark's day at UTC-12: AWeber names
+neither the zone of its filter days nor whether the named day is included), sorted by
+``subscribed_at`` ascending, so the cost is ``max(1, ceil(k/100))`` requests where ``k`` counts
+the subscribers returned for that day on — never a walk over the whole list. The day filter is
 coarse; the exact cut is made here by comparing full timestamps, and the ids that share the
 watermark's instant keep a subscriber who arrives in the same second from being lost or repeated.
 
 The watermark per list lives in the task state::
 
-    {"lists": {"<account>/<list>": {"subscribed_at": "<as AWeber wrote it>", "ids": [<ids at that instant>]}}}
+    {"lists": {"<account>/<list>": {"subscribed_at": "<as AWeber wrote it>", "ids": [<ids at that instant>],
+                                    "ahead": [{"id": ..., "subscribed_at": ...}]   (only when needed)}}}
 
 It moves only after the list's output is flushed, and the runner saves the state only after the
-task returns: a crash in between repeats those subscribers next run (at least once), never loses them.
-A list with nothing new on its first run keeps the ``--since`` instant as its watermark, so the next
-run looks back to there however long it comes after.
+task returns (or when the run reaches its time limit): a crash in between repeats those subscribers
+next run (at least once), never loses them. A list with nothing new on its first run keeps the
+``--since`` instant as its watermark, so the next run looks back to there however long it comes after.
+
+A wrong clock must hide nobody, so the watermark never passes the newest ``subscribed_at`` the API
+returned, nor the server's ``Date`` (:attr:`job.api.ApiClient.server_date`) when that is earlier:
+a first run looks back from min(local now, server Date); a look-back with nothing new is pulled back
+to the server's Date; a subscriber dated past it is reported but kept in ``ahead`` rather than
+moving the watermark (with one warning per list); a saved watermark far past the server's Date
+(written by a fast clock) is replaced by the look-back. See docs/design.md.
 """
 
 from __future__ import annotations
@@ -26,15 +36,20 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import IO, Any
 
+from job.errors import ApiError, RunTimeoutError, shorten
 from job.tasks import TaskContext
 
 FIELDS = ("account_id", "list_id", "list_name", "id", "email", "name", "status", "subscribed_at")
 PAGE_SIZE = 100
 DEFAULT_LOOK_BACK = timedelta(hours=24)
+# An HTTP Date has whole seconds.
+DATE_RESOLUTION = timedelta(seconds=1)
+# A local clock this far ahead of the server's is worth a line in the log.
+CLOCK_SKEW_NOTICE = timedelta(minutes=5)
 
-# The earliest time zone in use (Baker Island, UTC-12). A calendar day there starts later than the
-# same calendar day anywhere else, so a filter day taken from it starts at or before the instant it
-# was taken from, whatever zone AWeber uses for its day filters (API-FACTS §2.5, open question 4).
+# The earliest time zone in use (Baker Island, UTC-12): an instant's calendar day there is the
+# earliest calendar day it falls on anywhere, and that day begins, in every zone from UTC-12 to
+# UTC+14, at or before the instant.
 EARLIEST_ZONE = timezone(timedelta(hours=-12))
 
 # Lenient ISO 8601: 'T' or space; seconds and fraction optional; 'Z', '+hh:mm', '+hhmm', '+hh' or no
@@ -83,18 +98,25 @@ class Watermark:
     """The latest ``subscribed_at`` reported for a list, as written, and the ids that share that instant.
 
     ``inclusive`` marks the first run's look-back instant: a subscriber exactly at it is new.
+
+    The watermark never moves past the server's present (its latest ``Date``): a subscriber who
+    joins later must still come after it. A subscriber a broken clock dates past that is reported
+    but kept in ``ahead`` (by id and time) instead, which keeps it from being reported twice; once
+    the server's present has passed it, the watermark moves over it like over any other.
     """
 
     subscribed_at: str
     instant: datetime
     ids: list[Any] = field(default_factory=list)
     inclusive: bool = False
+    ahead: dict[tuple[str, datetime], tuple[Any, str]] = field(default_factory=dict)
 
     @classmethod
-    def look_back(cls, since: datetime) -> Watermark:
-        """The first run's starting point, written at UTC-12 so that its own day is the safe filter day."""
-        written = since.astimezone(EARLIEST_ZONE)
-        return cls(written.isoformat(), written, [], inclusive=True)
+    def look_back(cls, since: datetime, ahead: Mapping[tuple[str, datetime], tuple[Any, str]] | None = None
+                  ) -> Watermark:
+        """The first run's starting point: ``since``, itself included."""
+        written = since.astimezone(timezone.utc)
+        return cls(written.isoformat(), written, [], inclusive=True, ahead=dict(ahead or {}))
 
     @classmethod
     def from_state(cls, value: object) -> Watermark | None:
@@ -106,32 +128,75 @@ class Watermark:
         ids = value.get("ids", [])
         if instant is None or not isinstance(written, str) or not isinstance(ids, list):
             return None
-        return cls(written, instant, list(ids))
+        mark = cls(written, instant, list(ids))
+        saved_ahead = value.get("ahead")
+        for item in saved_ahead if isinstance(saved_ahead, list) else []:
+            item_written = item.get("subscribed_at") if isinstance(item, Mapping) else None
+            when = parse_timestamp(item_written)
+            if isinstance(item, Mapping) and isinstance(item_written, str) and when is not None:
+                mark.ahead[_id_key(item.get("id")), when] = (item.get("id"), item_written)
+        return mark
 
     def filter_day(self) -> date:
-        """The day to ask AWeber for: the watermark's calendar day in the offset it is written with.
+        """The ``subscribed_after`` day to ask for: the day before the watermark's day at UTC-12.
 
-        AWeber does not document the time zone of its day filters. The date part of AWeber's own
-        timestamp is the best guess of the day AWeber files a subscriber under, so it is used as
-        written rather than converted to UTC (which would be up to a day off near midnight).
+        AWeber does not say in which zone its filter days begin, nor whether the named day itself
+        is included (docs/aweber-api.md). The watermark's day at UTC-12 begins at or before it in
+        every zone; asking for the day before keeps that day in even if the filter leaves the
+        named day out. The exact cut is made on full timestamps and ids (:meth:`is_passed_by`).
         """
-        return self.instant.date()
+        return self.instant.astimezone(EARLIEST_ZONE).date() - timedelta(days=1)
 
     def is_passed_by(self, instant: datetime, subscriber_id: Any) -> bool:
-        """Whether a subscriber at ``instant`` with ``subscriber_id`` comes after this watermark."""
-        if instant != self.instant:
-            return instant > self.instant
+        """Whether a subscriber at ``instant`` with ``subscriber_id`` comes after this watermark (is new)."""
+        if instant < self.instant or self.was_reported_ahead(instant, subscriber_id):
+            return False
+        if instant > self.instant:
+            return True
         return self.inclusive or _id_key(subscriber_id) not in {_id_key(known) for known in self.ids}
 
-    def advance(self, written: str, instant: datetime, subscriber_id: Any) -> None:
-        """Move to a reported subscriber, keeping every id that shares the latest instant."""
+    def was_reported_ahead(self, instant: datetime, subscriber_id: Any) -> bool:
+        """Whether this subscriber was reported while dated past the server's present."""
+        return (_id_key(subscriber_id), instant) in self.ahead
+
+    def advance(self, written: str, instant: datetime, subscriber_id: Any, *, server_date: datetime | None) -> None:
+        """Move to a reported subscriber, keeping every id that shares the latest instant.
+
+        A subscriber dated after ``server_date`` (the server's present, when known) does not move
+        the watermark; it is kept in ``ahead`` instead.
+        """
+        if server_date is not None and instant > server_date:
+            self.ahead[_id_key(subscriber_id), instant] = (subscriber_id, written)
+            return
         if instant > self.instant or self.inclusive:
             self.subscribed_at, self.instant, self.ids, self.inclusive = written, instant, [], False
         if instant == self.instant and _id_key(subscriber_id) not in {_id_key(known) for known in self.ids}:
             self.ids.append(subscriber_id)
 
+    def pull_back_to(self, moment: datetime) -> bool:
+        """Move back to ``moment`` if the watermark is later; return whether it moved.
+
+        No id is kept: nothing at or after ``moment`` counts as reported but what ``ahead`` holds.
+        """
+        if self.instant <= moment:
+            return False
+        written = moment.astimezone(timezone.utc)
+        self.subscribed_at, self.instant, self.ids = written.isoformat(), written, []
+        return True
+
     def to_state(self) -> dict[str, Any]:
-        return {"subscribed_at": self.subscribed_at, "ids": list(self.ids)}
+        """The watermark for the task state, ``ahead`` only while it holds subscribers past the watermark."""
+        ids = list(self.ids)
+        for (key, when), (subscriber_id, _) in self.ahead.items():
+            # Caught up by the watermark: the ids at its own instant keep such a subscriber out now.
+            if when == self.instant and key not in {_id_key(known) for known in ids}:
+                ids.append(subscriber_id)
+        state: dict[str, Any] = {"subscribed_at": self.subscribed_at, "ids": ids}
+        ahead = [{"id": subscriber_id, "subscribed_at": written}
+                 for (_, when), (subscriber_id, written) in self.ahead.items() if when > self.instant]
+        if ahead:
+            state["ahead"] = ahead
+        return state
 
 
 def _id_key(value: Any) -> str:
@@ -189,8 +254,10 @@ def new_subscribers(context: TaskContext) -> dict[str, Any]:
     if not isinstance(watermarks, dict):
         context.log.warning("the task state's 'lists' is not an object; starting again from --since")
         watermarks = context.state["lists"] = {}
-    since = context.since or (context.now() - DEFAULT_LOOK_BACK)
+    since = _first_run_since(context)
     writer = RowWriter(context.output, context.output_format)
+    # Counted as rows go out, so a run stopped by its time limit still reports what it found.
+    context.counters["new_subscribers"] = 0
     total = 0
     for ref in lists:
         saved = watermarks.get(ref.state_key)
@@ -200,20 +267,75 @@ def new_subscribers(context: TaskContext) -> dict[str, Any]:
                 context.log.warning("list %s: the saved watermark is unreadable; looking back to %s",
                                     ref.list_id, since.isoformat())
             mark = Watermark.look_back(since)
-        found = _report_list(context, ref, mark, writer)
+        elif _is_far_past_server_date(context, mark):
+            # Only a wrong clock writes a watermark in the server's future, and it would hide everyone
+            # who joins until then; when it was written is unknown, so the list starts over.
+            context.log.warning(
+                "list %s: the saved watermark %s is after the server's Date (%s), so a wrong clock wrote it; "
+                "looking back to %s instead", ref.list_id, shorten(mark.subscribed_at, 40),
+                _server_date_text(context), since.isoformat(),
+            )
+            mark = Watermark.look_back(since, ahead=mark.ahead)
+        else:
+            _pull_back_to_server_date(context, mark)
+        try:
+            found = _report_list(context, ref, mark, writer)
+        except RunTimeoutError:
+            # The run is out of time mid-list: keep the rows already written, as after a whole list.
+            context.flush_output()
+            watermarks[ref.state_key] = mark.to_state()
+            raise
+        # A first run's look-back must not end up past the server's present either (its Date may
+        # not have been known when the look-back was taken).
+        _pull_back_to_server_date(context, mark)
         # At least once: the watermark moves only once the rows it covers are out of our hands.
         context.flush_output()
         watermarks[ref.state_key] = mark.to_state()
         context.log.info('list %s "%s": %d new', ref.list_id, ref.name, found,
                          extra={"account_id": ref.account_id, "list_id": ref.list_id, "new": found})
         total += found
-    context.counters["new_subscribers"] = total
     return {
         "accounts": accounts,
         "lists": len(lists),
         "new_subscribers": total,
         "requests": context.api.requests_made,
     }
+
+
+def _first_run_since(context: TaskContext) -> datetime:
+    """Where a list without a watermark starts: ``--since``, counted from the server's present when it is earlier.
+
+    The look-back is taken from min(local now, the server's Date): a local clock that runs fast
+    must not set a first watermark in the future, which would hide everyone who joins until then.
+    """
+    local_now = context.now()
+    server_now = context.api.server_date
+    base = local_now if server_now is None else min(local_now, server_now)
+    if server_now is not None and local_now - server_now > CLOCK_SKEW_NOTICE:
+        context.log.info("the local clock is %d s ahead of the server's Date; the look-back of a first run "
+                         "counts from the server's", (local_now - server_now).total_seconds())
+    if context.look_back is not None:
+        return base - context.look_back
+    if context.since is not None:
+        return min(context.since, base)
+    return base - DEFAULT_LOOK_BACK
+
+
+def _pull_back_to_server_date(context: TaskContext, mark: Watermark) -> bool:
+    """Pull ``mark`` back to the latest server Date if it is past it; return whether it moved."""
+    server_now = context.api.server_date
+    return server_now is not None and mark.pull_back_to(server_now)
+
+
+def _is_far_past_server_date(context: TaskContext, mark: Watermark) -> bool:
+    """Whether ``mark`` is further past the latest server Date than clocks at AWeber could disagree."""
+    server_now = context.api.server_date
+    return server_now is not None and mark.instant - server_now > CLOCK_SKEW_NOTICE
+
+
+def _server_date_text(context: TaskContext) -> str:
+    server_now = context.api.server_date
+    return "unknown" if server_now is None else server_now.isoformat()
 
 
 def _report_list(context: TaskContext, ref: ListRef, mark: Watermark, writer: RowWriter) -> int:
@@ -226,6 +348,8 @@ def _report_list(context: TaskContext, ref: ListRef, mark: Watermark, writer: Ro
         "ws.size": str(PAGE_SIZE),
     }
     found = 0
+    previous: tuple[datetime, str] | None = None
+    warned_ahead = False
     # Streamed entry by entry: memory stays flat however many subscribers arrived.
     for entry in context.api.walk(ref.subscribers_link, params):
         written = entry.get("subscribed_at")
@@ -235,6 +359,20 @@ def _report_list(context: TaskContext, ref: ListRef, mark: Watermark, writer: Ro
                               ref.list_id, entry.get("id"), written)
             continue
         subscriber_id = entry.get("id")
+        if previous is not None and instant < previous[0]:
+            # The cut below relies on the order asked for; out of order, "older than the
+            # watermark" no longer means "already reported", so skipping would hide people.
+            raise ApiError(
+                f"list {ref.list_id}: the find sorted by subscribed_at went backwards, from {previous[1]} "
+                f"to {shorten(written, 40)} at subscriber {shorten(subscriber_id, 20)}; stopped rather than "
+                "skip anyone"
+            )
+        previous = instant, shorten(written, 40)
+        if mark.was_reported_ahead(instant, subscriber_id):
+            # Reported by an earlier run while dated past the server's present: not again, but the
+            # watermark moves over it once the server's present has passed it.
+            mark.advance(written, instant, subscriber_id, server_date=context.api.server_date)
+            continue
         if not mark.is_passed_by(instant, subscriber_id):
             continue
         writer.write({
@@ -247,8 +385,18 @@ def _report_list(context: TaskContext, ref: ListRef, mark: Watermark, writer: Ro
             "status": entry.get("status"),
             "subscribed_at": written,
         })
-        mark.advance(written, instant, subscriber_id)
+        server_now = context.api.server_date
+        mark.advance(written, instant, subscriber_id, server_date=server_now)
         found += 1
+        context.counters["new_subscribers"] += 1
+        # The Date header has whole seconds: a subscriber within that second is no sign of trouble.
+        if server_now is not None and instant - server_now >= DATE_RESOLUTION and not warned_ahead:
+            warned_ahead = True
+            context.log.warning(
+                "list %s: subscriber %s is dated %s, after the server's Date (%s); reported, but the watermark "
+                "stays at or before the server's Date (a clock at AWeber may be wrong)",
+                ref.list_id, shorten(subscriber_id, 20), shorten(written, 40), server_now.isoformat(),
+            )
     return found
 
 

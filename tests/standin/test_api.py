@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from datetime import date, timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
@@ -48,14 +49,13 @@ def walk(http: requests.Session, url: str, token: str, **params: Any) -> Iterato
 # -- authentication -------------------------------------------------------------------------------
 
 
-def test_unknown_token_is_401_with_the_envelope(server: StandIn, http: requests.Session) -> None:
-    """An access token the stand-in never issued answers 401 UnauthorizedError."""
+def test_unknown_token_is_401_invalid_token_from_the_token_layer(server: StandIn, http: requests.Session) -> None:
+    """An access token the stand-in never issued answers 401 in RFC 6750's shape, as AWeber's token layer does."""
     answer = get(http, f"{server.api_url}/accounts", "never-issued")
     assert answer.status_code == 401
-    assert answer.json() == {"error": {
-        "status": 401, "message": "Invalid token.", "type": "UnauthorizedError",
-        "documentation_url": "https://api.aweber.com/#unauthorized",
-    }}
+    assert answer.json() == {"error": "invalid_token", "error_description": "Invalid token."}
+    assert answer.headers["WWW-Authenticate"].startswith('Bearer realm="AWeber", error="invalid_token"')
+    assert server.stats()["api"] == {"GET accounts:401:invalid_token": 1}
 
 
 def test_expired_tokens_are_401_until_refreshed(server: StandIn, http: requests.Session, token: str) -> None:
@@ -78,7 +78,8 @@ def test_tokens_expire_by_the_injected_clock(http: requests.Session) -> None:
         assert get(http, f"{server.api_url}/accounts", str(grant["access_token"])).status_code == 200
         clock.advance(1)
         answer = get(http, f"{server.api_url}/accounts", str(grant["access_token"]))
-    assert answer.status_code == 401 and answer.json()["error"]["message"] == "Access token expired."
+    assert answer.status_code == 401
+    assert answer.json() == {"error": "invalid_token", "error_description": "Access token expired."}
 
 
 def test_disconnected_client_gets_401_even_after_refresh(server: StandIn, http: requests.Session, token: str) -> None:
@@ -102,9 +103,10 @@ def test_missing_credentials_are_a_400_like_aweber(server: StandIn, http: reques
 
 
 def test_other_authorization_schemes_are_401(server: StandIn, http: requests.Session, token: str) -> None:
-    """Only the Bearer scheme authenticates API requests."""
+    """Only the Bearer scheme authenticates API requests; another scheme gets AWeber's envelope, not invalid_token."""
     answer = http.get(f"{server.api_url}/accounts", headers={"Authorization": f"Token {token}"}, timeout=5)
     assert answer.status_code == 401
+    assert answer.json()["error"]["type"] == "UnauthorizedError"
 
 
 # -- rate limit -----------------------------------------------------------------------------------
@@ -359,6 +361,57 @@ def test_day_boundaries_are_at_minus_five_hours(server: StandIn, http: requests.
     assert entry["subscribed_at"] == "2026-11-26T23:30:00-05:00"
 
 
+@pytest.mark.parametrize(
+    ("offset_hours", "exclusive", "expected"),
+    [
+        # The subscriber joined at 2026-11-27T11:30Z: the 26th at UTC-12, the 27th at UTC, the 28th at UTC+14.
+        (-12, False, {"at 11-26": True, "at 11-27": False, "after 11-26": True, "after 11-27": False,
+                      "before 11-26": True, "before 11-25": False}),
+        (14, False, {"at 11-28": True, "at 11-27": False, "after 11-28": True, "after 11-29": False,
+                     "before 11-28": True, "before 11-27": False}),
+        (0, True, {"at 11-27": True, "after 11-26": True, "after 11-27": False,
+                   "before 11-28": True, "before 11-27": False}),
+        (-12, True, {"at 11-26": True, "after 11-25": True, "after 11-26": False,
+                     "before 11-27": True, "before 11-26": False}),
+        (14, True, {"at 11-28": True, "after 11-27": True, "after 11-28": False,
+                    "before 11-29": True, "before 11-28": False}),
+    ],
+    ids=["utc-12", "utc+14", "utc exclusive", "utc-12 exclusive", "utc+14 exclusive"],
+)
+def test_filter_days_follow_the_chosen_zone_and_inclusiveness(
+    server: StandIn, http: requests.Session, token: str, offset_hours: float, exclusive: bool,
+    expected: dict[str, bool],
+) -> None:
+    """Filter days start at the configured offset; exclusive after/before leave the named day out, "at" never."""
+    moment = 1_795_779_000  # 2026-11-27T11:30:00Z
+    (subscriber_id,) = server.add_subscribers(ACCOUNT, LIST, [{"email": "edge@example.com", "subscribed_at": moment}])
+    url = f"{server.api_url}/accounts/{ACCOUNT}/lists/{LIST}/subscribers"
+    settings = server.configure_api(filter_day_offset_hours=offset_hours, exclusive_day_filters=exclusive)
+    assert (settings["filter_day_offset_hours"], settings["exclusive_day_filters"]) == (offset_hours, exclusive)
+    names = {"at": "subscribed_at", "after": "subscribed_after", "before": "subscribed_before"}
+
+    found = {}
+    for case in expected:
+        which, day = case.split()
+        # Newest first: the subscriber comes before the list's 250 older ones, on the first page.
+        answer = get(http, url, token, **{"ws.op": "find", names[which]: f"2026-{day}", "sort_order": "desc"})
+        found[case] = subscriber_id in [entry["id"] for entry in answer.json()["entries"]]
+
+    assert found == expected
+
+
+@pytest.mark.parametrize("settings", [{"filter_day_offset_hours": 14.5}, {"filter_day_offset_hours": -12.25},
+                                      {"exclusive_day_filters": "yes"}, {"next_links_drop_filters": 1}])
+def test_api_switches_refuse_bad_values(server: StandIn, settings: dict[str, Any]) -> None:
+    """Offsets outside UTC-12..UTC+14 and non-boolean switches raise ValueError, changing nothing."""
+    before = server.configure_api()
+    with pytest.raises(ValueError):
+        server.configure_api(**settings)
+    assert server.configure_api() == before == {
+        "filter_day_offset_hours": -5.0, "exclusive_day_filters": False, "next_links_drop_filters": False,
+    }
+
+
 # -- appended subscribers -------------------------------------------------------------------------
 
 
@@ -418,3 +471,22 @@ def test_adding_a_subscriber_back_in_time_is_refused(server: StandIn, token: str
         server.add_subscribers(ACCOUNT, LIST, [{"email": "ok@example.com", "colour": "blue"}])
     assert server.state.subscriber_list(ACCOUNT, LIST) is not None
     assert server.state.subscriber_list(ACCOUNT, LIST).total == 250  # type: ignore[union-attr]
+
+
+def test_next_links_can_be_made_to_drop_filters_and_sort(server: StandIn, http: requests.Session, token: str) -> None:
+    """With next_links_drop_filters a find's next link keeps only ws.start and ws.size; self links are untouched."""
+    url = f"{server.api_url}/accounts/{ACCOUNT}/lists/{LIST}/subscribers"
+    params = {"ws.op": "find", "subscribed_after": "2026-01-02", "sort_key": "subscribed_at", "sort_order": "desc",
+              "status": "subscribed", "ws.size": "50"}
+    kept = get(http, url, token, **params).json()
+    assert dict(parse_qsl(urlsplit(kept["next_collection_link"]).query)) == {**params, "ws.start": "50"}
+
+    server.configure_api(next_links_drop_filters=True)
+    page = get(http, url, token, **params).json()
+    assert dict(parse_qsl(urlsplit(page["next_collection_link"]).query)) == {"ws.start": "50", "ws.size": "50"}
+    assert dict(parse_qsl(urlsplit(page["self_link"]).query)) == {**params, "ws.start": "0"}
+    assert page["entries"] == kept["entries"]
+
+    server.configure_api(next_links_drop_filters=False)
+    again = get(http, url, token, **params).json()
+    assert again["next_collection_link"] == kept["next_collection_link"]

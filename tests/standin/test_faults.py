@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from job.standin import Fault, StandIn
+from job.standin import RETRY_LATER_403_MESSAGES, Fault, StandIn
 from tests.standin.conftest import CONF_ID, bearer, refresh
 
 
@@ -58,6 +58,23 @@ def test_token_endpoint_fault_bodies(
     assert answer.status_code == fault.status
     body = answer.json()
     assert {key: body[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize("message", RETRY_LATER_403_MESSAGES)
+def test_api_403_that_asks_for_a_backoff_can_be_injected(
+    server: StandIn, http: requests.Session, message: str
+) -> None:
+    """AWeber's "try again later" 403s come as a ForbiddenError envelope with AWeber's own message."""
+    server.add_account(1)
+    token = server.issue_tokens(CONF_ID)["access_token"]
+    server.inject(Fault(status=403, message=message), path="/1.0/accounts")
+    answer = http.get(f"{server.api_url}/accounts", headers=bearer(token), timeout=5)
+    assert answer.status_code == 403
+    assert answer.json()["error"] == {
+        "status": 403, "message": message, "type": "ForbiddenError",
+        "documentation_url": "https://api.aweber.com/#forbidden",
+    }
+    assert http.get(f"{server.api_url}/accounts", headers=bearer(token), timeout=5).status_code == 200
 
 
 def test_api_status_fault_answers_the_envelope(server: StandIn, http: requests.Session) -> None:

@@ -177,7 +177,7 @@ def validate_response_only(openapi: OpenAPI, response: requests.Response) -> Non
 
 @pytest.mark.parametrize("path", ["/accounts", "/accounts/123/lists", "/accounts/123/lists/456/subscribers"])
 def test_401_validates(openapi: OpenAPI, populated: tuple[StandIn, str], path: str) -> None:
-    """The 401 for an unknown or expired token validates as UnauthorizedError."""
+    """The 401 for an unknown or expired token (RFC 6750's invalid_token) validates against the description."""
     server, _ = populated
     response = get(server, "not-a-live-token", path)
     assert response.status_code == 401
@@ -185,6 +185,7 @@ def test_401_validates(openapi: OpenAPI, populated: tuple[StandIn, str], path: s
     server.expire_access_tokens()
     expired = get(server, populated[1], path)
     assert expired.status_code == 401
+    assert expired.json()["error"] == "invalid_token"
     validate(openapi, expired)
 
 

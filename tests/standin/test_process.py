@@ -198,3 +198,35 @@ def test_reuse_detection_can_be_set_in_the_config(tmp_path: Path) -> None:
     bad, _ = start_process(tmp_path / "bad", {"reuse_detection": "yes"})
     assert bad.wait(timeout=15) == 2
     bad.communicate(timeout=5)
+
+
+def test_api_behaviour_comes_from_the_config_file_and_the_control_endpoint(tmp_path: Path) -> None:
+    """The API behaviour switches are read from the JSON config and changed through /_control/configure-api."""
+    config = {"clients": {CONF_ID: CONF_SECRET}, "next_links_drop_filters": True, "filter_day_offset_hours": 14,
+              "exclusive_day_filters": True,
+              "accounts": [{"id": 1, "lists": [{"id": 2, "size": 30, "start": START, "end": START + 29 * 60}]}]}
+    process, port_file = start_process(tmp_path, config)
+    try:
+        control = StandInControl(f"http://127.0.0.1:{wait_for_port(process, port_file)}")
+        token = control.issue_tokens(CONF_ID)["access_token"]
+        url = f"{control.api_url}/accounts/1/lists/2/subscribers"
+        params = {"ws.op": "find", "sort_key": "subscribed_at", "ws.size": "10"}
+
+        def next_link() -> str:
+            page = requests.get(url, params=params, headers=bearer(token), timeout=5).json()
+            return str(page["next_collection_link"])
+
+        assert next_link().endswith("/subscribers?ws.start=10&ws.size=10")
+        assert control.configure_api(next_links_drop_filters=False) == {
+            "filter_day_offset_hours": 14.0, "exclusive_day_filters": True, "next_links_drop_filters": False,
+        }
+        assert control.configure_api(filter_day_offset_hours=-12, exclusive_day_filters=False) == {
+            "filter_day_offset_hours": -12.0, "exclusive_day_filters": False, "next_links_drop_filters": False,
+        }
+        assert "ws.op=find&sort_key=subscribed_at" in next_link()
+        refused = requests.post(f"{control.base_url}/_control/configure-api",
+                                json={"next_links_drop_filters": "yes"}, timeout=5)
+        assert refused.status_code == 400 and "next_links_drop_filters" in refused.json()["error"]
+    finally:
+        process.kill()
+        process.communicate(timeout=10)

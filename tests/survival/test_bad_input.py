@@ -37,7 +37,7 @@ HYPOTHESIS = settings(max_examples=EXAMPLES, deadline=None, derandomize=not SOAK
 
 # Variables a generated `.env` or environment may set: none of them reaches the network or writes a file.
 SAFE_TO_VARY = (
-    "AWEBER_LOCK_TIMEOUT", "AWEBER_HTTP_TIMEOUT", "AWEBER_RATE_LIMIT", "AWEBER_REFRESH_LEEWAY",
+    "AWEBER_LOCK_TIMEOUT", "AWEBER_HTTP_TIMEOUT", "AWEBER_RATE_LIMIT", "AWEBER_REFRESH_LEEWAY", "AWEBER_RUN_TIMEOUT",
     "AWEBER_LOG_FORMAT", "AWEBER_TASK", "AWEBER_ACCOUNT_ID", "AWEBER_LIST_IDS", "AWEBER_CLIENT_SECRET",
 )
 
