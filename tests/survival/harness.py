@@ -24,9 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from job.errors import JobError
 from job.standin import StandInControl
-from job.store import load_token_file
+from tests.survival.oracle import refresh_token_in, refresh_token_or_none
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT_ID = "cid-survival"
@@ -363,9 +362,10 @@ class Workspace:
         return str(grant["refresh_token"])
 
     def file_refresh_token(self) -> str:
-        """The refresh token in the token file, read as the job reads it; raises if the file does not load."""
+        """The refresh token in the token file, checked by the suite's own rules (tests/survival/oracle.py, never
+        the job's loader); raises AssertionError when the file is not a valid token file."""
         SECRETS.add_token_file(self.token_file)
-        return load_token_file(self.token_file).tokens.refresh_token
+        return refresh_token_in(self.token_file)
 
     def temporaries(self) -> list[Path]:
         return sorted(self.state_dir.glob(".tokens.json.tmp-*"))
@@ -449,11 +449,8 @@ def assert_no_traceback(ran: Ran) -> None:
 
 
 def token_file_loads(path: Path) -> bool:
-    try:
-        load_token_file(path)
-    except JobError:
-        return False
-    return True
+    """Whether ``path`` is a valid token file by the suite's own rules (never the job's loader)."""
+    return refresh_token_or_none(path) is not None
 
 
 def file_hash(path: Path) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import string
 from collections.abc import Callable, Iterator, Mapping
@@ -23,9 +24,9 @@ from job.cli import build_parser, load_environment, main
 from job.config import load_settings
 from job.errors import JobError, UsageError
 from job.runner import parse_since
-from job.store import load_token_file
 from job.tasks import resolve_task
 from tests.survival.harness import SECRETS, SOAK, TALLY, Workspace, error_lines, file_hash
+from tests.survival.oracle import token_bytes_valid
 
 CLOSED_PORT = "http://127.0.0.1:9"
 REAL_LOOKING_TOKEN = "bad-input-refresh-token-7c1d9e"
@@ -112,13 +113,10 @@ def check(scenario: str, home: Home, outcome: Outcome, expected: int, before: st
         assert REAL_LOOKING_TOKEN not in outcome.stderr + outcome.stdout
 
 
-def expected_for_token_file(path: Path) -> int:
-    """65 when the job's own loader refuses the file; else the offline refresh fails: 75."""
-    try:
-        load_token_file(path)
-    except JobError as exc:
-        return exc.exit_code
-    return 75
+def expected_for_token_file(data: bytes) -> int:
+    """65 when the suite's own token-file rules (tests/survival/oracle.py) refuse the bytes; else the
+    offline refresh fails: 75."""
+    return 75 if token_bytes_valid(data) else 65
 
 
 @contextlib.contextmanager
@@ -177,14 +175,42 @@ token_keys = st.sampled_from(["access_token", "refresh_token", "expires_at", "ex
                               "token", "client_id", "client_secret", "scope"]) | st.text(max_size=8)
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(token_keys, inner, max_size=6), max_leaves=12)
+# Mostly-right values beside arbitrary ones, so valid and invalid documents are both common.
+string_or_any = st.text(max_size=12) | json_values
+number_or_any = st.integers() | st.floats() | st.booleans() | st.none() | json_values
 token_like = st.fixed_dictionaries(
-    {"access_token": json_values, "refresh_token": json_values},
-    optional={"expires_at": json_values, "token_type": json_values, "token": json_values},
+    {"access_token": string_or_any, "refresh_token": string_or_any},
+    optional={"expires_at": number_or_any, "expires_in": number_or_any, "token_type": string_or_any,
+              "scope": string_or_any | st.lists(st.text(max_size=6), max_size=3), "token": json_values},
+)
+valid_fields = st.fixed_dictionaries(
+    {"access_token": st.text(max_size=12), "refresh_token": st.text(min_size=1, max_size=12)},
+    optional={"expires_at": st.floats(allow_nan=False, allow_infinity=False) | st.integers(),
+              "expires_in": st.integers(0, 10**6), "token_type": st.text(max_size=8),
+              "scope": st.text(max_size=12) | st.lists(st.text(max_size=6), max_size=3)},
+)
+odd_values = st.none() | st.booleans() | st.integers() | st.sampled_from([math.nan, math.inf, -math.inf, 1.5]) \
+    | st.text(max_size=6) | st.lists(st.integers(), max_size=2) | st.dictionaries(st.text(max_size=3), st.integers(),
+                                                                                 max_size=2)
+
+
+def one_field_replaced(fields: dict[str, object], key: str, value: object, nested: bool) -> bytes:
+    """A valid document with one field set to an arbitrary value (maybe still valid), flat or nested."""
+    document = {**fields, key: value}
+    return json.dumps({"client_id": "c", "token": document} if nested else document).encode()
+
+
+near_valid_token_files = st.builds(
+    one_field_replaced, valid_fields,
+    st.sampled_from(["access_token", "refresh_token", "expires_at", "expires_in", "token_type", "scope"]),
+    odd_values, st.booleans(),
 )
 token_file_bytes = (
     st.binary(max_size=300)
     | json_values.map(lambda v: json.dumps(v).encode())
     | token_like.map(lambda v: json.dumps(v).encode())
+    | st.builds(lambda v, cid, secret: json.dumps({"client_id": cid, "client_secret": secret, "token": v}).encode(),
+                token_like, string_or_any, string_or_any)
     | token_like.map(lambda v: json.dumps({"client_id": "c", "token": v}).encode())
     | st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass"))
 )
@@ -193,14 +219,26 @@ token_file_bytes = (
 @HYPOTHESIS
 @given(data=token_file_bytes)
 def test_generated_token_files(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
-    """Whatever the bytes, `refresh` exits 65 exactly when the loader refuses them (else 75, offline), with
-    one line and no traceback, and the file is left byte for byte."""
+    """Whatever the bytes, `refresh` exits 65 exactly when the written-out token-file rules refuse them
+    (else 75, offline), with one line and no traceback, and the file is left byte for byte."""
     home = Home(tmp_path_factory.mktemp("gentoken"))
     home.token_file.write_bytes(data)
     before = file_hash(home.token_file)
-    expected = expected_for_token_file(home.token_file)
+    expected = expected_for_token_file(data)
     outcome = home.call(["refresh"], home.environ())
     check("bad input: token files (Hypothesis)", home, outcome, expected, before)
+
+
+@HYPOTHESIS
+@given(data=near_valid_token_files)
+def test_generated_near_valid_token_files(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
+    """A valid token file with one field set to an arbitrary value: `refresh` exits 65 exactly when the
+    written-out rules refuse that value (else 75, offline), the file left byte for byte."""
+    home = Home(tmp_path_factory.mktemp("gentoken"))
+    home.token_file.write_bytes(data)
+    before = file_hash(home.token_file)
+    outcome = home.call(["refresh"], home.environ())
+    check("bad input: token files (Hypothesis)", home, outcome, expected_for_token_file(data), before)
 
 
 # -- .env files and variables -----------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from job.standin import Fault
-from job.store import load_token_file, lock_path_for
+from job.store import lock_path_for
 from tests.mounts import mounted, read_only
 from tests.survival.conftest import StandInFactory
 from tests.survival.harness import (
@@ -26,6 +26,7 @@ from tests.survival.harness import (
     error_lines,
     file_hash,
 )
+from tests.survival.oracle import refresh_token_in
 
 BEFORE = "disk: refused before the refresh (nothing spent)"
 AFTER = "disk: refused after the refresh (new tokens kept: saved, rescue file or kept temporary)"
@@ -154,7 +155,7 @@ def test_single_file_bind_mount_rescues_the_new_tokens_and_the_next_run_uses_the
         assert file_hash(ws.token_file) == before
         assert ws.task_state() is None
         SECRETS.add_token_file(rescues[0])
-        rescued = load_token_file(rescues[0]).tokens.refresh_token
+        rescued = refresh_token_in(rescues[0])
         assert ws.standin.control.live_refresh_tokens() == {rescued}
         # The operator follows the message: mv <rescue file> <token file>.
         os.replace(rescues[0], ws.token_file)
@@ -186,7 +187,7 @@ def test_directory_turning_read_only_after_the_reservation_keeps_the_new_tokens_
         (kept,) = ws.temporaries()
         assert str(kept) in lines[0]
         SECRETS.add_token_file(kept)
-        assert load_token_file(kept).tokens.refresh_token in live
+        assert refresh_token_in(kept) in live
         TALLY.note(AFTER, "read-only mid-run: new tokens kept in the reserved temporary, named in the message")
         again = ws.run(["refresh"])
         assert again.returncode == 0, again.stderr

@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from job.errors import JobError
 from job.standin import Fault
-from job.store import load_token_file
 from tests.survival.conftest import StandInFactory
 from tests.survival.harness import (
     ACCOUNT_ID,
@@ -26,6 +24,7 @@ from tests.survival.harness import (
     file_hash,
     scaled,
 )
+from tests.survival.oracle import refresh_token_or_none
 from tests.survival.report import KILL_PHASES
 
 KILLS_PER_PROFILE = scaled(25, 125)
@@ -181,14 +180,9 @@ def test_sigkill_anywhere_never_loses_the_refresh_token(
 
 
 def temporaries_holding_tokens(ws: Workspace) -> set[str]:
-    """The refresh tokens of the temporaries that hold a whole token file (as the job's loader reads them)."""
-    found = set()
-    for temp in ws.temporaries():
-        try:
-            found.add(load_token_file(temp).tokens.refresh_token)
-        except JobError:
-            pass  # blanks of a reservation, or a write the kill cut short
-    return found
+    """The refresh tokens of the temporaries that hold a whole, valid token file (by the suite's own rules;
+    blanks of a reservation or a write the kill cut short hold none)."""
+    return {token for temp in ws.temporaries() if (token := refresh_token_or_none(temp)) is not None}
 
 
 def assert_the_next_run_recovers_the_interrupted_save(ws: Workspace, orphans: set[str]) -> None:
