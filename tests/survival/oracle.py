@@ -82,3 +82,43 @@ def refresh_token_or_none(path: Path) -> str | None:
     except OSError:
         return None
     return None if fields is None else str(fields["refresh_token"])
+
+
+# -- settings a `.env` file or the environment may vary (docs/design.md, configuration) -------------------
+#
+# Each value is stripped; an empty one counts as unset. Seconds: a finite number (as Python's float()
+# reads it) of at least 0, and for AWEBER_HTTP_TIMEOUT at least 0.001. AWEBER_RATE_LIMIT: a whole number
+# (as int() reads it) of at least 1. AWEBER_LOG_FORMAT: text or json, any case. AWEBER_ACCOUNT_ID: decimal
+# digits, above 0. AWEBER_LIST_IDS: comma-separated such ids. AWEBER_TASK and AWEBER_CLIENT_SECRET: any
+# text (`refresh` runs no task). Anything else is refused with exit 78.
+
+_MINIMUM_SECONDS = {"AWEBER_LOCK_TIMEOUT": 0.0, "AWEBER_REFRESH_LEEWAY": 0.0, "AWEBER_HTTP_TIMEOUT": 0.001}
+
+
+def _positive_id(text: str) -> bool:
+    return text.isdecimal() and int(text) > 0
+
+
+def setting_refused(name: str, raw: str) -> bool:
+    """Whether the value ``raw`` of the variable ``name`` must be refused (exit 78)."""
+    value = raw.strip()
+    if not value:
+        return False
+    if name in _MINIMUM_SECONDS:
+        try:
+            seconds = float(value)
+        except ValueError:
+            return True
+        return not math.isfinite(seconds) or seconds < _MINIMUM_SECONDS[name]
+    if name == "AWEBER_RATE_LIMIT":
+        try:
+            return int(value) < 1
+        except ValueError:
+            return True
+    if name == "AWEBER_LOG_FORMAT":
+        return value.lower() not in ("text", "json")
+    if name == "AWEBER_ACCOUNT_ID":
+        return not _positive_id(value)
+    if name == "AWEBER_LIST_IDS":
+        return not all(_positive_id(item.strip()) for item in value.split(","))
+    return False

@@ -17,16 +17,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from dotenv import dotenv_values
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from job.cli import build_parser, load_environment, main
-from job.config import load_settings
-from job.errors import JobError, UsageError
+from job.cli import build_parser, main
+from job.errors import UsageError
 from job.runner import parse_since
 from job.tasks import resolve_task
 from tests.survival.harness import SECRETS, SOAK, TALLY, Workspace, error_lines, file_hash
-from tests.survival.oracle import token_bytes_valid
+from tests.survival.oracle import setting_refused, token_bytes_valid
 
 CLOSED_PORT = "http://127.0.0.1:9"
 REAL_LOOKING_TOKEN = "bad-input-refresh-token-7c1d9e"
@@ -51,7 +51,17 @@ class Outcome:
 
     @property
     def error_lines(self) -> list[str]:
-        return [line for line in self.stderr.splitlines() if ": error:" in line or ": critical:" in line]
+        """The error and critical lines, in the text or the JSON log format."""
+        return [line for line in self.stderr.splitlines()
+                if ": error:" in line or ": critical:" in line or _json_level(line) in ("error", "critical")]
+
+
+def _json_level(line: str) -> object:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record.get("level") if isinstance(record, dict) else None
 
 
 class Home:
@@ -314,13 +324,12 @@ def test_env_file_that_cannot_be_read(tmp_path_factory: pytest.TempPathFactory, 
         assert how.split()[0] in outcome.error_lines[0]
 
 
-def expected_for_environment(env_file: str | None, environ: Mapping[str, str]) -> int:
-    """78 when the job's own settings loader refuses the configuration; else the offline refresh: 75."""
-    try:
-        load_settings(load_environment(env_file, environ))
-    except JobError as exc:
-        return exc.exit_code
-    return 75
+def expected_for_environment(file_values: Mapping[str, str | None], environ: Mapping[str, str]) -> int:
+    """78 when a variable the suite varies breaks the written-out rules (tests/survival/oracle.py), the
+    environment winning over the `.env` file; else the offline refresh: 75."""
+    merged = {k: v for k, v in file_values.items() if v is not None} | dict(environ)
+    refused = any(setting_refused(name, merged[name]) for name in SAFE_TO_VARY if name in merged)
+    return 78 if refused else 75
 
 
 env_values = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=12) | \
@@ -335,7 +344,7 @@ env_lines = st.one_of(
 @HYPOTHESIS
 @given(lines=st.lists(env_lines, max_size=6))
 def test_generated_env_files(tmp_path_factory: pytest.TempPathFactory, lines: list[str]) -> None:
-    """A generated `.env`: exit 78 exactly when the settings loader refuses it (else 75, offline); one line,
+    """A generated `.env`: exit 78 exactly when the written-out settings rules refuse it (else 75, offline); one line,
     no traceback, the token file untouched."""
     home = Home(tmp_path_factory.mktemp("genenv"))
     home.write_valid_tokens()
@@ -343,7 +352,10 @@ def test_generated_env_files(tmp_path_factory: pytest.TempPathFactory, lines: li
     env_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
     environ = home.environ()
     before = file_hash(home.token_file)
-    expected = expected_for_environment(str(env_file), environ)
+    # The file's syntax is python-dotenv's (read here with the library itself, not the job's loader).
+    file_values = dotenv_values(env_file)
+    assume(not any(k.startswith("AWEBER_") and k not in SAFE_TO_VARY for k in file_values))
+    expected = expected_for_environment(file_values, environ)
     outcome = home.call(["--env-file", str(env_file), "refresh"], environ)
     check("bad input: .env files (Hypothesis)", home, outcome, expected, before)
 
@@ -351,14 +363,30 @@ def test_generated_env_files(tmp_path_factory: pytest.TempPathFactory, lines: li
 @HYPOTHESIS
 @given(variables=st.dictionaries(st.sampled_from(SAFE_TO_VARY), env_values, max_size=5))
 def test_generated_variables(tmp_path_factory: pytest.TempPathFactory, variables: dict[str, str]) -> None:
-    """Generated variables: exit 78 exactly when the settings loader refuses them (else 75, offline)."""
+    """Generated variables: exit 78 exactly when the written-out settings rules refuse them (else 75, offline)."""
     home = Home(tmp_path_factory.mktemp("genvars"))
     home.write_valid_tokens()
     environ = home.environ(**variables)
     before = file_hash(home.token_file)
-    expected = expected_for_environment(None, environ)
+    expected = expected_for_environment({}, environ)
     outcome = home.call(["refresh"], environ)
     check("bad input: variables (Hypothesis)", home, outcome, expected, before)
+
+
+BOUNDARY_VALUES = ("", " ", "-1", "-0.001", "0", "0.0005", "0.001", "1", "1.5", " 5 ", "+3", "1_0", "inf", "nan",
+                   "1e309", "abc", "JSON", "text", "0,1", "1,2", "1,,2", "\u00b2", "\u0665")
+
+
+@pytest.mark.parametrize("name", SAFE_TO_VARY)
+def test_each_variable_at_its_boundaries(tmp_path_factory: pytest.TempPathFactory, name: str) -> None:
+    """Each variable the suite varies, at every value near its limits: exit 78 exactly when the written-out
+    rules refuse the value (else 75, offline), one line, the token file untouched."""
+    for value in BOUNDARY_VALUES:
+        home = Home(tmp_path_factory.mktemp("boundary"))
+        home.write_valid_tokens()
+        before = file_hash(home.token_file)
+        outcome = home.call(["refresh"], home.environ(**{name: value}))
+        check("bad input: variables (table)", home, outcome, 78 if setting_refused(name, value) else 75, before)
 
 
 # -- command lines ----------------------------------------------------------------------------------
