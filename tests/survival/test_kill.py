@@ -22,6 +22,7 @@ from tests.survival.harness import (
     assert_no_traceback,
     error_lines,
     file_hash,
+    killed_while_answer_in_flight,
     scaled,
 )
 from tests.survival.oracle import refresh_token_or_none
@@ -157,7 +158,11 @@ def test_sigkill_anywhere_never_loses_the_refresh_token(
                     assert_the_next_run_recovers_the_interrupted_save(ws, orphans)
                     TALLY.note(scenario, "new tokens written, rename killed: recovered by the next run")
                 else:
-                    # The lost-answer window: the server rotated into a token nobody holds.
+                    # The lost-answer window, and only it: the stand-in's log shows one rotation whose
+                    # answer was still on its way when the kill came. Anything else is a lost token.
+                    log = control.request_log()
+                    assert killed_while_answer_in_flight(log, started.killed_at, profile.drip_seconds), (
+                        f"the live token is gone but the answer was not in flight at the kill: {log}")
                     assert_the_next_run_explains_the_lost_answer(ws)
                     attempt.mark_lost_answer()
             if killed:
