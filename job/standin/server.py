@@ -340,7 +340,7 @@ class StandIn(Endpoints):
         return self.state.live_refresh_tokens()
 
     def issued_secrets(self) -> list[str]:
-        """Return every token and authorization code this stand-in ever issued (for secret scans)."""
+        """Return every token and code this stand-in issued and every PKCE verifier it received (for secret scans)."""
         return self.state.issued_secrets()
 
     def expire_access_tokens(self) -> None:
