@@ -38,7 +38,7 @@ def main() -> int:
             env["SURVIVAL_SOAK"] = "1"
         if args.seed is not None:
             env["SURVIVAL_SEED"] = str(args.seed)
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header",
+        command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--no-header",
                    "tests/survival", *args.pytest_args]
         started = time.monotonic()
         log_path = Path(scratch) / "pytest.log"
@@ -55,6 +55,9 @@ def main() -> int:
             print(f"survive: the suite produced no report (pytest exit {status})", file=sys.stderr)
             return status or 1
         report = json.loads(report_path.read_text(encoding="utf-8"))
+        # Why anything was skipped, as pytest said it: a skip is not a pass.
+        skips = [line for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+                 if line.startswith("SKIPPED")]
 
     scenarios = report["scenarios"]
     mode = "soak" if report["soak"] else "CI suite"
@@ -66,6 +69,8 @@ def main() -> int:
     details = render_details(scenarios)
     if details:
         print("\n" + details)
+    if skips:
+        print("\nSkipped here (not tried, not counted as survived):\n" + "\n".join(skips))
     return status
 
 

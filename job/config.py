@@ -318,7 +318,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     account_id: int | None = None
     raw_account = get("AWEBER_ACCOUNT_ID")
     if raw_account is not None:
-        if raw_account.isdigit() and int(raw_account) > 0:
+        if raw_account.isdecimal() and int(raw_account) > 0:
             account_id = int(raw_account)
         else:
             problems.append(f"AWEBER_ACCOUNT_ID must be a positive whole number, got {raw_account!r}")
@@ -328,7 +328,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     if raw_lists is not None:
         for item in raw_lists.split(","):
             item = item.strip()
-            if item.isdigit() and int(item) > 0:
+            if item.isdecimal() and int(item) > 0:
                 if int(item) not in list_ids:
                     list_ids.append(int(item))
             else:

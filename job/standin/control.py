@@ -50,7 +50,7 @@ class StandInControl(Endpoints):
         return {str(token) for token in tokens}
 
     def issued_secrets(self) -> list[str]:
-        """Return every token and authorization code the stand-in ever issued."""
+        """Return every token and authorization code the stand-in ever issued, and every PKCE verifier it received."""
         secrets = self._object(self._call("GET", "issued-secrets"))["secrets"]
         if not isinstance(secrets, list):
             raise RuntimeError("the stand-in answered an unexpected shape")

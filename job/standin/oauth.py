@@ -87,6 +87,9 @@ def _exchange_code(state: State, form: dict[str, str], client_id: str, public: b
     if not code or not redirect_uri:
         raise _Problem(400, "invalid_request", "code and redirect_uri are required")
     verifier = form.get("code_verifier")
+    if verifier:
+        # Only the client knew it; a scan for leaks of the client's secrets must look for it too.
+        state.note_received_secret(verifier)
     if not public and verifier is not None:
         raise _Problem(400, "invalid_request", "Confidential Client MUST NOT Use PKCE")
     if public and not verifier:

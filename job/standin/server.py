@@ -361,7 +361,8 @@ class StandIn(Endpoints):
         return self.state.live_refresh_tokens()
 
     def issued_secrets(self) -> list[str]:
-        """Return every token and authorization code this stand-in ever issued (for secret scans)."""
+        """Return every token and code this stand-in issued, every PKCE verifier it received and every OAuth 1.0a
+        secret it registered (for secret scans)."""
         return self.state.issued_secrets() + self.oauth1.secrets()
 
     def add_oauth1_credentials(

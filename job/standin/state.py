@@ -211,9 +211,15 @@ class State:
             }
 
     def issued_secrets(self) -> list[str]:
-        """Return every access token, refresh token and authorization code issued, live or not."""
+        """Return every access token, refresh token and authorization code issued, live or not, and every
+        PKCE verifier a client sent: the values a leak scan of the client's output looks for."""
         with self.lock:
             return list(self._issued)
+
+    def note_received_secret(self, value: str) -> None:
+        """Count a secret a client sent (a PKCE verifier) among :meth:`issued_secrets`."""
+        with self.lock:
+            self._issued.append(value)
 
     def live_refresh_tokens(self) -> set[str]:
         """Return the refresh tokens that a refresh request would currently accept."""

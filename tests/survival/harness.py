@@ -7,6 +7,7 @@ which runs it) reads them back at the end to print one table and to scan everyth
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -17,20 +18,24 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
-from job.errors import JobError
+import pytest
+import requests
+
 from job.standin import StandInControl
-from job.store import load_token_file
+from tests.survival.oracle import refresh_token_in, refresh_token_or_none
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT_ID = "cid-survival"
 CLIENT_SECRET = "survival-client-secret-5d1e8a"
+PUBLIC_CLIENT_ID = "cid-survival-public"  # a PKCE client, for `aweber-job login` runs
 ACCOUNT_ID = 1
 LIST_ID = 11
 TASK_STATE_NAME = "new-subscribers.state.json"
@@ -48,8 +53,9 @@ def scaled(ci: int, soak: int) -> int:
 # -- the tally -------------------------------------------------------------------------------------
 
 # lost_answer: the server rotated and its answer never arrived whole (the job explains it);
-# garbled_answer: the server rotated and its answer arrived, but held no readable refresh token.
-OUTCOMES = ("survived", "lost_answer", "garbled_answer", "failed")
+# garbled_answer: the server rotated and its answer arrived, but held no readable refresh token;
+# skipped: the scenario could not be set up on this machine (not tried, neither success nor failure).
+OUTCOMES = ("survived", "lost_answer", "garbled_answer", "failed", "skipped")
 
 
 @dataclass
@@ -73,12 +79,13 @@ class Tally:
             return self.rows.setdefault(scenario, Row())
 
     def record(self, scenario: str, outcome: str) -> None:
-        """Count one attempt of ``scenario`` that ended as ``outcome`` (one of OUTCOMES)."""
+        """Count one attempt of ``scenario`` that ended as ``outcome`` (one of OUTCOMES); a skipped one was
+        not tried (this machine could not set it up) and counts only as skipped."""
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
         row = self.row(scenario)
         with self._lock:
-            row.tried += 1
+            row.tried += outcome != "skipped"
             row.outcomes[outcome] += 1
 
     def note(self, scenario: str, detail: str, count: int = 1) -> None:
@@ -89,10 +96,14 @@ class Tally:
 
     @contextmanager
     def attempt(self, scenario: str) -> Iterator[Attempt]:
-        """Count one attempt: a failure when the body raises, else what the body marked (default survived)."""
+        """Count one attempt: skipped when the body skips, a failure when it raises anything else, else what
+        the body marked (default survived)."""
         attempt = Attempt()
         try:
             yield attempt
+        except pytest.skip.Exception:
+            self.record(scenario, "skipped")
+            raise
         except BaseException:
             self.record(scenario, "failed")
             raise
@@ -129,7 +140,7 @@ class Secrets:
     """Every secret value the suite handed out or read back, and where the job's output went."""
 
     def __init__(self) -> None:
-        self.values: set[str] = {CLIENT_SECRET}
+        self.values: set[str] = {CLIENT_SECRET, *basic_credentials(CLIENT_ID, CLIENT_SECRET)}
         self.scan_roots: set[Path] = set()
         self.outputs: list[tuple[str, str]] = []
         self._lock = threading.Lock()
@@ -164,8 +175,6 @@ class Secrets:
             self.scan_roots.add(path)
 
 
-SECRETS = Secrets()
-
 
 def is_token_store_file(path: Path) -> bool:
     """The token file, its temporaries (a killed save's half-written file) and rescue files may hold tokens."""
@@ -173,9 +182,63 @@ def is_token_store_file(path: Path) -> bool:
     return name == "tokens.json" or ".tokens.json.tmp-" in name or ".rescue-" in name
 
 
+def fingerprint(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:8]
+
+
+def encoded_forms(value: str) -> dict[str, str]:
+    """Every way a secret may show up, by name: as it is, JSON-escaped (ASCII or not), URL-encoded (quote with and
+    without "/" kept, quote_plus), and base64 (standard and URL-safe, with and without padding)."""
+    forms = {
+        "raw": value,
+        "JSON-escaped": json.dumps(value)[1:-1],
+        "JSON-escaped, UTF-8 kept": json.dumps(value, ensure_ascii=False)[1:-1],
+        "quote": quote(value, safe=""),
+        "quote keeping /": quote(value),
+        "quote_plus": quote_plus(value),
+    }
+    for name, encode in (("base64", base64.b64encode), ("urlsafe base64", base64.urlsafe_b64encode)):
+        encoded = encode(value.encode("utf-8")).decode("ascii")
+        forms[name] = encoded
+        forms[f"{name} unpadded"] = encoded.rstrip("=")
+    return forms
+
+
+def basic_credentials(client_id: str, secret: str) -> list[str]:
+    """The ``client_id:secret`` pairs of a Basic header (as they are, and form-encoded first as RFC 6749
+    asks): their base64 holds neither part's own base64, so they are looked for in their own right."""
+    return [f"{client_id}:{secret}", f"{quote_plus(client_id)}:{quote_plus(secret)}"]
+
+
+class SecretScanner:
+    """Finds any encoded form of any of ``values`` in a text, reporting fingerprints (never values)."""
+
+    PREFIX = 6
+
+    def __init__(self, values: Iterable[str]) -> None:
+        self._by_prefix: dict[str, list[tuple[str, str]]] = {}
+        for value in values:
+            if len(value) < self.PREFIX:
+                continue
+            for form in set(encoded_forms(value).values()):
+                self._by_prefix.setdefault(form[:self.PREFIX], []).append((form, fingerprint(value)))
+
+    def find(self, text: str) -> list[str]:
+        found: set[str] = set()
+        by_prefix = self._by_prefix
+        for i in range(len(text) - self.PREFIX + 1):
+            candidates = by_prefix.get(text[i:i + self.PREFIX])
+            if candidates:
+                found.update(fp for form, fp in candidates if text.startswith(form, i))
+        return sorted(found)
+
+
 def find_secrets(text: str, values: Sequence[str]) -> list[str]:
-    """The fingerprints (never the values) of the secrets found in ``text``."""
-    return [hashlib.sha256(v.encode()).hexdigest()[:8] for v in values if v in text]
+    """The fingerprints (never the values) of the secrets found in ``text``, in any encoded form."""
+    return SecretScanner(values).find(text)
+
+
+SECRETS = Secrets()
 
 
 # -- the ping receiver -----------------------------------------------------------------------------
@@ -224,7 +287,7 @@ def standin_config(
     request_delay_seconds: float = 0.0,
     extra_lists: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """A stand-in with one confidential client and one account whose list spans the last three days."""
+    """A stand-in with a confidential and a public client and one account whose list spans the last three days."""
     now = time.time()
     lists = [
         {"id": list_id, "name": f"List {list_id}", "size": list_size, "start": now - 3 * 86400, "end": now - 60,
@@ -232,7 +295,7 @@ def standin_config(
         for list_id in (LIST_ID, *extra_lists)
     ]
     return {
-        "clients": {CLIENT_ID: CLIENT_SECRET},
+        "clients": {CLIENT_ID: CLIENT_SECRET, PUBLIC_CLIENT_ID: None},
         "request_delay_seconds": request_delay_seconds,
         "accounts": [{"id": ACCOUNT_ID, "company": "Survival Testing", "lists": lists}],
     }
@@ -368,9 +431,50 @@ class Workspace:
         return str(grant["refresh_token"])
 
     def file_refresh_token(self) -> str:
-        """The refresh token in the token file, read as the job reads it; raises if the file does not load."""
+        """The refresh token in the token file, checked by the suite's own rules (tests/survival/oracle.py, never
+        the job's loader); raises AssertionError when the file is not a valid token file."""
         SECRETS.add_token_file(self.token_file)
-        return load_token_file(self.token_file).tokens.refresh_token
+        return refresh_token_in(self.token_file)
+
+    def login(self, *, public: bool, args: Sequence[str] = (), label: str = "login") -> Ran:
+        """Run ``python -m job [ARGS] login`` as a person would: once it prints the authorize URL, approve it at
+        the stand-in and paste the code at the prompt (a public client uses PKCE, a confidential one its
+        secret). Its output joins the scanned outputs; the code and any verifier are among the stand-in's
+        issued secrets."""
+        env = self.env(AWEBER_CLIENT_ID=PUBLIC_CLIENT_ID) if public else self.env()
+        if public:
+            env.pop("AWEBER_CLIENT_SECRET")
+        out_path, err_path = self._log_paths(label)
+        with open(err_path, "wb") as err:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "job", *args, "login"], env=env, cwd=REPO, text=True,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+            )
+            assert process.stdin is not None and process.stdout is not None
+            seen: list[str] = []
+            try:
+                while line := process.stdout.readline():
+                    seen.append(line)
+                    if line.startswith(("http://", "https://")):
+                        approval = requests.get(line.strip(), allow_redirects=False, timeout=10)
+                        if approval.status_code == 302:
+                            code = parse_qs(urlsplit(approval.headers["Location"]).query)["code"][0]
+                        else:
+                            code = approval.headers["X-Authorization-Code"]
+                        process.stdin.write(code + "\n")
+                        break
+                process.stdin.close()
+                seen.append(process.stdout.read())
+                code_returned = process.wait(timeout=60)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        stdout = "".join(seen)
+        out_path.write_text(stdout, encoding="utf-8")
+        stderr = err_path.read_text(encoding="utf-8", errors="replace")
+        SECRETS.add_output(f"{[*args, 'login']} -> {code_returned}", stdout + stderr)
+        return Ran([*args, "login"], code_returned, stdout, stderr)
 
     def temporaries(self) -> list[Path]:
         return sorted(self.state_dir.glob(".tokens.json.tmp-*"))
@@ -422,11 +526,13 @@ class Started:
     out_path: Path
     err_path: Path
     started_at: float
+    killed_at: float | None = None  # wall-clock time of the SIGKILL, comparable with the stand-in's log
 
     def kill(self) -> bool:
         """SIGKILL the process if it still runs; return whether it was running."""
         if self.process.poll() is not None:
             return False
+        self.killed_at = time.time()
         self.process.send_signal(signal.SIGKILL)
         return True
 
@@ -443,6 +549,45 @@ class Started:
         return Ran(self.args, code, stdout, stderr)
 
 
+# -- lost answers, from the stand-in's request log -------------------------------------------------------
+
+# The job holds a token answer only once it has read, parsed and written it to its temporary; on a
+# loaded two-core machine that can take this long after the stand-in produced the answer.
+IN_FLIGHT_GRACE_SECONDS = 0.5
+# A token answer's body is a few hundred bytes; a dripping one takes this many bytes' worth of drips.
+TOKEN_ANSWER_BYTES_AT_MOST = 1024
+
+
+def rotations(request_log: Sequence[Mapping[str, object]]) -> list[Mapping[str, object]]:
+    """The refresh requests the stand-in answered with new tokens (it rotated), oldest first."""
+    return [entry for entry in request_log
+            if entry.get("kind") == "token" and entry.get("grant_type") == "refresh_token"
+            and entry.get("status") == 200]
+
+
+def answer_never_arrived(request_log: Sequence[Mapping[str, object]]) -> bool:
+    """Whether the stand-in rotated exactly once and did not deliver that answer whole (dropped after
+    processing, truncated, or dripped: the client's read timeout may end it first)."""
+    rotated = rotations(request_log)
+    if len(rotated) != 1:
+        return False
+    entry = rotated[0]
+    return entry.get("outcome") in ("dropped_after", "truncated") or "drip" in str(entry.get("fault") or "")
+
+
+def killed_while_answer_in_flight(request_log: Sequence[Mapping[str, object]], killed_at: float | None,
+                                  drip_seconds: float = 0.0) -> bool:
+    """Whether the stand-in rotated exactly once and the SIGKILL came before the job can have held that
+    answer: before the stand-in produced it (a server does not know its client died) or within the grace
+    above after it, plus the drip's time for a dripping answer."""
+    rotated = rotations(request_log)
+    if killed_at is None or len(rotated) != 1:
+        return False
+    answered_at = float(rotated[0]["time"])  # type: ignore[arg-type]
+    in_flight = IN_FLIGHT_GRACE_SECONDS + drip_seconds * TOKEN_ANSWER_BYTES_AT_MOST
+    return killed_at <= answered_at + in_flight
+
+
 def error_lines(stderr: str) -> list[str]:
     """The job's error and critical lines."""
     return [line for line in stderr.splitlines() if ": error:" in line or ": critical:" in line]
@@ -454,11 +599,8 @@ def assert_no_traceback(ran: Ran) -> None:
 
 
 def token_file_loads(path: Path) -> bool:
-    try:
-        load_token_file(path)
-    except JobError:
-        return False
-    return True
+    """Whether ``path`` is a valid token file by the suite's own rules (never the job's loader)."""
+    return refresh_token_or_none(path) is not None
 
 
 def file_hash(path: Path) -> str | None:

@@ -16,6 +16,7 @@ from tests.survival.harness import (
     LIST_ID,
     TALLY,
     Workspace,
+    answer_never_arrived,
     assert_no_traceback,
     error_lines,
     file_hash,
@@ -119,9 +120,13 @@ def test_fault_gives_the_spec_exit_code_and_keeps_the_token(
         elif at_token:
             assert file_hash(ws.token_file) == file_before
             assert ws.task_state() is None
-            if misbehaviour.explains_lost_answer:
-                # The server rotated, the answer never arrived: the run says so and what to do.
-                assert token_before not in live_after and len(live_after) == 1
+            if token_before not in live_after:
+                # The server rotated: only an answer its log shows undelivered may leave the file behind.
+                log = standin.control.request_log()
+                assert answer_never_arrived(log), f"the live token is gone but its answer was delivered: {log}"
+                assert len(live_after) == 1
+                # The run says so and what to do.
+                assert misbehaviour.explains_lost_answer, ran.stderr
                 assert misbehaviour.explains_lost_answer in lines[0], lines[0]
                 assert "aweber-job login" in lines[0]
                 attempt.mark_lost_answer()

@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from job.errors import JobError
 from job.standin import Fault
-from job.store import load_token_file
 from tests.survival.conftest import StandInFactory
 from tests.survival.harness import (
     ACCOUNT_ID,
@@ -24,8 +22,10 @@ from tests.survival.harness import (
     assert_no_traceback,
     error_lines,
     file_hash,
+    killed_while_answer_in_flight,
     scaled,
 )
+from tests.survival.oracle import refresh_token_or_none
 from tests.survival.report import KILL_PHASES
 
 KILLS_PER_PROFILE = scaled(25, 125)
@@ -158,7 +158,11 @@ def test_sigkill_anywhere_never_loses_the_refresh_token(
                     assert_the_next_run_recovers_the_interrupted_save(ws, orphans)
                     TALLY.note(scenario, "new tokens written, rename killed: recovered by the next run")
                 else:
-                    # The lost-answer window: the server rotated into a token nobody holds.
+                    # The lost-answer window, and only it: the stand-in's log shows one rotation whose
+                    # answer was still on its way when the kill came. Anything else is a lost token.
+                    log = control.request_log()
+                    assert killed_while_answer_in_flight(log, started.killed_at, profile.drip_seconds), (
+                        f"the live token is gone but the answer was not in flight at the kill: {log}")
                     assert_the_next_run_explains_the_lost_answer(ws)
                     attempt.mark_lost_answer()
             if killed:
@@ -181,14 +185,9 @@ def test_sigkill_anywhere_never_loses_the_refresh_token(
 
 
 def temporaries_holding_tokens(ws: Workspace) -> set[str]:
-    """The refresh tokens of the temporaries that hold a whole token file (as the job's loader reads them)."""
-    found = set()
-    for temp in ws.temporaries():
-        try:
-            found.add(load_token_file(temp).tokens.refresh_token)
-        except JobError:
-            pass  # blanks of a reservation, or a write the kill cut short
-    return found
+    """The refresh tokens of the temporaries that hold a whole, valid token file (by the suite's own rules;
+    blanks of a reservation or a write the kill cut short hold none)."""
+    return {token for temp in ws.temporaries() if (token := refresh_token_or_none(temp)) is not None}
 
 
 def assert_the_next_run_recovers_the_interrupted_save(ws: Workspace, orphans: set[str]) -> None:
