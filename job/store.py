@@ -24,7 +24,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
@@ -42,6 +42,14 @@ MAX_LOCK_FILE_BYTES = 4096
 # the file system just cannot promise its durability that way.
 UNSYNCABLE_DIRECTORY_ERRNOS = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
 _directories_said_unsyncable: set[str] = set()
+# A file system that turns read-only under a run (ext4 with errors=remount-ro after a disk error) refuses
+# the token file, the reservation and the rescue file beside it alike. The last place a rescue file is
+# written is then a private directory on another file system, in memory: it lasts until the machine
+# restarts, and the next run puts it in place once the token file can be written again.
+FALLBACK_RESCUE_ROOT = Path("/dev/shm")  # noqa: S108 - a private 0700 directory of its own, checked before use
+# A fallback rescue file's name ends with the hash of the refresh token it replaced, so the next run can
+# tell it is the newer one even when the lock file's record could not be written.
+FROM_MARK = ".from-"
 
 
 def resolve_target(path: Path) -> Path:
@@ -652,6 +660,8 @@ class FoundFile:
     kind: str
     tokens: TokenFile | None
     refresh_hash: str | None
+    # For a fallback rescue file: the first 16 hex digits of the hash of the refresh token it replaced.
+    parent: str | None = None
 
     @property
     def expires_at(self) -> float | None:
@@ -747,6 +757,71 @@ def _read_current(target: Path) -> FoundFile | None:
     return FoundFile(target, "token file", tokens, token_hash(tokens.refresh_token))
 
 
+def fallback_rescue_directory(*, create: bool) -> Path | None:
+    """The private directory for rescue files on another file system (see FALLBACK_RESCUE_ROOT), or None
+    when it is missing or not safe: it must be a real directory, the job's own, closed to others."""
+    path = FALLBACK_RESCUE_ROOT / f"aweber-job-{os.geteuid()}"
+    if create:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError:
+            return None
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        return None
+    return path
+
+
+def _fallback_prefix(target: Path) -> str:
+    """The start of the fallback rescue files' names for ``target``: a hash of its path, then its name."""
+    import hashlib
+
+    return f"{hashlib.sha256(os.fsencode(target)).hexdigest()[:16]}-{target.name}{RESCUE_MARK}"
+
+
+def _fallback_rescues(target: Path) -> list[FoundFile | Untrusted]:
+    """The fallback rescue files for ``target``, oldest first."""
+    directory = fallback_rescue_directory(create=False)
+    if directory is None:
+        return []
+    prefix = _fallback_prefix(target)
+    try:
+        names = sorted(name for name in os.listdir(directory) if name.startswith(prefix))
+    except OSError:
+        return []
+    found: list[FoundFile | Untrusted] = []
+    for name in names:
+        item = _read_found(directory / name, "rescue file", {os.geteuid()})
+        if isinstance(item, FoundFile) and FROM_MARK in name:
+            item = replace(item, parent=name.rsplit(FROM_MARK, 1)[1])
+        found.append(item)
+    return found
+
+
+def _write_fallback_rescue(target: Path, content: bytes, now: float, spent: str | None) -> Path:
+    """Write a rescue file for ``target`` in the fallback directory; raise OSError when it cannot."""
+    directory = fallback_rescue_directory(create=True)
+    if directory is None:
+        raise OSError(errno.EACCES, "no private fallback directory", str(FALLBACK_RESCUE_ROOT))
+    stamp = rescue_path_for(target, now).name.rsplit(RESCUE_MARK, 1)[1]
+    path = directory / f"{_fallback_prefix(target)}{stamp}{FROM_MARK}{(spent or 'login')[:16]}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, content)
+        os.fsync(fd)
+    except OSError:
+        os.close(fd)
+        _unlink_quietly(path)
+        raise
+    os.close(fd)
+    return path
+
+
 def survey_token_directory(token_file: Path, record: Record | None) -> Survey:
     """Decide, by content and the lock file's ``record``, what to do with what lies beside the token file.
 
@@ -782,6 +857,11 @@ def survey_token_directory(token_file: Path, record: Record | None) -> Survey:
             survey.blank.append(found.path)
         else:
             temps.append(found)
+    for found in _fallback_rescues(target):
+        if isinstance(found, Untrusted):
+            survey.untrusted.append(found)
+        elif found.tokens is not None:
+            survey.rescues.append(found)
 
     current = survey.current
     current_hash = current.refresh_hash if current is not None else None
@@ -794,6 +874,17 @@ def survey_token_directory(token_file: Path, record: Record | None) -> Survey:
             survey.rescues = [r for r in survey.rescues if r is not live]
             survey.resolved = True
             return survey
+
+    # A fallback rescue file names the refresh token it replaced: when the token file still holds that one,
+    # or the record says it was being spent, the rescue file holds its successor (the token file may even
+    # have been left empty by the same failing disk).
+    spent_known = {h[:16] for h in (current_hash, record.spent if record is not None else None) if h}
+    children = [r for r in survey.rescues if r.parent is not None and r.parent in spent_known]
+    if children and current is not None:
+        survey.recover = children[-1]
+        survey.rescues = [r for r in survey.rescues if r is not survey.recover]
+        survey.kept = [(t, "a rescue file holds newer tokens") for t in temps]
+        return survey
 
     # No record names a file that is here: decide by content, and delete nothing whole.
     if current is None:
@@ -887,8 +978,14 @@ def tidy_temp_files(token_file: Path, lock: TokenLock) -> TempCleanup:
     recovered = survey.recover
     if recovered is not None:
         try:
-            os.replace(recovered.path, target)
-            _fsync_directory(target.parent)
+            if recovered.path.parent == target.parent:
+                os.replace(recovered.path, target)
+                _fsync_directory(target.parent)
+            else:
+                # A fallback rescue file lives on another file system: copy it in, then remove it.
+                assert recovered.tokens is not None
+                write_file_atomically(target, recovered.tokens.to_bytes())
+                _unlink_quietly(recovered.path)
         except OSError as exc:
             raise StorageError(
                 f"{recovered.path} holds newer tokens than {target}, saved by an interrupted run, and cannot be "
@@ -1020,9 +1117,22 @@ def save_rotated_tokens(
                 f"file could be written ({_describe_os_error(exc)}). Leave that file alone: once "
                 f"{target.parent} is writable again the next run puts it in place (or: mv {kept} {target})"
             ) from exc
+        # Nothing beside the token file took the new tokens: the whole file system may have turned read-only.
+        try:
+            fallback = _write_fallback_rescue(target, content, now(), spent)
+        except OSError:
+            fallback = None
+        if fallback is not None:
+            raise TokenNotSavedError(
+                f"the refresh succeeded but {target.parent} refused every write ({_describe_os_error(exc)}: a file "
+                f"system turned read-only?); the new tokens were saved to the rescue file {fallback}, on another "
+                f"file system, in memory: it is gone if the machine restarts. Once {target} can be written again "
+                f"the next run puts it in place (or: cp {fallback} {target})"
+            ) from exc
         raise TokenNotSavedError(
             "the refresh succeeded but the new tokens could not be saved anywhere: tried "
-            f"{target} and the rescue file {rescue} ({_describe_os_error(exc)}). The old refresh token "
+            f"{target}, the rescue file {rescue} ({_describe_os_error(exc)}) and one in {FALLBACK_RESCUE_ROOT}. "
+            "The old refresh token "
             "may no longer work; free space or fix permissions, then run: aweber-job login"
         ) from exc
     if kept is not None:
