@@ -1,4 +1,4 @@
-"""The AWeber REST client that tasks get: pacing, retries, refresh-on-401, pagination (SPEC §7).
+"""The AWeber REST client that tasks get: pacing, retries, refresh-on-401, pagination (docs/design.md §6).
 
 One ``requests`` session, passed in. Every request carries the ``Authorization`` header its token
 source gives (a bearer token, or a legacy OAuth 1.0a signature), asks for JSON, has connect and
@@ -40,9 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# AWeber's documented page size limit (API-FACTS §2.7): 1–100, default 100.
+# AWeber's documented page size limit (docs/aweber-api.md §2.2): 1–100, default 100.
 PAGE_SIZE = 100
-# AWeber blocks a rate-limited account for 60 s (API-FACTS §3.2); the rolling window is a minute.
+# AWeber blocks a rate-limited account for 60 s (docs/aweber-api.md §3); the rolling window is a minute.
 DEFAULT_WINDOW_SECONDS = 60.0
 # A page of 100 subscribers is about 100 KB; anything near this is not an AWeber answer.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
@@ -385,8 +385,14 @@ class ApiClient:
                         "the account may have disconnected this integration",
                         hint=REAUTHORIZE_HINT,
                     ) from None
-                log.info("the API answered 401 to GET %s (%s); refreshing the access token once", path, refused.detail)
-                self._tokens.refresh("the API answered 401")
+                log.info("the API answered 401 to GET %s (%s)", path, refused.detail)
+                try:
+                    self._tokens.refresh("the API answered 401")
+                except AuthError as exc:
+                    # Refused, or nothing to refresh (legacy OAuth 1.0a): say which request was refused.
+                    raise AuthError(
+                        f"the API answered 401 to GET {path} ({refused.detail}); {exc.message}", hint=exc.hint
+                    ) from None
                 refreshed = True
 
     def _attempt(self, url: str, params: Mapping[str, str | int] | None) -> Any:

@@ -141,7 +141,7 @@ class TokenKeeper:
         carried a new refresh token but nothing this run can use.
         """
         if self._tokens is not None and self._tokens.oauth1 is not None:
-            raise AuthError(f"{reason}, and OAuth 1.0a tokens cannot be refreshed", hint=DISCONNECTED_HINT)
+            raise AuthError("OAuth 1.0a tokens cannot be refreshed", hint=DISCONNECTED_HINT)
         if self._client is None or self._tokens is None or self._lock is None:
             raise RuntimeError("open() the keeper before refreshing")
         current_size = len(self._tokens.to_bytes())

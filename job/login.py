@@ -151,6 +151,12 @@ def _refuse_to_overwrite(path: Path, *, force: bool) -> None:
             f"token file {path} is a directory, not a file", hint="set AWEBER_TOKEN_FILE to a file path"
         )
     if path.exists() and not force:
+        existing = _load_existing(path, warn=False)
+        if existing is not None and existing.oauth1 is not None:
+            raise UsageError(
+                f"token file {path} holds legacy OAuth 1.0a tokens; use --force to replace them with OAuth 2 "
+                "tokens. The job cannot revoke OAuth 1.0a tokens: disconnect the old integration in AWeber"
+            )
         raise UsageError(
             f"token file {path} exists; use --force to replace it. --force does not revoke its refresh token, "
             "which may still work: to end it, run aweber-job revoke first (that removes the file too)"

@@ -3,7 +3,7 @@
 Three small steps, as in google-auth's client: build the request, send it (translating transport
 errors into "not sent" or "sent, answer lost"), and classify the answer. Only the refresh and code
 exchange are retried, and only for outcomes classified as transient; an answer that may have been
-lost after the server acted on it is resent at most once (SPEC §5).
+lost after the server acted on it is resent at most once (docs/design.md §4).
 """
 
 from __future__ import annotations
@@ -419,7 +419,7 @@ class TokenCall:
 
 
 def refresh_tokens(call: TokenCall, client: Client, refresh_token: str) -> TokenAnswer:
-    """Exchange ``refresh_token`` for new tokens (SPEC §5)."""
+    """Exchange ``refresh_token`` for new tokens (docs/design.md §4)."""
     form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
     return call.post(form, client, what="the refresh", consumed_hint="the refresh token")
 

@@ -42,7 +42,7 @@ EXTRA_HINT = "install the extra: pip install 'aweber-job[oauth1]'"
 MIGRATE_HINT = "AWeber asks integrations to move to OAuth 2: aweber-job login --force"
 DISCONNECTED_HINT = (
     "the customer may have disconnected the integration in AWeber, or the consumer key or secret is wrong; "
-    "OAuth 1.0a tokens cannot be refreshed: authorize again with OAuth 2: aweber-job login --force"
+    "to authorize again, with OAuth 2: aweber-job login --force"
 )
 
 

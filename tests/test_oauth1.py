@@ -168,6 +168,10 @@ def test_a_disconnected_integration_is_77(job: JobFiles) -> None:
     result = run_job(["run", "--task", "new-subscribers"], legacy_env(job))
     assert result.returncode == 77, result.stderr
     assert "cannot be refreshed" in result.stderr and token_requests(job.standin) == 0
+    # One line that says which request was refused and why, and no promise of a refresh that cannot be.
+    assert "refreshing" not in result.stderr, result.stderr
+    (line,) = [text for text in result.stderr.splitlines() if ": error: " in text]
+    assert "GET /1.0/accounts" in line and "HTTP 401" in line, line
 
 
 def test_refresh_says_there_is_nothing_to_refresh(job: JobFiles) -> None:
@@ -201,6 +205,9 @@ def test_login_force_replaces_oauth1_tokens_with_oauth2_ones(job: JobFiles) -> N
     code = code_from(approve(str(url)))
     refused = run_job(["login", "--code", code], job.env())
     assert refused.returncode == 64  # no silent overwrite
+    # The way out it names must work for OAuth 1.0a tokens, which `revoke` cannot end.
+    assert "revoke first" not in refused.stderr and "--force" in refused.stderr, refused.stderr
+    assert "OAuth 1.0a" in refused.stderr and "disconnect" in refused.stderr, refused.stderr
     result = run_job(["login", "--force", "--code", code], job.env())
     assert result.returncode == 0, result.stderr
     document = json.loads(job.token_file.read_text(encoding="utf-8"))

@@ -132,7 +132,8 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_token_endpoint_outcomes(job: JobFiles, seen: Seen, case: Case) -> None:
-    """Each answer is retried or not as SPEC §5 says, with the right exit code; the file changes only on success."""
+    """Each answer is retried or not as docs/design.md §4 says, with the right exit code; the file changes only
+    on success."""
     job.write_tokens()
     before = job.token_file.read_bytes()
     old_refresh = json.loads(before)["refresh_token"]

@@ -41,7 +41,7 @@ _TYPE_LINK = "https://api.aweber.com/1.0/#"
 _INTEGER = re.compile(r"-?\d+")
 _ID = re.compile(r"\d{1,18}")
 
-# Find filters AWeber documents for lists (API-FACTS §2.5) that the stand-in does not evaluate;
+# Find filters AWeber documents for lists (docs/aweber-api.md §2.4) that the stand-in does not evaluate;
 # refusing them is better than silently returning every subscriber.
 _UNSUPPORTED_FILTERS = (
     "ad_tracking", "area_code", "city", "country", "custom_fields", "dma_code",
@@ -152,7 +152,7 @@ class Api:
             self._authenticate(request)
             if not self._limiter.admit(self._buckets(request)):
                 self._ledger.note_rate_limited()
-                # AWeber sends no Retry-After with it (API-FACTS §3.2).
+                # AWeber sends no Retry-After with it (docs/aweber-api.md §3).
                 return envelope(403, RATE_LIMIT_MESSAGE, "ForbiddenError")
             with self._state.lock:
                 return self._route(request)
@@ -187,10 +187,10 @@ class Api:
             else:
                 raise _ApiProblem(401, "Invalid token: use the Authorization: Bearer scheme.")
         else:
-            # AWeber also accepts the token as a query parameter (API-FACTS §1.9).
+            # AWeber also accepts the token as a query parameter (docs/aweber-api.md §2.1).
             token = request.query_value("access_token")
         if not token:
-            # What AWeber answers to a request without OAuth 2 credentials (API-FACTS §3.4).
+            # What AWeber answers to a request without OAuth 2 credentials (docs/aweber-api.md §4).
             raise _ApiProblem(400, "Missing oauth parameters: oauth_consumer_key", "MissingOAuthParametersError")
         problem = self._state.access_token_problem(token)
         if problem is not None:
@@ -453,7 +453,7 @@ def _segments(path: str) -> list[str]:
 
 
 def _value(request: Request, name: str) -> str | None:
-    """Return a query value; AWeber treats empty values as omitted (API-FACTS §2.5)."""
+    """Return a query value; AWeber treats empty values as omitted (docs/aweber-api.md §2.4)."""
     value = request.query_value(name)
     return value if value else None
 

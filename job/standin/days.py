@@ -1,7 +1,7 @@
 """Timestamps and filter days as the stand-in shows them: everything at the fixed offset -05:00.
 
 AWeber does not document which time zone its day filters (``subscribed_after``,
-``subscribed_before``, ``subscribed_at``) use for the day boundary (API-FACTS, open question 4).
+``subscribed_before``, ``subscribed_at``) use for the day boundary (docs/aweber-api.md §2.4).
 AWeber is a US company and the timestamps in its own examples carry US Eastern offsets
 (``2015-10-13T16:19:20-04:00``), so the stand-in picks one rule and keeps it everywhere:
 
@@ -27,7 +27,7 @@ AWEBER_OFFSET = timezone(timedelta(hours=-5))
 
 SECONDS_PER_DAY = 86_400
 
-# AWeber's find operation accepts both 'YYYY-MM-DD' and 'MM-DD-YYYY' (API-FACTS §2.5).
+# AWeber's find operation accepts both 'YYYY-MM-DD' and 'MM-DD-YYYY' (docs/aweber-api.md §2.4).
 _ISO_DAY = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 _US_DAY = re.compile(r"(\d{2})-(\d{2})-(\d{4})")
 

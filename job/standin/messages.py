@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 
 JSON_CONTENT_TYPE = "application/json"
 
-# Error types per status from AWeber's Troubleshooting section (API-FACTS §3.3).
+# Error types per status from AWeber's Troubleshooting section (docs/aweber-api.md §4).
 ENVELOPE_TYPES: Mapping[int, str] = {
     400: "BadRequestError",
     401: "UnauthorizedError",

@@ -1,6 +1,6 @@
 """AWeber's OAuth 2 endpoints: token (refresh and authorization-code grants), authorize and revoke.
 
-Client authentication follows AWeber's documentation (API-FACTS §1.4): a confidential client
+Client authentication follows AWeber's documentation (docs/aweber-api.md §1.3): a confidential client
 sends HTTP Basic ``client_id:client_secret`` (or both in the form body); a public client sends
 ``client_id`` in the body and never a secret (a Basic header with an empty password is also
 accepted, as AWeber's revoke documentation describes). Public clients must use PKCE S256,
@@ -25,7 +25,7 @@ OOB_REDIRECT_URI = "urn:ietf:wg:oauth:2.0:oob"
 # The header that carries the code on the out-of-band page, so tests need not parse HTML.
 CODE_HEADER = "X-Authorization-Code"
 
-# AWeber's scopes (API-FACTS §1.8).
+# AWeber's scopes (docs/aweber-api.md §1.7).
 KNOWN_SCOPES = frozenset(
     {
         "account.read", "list.read", "list.write", "subscriber.read", "subscriber.write",

@@ -1,4 +1,4 @@
-"""AWeber's API rate limit: at most N requests per account in any rolling window (API-FACTS §3.1).
+"""AWeber's API rate limit: at most N requests per account in any rolling window (docs/aweber-api.md §3).
 
 Only admitted requests fill the window, so a client that hammers a refusing server is let in
 again as soon as its oldest admitted request is ``window_seconds`` old — AWeber's "you will be

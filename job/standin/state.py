@@ -1,6 +1,6 @@
 """What the stand-in knows: OAuth clients, tokens, authorization codes, accounts and their lists.
 
-Token rules, as API-FACTS §1.7 leads us to assume for AWeber:
+Token rules, as docs/aweber-api.md §1.6 leads us to assume for AWeber:
 
 * an access token lives ``access_token_lifetime_seconds`` (AWeber: two hours) by the injected clock;
 * every refresh token works exactly once: a refresh answers a new access token *and* a new
@@ -30,7 +30,7 @@ DEFAULT_SCOPE = "account.read list.read subscriber.read"
 DEFAULT_ACCESS_TOKEN_LIFETIME_SECONDS = 7200
 AUTHORIZATION_CODE_LIFETIME_SECONDS = 600
 
-# AWeber's tokens in its documented traces are 32 letters and digits (API-FACTS §1.6).
+# AWeber's tokens in its documented traces are 32 letters and digits (docs/aweber-api.md §1.5).
 _TOKEN_ALPHABET = string.ascii_letters + string.digits
 _TOKEN_CHARS = 32
 

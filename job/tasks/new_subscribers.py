@@ -53,7 +53,7 @@ CLOCK_SKEW_NOTICE = timedelta(minutes=5)
 EARLIEST_ZONE = timezone(timedelta(hours=-12))
 
 # Lenient ISO 8601: 'T' or space; seconds and fraction optional; 'Z', '+hh:mm', '+hhmm', '+hh' or no
-# offset (= UTC). AWeber's own examples show all of these shapes (API-FACTS §2.8).
+# offset (= UTC). AWeber's own examples show all of these shapes (docs/aweber-api.md §2.5).
 _TIMESTAMP = re.compile(
     r"""\s*(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})
         (?:[Tt\s](?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:[.,](?P<fraction>\d+))?)?)?

@@ -1,5 +1,5 @@
 """Every kind of misbehaviour from the stand-in, on every request of a `run` (the token endpoint and each
-API request of the task): the exit code SPEC §8 gives, and a token file that loads and holds the live
+API request of the task): the exit code docs/design.md §7 gives, and a token file that loads and holds the live
 token — or, when no rotation happened or its answer was lost, is left as it was."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ API = ("GET accounts", "GET lists", "GET find subscribers")
 
 @dataclass(frozen=True)
 class Misbehaviour:
-    """One kind of fault, the variables it needs, and the exit code SPEC §8 gives for it at each place."""
+    """One kind of fault, the variables it needs, and the exit code docs/design.md §7 gives for it at each place."""
 
     name: str
     faults: tuple[Fault, ...]
@@ -91,7 +91,8 @@ CASES = [(m, where) for m in MISBEHAVIOURS for where in m.places]
 def test_fault_gives_the_spec_exit_code_and_keeps_the_token(
     misbehaviour: Misbehaviour, where: str, start_standin: StandInFactory, new_workspace: Callable[..., Workspace]
 ) -> None:
-    """A fault at one request of a run ends it with SPEC §8's exit code; the token file holds the live token,
+    """A fault at one request of a run ends it with the exit code of docs/design.md §7; the token file holds the
+    live token,
     or is unchanged when nothing rotated or the rotated answer was lost (and then the message says so)."""
     at_token = where == "token endpoint"
     expected = misbehaviour.at_token if at_token else misbehaviour.at_api
