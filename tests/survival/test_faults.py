@@ -92,8 +92,8 @@ def test_fault_gives_the_spec_exit_code_and_keeps_the_token(
     misbehaviour: Misbehaviour, where: str, start_standin: StandInFactory, new_workspace: Callable[..., Workspace]
 ) -> None:
     """A fault at one request of a run ends it with the exit code of docs/design.md §7; the token file holds the
-    live token,
-    or is unchanged when nothing rotated or the rotated answer was lost (and then the message says so)."""
+    live token, or is unchanged when nothing rotated or the rotated answer was lost (and then the message says
+    so)."""
     at_token = where == "token endpoint"
     expected = misbehaviour.at_token if at_token else misbehaviour.at_api
     scenario = f"faults @ {'token endpoint' if at_token else 'API requests of the task'}"
