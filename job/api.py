@@ -32,7 +32,7 @@ import requests
 import urllib3
 
 from job.config import format_duration
-from job.errors import ApiError, AuthError, JobError, RunTimeoutError, TemporaryError, shorten
+from job.errors import ApiError, AuthError, CollectionShiftedError, JobError, RunTimeoutError, TemporaryError, shorten
 from job.retries import call_with_retries, parse_retry_after
 
 if TYPE_CHECKING:
@@ -153,6 +153,13 @@ def _ws_start(pairs: list[tuple[str, str]]) -> int | None:
     """The last ``ws.start`` among query pairs as a number; None when absent or not a whole number."""
     values = [value for key, value in pairs if key == "ws.start"]
     return int(values[-1]) if values and values[-1].isdigit() else None
+
+
+def _with_start(link: str, start: int) -> str:
+    """``link`` with its ``ws.start`` set to ``start``."""
+    parts = urlsplit(link)
+    pairs = [(key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True) if key != "ws.start"]
+    return urlunsplit(parts._replace(query=urlencode([("ws.start", str(start)), *pairs])))
 
 
 def _held_to(link: str, asked: list[tuple[str, str]]) -> str:
@@ -294,9 +301,16 @@ class ApiClient:
         return self._get_json(self.resolve(url_or_path), params)
 
     def walk(
-        self, url_or_path: str, params: Mapping[str, str | int] | None = None
+        self, url_or_path: str, params: Mapping[str, str | int] | None = None, *, overlap: bool = False
     ) -> Iterator[dict[str, Any]]:
         """Yield the entries of a collection, page after page through ``next_collection_link``.
+
+        With ``overlap`` each next page is asked from one entry earlier, and must begin with the last
+        entry of the page before (by id); it is not yielded twice. Pages are addressed by offset, so an
+        entry that leaves (or joins) the collection before the offset between two requests shifts every
+        later one by a place, and one would be skipped unseen: the walk then raises
+        CollectionShiftedError, for the caller to read on from what it has. This costs one request in
+        every 99 pages.
 
         The first request asks for ``ws.size=100`` unless ``params`` or the URL set it. Only one
         page is held at a time. A next link is not trusted to keep what the walk asked for: every
@@ -315,13 +329,24 @@ class ApiClient:
         path = self._path(url)
         start = _ws_start(asked) or 0
         page = self._get_json(url, query)
+        last_id: object = None
+        overlapping = False
         while True:
             entries = page.get("entries") if isinstance(page, dict) else None
             if not isinstance(entries, list):
                 raise ApiError(f"GET {path}: the answer is not a collection (no entries list)")
+            if overlapping:
+                first = entries[0] if entries else None
+                if not isinstance(first, dict) or first.get("id") != last_id:
+                    raise CollectionShiftedError(
+                        f"GET {path}: the collection changed while it was read (the page at ws.start={start} does "
+                        "not begin where the one before ended)"
+                    )
+                entries = entries[1:]
             for entry in entries:
                 if not isinstance(entry, dict):
                     raise ApiError(f"GET {path}: a collection entry is not an object")
+                last_id = entry.get("id")
                 yield entry
             following = page.get("next_collection_link")
             if not following:
@@ -337,6 +362,10 @@ class ApiClient:
                     "so the collection would never end; stopped"
                 )
             start = following_start
+            overlapping = overlap and last_id is not None and start > 0
+            if overlapping:
+                start -= 1
+                url = _with_start(url, start)
             del page, entries
             page = self._get_json(url, None)
 

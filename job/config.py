@@ -30,7 +30,7 @@ DEFAULT_RATE_LIMIT_PER_MINUTE = 100
 DEFAULT_RUN_TIMEOUT_SECONDS = 6 * 3600.0
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
 
 # Every variable the job reads, with a one-line meaning; `.env.example` documents exactly these.
 VARIABLES: dict[str, str] = {
@@ -130,6 +130,9 @@ class Settings:
     ping_url: str | None = None
     metrics_file: Path | None = None
     log_format: str = "text"
+    # Where a rescue file goes when nothing beside the token file can be written (its file system turned
+    # read-only): another file system, in memory. None: nowhere else.
+    fallback_rescue_dir: Path | None = None
     source: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -182,6 +185,16 @@ def check_url(value: str) -> str | None:
     if parts.username or parts.password:
         return "must not carry credentials"
     return None
+
+
+def _fallback_rescue_dir(env: Mapping[str, str]) -> Path:
+    """systemd's RUNTIME_DIRECTORY (on /run, kept between runs by RuntimeDirectoryPreserve=yes), else a
+    directory of the job's own under /dev/shm; both are in memory, on another file system than /var."""
+    runtime = env.get("RUNTIME_DIRECTORY")
+    if runtime and os.path.isabs(runtime.split(":")[0]):
+        return Path(runtime.split(":")[0])
+    # A directory the job makes 0700 and checks (its own, not a link, closed to others) before each use.
+    return Path("/dev/shm") / f"aweber-job-{os.geteuid()}"  # noqa: S108
 
 
 def _default_token_file(env: Mapping[str, str]) -> Path:
@@ -353,6 +366,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         client_secret_source=secret_source,
         token_file=token_file,
         state_dir=state_dir,
+        fallback_rescue_dir=_fallback_rescue_dir(values),
         token_url=token_url,
         authorize_url=authorize_url,
         revoke_url=revoke_url,

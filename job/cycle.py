@@ -100,7 +100,7 @@ class TokenKeeper:
         self._lock = TokenLock(self.path, self.settings.lock_timeout_seconds)
         self._lock.acquire()
         try:
-            self._explanation = tidy_temp_files(self.path, self._lock).explanation
+            self._explanation = tidy_temp_files(self.path, self._lock, self.settings.fallback_rescue_dir).explanation
             self._loaded = load_token_file(self.path)
             self._tokens = self._loaded.tokens
             REDACTOR.add(*self._tokens.secrets())
@@ -181,7 +181,10 @@ class TokenKeeper:
         self._answer_lifetime = float(lifetime) if isinstance(lifetime, (int, float)) else None
         new_tokens = self._tokens.with_answer(answer.body, answer.received_at)
         self._tokens = new_tokens
-        save_rotated_tokens(self.path, new_tokens, reservation, lock=self._lock, spent=spent, now=self.clock)
+        save_rotated_tokens(
+            self.path, new_tokens, reservation, lock=self._lock, spent=spent, now=self.clock,
+            fallback=self.settings.fallback_rescue_dir,
+        )
         self.stats.refreshes += 1
         self.stats.last_refresh_seconds = self.monotonic() - started
         if answer.unusable:

@@ -156,3 +156,7 @@ class TaskError(JobError):
     """A task failed; raise it (or a subclass) from a task to end the run with exit 1."""
 
     exit_code = EXIT_TASK_FAILED
+
+
+class CollectionShiftedError(TemporaryError):
+    """A collection read page by page changed under the walk (an entry left or joined before the offset)."""

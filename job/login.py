@@ -304,7 +304,7 @@ def _exchange_and_save(
                 "the job could not refresh later, so nothing was saved; the code is spent: run aweber-job login again"
             )
         # Recorded in the lock file, so a temporary an earlier run left never wins over this authorization.
-        save_rotated_tokens(path, tokens, reservation, lock=lock)
+        save_rotated_tokens(path, tokens, reservation, lock=lock, fallback=settings.fallback_rescue_dir)
         if existing is not None and existing.oauth1 is not None:
             log.warning(
                 "replaced the OAuth 1.0a token file with OAuth 2 tokens; the job cannot revoke OAuth 1.0a "

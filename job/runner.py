@@ -42,6 +42,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 
 
 DEFAULT_SINCE = "24h"
+EARLIEST_SINCE = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -87,15 +88,20 @@ def since_duration(value: str) -> timedelta | None:
 
 
 def parse_since(value: str, now: datetime) -> datetime:
-    """``24h``, ``90m``, ``7d``, ``2w``, a date ``2026-11-01`` or an ISO date-time → an aware UTC instant."""
-    duration = since_duration(value)
-    if duration is not None:
-        if duration <= timedelta(0):
-            raise UsageError(f"--since must be a positive duration, got {value!r}")
-        return now - duration
+    """``24h``, ``90m``, ``7d``, ``2w``, a date ``2026-11-01`` or an ISO date-time → an aware UTC instant.
+
+    UsageError (64) for anything else, a moment in the future, or one before 1970 (no subscriber is
+    that old, and the filter days computed from it would fall off the calendar).
+    """
     try:
-        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
+        duration = since_duration(value)
+        if duration is not None:
+            if duration <= timedelta(0):
+                raise UsageError(f"--since must be a positive duration, got {value!r}")
+            when = now - duration
+        else:
+            when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except (ValueError, OverflowError):
         raise UsageError(
             f"--since takes a duration such as 24h, 7d, 90m or a date such as 2026-11-01, got {value!r}"
         ) from None
@@ -103,6 +109,8 @@ def parse_since(value: str, now: datetime) -> datetime:
         when = when.replace(tzinfo=timezone.utc)
     if when > now:
         raise UsageError(f"--since {value!r} is in the future")
+    if when < EARLIEST_SINCE:
+        raise UsageError(f"--since {value!r} is before {EARLIEST_SINCE.date().isoformat()}; no subscriber is that old")
     return when.astimezone(timezone.utc)
 
 

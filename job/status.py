@@ -81,7 +81,7 @@ def _describe_surroundings(settings: Settings, report: StatusReport) -> None:
     """What the next run will find beside the token file, as warnings and fields of ``report``."""
     _, record, distrust = read_record(settings.token_file)
     running = report.lock_holder_pid is not None
-    survey = survey_token_directory(settings.token_file, record)
+    survey = survey_token_directory(settings.token_file, record, settings.fallback_rescue_dir)
     if survey.directory_mode is not None:
         report.directory_mode = f"{survey.directory_mode:04o}"
     if record is not None:

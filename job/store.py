@@ -44,9 +44,9 @@ UNSYNCABLE_DIRECTORY_ERRNOS = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPN
 _directories_said_unsyncable: set[str] = set()
 # A file system that turns read-only under a run (ext4 with errors=remount-ro after a disk error) refuses
 # the token file, the reservation and the rescue file beside it alike. The last place a rescue file is
-# written is then a private directory on another file system, in memory: it lasts until the machine
-# restarts, and the next run puts it in place once the token file can be written again.
-FALLBACK_RESCUE_ROOT = Path("/dev/shm")  # noqa: S108 - a private 0700 directory of its own, checked before use
+# written is then a private directory on another file system, in memory (systemd's RuntimeDirectory, or
+# one under /dev/shm; see Settings.fallback_rescue_dir): it lasts until the machine restarts, and the
+# next run puts it in place once the token file can be written again.
 # A fallback rescue file's name ends with the hash of the refresh token it replaced, so the next run can
 # tell it is the newer one even when the lock file's record could not be written.
 FROM_MARK = ".from-"
@@ -757,10 +757,9 @@ def _read_current(target: Path) -> FoundFile | None:
     return FoundFile(target, "token file", tokens, token_hash(tokens.refresh_token))
 
 
-def fallback_rescue_directory(*, create: bool) -> Path | None:
-    """The private directory for rescue files on another file system (see FALLBACK_RESCUE_ROOT), or None
-    when it is missing or not safe: it must be a real directory, the job's own, closed to others."""
-    path = FALLBACK_RESCUE_ROOT / f"aweber-job-{os.geteuid()}"
+def fallback_rescue_directory(path: Path, *, create: bool) -> Path | None:
+    """``path``, the private directory for rescue files on another file system, or None when it is missing
+    or not safe: it must be a real directory, the job's own, closed to others."""
     if create:
         try:
             os.mkdir(path, 0o700)
@@ -784,9 +783,9 @@ def _fallback_prefix(target: Path) -> str:
     return f"{hashlib.sha256(os.fsencode(target)).hexdigest()[:16]}-{target.name}{RESCUE_MARK}"
 
 
-def _fallback_rescues(target: Path) -> list[FoundFile | Untrusted]:
-    """The fallback rescue files for ``target``, oldest first."""
-    directory = fallback_rescue_directory(create=False)
+def _fallback_rescues(target: Path, fallback: Path | None) -> list[FoundFile | Untrusted]:
+    """The rescue files for ``target`` in the fallback directory, oldest first."""
+    directory = fallback_rescue_directory(fallback, create=False) if fallback is not None else None
     if directory is None:
         return []
     prefix = _fallback_prefix(target)
@@ -803,11 +802,11 @@ def _fallback_rescues(target: Path) -> list[FoundFile | Untrusted]:
     return found
 
 
-def _write_fallback_rescue(target: Path, content: bytes, now: float, spent: str | None) -> Path:
-    """Write a rescue file for ``target`` in the fallback directory; raise OSError when it cannot."""
-    directory = fallback_rescue_directory(create=True)
+def _write_fallback_rescue(target: Path, content: bytes, now: float, spent: str | None, fallback: Path) -> Path:
+    """Write a rescue file for ``target`` in the ``fallback`` directory; raise OSError when it cannot."""
+    directory = fallback_rescue_directory(fallback, create=True)
     if directory is None:
-        raise OSError(errno.EACCES, "no private fallback directory", str(FALLBACK_RESCUE_ROOT))
+        raise OSError(errno.EACCES, "not a private directory of the job's own", str(fallback))
     stamp = rescue_path_for(target, now).name.rsplit(RESCUE_MARK, 1)[1]
     path = directory / f"{_fallback_prefix(target)}{stamp}{FROM_MARK}{(spent or 'login')[:16]}"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -822,7 +821,7 @@ def _write_fallback_rescue(target: Path, content: bytes, now: float, spent: str 
     return path
 
 
-def survey_token_directory(token_file: Path, record: Record | None) -> Survey:
+def survey_token_directory(token_file: Path, record: Record | None, fallback: Path | None = None) -> Survey:
     """Decide, by content and the lock file's ``record``, what to do with what lies beside the token file.
 
     With a record naming the live refresh token (``received``/``saved``) and a file that holds it, that
@@ -857,7 +856,7 @@ def survey_token_directory(token_file: Path, record: Record | None) -> Survey:
             survey.blank.append(found.path)
         else:
             temps.append(found)
-    for found in _fallback_rescues(target):
+    for found in _fallback_rescues(target, fallback):
         if isinstance(found, Untrusted):
             survey.untrusted.append(found)
         elif found.tokens is not None:
@@ -951,7 +950,7 @@ class TempCleanup:
     explanation: str | None = None
 
 
-def tidy_temp_files(token_file: Path, lock: TokenLock) -> TempCleanup:
+def tidy_temp_files(token_file: Path, lock: TokenLock, fallback: Path | None = None) -> TempCleanup:
     """Deal with what earlier runs left beside the token file, as :func:`survey_token_directory` decides; call
     only under ``lock``.
 
@@ -965,7 +964,7 @@ def tidy_temp_files(token_file: Path, lock: TokenLock) -> TempCleanup:
     """
     if lock.distrust:
         log.warning("%s: its record is not used (another user could have written it)", lock.distrust)
-    survey = survey_token_directory(token_file, lock.found)
+    survey = survey_token_directory(token_file, lock.found, fallback)
     target = survey.target
     warning = survey.directory_warning()
     if warning:
@@ -1051,6 +1050,7 @@ def save_rotated_tokens(
     spent: str | None = None,
     now: Callable[[], float] = time.time,
     attempts: int = 3,
+    fallback: Path | None = None,
 ) -> None:
     """Save tokens that exist only in memory after a refresh, trying hard not to lose them.
 
@@ -1118,21 +1118,23 @@ def save_rotated_tokens(
                 f"{target.parent} is writable again the next run puts it in place (or: mv {kept} {target})"
             ) from exc
         # Nothing beside the token file took the new tokens: the whole file system may have turned read-only.
-        try:
-            fallback = _write_fallback_rescue(target, content, now(), spent)
-        except OSError:
-            fallback = None
+        written: Path | None = None
         if fallback is not None:
+            try:
+                written = _write_fallback_rescue(target, content, now(), spent, fallback)
+            except OSError as fallback_exc:
+                log.error("cannot write a rescue file in %s either: %s", fallback, _describe_os_error(fallback_exc))
+        if written is not None:
             raise TokenNotSavedError(
                 f"the refresh succeeded but {target.parent} refused every write ({_describe_os_error(exc)}: a file "
-                f"system turned read-only?); the new tokens were saved to the rescue file {fallback}, on another "
+                f"system turned read-only?); the new tokens were saved to the rescue file {written}, on another "
                 f"file system, in memory: it is gone if the machine restarts. Once {target} can be written again "
-                f"the next run puts it in place (or: cp {fallback} {target})"
+                f"the next run puts it in place (or: cp {written} {target})"
             ) from exc
+        elsewhere = f" and a rescue file in {fallback}" if fallback is not None else ""
         raise TokenNotSavedError(
             "the refresh succeeded but the new tokens could not be saved anywhere: tried "
-            f"{target}, the rescue file {rescue} ({_describe_os_error(exc)}) and one in {FALLBACK_RESCUE_ROOT}. "
-            "The old refresh token "
+            f"{target}, the rescue file {rescue} ({_describe_os_error(exc)}){elsewhere}. The old refresh token "
             "may no longer work; free space or fix permissions, then run: aweber-job login"
         ) from exc
     if kept is not None:

@@ -15,13 +15,15 @@ from bench.run_benchmarks import Scenario, minimum_requests, run_ours, serving
         ([0], 4),
         ([100], 4),
         ([101], 5),
-        ([10_000], 103),
+        ([199], 5),
+        ([200], 6),
+        ([10_000], 104),
         ([0, 250], 1 + 1 + 1 + 1 + 3),
         ([0] * 101, 1 + 1 + 2 + 101),
     ],
 )
 def test_minimum_requests_formula(new_per_list: list[int], expected: int) -> None:
-    """The minimum is 1 refresh + 1 accounts + ceil(lists/100) list pages + max(1, ceil(k/100)) finds per list."""
+    """The minimum is 1 refresh + 1 accounts + ceil(lists/100) list pages + 1 + ceil((k-100)/99) finds per list."""
     assert minimum_requests(new_per_list) == expected
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -218,3 +219,10 @@ def test_a_bad_run_timeout_is_a_config_error_naming_it(text: str) -> None:
     with pytest.raises(ConfigError, match="AWEBER_RUN_TIMEOUT") as caught:
         load_settings({"AWEBER_RUN_TIMEOUT": text})
     assert repr(text.strip()) in str(caught.value)
+
+
+def test_the_fallback_rescue_directory_is_systemds_runtime_directory_else_one_under_dev_shm() -> None:
+    """Rescue files that cannot go beside the token file go to RUNTIME_DIRECTORY under systemd (kept between
+    runs), else to a directory of the job's own under /dev/shm: both in memory, on another file system."""
+    assert load_settings({"RUNTIME_DIRECTORY": "/run/aweber-job"}).fallback_rescue_dir == Path("/run/aweber-job")
+    assert load_settings({}).fallback_rescue_dir == Path(f"/dev/shm/aweber-job-{os.geteuid()}")

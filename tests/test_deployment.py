@@ -244,6 +244,14 @@ def test_service_sets(service: Unit, key: str, expected: str) -> None:
     assert last_value(service, "Service", key) == expected
 
 
+def test_service_keeps_a_runtime_directory_between_runs_for_rescue_files(service: Unit) -> None:
+    """RuntimeDirectory= with RuntimeDirectoryPreserve=yes: a rescue file written there when /var turned read-only
+    survives the unit's stop (DynamicUser's RemoveIPC would wipe one under /dev/shm) until the next run."""
+    assert "aweber-job" in all_words(service, "Service", "RuntimeDirectory")
+    assert last_value(service, "Service", "RuntimeDirectoryPreserve") == "yes"
+    assert last_value(service, "Service", "RuntimeDirectoryMode") == "0700"
+
+
 def test_service_state_directory_is_aweber_job(service: Unit) -> None:
     """StateDirectory=aweber-job, so $STATE_DIRECTORY/tokens.json is where the token file lives."""
     assert "aweber-job" in all_words(service, "Service", "StateDirectory")

@@ -311,17 +311,21 @@ class CannedApi:
         self.requests_made = 0
         self.server_date: datetime | None = None
 
-    def walk(self, url_or_path: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    def walk(
+        self, url_or_path: str, params: dict[str, Any] | None = None, *, overlap: bool = False
+    ) -> Iterator[dict[str, Any]]:
         self.requests_made += 1
         self.server_date = self.dates.get(url_or_path, self.server_date)
         yield from self.pages[url_or_path]
 
 
-def canned_context(api: CannedApi, output: io.StringIO, tmp_path: Path) -> TaskContext:
+def canned_context(
+    api: CannedApi, output: io.StringIO, tmp_path: Path, *, state: dict[str, Any] | None = None
+) -> TaskContext:
     """A task context around the canned API, on 2026-11-28 at noon UTC, looking back a day."""
     return TaskContext(
         api=api,  # type: ignore[arg-type]
-        state={},
+        state=state if state is not None else {},
         settings=Settings(client_id="c", client_secret=None, client_secret_source=None,
                           token_file=tmp_path / "tokens.json", state_dir=tmp_path),
         log=logging.getLogger("test"),
@@ -331,8 +335,9 @@ def canned_context(api: CannedApi, output: io.StringIO, tmp_path: Path) -> TaskC
     )
 
 
-def test_entries_without_a_usable_timestamp_are_skipped_not_fatal(tmp_path: Path) -> None:
-    """Empty, missing and garbled subscribed_at values are skipped; offset-less ones count as UTC."""
+def test_entries_without_a_usable_timestamp_are_reported_once_not_fatal(tmp_path: Path) -> None:
+    """Entries with empty, missing or garbled subscribed_at values are reported (never hidden) and remembered
+    by id, without moving the watermark; offset-less timestamps count as UTC."""
     api = CannedApi({
         "accounts": [{"id": 1}],
         "accounts/1/lists": [{"id": 2, "name": "L"}],
@@ -348,10 +353,15 @@ def test_entries_without_a_usable_timestamp_are_skipped_not_fatal(tmp_path: Path
     output = io.StringIO()
     context = canned_context(api, output, tmp_path)
     summary = new_subscribers(context)
-    assert [json.loads(line)["id"] for line in output.getvalue().splitlines()] == [14, 15]
-    assert summary == {"accounts": 1, "lists": 1, "new_subscribers": 2, "requests": 3}
-    assert context.counters["new_subscribers"] == 2
-    assert context.state["lists"]["1/2"] == {"subscribed_at": "2026-11-28T09:00:00.5Z", "ids": [15]}
+    assert [json.loads(line)["id"] for line in output.getvalue().splitlines()] == [10, 11, 12, 13, 14, 15]
+    assert summary == {"accounts": 1, "lists": 1, "new_subscribers": 6, "requests": 3}
+    assert context.counters["new_subscribers"] == 6
+    assert context.state["lists"]["1/2"] == {
+        "subscribed_at": "2026-11-28T09:00:00.5Z", "ids": [15], "undated": [10, 11, 12, 13],
+    }
+    again = io.StringIO()
+    new_subscribers(canned_context(api, again, tmp_path, state=context.state))
+    assert again.getvalue() == ""
 
 
 class FakeTime:
@@ -674,3 +684,68 @@ def test_a_subscriber_reported_ahead_is_passed_over_once_the_servers_date_reache
 
     assert [json.loads(line)["id"] for line in output.getvalue().splitlines()] == [3]
     assert last.state["lists"]["1/2"] == {"subscribed_at": "2026-11-28T15:30:00Z", "ids": [3]}
+
+
+def test_a_subscriber_removed_while_the_list_is_read_hides_no_one(
+    job: JobFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One subscriber leaves the list between the find's first and second page, so every later one moves up a
+    place: the job notices the shift and reads on from its last row, so nobody is skipped."""
+    from job.standin.subscribers import Selection
+
+    populate(job.standin, (LISTS[0],), size=1_000)
+    job.write_tokens()
+    assert run(job)[0] == 0
+    added = add(job.standin, LISTS[0], 150)
+    leaving = added[5]
+    served: list[int] = []
+    original_page = Selection.page
+
+    def page(self: Selection, start: int, size: int, *, descending: bool = False) -> list[int]:
+        # From the second page served on, the subscriber who left is gone and everyone after moves up.
+        positions = original_page(self, 0, start + size + 1, descending=descending)
+        if served:
+            gone = job.standin.state.subscriber_list(ACCOUNT, LISTS[0])
+            assert gone is not None
+            positions = [p for p in positions if gone.get(p).id != leaving]
+        served.append(start)
+        return positions[start:start + size]
+
+    monkeypatch.setattr(Selection, "page", page)
+    code, rows, _ = run(job)
+    assert code == 0
+    monkeypatch.setattr(Selection, "page", original_page)
+    code, later, _ = run(job)
+    assert code == 0
+    reported = [row["id"] for row in rows + later]
+    assert sorted(reported) == sorted(added), "a subscriber was skipped or reported twice"
+
+
+def test_a_subscriber_without_a_usable_subscribed_at_is_reported_once_with_a_warning(
+    job: JobFiles, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A subscriber whose subscribed_at cannot be read is reported (not silently skipped), with a warning, and
+    not again by the next run; the others are reported as usual."""
+    from job.standin.api import Api
+
+    populate(job.standin, (LISTS[0],), size=1_000)
+    job.write_tokens()
+    assert run(job)[0] == 0
+    added = add(job.standin, LISTS[0], 3)
+    original_entry = Api._subscriber_entry
+
+    def entry(self: Api, *args: Any, **kwargs: Any) -> dict[str, object]:
+        value = original_entry(self, *args, **kwargs)
+        if value["id"] == added[1]:
+            value["subscribed_at"] = "2026-11-30at 09:00"
+        return value
+
+    monkeypatch.setattr(Api, "_subscriber_entry", entry)
+    capsys.readouterr()
+    code, rows, _ = run(job)
+    assert code == 0
+    assert sorted(row["id"] for row in rows) == sorted(added)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if ": warning: " in line]
+    assert any(str(added[1]) in line and "subscribed_at" in line for line in warnings), warnings
+    code, again, _ = run(job)
+    assert (code, again) == (0, [])

@@ -293,3 +293,15 @@ def test_secrets_readable_by_every_user_get_a_warning(job: JobFiles) -> None:
     os.chmod(plain, 0o644)
     quiet = run_job(["--env-file", str(plain), "status"], job.env())
     assert "chmod" not in quiet.stderr, quiet.stderr
+
+
+@pytest.mark.parametrize("since", ["99999999d", "800000d", "0001-01-01", "0001-01-02T12:00:00Z", "1969-12-31"])
+def test_a_since_too_far_back_is_a_usage_error_before_anything_is_spent(job: JobFiles, since: str) -> None:
+    """A --since further back than any subscriber (or than dates go) is exit 64 in one line, no token spent."""
+    job.write_tokens()
+    before = job.token_file.read_bytes()
+    result = run_job(["run", "--since", since], job.env())
+    assert result.returncode == 64, result.stderr
+    assert "--since" in result.stderr and "Error:" not in result.stderr and len(result.stderr.splitlines()) == 1
+    assert token_requests(job.standin) == 0
+    assert job.token_file.read_bytes() == before

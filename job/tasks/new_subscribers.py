@@ -3,8 +3,9 @@
 Per list it asks AWeber's ``ws.op=find`` for the subscribers ``subscribed_after`` a day early
 enough for any reading of that filter (the day before the watermark's day at UTC-12: AWeber names
 neither the zone of its filter days nor whether the named day is included), sorted by
-``subscribed_at`` ascending, so the cost is ``max(1, ceil(k/100))`` requests where ``k`` counts
-the subscribers returned for that day on — never a walk over the whole list. The day filter is
+``subscribed_at`` ascending, so the cost is one request per page of 100 (each page after the first
+overlapping the one before by one entry) for the ``k`` subscribers returned for that day on — never
+a walk over the whole list. The day filter is
 coarse; the exact cut is made here by comparing full timestamps, and the ids that share the
 watermark's instant keep a subscriber who arrives in the same second from being lost or repeated.
 
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import IO, Any
 
-from job.errors import ApiError, RunTimeoutError, shorten
+from job.errors import ApiError, CollectionShiftedError, RunTimeoutError, TemporaryError, shorten
 from job.tasks import TaskContext
 
 FIELDS = ("account_id", "list_id", "list_name", "id", "email", "name", "status", "subscribed_at")
@@ -110,6 +111,8 @@ class Watermark:
     ids: list[Any] = field(default_factory=list)
     inclusive: bool = False
     ahead: dict[tuple[str, datetime], tuple[Any, str]] = field(default_factory=dict)
+    # Ids reported without a readable subscribed_at (nothing to cut them by), newest last, at most UNDATED_KEPT.
+    undated: list[Any] = field(default_factory=list)
 
     @classmethod
     def look_back(cls, since: datetime, ahead: Mapping[tuple[str, datetime], tuple[Any, str]] | None = None
@@ -129,6 +132,9 @@ class Watermark:
         if instant is None or not isinstance(written, str) or not isinstance(ids, list):
             return None
         mark = cls(written, instant, list(ids))
+        undated = value.get("undated")
+        if isinstance(undated, list):
+            mark.undated = undated[-UNDATED_KEPT:]
         saved_ahead = value.get("ahead")
         for item in saved_ahead if isinstance(saved_ahead, list) else []:
             item_written = item.get("subscribed_at") if isinstance(item, Mapping) else None
@@ -154,6 +160,14 @@ class Watermark:
         if instant > self.instant:
             return True
         return self.inclusive or _id_key(subscriber_id) not in {_id_key(known) for known in self.ids}
+
+    def was_reported_undated(self, subscriber_id: Any) -> bool:
+        """Whether this subscriber was reported without a readable ``subscribed_at``."""
+        return _id_key(subscriber_id) in {_id_key(known) for known in self.undated}
+
+    def note_undated(self, subscriber_id: Any) -> None:
+        """Remember a subscriber reported without a readable ``subscribed_at``."""
+        self.undated = [*self.undated, subscriber_id][-UNDATED_KEPT:]
 
     def was_reported_ahead(self, instant: datetime, subscriber_id: Any) -> bool:
         """Whether this subscriber was reported while dated past the server's present."""
@@ -196,6 +210,8 @@ class Watermark:
                  for (_, when), (subscriber_id, written) in self.ahead.items() if when > self.instant]
         if ahead:
             state["ahead"] = ahead
+        if self.undated:
+            state["undated"] = list(self.undated)
         return state
 
 
@@ -275,7 +291,9 @@ def new_subscribers(context: TaskContext) -> dict[str, Any]:
                 "looking back to %s instead", ref.list_id, shorten(mark.subscribed_at, 40),
                 _server_date_text(context), since.isoformat(),
             )
+            undated = mark.undated
             mark = Watermark.look_back(since, ahead=mark.ahead)
+            mark.undated = undated
         else:
             _pull_back_to_server_date(context, mark)
         try:
@@ -338,8 +356,39 @@ def _server_date_text(context: TaskContext) -> str:
     return "unknown" if server_now is None else server_now.isoformat()
 
 
+# Subscribers reported without a readable subscribed_at are remembered by id, the newest this many.
+UNDATED_KEPT = 1000
+
+# How often a list that keeps changing under the walk is read again from its last row before giving up.
+SHIFTED_RETRIES = 3
+
+
 def _report_list(context: TaskContext, ref: ListRef, mark: Watermark, writer: RowWriter) -> int:
-    """Write the list's subscribers past ``mark`` and advance ``mark`` over them; return how many."""
+    """Write the list's subscribers past ``mark`` and advance ``mark`` over them; return how many.
+
+    Pages are addressed by offset: a subscriber who leaves the list between two pages moves every later
+    one up a place, and one would be skipped. The walk notices (each page overlaps the one before), and
+    the list is read again from the last row written, which the watermark has already moved to.
+    """
+    written = [0]
+    for attempt in range(SHIFTED_RETRIES + 1):
+        try:
+            _walk_list(context, ref, mark, writer, written)
+            break
+        except CollectionShiftedError as exc:
+            if attempt == SHIFTED_RETRIES:
+                raise TemporaryError(
+                    f"list {ref.list_id}: it kept changing while it was read ({exc.message}); stopped, and the "
+                    "next run reads it again (rows already written may come again)"
+                ) from None
+            context.log.info("list %s changed while it was read; reading on from the last subscriber reported",
+                             ref.list_id)
+    return written[0]
+
+
+def _walk_list(context: TaskContext, ref: ListRef, mark: Watermark, writer: RowWriter, written: list[int]) -> None:
+    """One find over the list from ``mark``'s day, counting the rows it writes in ``written``; see
+    :func:`_report_list`."""
     params = {
         "ws.op": "find",
         "subscribed_after": mark.filter_day().isoformat(),
@@ -347,47 +396,47 @@ def _report_list(context: TaskContext, ref: ListRef, mark: Watermark, writer: Ro
         "sort_order": "asc",
         "ws.size": str(PAGE_SIZE),
     }
-    found = 0
     previous: tuple[datetime, str] | None = None
     warned_ahead = False
     # Streamed entry by entry: memory stays flat however many subscribers arrived.
-    for entry in context.api.walk(ref.subscribers_link, params):
-        written = entry.get("subscribed_at")
-        instant = parse_timestamp(written)
-        if instant is None or not isinstance(written, str):
-            context.log.debug("list %s: skipping subscriber %s without a usable subscribed_at (%r)",
-                              ref.list_id, entry.get("id"), written)
-            continue
+    for entry in context.api.walk(ref.subscribers_link, params, overlap=True):
+        subscribed_at = entry.get("subscribed_at")
+        instant = parse_timestamp(subscribed_at)
         subscriber_id = entry.get("id")
+        if instant is None or not isinstance(subscribed_at, str):
+            # Nothing to cut by: report it once (remembered by id) rather than hide it, and leave the
+            # watermark where it is.
+            if not mark.was_reported_undated(subscriber_id):
+                writer.write(_row(ref, entry))
+                mark.note_undated(subscriber_id)
+                written[0] += 1
+                context.counters["new_subscribers"] += 1
+                context.log.warning(
+                    "list %s: subscriber %s has no subscribed_at the job can read (%s); reported once, by id",
+                    ref.list_id, shorten(subscriber_id, 20), shorten(repr(subscribed_at), 40),
+                )
+            continue
+        written_at = subscribed_at
         if previous is not None and instant < previous[0]:
             # The cut below relies on the order asked for; out of order, "older than the
             # watermark" no longer means "already reported", so skipping would hide people.
             raise ApiError(
                 f"list {ref.list_id}: the find sorted by subscribed_at went backwards, from {previous[1]} "
-                f"to {shorten(written, 40)} at subscriber {shorten(subscriber_id, 20)}; stopped rather than "
+                f"to {shorten(written_at, 40)} at subscriber {shorten(subscriber_id, 20)}; stopped rather than "
                 "skip anyone"
             )
-        previous = instant, shorten(written, 40)
+        previous = instant, shorten(written_at, 40)
         if mark.was_reported_ahead(instant, subscriber_id):
             # Reported by an earlier run while dated past the server's present: not again, but the
             # watermark moves over it once the server's present has passed it.
-            mark.advance(written, instant, subscriber_id, server_date=context.api.server_date)
+            mark.advance(written_at, instant, subscriber_id, server_date=context.api.server_date)
             continue
         if not mark.is_passed_by(instant, subscriber_id):
             continue
-        writer.write({
-            "account_id": ref.account_id,
-            "list_id": ref.list_id,
-            "list_name": ref.name,
-            "id": subscriber_id,
-            "email": entry.get("email"),
-            "name": entry.get("name"),
-            "status": entry.get("status"),
-            "subscribed_at": written,
-        })
+        writer.write(_row(ref, entry))
         server_now = context.api.server_date
-        mark.advance(written, instant, subscriber_id, server_date=server_now)
-        found += 1
+        mark.advance(written_at, instant, subscriber_id, server_date=server_now)
+        written[0] += 1
         context.counters["new_subscribers"] += 1
         # The Date header has whole seconds: a subscriber within that second is no sign of trouble.
         if server_now is not None and instant - server_now >= DATE_RESOLUTION and not warned_ahead:
@@ -395,9 +444,22 @@ def _report_list(context: TaskContext, ref: ListRef, mark: Watermark, writer: Ro
             context.log.warning(
                 "list %s: subscriber %s is dated %s, after the server's Date (%s); reported, but the watermark "
                 "stays at or before the server's Date (a clock at AWeber may be wrong)",
-                ref.list_id, shorten(subscriber_id, 20), shorten(written, 40), server_now.isoformat(),
+                ref.list_id, shorten(subscriber_id, 20), shorten(written_at, 40), server_now.isoformat(),
             )
-    return found
+
+
+def _row(ref: ListRef, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The report row for a subscriber entry of the list ``ref``."""
+    return {
+        "account_id": ref.account_id,
+        "list_id": ref.list_id,
+        "list_name": ref.name,
+        "id": entry.get("id"),
+        "email": entry.get("email"),
+        "name": entry.get("name"),
+        "status": entry.get("status"),
+        "subscribed_at": entry.get("subscribed_at"),
+    }
 
 
 def _lists_to_scan(context: TaskContext) -> tuple[list[ListRef], int]:

@@ -90,13 +90,25 @@ def refresh_token_or_none(path: Path) -> str | None:
 # reads it) of at least 0, and for AWEBER_HTTP_TIMEOUT at least 0.001. AWEBER_RATE_LIMIT: a whole number
 # (as int() reads it) of at least 1. AWEBER_LOG_FORMAT: text or json, any case. AWEBER_ACCOUNT_ID: decimal
 # digits, above 0. AWEBER_LIST_IDS: comma-separated such ids. AWEBER_TASK and AWEBER_CLIENT_SECRET: any
-# text (`refresh` runs no task). Anything else is refused with exit 78.
+# text (`refresh` runs no task). AWEBER_RUN_TIMEOUT: ASCII digits, maybe with a fraction, then maybe one
+# unit letter (s, m, h, d or w, any case; none means seconds), spaces allowed around each part, and more
+# than zero seconds in all. Anything else is refused with exit 78.
 
 _MINIMUM_SECONDS = {"AWEBER_LOCK_TIMEOUT": 0.0, "AWEBER_REFRESH_LEEWAY": 0.0, "AWEBER_HTTP_TIMEOUT": 0.001}
 
 
 def _positive_id(text: str) -> bool:
     return text.isdecimal() and int(text) > 0
+
+
+def _positive_duration(text: str) -> bool:
+    number = text.rstrip()
+    if number[-1:].lower() in ("s", "m", "h", "d", "w"):
+        number = number[:-1].rstrip()
+    whole, _, fraction = number.strip().partition(".")
+    if not whole or not all(c in "0123456789" for c in whole + fraction) or (number.count(".") and not fraction):
+        return False
+    return float(number) > 0
 
 
 def setting_refused(name: str, raw: str) -> bool:
@@ -110,6 +122,8 @@ def setting_refused(name: str, raw: str) -> bool:
         except ValueError:
             return True
         return not math.isfinite(seconds) or seconds < _MINIMUM_SECONDS[name]
+    if name == "AWEBER_RUN_TIMEOUT":
+        return not _positive_duration(value)
     if name == "AWEBER_RATE_LIMIT":
         try:
             return int(value) < 1
