@@ -77,6 +77,8 @@ class TokenKeeper:
     _client: Client | None = field(default=None, init=False, repr=False)
     # Why AWeber may refuse the token file's refresh token, as the lock file's record tells (for exit 77).
     _explanation: str | None = field(default=None, init=False, repr=False)
+    # The record proves the token file's refresh token spent: presenting it again could revoke the grant.
+    _spent_for_sure: bool = field(default=False, init=False, repr=False)
     # When this run's last refresh answer arrived and the lifetime it gave (None: none usable).
     _refreshed_at: float | None = field(default=None, init=False, repr=False)
     _answer_lifetime: float | None = field(default=None, init=False, repr=False)
@@ -100,7 +102,8 @@ class TokenKeeper:
         self._lock = TokenLock(self.path, self.settings.lock_timeout_seconds)
         self._lock.acquire()
         try:
-            self._explanation = tidy_temp_files(self.path, self._lock, self.settings.fallback_rescue_dir).explanation
+            tidied = tidy_temp_files(self.path, self._lock, self.settings.fallback_rescue_dir)
+            self._explanation, self._spent_for_sure = tidied.explanation, tidied.spent_for_sure
             self._loaded = load_token_file(self.path)
             self._tokens = self._loaded.tokens
             REDACTOR.add(*self._tokens.secrets())
@@ -144,9 +147,15 @@ class TokenKeeper:
             raise AuthError("OAuth 1.0a tokens cannot be refreshed", hint=DISCONNECTED_HINT)
         if self._client is None or self._tokens is None or self._lock is None:
             raise RuntimeError("open() the keeper before refreshing")
+        if self._spent_for_sure and self._explanation:
+            raise AuthError(
+                f"the refresh token in {self.path} is spent: {self._explanation}; it was not sent again (a server "
+                "that sees a spent token again may revoke the whole authorization)",
+                hint="authorize again: aweber-job login --force",
+            )
         current_size = len(self._tokens.to_bytes())
-        reservation = Reservation.create(self.path, reserve_size_for(current_size))
         spent = token_hash(self._tokens.refresh_token)
+        reservation = Reservation.create(self.path, reserve_size_for(current_size), spent)
         try:
             self._lock.record_refreshing(spent)
         except StorageError:
@@ -174,7 +183,7 @@ class TokenKeeper:
             raise
         finally:
             self.stats.token_requests += call.attempts
-        self._explanation = None
+        self._explanation, self._spent_for_sure = None, False
         self._remember(answer)
         lifetime = answer.body.get("expires_in")
         self._refreshed_at = answer.received_at

@@ -55,6 +55,7 @@ from job.store import (
     reserve_size_for,
     resolve_target,
     save_rotated_tokens,
+    tidy_temp_files,
 )
 from job.tokens import TokenFile, fingerprint, format_expiry, new_token_file
 
@@ -385,7 +386,9 @@ def run_revoke(settings: Settings, session: requests.Session) -> int:
     A legacy OAuth 1.0a token file is a UsageError (64): those tokens cannot be revoked by the job.
     """
     path = settings.token_file
-    with TokenLock(path, settings.lock_timeout_seconds):
+    with TokenLock(path, settings.lock_timeout_seconds) as lock:
+        # A save an earlier run could not finish holds the live refresh token: revoke that one, not the spent.
+        tidy_temp_files(path, lock, settings.fallback_rescue_dir)
         tokens = load_token_file(path).tokens
         REDACTOR.add(*tokens.secrets())
         if tokens.oauth1 is not None:

@@ -24,7 +24,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -47,8 +47,9 @@ _directories_said_unsyncable: set[str] = set()
 # written is then a private directory on another file system, in memory (systemd's RuntimeDirectory, or
 # one under /dev/shm; see Settings.fallback_rescue_dir): it lasts until the machine restarts, and the
 # next run puts it in place once the token file can be written again.
-# A fallback rescue file's name ends with the hash of the refresh token it replaced, so the next run can
-# tell it is the newer one even when the lock file's record could not be written.
+# A reservation's and a rescue file's name end with (the start of) the hash of the refresh token their
+# content replaces, so the next run can tell they hold its successor even when the lock file's record is
+# gone or could not be written.
 FROM_MARK = ".from-"
 
 
@@ -326,7 +327,13 @@ class TokenLock:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                if self._still_the_lock_file(fd):
+                    break
+                # Removed or replaced since it was opened (by hand, or by a cleanup): a lock on a file no
+                # longer at the path excludes nobody. Lock whatever is there now.
+                os.close(fd)
+                fd = self._open()
+                continue
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     os.close(fd)
@@ -360,6 +367,14 @@ class TokenLock:
         except OSError:
             pass  # The pid is only for messages; a read-only lock file still locks.
 
+    def _still_the_lock_file(self, fd: int) -> bool:
+        """Whether ``fd`` is the file at the lock path now (same device and inode, not a link)."""
+        try:
+            held, there = os.fstat(fd), os.lstat(self.path)
+        except OSError:
+            return False
+        return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
+
     def _write(self, record: Record | None, *, durable: bool) -> None:
         if self._fd is None:
             raise OSError(errno.EBADF, "the lock is not held")
@@ -379,6 +394,8 @@ class TokenLock:
         """
         self._before_refresh = self._current
         try:
+            if self._fd is not None and not self._still_the_lock_file(self._fd):
+                raise OSError(errno.ESTALE, "it was removed or replaced while this run held the lock")
             self._write(Record("refreshing", spent=spent), durable=True)
         except OSError as exc:
             raise StorageError(
@@ -521,10 +538,15 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _create_temp(target: Path) -> tuple[int, Path]:
-    """Create ``.<name>.tmp-<random>`` beside ``target``, 0600 from the start (never chmod later)."""
+def _from(spent: str | None) -> str:
+    """The name suffix saying which refresh token (by hash; None: none, a first authorization) is replaced."""
+    return f"{FROM_MARK}{(spent or 'login')[:16]}"
+
+
+def _create_temp(target: Path, suffix: str = "") -> tuple[int, Path]:
+    """Create ``.<name>.tmp-<random><suffix>`` beside ``target``, 0600 from the start (never chmod later)."""
     for _ in range(10):
-        temp = target.with_name(f".{target.name}{TEMP_MARK}{os.urandom(6).hex()}")
+        temp = target.with_name(f".{target.name}{TEMP_MARK}{os.urandom(6).hex()}{suffix}")
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except FileExistsError:
@@ -557,13 +579,17 @@ class Reservation:
         self.holds_content = False
 
     @classmethod
-    def create(cls, token_file: Path, size_bytes: int) -> Reservation:
-        """Reserve ``size_bytes`` beside the token file; raise StorageError (exit 73) when it cannot."""
+    def create(cls, token_file: Path, size_bytes: int, spent: str | None = None) -> Reservation:
+        """Reserve ``size_bytes`` beside the token file for the successor of the refresh token hashing to
+        ``spent`` (None: a first authorization); raise StorageError (exit 73) when it cannot."""
         target = resolve_target(token_file)
         fd = -1
         temp: Path | None = None
         try:
-            fd, temp = _create_temp(target)
+            fd, temp = _create_temp(target, _from(spent))
+            # Held until the content is in: a run that finds it while this one lives (say, after the lock file
+            # was removed under this run) knows not to touch it and not to refresh.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             _give_to(fd, _owner_for(target), temp)
             _write_all(fd, b" " * size_bytes)
             os.fsync(fd)
@@ -611,6 +637,21 @@ class Reservation:
         _unlink_quietly(self.temp)
 
 
+def _in_use(path: Path) -> bool:
+    """Whether a live run holds ``path``'s flock (a reservation it is still filling)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+    finally:
+        os.close(fd)
+    return False
+
+
 def _unlink_quietly(path: Path) -> None:
     try:
         os.unlink(path)
@@ -627,7 +668,7 @@ def _replace_durably(temp: Path, target: Path) -> None:
     _fsync_directory(target.parent)
 
 
-def write_file_atomically(path: Path, content: bytes, *, mode: int = 0o600) -> None:
+def write_file_atomically(path: Path, content: bytes, *, mode: int = 0o600, suffix: str = "") -> None:
     """Write ``content`` to ``path`` atomically and durably, mode 0600; raise OSError on failure.
 
     ``path`` itself is replaced: a symlink there is replaced by the file, never followed (callers
@@ -635,7 +676,7 @@ def write_file_atomically(path: Path, content: bytes, *, mode: int = 0o600) -> N
     files without secrets, e.g. metrics another user reads) is set exactly, whatever the umask, on
     the still-empty temporary file. Run as root, the file keeps the owner of the one it replaces.
     """
-    fd, temp = _create_temp(path)
+    fd, temp = _create_temp(path, suffix)
     try:
         _give_to(fd, _owner_for(path), path)
         if mode != 0o600:
@@ -701,6 +742,10 @@ class Survey:
     rescues: list[FoundFile] = field(default_factory=list)
     # True when the record named the live refresh token and a file here holds it: the rescues are older.
     resolved: bool = False
+    # Whole files with other tokens than the token file's that neither the record nor their names place.
+    undecided: list[FoundFile] = field(default_factory=list)
+    # The record proves the token file's refresh token was spent (its answer arrived and was lost since).
+    spent_for_sure: bool = False
     note: str | None = None
     explanation: str | None = None
     directory_mode: int | None = None
@@ -745,7 +790,8 @@ def _read_found(path: Path, kind: str, owners: set[int]) -> FoundFile | Untruste
         tokens = parse_token_file(data, str(path))
     except TokenFileError:
         return FoundFile(path, kind, None, None)
-    return FoundFile(path, kind, tokens, token_hash(tokens.refresh_token))
+    parent = path.name.rsplit(FROM_MARK, 1)[1] if FROM_MARK in path.name else None
+    return FoundFile(path, kind, tokens, token_hash(tokens.refresh_token), parent)
 
 
 def _read_current(target: Path) -> FoundFile | None:
@@ -795,10 +841,7 @@ def _fallback_rescues(target: Path, fallback: Path | None) -> list[FoundFile | U
         return []
     found: list[FoundFile | Untrusted] = []
     for name in names:
-        item = _read_found(directory / name, "rescue file", {os.geteuid()})
-        if isinstance(item, FoundFile) and FROM_MARK in name:
-            item = replace(item, parent=name.rsplit(FROM_MARK, 1)[1])
-        found.append(item)
+        found.append(_read_found(directory / name, "rescue file", {os.geteuid()}))
     return found
 
 
@@ -807,8 +850,7 @@ def _write_fallback_rescue(target: Path, content: bytes, now: float, spent: str 
     directory = fallback_rescue_directory(fallback, create=True)
     if directory is None:
         raise OSError(errno.EACCES, "not a private directory of the job's own", str(fallback))
-    stamp = rescue_path_for(target, now).name.rsplit(RESCUE_MARK, 1)[1]
-    path = directory / f"{_fallback_prefix(target)}{stamp}{FROM_MARK}{(spent or 'login')[:16]}"
+    path = directory / f"{_fallback_prefix(target)}{_stamp(now)}{_from(spent)}"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         _write_all(fd, content)
@@ -864,8 +906,10 @@ def survey_token_directory(token_file: Path, record: Record | None, fallback: Pa
 
     current = survey.current
     current_hash = current.refresh_hash if current is not None else None
-    if record is not None and record.state in ("received", "saved") and current is not None:
-        holders = [f for f in (current, *temps, *survey.rescues) if f.refresh_hash == record.live]
+    whole = [*temps, *survey.rescues]
+    if record is not None and record.state in ("received", "saved"):
+        readable = (current,) if current is not None and current.tokens is not None else ()
+        holders = [f for f in (*readable, *whole) if f.refresh_hash == record.live]
         if holders:
             live = holders[0]
             survey.recover = None if live is current else live
@@ -874,15 +918,16 @@ def survey_token_directory(token_file: Path, record: Record | None, fallback: Pa
             survey.resolved = True
             return survey
 
-    # A fallback rescue file names the refresh token it replaced: when the token file still holds that one,
-    # or the record says it was being spent, the rescue file holds its successor (the token file may even
-    # have been left empty by the same failing disk).
+    # A reservation or rescue file names the refresh token its content replaced: when the token file still
+    # holds that one, or the record says it was being spent, the file holds its successor — whatever the
+    # record could (not) say, and even if the same failing disk left the token file empty.
     spent_known = {h[:16] for h in (current_hash, record.spent if record is not None else None) if h}
-    children = [r for r in survey.rescues if r.parent is not None and r.parent in spent_known]
-    if children and current is not None:
+    children = [f for f in whole if f.parent in spent_known and f.refresh_hash != current_hash]
+    if children:
         survey.recover = children[-1]
         survey.rescues = [r for r in survey.rescues if r is not survey.recover]
-        survey.kept = [(t, "a rescue file holds newer tokens") for t in temps]
+        survey.kept = [(t, "another file holds the successor of the token file's tokens") for t in temps
+                       if t is not survey.recover]
         return survey
 
     # No record names a file that is here: decide by content, and delete nothing whole.
@@ -891,18 +936,29 @@ def survey_token_directory(token_file: Path, record: Record | None, fallback: Pa
     elif current.tokens is None:
         survey.kept = [(t, "the token file cannot be read; it may be all that is left") for t in temps]
     else:
+        # Temporaries an older version left carry no lineage in their names: newer content wins.
         newer = [
             t for t in temps
-            if t.refresh_hash != current_hash and t.expires_at is not None and current.expires_at is not None
-            and t.expires_at > current.expires_at
+            if t.parent is None and t.refresh_hash != current_hash and t.expires_at is not None
+            and current.expires_at is not None and t.expires_at > current.expires_at
         ]
         survey.recover = max(newer, key=lambda t: t.expires_at or 0.0) if newer else None
         survey.kept = [
             (t, "it is not newer than the token file, and no record in the lock file says which is live")
             for t in temps if t is not survey.recover
         ]
+        # Whole files with other tokens that nothing places: older, if the record agrees that the token file
+        # holds the tokens last saved; otherwise (no record, or one the token file contradicts: a restore
+        # from a backup) one of them may be the live one, and refreshing with the token file's could spend
+        # a dead token — which a server may answer by revoking the whole grant.
+        agrees = record is not None and current_hash is not None and current_hash in (record.spent, record.live)
+        if survey.recover is None and not agrees:
+            survey.undecided = [f for f in whole if f.refresh_hash != current_hash]
     if survey.recover is None and current is not None and current.tokens is not None and record is not None:
         survey.note, survey.explanation = _what_the_record_tells(record, current)
+        survey.spent_for_sure = (
+            record.state == "received" and record.spent is not None and record.spent == current_hash
+        )
     return survey
 
 
@@ -948,6 +1004,7 @@ class TempCleanup:
     recovered: Path | None
     removed: int
     explanation: str | None = None
+    spent_for_sure: bool = False
 
 
 def tidy_temp_files(token_file: Path, lock: TokenLock, fallback: Path | None = None) -> TempCleanup:
@@ -965,6 +1022,14 @@ def tidy_temp_files(token_file: Path, lock: TokenLock, fallback: Path | None = N
     if lock.distrust:
         log.warning("%s: its record is not used (another user could have written it)", lock.distrust)
     survey = survey_token_directory(token_file, lock.found, fallback)
+    for path in (*survey.blank, *(f.path for f in (*survey.stale, *(k for k, _ in survey.kept))),
+                 *((survey.recover.path,) if survey.recover is not None else ())):
+        if _in_use(path):
+            raise LockBusyError(
+                f"another aweber-job run is saving tokens beside {survey.target} ({path} is in use), although this "
+                f"run holds the lock {lock.path}: was the lock file removed while that run held it? Nothing was sent",
+                hint="try again when that run has ended; never remove the lock file",
+            )
     target = survey.target
     warning = survey.directory_warning()
     if warning:
@@ -973,6 +1038,16 @@ def tidy_temp_files(token_file: Path, lock: TokenLock, fallback: Path | None = N
         log.warning(
             "ignored %s: %s; the job neither uses nor removes files it did not make: look at it, then remove it",
             untrusted.path, untrusted.reason,
+        )
+    if survey.undecided:
+        names = ", ".join(f"{f.path} (refresh token {f.fingerprint})" for f in survey.undecided)
+        current = survey.current.fingerprint if survey.current is not None else "none"
+        raise StorageError(
+            f"cannot tell which file holds the live refresh token: {target} (refresh token {current}) or {names}; "
+            "the lock file's record that would say is missing or does not match the token file (deleted, or the "
+            "token file restored from a backup?). Nothing was sent to AWeber",
+            hint=f"move the newest into place (mv FILE {target}) or remove the ones you know are stale, then run "
+            "again; aweber-job status shows each",
         )
     recovered = survey.recover
     if recovered is not None:
@@ -1024,7 +1099,7 @@ def tidy_temp_files(token_file: Path, lock: TokenLock, fallback: Path | None = N
         )
     if survey.note:
         log.warning("%s", survey.note)
-    return TempCleanup(recovered.path if recovered else None, removed, survey.explanation)
+    return TempCleanup(recovered.path if recovered else None, removed, survey.explanation, survey.spent_for_sure)
 
 
 def reserve_size_for(loaded_size: int) -> int:
@@ -1032,13 +1107,16 @@ def reserve_size_for(loaded_size: int) -> int:
     return loaded_size + MAX_TOKEN_ANSWER_BYTES + 4096
 
 
-def rescue_path_for(token_file: Path, now: float) -> Path:
-    """``<token file>.rescue-<UTC timestamp>`` in the same directory."""
+def _stamp(now: float) -> str:
     from datetime import datetime, timezone
 
+    return datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def rescue_path_for(token_file: Path, now: float, spent: str | None = None) -> Path:
+    """``<token file>.rescue-<UTC timestamp>.from-<hash>`` in the same directory."""
     target = resolve_target(token_file)
-    stamp = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return target.with_name(f"{target.name}{RESCUE_MARK}{stamp}")
+    return target.with_name(f"{target.name}{RESCUE_MARK}{_stamp(now)}{_from(spent)}")
 
 
 def save_rotated_tokens(
@@ -1088,7 +1166,7 @@ def save_rotated_tokens(
             return
     for attempt in range(attempts):
         try:
-            write_file_atomically(target, content)
+            write_file_atomically(target, content, suffix=_from(spent))
         except OSError as exc:
             errors.append(f"{target}: {_describe_os_error(exc)}")
             if attempt + 1 < attempts:
@@ -1099,7 +1177,7 @@ def save_rotated_tokens(
             if lock is not None:
                 lock.record_saved(new)
             return
-    rescue = rescue_path_for(token_file, now())
+    rescue = rescue_path_for(token_file, now(), spent)
     try:
         fd = os.open(rescue, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:

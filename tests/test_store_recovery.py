@@ -171,9 +171,13 @@ def test_without_a_record_a_newer_temporary_is_recovered_whatever_its_mtime(job:
 
 
 @pytest.mark.parametrize("lock_content", ["absent", "an older version's pid"])
-def test_without_a_record_an_older_complete_temporary_is_kept_and_named(job: JobFiles, lock_content: str) -> None:
-    """No record: a whole temporary that is not newer than the token file (by its expiry) is neither used nor
-    deleted, whatever its mtime; the run warns naming it and refreshes with the token file."""
+def test_without_a_record_an_undecided_complete_temporary_stops_the_run_before_anything_is_sent(
+    job: JobFiles, lock_content: str
+) -> None:
+    """No record: a whole temporary with other tokens that is not newer than the token file by content, and
+    whose name says nothing of its lineage, is neither used nor deleted, whatever its mtime; since either file
+    may hold the live token (expiry times come from clocks), the run stops with 73 naming both, sending
+    nothing, rather than risk presenting a spent token."""
     job.write_tokens(expires_in=7000)
     if lock_content != "absent":
         lock_file(job).write_text("4242\n")
@@ -183,12 +187,13 @@ def test_without_a_record_an_older_complete_temporary_is_kept_and_named(job: Job
     os.chmod(temp, 0o600)
     later = time.time() + 3600
     os.utime(temp, (later, later))
+    before = job.token_file.read_bytes()
     result = run_job(["refresh"], job.env())
-    assert result.returncode == 0, result.stderr
-    assert invalid_grants(job.standin) == 0
-    assert temp.exists()
-    assert any(": warning:" in line and str(temp) in line for line in result.stderr.splitlines()), result.stderr
-    assert job.read_tokens()["refresh_token"] in job.standin.live_refresh_tokens()
+    assert result.returncode == 73, result.stderr
+    assert token_requests(job.standin) == 0
+    assert temp.exists() and job.token_file.read_bytes() == before
+    (line,) = [line for line in result.stderr.splitlines() if ": error:" in line]
+    assert str(temp) in line and str(job.token_file) in line and "Nothing was sent" in line
 
 
 def test_with_a_record_an_older_complete_temporary_is_removed_with_a_warning(job: JobFiles) -> None:
@@ -236,18 +241,21 @@ def test_a_refresh_killed_in_flight_is_named_by_the_next_run(job: JobFiles) -> N
 
 def test_new_tokens_received_but_never_written_are_named(job: JobFiles) -> None:
     """The record says new tokens arrived, yet no file holds them (killed between the answer and the write):
-    the next run says exactly that, in a warning and in its exit 77."""
+    the next run says exactly that, in a warning and in its exit 77, and does not present the token the
+    record proves spent (a server that detects reuse would revoke the whole grant)."""
     grant = job.write_tokens()
     old = str(grant["refresh_token"])
     rotated = rotate_at_the_standin(job, old)
     write_record(job, {"state": "received", "from": sha256_hex(old), "to": sha256_hex(str(rotated["refresh_token"]))})
+    sent_before = token_requests(job.standin)
     result = run_job(["refresh"], job.env())
     assert result.returncode == 77, result.stderr
+    assert token_requests(job.standin) == sent_before
     lines = result.stderr.splitlines()
     said = "received new tokens and was killed before writing them"
     assert any(": warning:" in line and said in line for line in lines), result.stderr
     (error,) = [line for line in lines if ": error:" in line]
-    assert said in error and "invalid_grant" in error
+    assert said in error and "not sent again" in error and "aweber-job login" in error
     assert str(rotated["refresh_token"]) not in result.stderr
 
 
@@ -298,3 +306,68 @@ def test_nothing_is_sent_when_the_record_cannot_be_written(job: JobFiles) -> Non
     assert token_requests(job.standin) == 0
     assert job.token_file.read_bytes() == before
     assert temporaries(job) == []
+
+
+@pytest.mark.parametrize("lock", ["deleted", "emptied"])
+def test_without_a_record_a_rescue_file_named_after_the_token_files_token_is_put_in_place(
+    job: JobFiles, lock: str
+) -> None:
+    """A save that failed left the new tokens in a rescue file, and the lock file's record is gone since: the
+    rescue file's name says whose successor it holds, so the next run puts it in place instead of sending the
+    spent refresh token (which a server detecting reuse would answer by revoking the whole grant)."""
+    job.standin.state.reuse_detection = True
+    grant = job.write_tokens()
+    old = str(grant["refresh_token"])
+    rotated = rotate_at_the_standin(job, old)
+    rescue = job.token_file.with_name(f"tokens.json.rescue-20261130T092650Z.from-{sha256_hex(old)[:16]}")
+    rescue.write_bytes(as_token_file(rotated, expires_at=time.time() + 7200))
+    os.chmod(rescue, 0o600)
+    if lock == "emptied":
+        lock_file(job).write_text("")
+    result = run_job(["refresh"], job.env())
+    assert result.returncode == 0, result.stderr
+    assert invalid_grants(job.standin) == 0
+    assert job.read_tokens()["refresh_token"] in job.standin.live_refresh_tokens()
+    assert not rescue.exists()
+
+
+def test_a_lock_file_removed_under_a_running_refresh_does_not_let_a_second_run_refresh(job: JobFiles) -> None:
+    """Someone removes the lock file while a run waits for AWeber's answer: a second run takes the new lock
+    file, but finds the first run's reservation in use and stops (75) without sending anything; the first
+    run's save stands and no spent refresh token is ever presented."""
+    job.standin.state.reuse_detection = True
+    job.write_tokens()
+    job.standin.inject(Fault(delay_seconds=2.0), path="/oauth2/token")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "job", "refresh"], env=job.env(), cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 10
+    while b'"refreshing"' not in (lock_file(job).read_bytes() if lock_file(job).exists() else b""):
+        assert time.monotonic() < deadline, "the first run never started its refresh"
+        time.sleep(0.01)
+    lock_file(job).unlink()
+    sent = token_requests(job.standin)
+    second = run_job(["refresh"], job.env())
+    assert second.returncode == 75, second.stderr
+    assert "in use" in second.stderr and token_requests(job.standin) == sent
+    _, stderr = first.communicate(timeout=30)
+    assert first.returncode == 0, stderr
+    assert invalid_grants(job.standin) == 0
+    assert job.read_tokens()["refresh_token"] in job.standin.live_refresh_tokens()
+
+
+def test_revoke_revokes_the_live_refresh_token_a_failed_save_left_in_a_rescue_file(job: JobFiles) -> None:
+    """After a save that left the live tokens in a rescue file, `revoke` puts them in place first and revokes
+    the live refresh token (not the spent one in the old token file): nothing live is left behind."""
+    grant = job.write_tokens()
+    old = str(grant["refresh_token"])
+    rotated = rotate_at_the_standin(job, old)
+    rescue = job.token_file.with_name(f"tokens.json.rescue-20261130T092650Z.from-{sha256_hex(old)[:16]}")
+    rescue.write_bytes(as_token_file(rotated, expires_at=time.time() + 7200))
+    os.chmod(rescue, 0o600)
+    write_record(job, {"state": "received", "from": sha256_hex(old), "to": sha256_hex(str(rotated["refresh_token"]))})
+    result = run_job(["revoke"], job.env())
+    assert result.returncode == 0, result.stderr
+    assert job.standin.live_refresh_tokens() == set()
+    assert not job.token_file.exists() and not rescue.exists()
