@@ -637,6 +637,21 @@ class Reservation:
         _unlink_quietly(self.temp)
 
 
+def _write_new_file(path: Path, content: bytes, owner: tuple[int, int] | None = None) -> None:
+    """Create ``path`` 0600 (never over an existing file, never through a link), write ``content`` and fsync
+    it; a failure leaves no part of it behind and raises OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        _give_to(fd, owner, path)
+        _write_all(fd, content)
+        os.fsync(fd)
+    except OSError:
+        os.close(fd)
+        _unlink_quietly(path)
+        raise
+    os.close(fd)
+
+
 def _in_use(path: Path) -> bool:
     """Whether a live run holds ``path``'s flock (a reservation it is still filling)."""
     try:
@@ -851,15 +866,7 @@ def _write_fallback_rescue(target: Path, content: bytes, now: float, spent: str 
     if directory is None:
         raise OSError(errno.EACCES, "not a private directory of the job's own", str(fallback))
     path = directory / f"{_fallback_prefix(target)}{_stamp(now)}{_from(spent)}"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        _write_all(fd, content)
-        os.fsync(fd)
-    except OSError:
-        os.close(fd)
-        _unlink_quietly(path)
-        raise
-    os.close(fd)
+    _write_new_file(path, content)
     return path
 
 
@@ -1179,13 +1186,7 @@ def save_rotated_tokens(
             return
     rescue = rescue_path_for(token_file, now(), spent)
     try:
-        fd = os.open(rescue, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            _give_to(fd, _owner_for(target), rescue)
-            _write_all(fd, content)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_new_file(rescue, content, _owner_for(target))
         _fsync_directory(rescue.parent)
     except OSError as exc:
         if kept is not None and os.path.exists(kept):
