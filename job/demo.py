@@ -171,7 +171,9 @@ def _demo(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, quiet: 
 
     state_files = sorted(token_file.parent.glob("*.state.json"))
     if state_files:
-        out.write(f"\nWatermarks (latest subscribed_at reported per list) are kept in {state_files[0]}\n")
+        # The demo's directory goes away unless --keep: say where a real run keeps them, by name.
+        out.write(f"\nWatermarks (latest subscribed_at reported per list) are kept in {state_files[0].name}, "
+                  "beside the token file\n")
     return EXIT_OK
 
 
