@@ -436,8 +436,10 @@ def command_lines(draw: st.DrawFn) -> tuple[list[str], int]:
     for words in globals_chosen:
         valid &= GLOBAL_OPTIONS[words]
         (after if command and draw(st.booleans()) else before).extend(words)
+    run_options_given = False
     if command in (None, "run"):
         for option in draw(st.lists(st.sampled_from(list(RUN_OPTIONS)), max_size=3, unique=True)):
+            run_options_given = True
             value = draw(st.sampled_from(list(RUN_OPTIONS[option])))
             valid &= RUN_OPTIONS[option][value]
             (after if command and draw(st.booleans()) else before).extend([option, value])
@@ -446,6 +448,10 @@ def command_lines(draw: st.DrawFn) -> tuple[list[str], int]:
         valid &= json_after  # only `status` knows --json
         (after if json_after else before).append("--json")
     breakage = draw(st.sampled_from(["none"] * 4 + list(BREAKAGES)))  # half the lines unbroken at the end
+    if breakage == "second command" and command is None:
+        # With no command before it, "refresh" is the command itself: fine, unless run options stand
+        # before it (they would be ignored by refresh, so they are refused).
+        return [*before, "refresh"], (64 if not valid or run_options_given else 75)
     valid &= breakage == "none"
     argv = before + ([command] if command else []) + after + list(BREAKAGES[breakage])
     return argv, (64 if not valid else 0 if command in ("status", "tasks") else 75)
