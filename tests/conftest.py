@@ -128,3 +128,18 @@ def invalid_grants(server: Any) -> int:
     """How many token-endpoint answers were invalid_grant."""
     counts: dict[str, int] = server.stats()["token"]
     return sum(n for key, n in counts.items() if "invalid_grant" in key)
+
+
+class FakeTime:
+    """A monotonic clock that only moves when the recording sleep is called."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds

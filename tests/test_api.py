@@ -19,7 +19,7 @@ from job.config import load_settings
 from job.cycle import TokenKeeper
 from job.errors import EXIT_AUTH, EXIT_TEMPORARY, ApiError, AuthError, RunTimeoutError, TemporaryError
 from job.standin import RETRY_LATER_403_MESSAGES, Fault, StandIn
-from tests.conftest import JobFiles
+from tests.conftest import FakeTime, JobFiles
 
 ACCOUNT_ID = 1001
 LIST_ID = 2002
@@ -42,21 +42,6 @@ class FakeTokens:
     def refresh(self, reason: str) -> object:
         self.refreshes.append(reason)
         return None
-
-
-class FakeTime:
-    """A monotonic clock that only moves when the recording sleep is called."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def _session() -> requests.Session:

@@ -24,7 +24,7 @@ from job.standin import Fault, StandIn
 from job.standin.days import format_timestamp
 from job.tasks import TaskContext
 from job.tasks.new_subscribers import FIELDS, Watermark, new_subscribers, parse_timestamp
-from tests.conftest import JobFiles, run_job
+from tests.conftest import FakeTime, JobFiles, run_job
 
 DAY = 86_400
 ACCOUNT = 100
@@ -364,21 +364,6 @@ def test_entries_without_a_usable_timestamp_are_reported_once_not_fatal(tmp_path
     assert again.getvalue() == ""
 
 
-class FakeTime:
-    """A monotonic clock that only moves when the recording sleep is called."""
-
-    def __init__(self) -> None:
-        self.now = 5000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 def test_the_run_time_limit_keeps_the_rows_written_and_the_next_run_continues(job: JobFiles) -> None:
     """Stopped by AWEBER_RUN_TIMEOUT mid-list: rows out are kept, the watermark covers them, the rest come next run."""
     populate(job.standin, (201,), size=0)  # only new subscribers: the first find page is 100 of them
@@ -387,7 +372,7 @@ def test_the_run_time_limit_keeps_the_rows_written_and_the_next_run_continues(jo
     # One request a minute and 150 s: accounts, then lists and the first find page after a minute each;
     # the second page would start at 180 s.
     settings = load_settings(job.env(AWEBER_RATE_LIMIT="1", AWEBER_RUN_TIMEOUT="150"))
-    fake_time = FakeTime()
+    fake_time = FakeTime(5000.0)
     output = io.StringIO()
 
     outcome = RunOutcome()

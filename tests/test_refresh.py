@@ -27,6 +27,7 @@ from tests.conftest import (
     CONFIDENTIAL_SECRET,
     PUBLIC_ID,
     REPO,
+    FakeTime,
     JobFiles,
     invalid_grants,
     run_job,
@@ -291,21 +292,6 @@ def test_lost_answer_then_invalid_grant_explains_the_consumed_token(job: JobFile
     assert job.token_file.read_bytes() == before
 
 
-class FakeTime:
-    """A monotonic clock that only the injected sleep moves: retry waits cost no real time."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
 def sends_of(standin: StandIn, refresh_token: str) -> int:
     """How many token requests reached the stand-in carrying ``refresh_token`` (counted by fingerprint)."""
     wanted = hashlib.sha256(refresh_token.encode()).hexdigest()[:8]
@@ -326,7 +312,7 @@ def test_a_request_whose_answer_was_lost_is_resent_once_whatever_the_deadline(st
     """Every answer lost, a 120 s retry deadline: one refresh token is sent twice in all, then exit 75, explained."""
     token = str(standin.issue_tokens(CONFIDENTIAL_ID)["refresh_token"])
     standin.inject(*[Fault(drop="after") for _ in range(50)], path="/oauth2/token")
-    fake = FakeTime()
+    fake = FakeTime(0.0)
     error = refresh_in_process(standin, token, fake, deadline=120)
     assert sends_of(standin, token) == 2
     assert error.exit_code == 75
@@ -339,7 +325,7 @@ def test_after_a_lost_answer_a_transient_answer_to_the_resend_ends_the_refresh(s
     """Lost, then 503 to the resend: no third send of the same refresh token; exit 75 naming both."""
     token = str(standin.issue_tokens(CONFIDENTIAL_ID)["refresh_token"])
     standin.inject(Fault(drop="after"), Fault(status=503), path="/oauth2/token")
-    error = refresh_in_process(standin, token, FakeTime(), deadline=120)
+    error = refresh_in_process(standin, token, FakeTime(0.0), deadline=120)
     assert sends_of(standin, token) == 2
     assert error.exit_code == 75
     assert "503" in error.message and "answer was lost" in error.message
@@ -350,7 +336,7 @@ def test_with_reuse_detection_a_spent_token_is_never_presented_twice(standin: St
     standin.set_reuse_detection(True)
     token = str(standin.issue_tokens(CONFIDENTIAL_ID)["refresh_token"])
     standin.inject(*[Fault(drop="after") for _ in range(50)], path="/oauth2/token")
-    error = refresh_in_process(standin, token, FakeTime(), deadline=120)
+    error = refresh_in_process(standin, token, FakeTime(0.0), deadline=120)
     assert standin.reuse_stats()["spent_refresh_tokens_presented"] <= 1
     assert sends_of(standin, token) == 2
     assert error.exit_code == 75
