@@ -18,12 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import requests
 
 from job.errors import StorageError
 from job.store import Reservation, TempCleanup, TokenLock, lock_path_for, tidy_temp_files, write_file_atomically
-from tests.conftest import CONFIDENTIAL_ID, CONFIDENTIAL_SECRET, REPO, JobFiles, invalid_grants, run_job, token_requests
+from tests.conftest import REPO, JobFiles, invalid_grants, run_job, token_requests
 from tests.mounts import mounted, read_only
+from tests.test_store_recovery import rotate_at_the_standin
 
 CLOSED_PORT_URL = "http://127.0.0.1:9/oauth2/token"
 
@@ -179,16 +179,6 @@ def test_stale_temporaries_are_cleared_by_the_next_run_under_the_lock(job: JobFi
     assert "removed 1 temporary file" in result.stderr
 
 
-def _rotate_at_the_standin(job: JobFiles, refresh_token: str) -> dict[str, object]:
-    answer = requests.post(
-        job.standin.token_url, data={"grant_type": "refresh_token", "refresh_token": refresh_token},
-        auth=(CONFIDENTIAL_ID, CONFIDENTIAL_SECRET), timeout=5,
-    )
-    assert answer.status_code == 200, answer.text
-    document: dict[str, object] = answer.json()
-    return document
-
-
 def _leave_a_complete_temporary(job: JobFiles, tokens: dict[str, object], *, expires_at: float) -> Path:
     """What a run killed between writing its new tokens and renaming them leaves beside the token file."""
     temp = job.token_file.with_name(".tokens.json.tmp-0123456789ab")
@@ -203,7 +193,7 @@ def test_new_tokens_whose_rename_was_interrupted_are_put_in_place_by_the_next_ru
     """The server rotated, the new tokens reached their temporary, the rename never happened: the next run
     uses them instead of spending the token file's dead refresh token (no record: their later expiry says so)."""
     grant = job.write_tokens(expires_in=600)
-    rotated = _rotate_at_the_standin(job, str(grant["refresh_token"]))
+    rotated = rotate_at_the_standin(job, str(grant["refresh_token"]))
     temp = _leave_a_complete_temporary(job, rotated, expires_at=time.time() + 7200)
     result = run_job(["refresh"], job.env())
     assert result.returncode == 0, result.stderr
