@@ -1,0 +1,67 @@
+"""The seam between the run cycle and whatever holds a connection's tokens and task state.
+
+The cycle (:mod:`job.cycle`, :mod:`job.runner`) speaks only to a :class:`ConnectionStore`; which one
+is behind it is decided once, from ``AWEBER_STORE``: the token file (:class:`job.filestore.FileStore`,
+the default) or a PostgreSQL database (:mod:`job.pgstore`). Like a storage driver behind a
+repository interface, each store keeps its own guarantees inside these few calls, in the order the
+cycle makes them::
+
+    open()                       exclusive hold (lock or lease), tidy what an earlier run left, load
+    begin_refresh(tokens)        prove the save can happen and record that a refresh starts; nothing sent yet
+    refresh_failed(p, refused)   the refresh sent nothing usable back: undo what begin_refresh reserved
+    save(p, new_tokens)          durably, or a rescue file and TokenNotSavedError (73)
+    load_state(task) / save_state(task, state)
+    close()                      release the hold
+
+A store raises only :class:`job.errors.JobError` subclasses, so the exit codes stay the cycle's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from job.tokens import TokenFile
+
+DEFAULT_CONNECTION = "default"
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What :meth:`ConnectionStore.open` found.
+
+    ``explanation`` says why AWeber may refuse the refresh token (an earlier run's answer was lost),
+    for the message of an ``invalid_grant``; ``spent_for_sure`` means the store proves that token was
+    spent already, so it must not be sent again.
+    """
+
+    tokens: TokenFile
+    explanation: str | None = None
+    spent_for_sure: bool = False
+
+
+class PendingSave(Protocol):
+    """What :meth:`ConnectionStore.begin_refresh` prepared for one refresh (a reservation, a claim)."""
+
+
+class ConnectionStore(Protocol):
+    """One connection's tokens and task state; see the module docstring for the order of calls."""
+
+    #: Where the tokens live, for messages: ``token file /path`` or ``connection acme in …``.
+    where: str
+    #: The name of the connection (``default`` for the token file).
+    connection: str
+
+    def open(self) -> Opened: ...
+
+    def begin_refresh(self, tokens: TokenFile) -> PendingSave: ...
+
+    def refresh_failed(self, pending: PendingSave, *, refused: bool) -> None: ...
+
+    def save(self, pending: PendingSave, tokens: TokenFile) -> None: ...
+
+    def load_state(self, task_name: str) -> dict[str, Any]: ...
+
+    def save_state(self, task_name: str, state: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
