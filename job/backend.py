@@ -10,6 +10,7 @@ cycle makes them::
     begin_refresh(tokens)        prove the save can happen and record that a refresh starts; nothing sent yet
     refresh_failed(p, refused)   the refresh sent nothing usable back: undo what begin_refresh reserved
     save(p, new_tokens)          durably, or a rescue file and TokenNotSavedError (73)
+    keep_alive()                 called before each API request: renew the hold when it nears its end
     load_state(task) / save_state(task, state)
     close()                      release the hold
 
@@ -19,9 +20,13 @@ A store raises only :class:`job.errors.JobError` subclasses, so the exit codes s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from job.tokens import TokenFile
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from job.config import Settings
 
 DEFAULT_CONNECTION = "default"
 
@@ -40,14 +45,15 @@ class Opened:
     spent_for_sure: bool = False
 
 
-class PendingSave(Protocol):
-    """What :meth:`ConnectionStore.begin_refresh` prepared for one refresh (a reservation, a claim)."""
+# What begin_refresh prepared for one refresh (a reservation, a claim), handed back to save or
+# refresh_failed; each store has its own.
+PendingSave = TypeVar("PendingSave")
 
 
-class ConnectionStore(Protocol):
+class ConnectionStore(Protocol[PendingSave]):
     """One connection's tokens and task state; see the module docstring for the order of calls."""
 
-    #: Where the tokens live, for messages: ``token file /path`` or ``connection acme in …``.
+    #: Where the tokens live, for messages: the token file's path, or ``connection 'acme'``.
     where: str
     #: The name of the connection (``default`` for the token file).
     connection: str
@@ -60,8 +66,34 @@ class ConnectionStore(Protocol):
 
     def save(self, pending: PendingSave, tokens: TokenFile) -> None: ...
 
+    def keep_alive(self) -> None: ...
+
     def load_state(self, task_name: str) -> dict[str, Any]: ...
 
     def save_state(self, task_name: str, state: dict[str, Any]) -> None: ...
 
+    def state_location(self, task_name: str) -> str:
+        """Where the task's state is kept, and how to start it again, for a message."""
+        ...
+
     def close(self) -> None: ...
+
+
+def connection_store(settings: Settings, *, connection: str | None = None, wait: bool = True) -> ConnectionStore[Any]:
+    """The store ``AWEBER_STORE`` names, for ``connection`` (default: the configured one).
+
+    The PostgreSQL store is imported only here, so a token-file install never loads its driver.
+    """
+    if settings.store_url is None:
+        from job.filestore import FileStore
+
+        return FileStore(
+            settings.token_file, settings.state_dir, lock_timeout_seconds=settings.lock_timeout_seconds,
+            fallback_rescue_dir=settings.fallback_rescue_dir,
+        )
+    from job.pgstore import PostgresStore  # type: ignore[import-not-found,unused-ignore]
+
+    store: ConnectionStore[Any] = PostgresStore.from_settings(settings).connection(
+        connection or settings.connection, wait=wait, owns_store=True
+    )
+    return store

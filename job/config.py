@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,6 +22,14 @@ DEFAULT_REVOKE_URL = "https://auth.aweber.com/oauth2/revoke"
 DEFAULT_API_URL = "https://api.aweber.com/1.0"
 DEFAULT_TASK = "new-subscribers"
 CREDENTIAL_NAME = "aweber-client-secret"
+STORE_CREDENTIAL_NAME = "aweber-store"
+STORE_KEY_CREDENTIAL_NAME = "aweber-store-key"
+DEFAULT_CONNECTION = "default"
+# A connection's name appears in file names (rescue files), metric labels and log lines: a plain word.
+CONNECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$")
+CONNECTION_NAME_RULE = "1 to 100 letters, digits and . _ @ + - (starting with a letter or digit)"
+DEFAULT_RUN_INTERVAL_SECONDS = 24 * 3600.0
+DEFAULT_SHUTDOWN_GRACE_SECONDS = 25.0
 # AWeber allows 120 API requests a minute per customer account, shared by every integration on it
 # (docs/aweber-api.md); 100 leaves room for the others.
 DEFAULT_RATE_LIMIT_PER_MINUTE = 100
@@ -55,6 +63,12 @@ VARIABLES: dict[str, str] = {
     "AWEBER_PING_URL": "healthchecks-style monitoring URL",
     "AWEBER_METRICS_FILE": "Prometheus text-format metrics file",
     "AWEBER_LOG_FORMAT": "text or json",
+    "AWEBER_STORE": "file (the token file) or a PostgreSQL URL postgresql://… for many connections",
+    "AWEBER_CONNECTION": "which connection in the store a command acts on (default: default)",
+    "AWEBER_STORE_KEY": "Fernet keys, comma-separated (the first encrypts, all decrypt) for tokens in the database",
+    "AWEBER_STORE_KEY_FILE": "file holding AWEBER_STORE_KEY's value",
+    "AWEBER_RUN_INTERVAL": "run --all: a connection is due when its last run is older than this (24h; 0: always)",
+    "AWEBER_SHUTDOWN_GRACE": "run --all: seconds to finish what is in flight after SIGTERM (25)",
 }
 
 
@@ -133,6 +147,13 @@ class Settings:
     # Where a rescue file goes when nothing beside the token file can be written (its file system turned
     # read-only): another file system, in memory. None: nowhere else.
     fallback_rescue_dir: Path | None = None
+    # None: the token file. Else a PostgreSQL URL, a secret for its password.
+    store_url: Secret | None = None
+    store_source: str | None = None
+    connection: str = DEFAULT_CONNECTION
+    store_keys: tuple[Secret, ...] = ()
+    run_interval_seconds: float = DEFAULT_RUN_INTERVAL_SECONDS
+    shutdown_grace_seconds: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
     source: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -355,6 +376,24 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     metrics_raw = get("AWEBER_METRICS_FILE")
     metrics_file = Path(os.path.abspath(Path(metrics_raw).expanduser())) if metrics_raw else None
 
+    store_url, store_source = _store(values, get, problems)
+    store_keys = _store_keys(values, get, problems)
+    connection = get("AWEBER_CONNECTION") or DEFAULT_CONNECTION
+    if not CONNECTION_NAME.match(connection):
+        problems.append(f"AWEBER_CONNECTION must be a connection name of {CONNECTION_NAME_RULE}, got {connection!r}")
+        connection = DEFAULT_CONNECTION
+    run_interval = DEFAULT_RUN_INTERVAL_SECONDS
+    raw_interval = get("AWEBER_RUN_INTERVAL")
+    if raw_interval is not None:
+        parsed_interval = parse_duration_seconds(raw_interval)
+        if parsed_interval is None:
+            problems.append(
+                "AWEBER_RUN_INTERVAL must be a duration such as 24h, 90m or 3600 (seconds; 0: always due), "
+                f"got {raw_interval!r}"
+            )
+        else:
+            run_interval = parsed_interval
+
     log_format = (get("AWEBER_LOG_FORMAT") or "text").lower()
     if log_format not in ("text", "json"):
         problems.append(f"AWEBER_LOG_FORMAT must be 'text' or 'json', got {get('AWEBER_LOG_FORMAT')!r}")
@@ -385,8 +424,102 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         ping_url=ping_url,
         metrics_file=metrics_file,
         log_format=log_format,
+        store_url=store_url,
+        store_source=store_source,
+        connection=connection,
+        store_keys=store_keys,
+        run_interval_seconds=run_interval,
+        shutdown_grace_seconds=number("AWEBER_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE_SECONDS, minimum=0),
         source=dict(values),
     )
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def describe_store_url(url: str) -> str:
+    """A PostgreSQL URL as it may be shown: without its password (nor any query options, which may hold one)."""
+    parts = urlsplit(url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}"
+
+
+def _credential(values: Mapping[str, str], name: str) -> str | None:
+    """The path of systemd credential ``name`` when the service was given it, else None."""
+    directory = values.get("CREDENTIALS_DIRECTORY")
+    if directory and os.path.exists(os.path.join(directory, name)):
+        return os.path.join(directory, name)
+    return None
+
+
+_Get = Callable[[str], "str | None"]
+
+
+def _store(values: Mapping[str, str], get: _Get, problems: list[str]) -> tuple[Secret | None, str | None]:
+    """AWEBER_STORE (else the credential aweber-store): None for the token file, else the database URL."""
+    raw, source = get("AWEBER_STORE"), "AWEBER_STORE"
+    if raw is None:
+        path = _credential(values, STORE_CREDENTIAL_NAME)
+        if path is not None:
+            source = f"the credential {STORE_CREDENTIAL_NAME} ({path})"
+            try:
+                raw = _read_secret_file(path)
+            except (OSError, ValueError, UnicodeDecodeError):
+                problems.append(f"cannot read the store URL from {source}: it must hold the URL on its first line")
+                return None, None
+    if raw is None or raw.lower() == "file":
+        return None, None
+    # The password is a secret from the moment it is read: no message below may show it.
+    from job.logs import REDACTOR
+
+    parts = urlsplit(raw)
+    REDACTOR.add(parts.password)
+    if parts.scheme not in ("postgresql", "postgres") or not (parts.hostname or parts.path.strip("/")):
+        shown = describe_store_url(raw) if "://" in raw else "a value that is not a URL"
+        problems.append(f"{source} must be 'file' or a PostgreSQL URL such as postgresql://user@host/db, got {shown}")
+        return None, None
+    return Secret(raw), source
+
+
+def _store_keys(values: Mapping[str, str], get: _Get, problems: list[str]) -> tuple[Secret, ...]:
+    """The Fernet keys from AWEBER_STORE_KEY, AWEBER_STORE_KEY_FILE or the credential aweber-store-key."""
+    inline, key_file = get("AWEBER_STORE_KEY"), get("AWEBER_STORE_KEY_FILE")
+    if inline and key_file:
+        problems.append("AWEBER_STORE_KEY and AWEBER_STORE_KEY_FILE are both set; set only one")
+        return ()
+    source, raw = "AWEBER_STORE_KEY", inline
+    path = key_file or (None if inline else _credential(values, STORE_KEY_CREDENTIAL_NAME))
+    if path is not None:
+        source = "AWEBER_STORE_KEY_FILE" if key_file else f"the credential {STORE_KEY_CREDENTIAL_NAME}"
+        try:
+            raw = _read_secret_file(path)
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            reason = "it must hold the keys on its first line"
+            if isinstance(exc, OSError) and exc.strerror:
+                reason = exc.strerror
+            problems.append(f"{source}: cannot read the store keys from {path}: {reason}")
+            return ()
+    if not raw:
+        return ()
+    import base64
+    import binascii
+
+    from job.logs import REDACTOR
+
+    keys = [part.strip() for part in raw.split(",") if part.strip()]
+    REDACTOR.add(*keys)
+    for number, key in enumerate(keys, 1):
+        try:
+            decoded = base64.urlsafe_b64decode(key.encode("ascii"))
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            decoded = b""
+        if len(decoded) != 32:
+            problems.append(
+                f"{source}: key {number} of {len(keys)} is not a Fernet key (32 bytes in url-safe base64, as "
+                "cryptography's Fernet.generate_key() makes)"
+            )
+    return tuple(Secret(key) for key in keys)

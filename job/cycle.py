@@ -12,26 +12,17 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import requests
 
+from job.backend import ConnectionStore, connection_store
 from job.config import Settings
-from job.errors import AuthError, ConfigError, ProtocolError, StorageError
+from job.errors import AuthError, ConfigError, ProtocolError
 from job.logs import REDACTOR
 from job.oauth import Client, TokenAnswer, TokenCall, refresh_tokens, warn_on_clock_skew
 from job.oauth1 import DISCONNECTED_HINT
-from job.store import (
-    LoadedTokens,
-    Reservation,
-    TokenLock,
-    load_token_file,
-    reserve_size_for,
-    save_rotated_tokens,
-    tidy_temp_files,
-    token_hash,
-)
 from job.tokens import TokenFile, assumed_lifetime, fingerprint, format_expiry, refresh_margin
 
 log = logging.getLogger(__name__)
@@ -63,34 +54,39 @@ class RefreshStats:
 
 @dataclass
 class TokenKeeper:
-    """Holds the lock, the current tokens, and the one way to refresh and save them."""
+    """Holds the store open (its lock or lease), the current tokens, and the one way to refresh and save them."""
 
     settings: Settings
     session: requests.Session
+    # None: the store AWEBER_STORE names (the token file by default), for the configured connection.
+    store: ConnectionStore[Any] = None  # type: ignore[assignment]
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     stats: RefreshStats = field(default_factory=RefreshStats)
-    _lock: TokenLock | None = field(default=None, init=False, repr=False)
-    _loaded: LoadedTokens | None = field(default=None, init=False, repr=False)
+    _open: bool = field(default=False, init=False, repr=False)
     _tokens: TokenFile | None = field(default=None, init=False, repr=False)
     _client: Client | None = field(default=None, init=False, repr=False)
-    # Why AWeber may refuse the token file's refresh token, as the lock file's record tells (for exit 77).
+    # Why AWeber may refuse the stored refresh token, as the store's record tells (for exit 77).
     _explanation: str | None = field(default=None, init=False, repr=False)
-    # The record proves the token file's refresh token spent: presenting it again could revoke the grant.
+    # The record proves the stored refresh token spent: presenting it again could revoke the grant.
     _spent_for_sure: bool = field(default=False, init=False, repr=False)
     # When this run's last refresh answer arrived and the lifetime it gave (None: none usable).
     _refreshed_at: float | None = field(default=None, init=False, repr=False)
     _answer_lifetime: float | None = field(default=None, init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.store is None:
+            self.store = connection_store(self.settings)
+
     @property
-    def path(self) -> Path:
-        return self.settings.token_file
+    def where(self) -> str:
+        return self.store.where
 
     @property
     def tokens(self) -> TokenFile:
         if self._tokens is None:
-            raise RuntimeError("the token file is not loaded")
+            raise RuntimeError("the tokens are not loaded")
         return self._tokens
 
     @property
@@ -98,20 +94,13 @@ class TokenKeeper:
         return self.tokens.access_token
 
     def open(self) -> TokenKeeper:
-        """Take the lock and load the token file (steps 1–2)."""
-        self._lock = TokenLock(self.path, self.settings.lock_timeout_seconds)
-        self._lock.acquire()
+        """Open the store: its lock or lease, then the tokens (steps 1–2)."""
+        opened = self.store.open()
+        self._open = True
         try:
-            tidied = tidy_temp_files(self.path, self._lock, self.settings.fallback_rescue_dir)
-            self._explanation, self._spent_for_sure = tidied.explanation, tidied.spent_for_sure
-            self._loaded = load_token_file(self.path)
-            self._tokens = self._loaded.tokens
+            self._explanation, self._spent_for_sure = opened.explanation, opened.spent_for_sure
+            self._tokens = opened.tokens
             REDACTOR.add(*self._tokens.secrets())
-            if self._loaded.readable_by_others:
-                log.warning(
-                    "token file %s is readable by group or others (mode %04o); it will be saved as 0600",
-                    self.path, self._loaded.mode,
-                )
             if self._tokens.oauth1 is None:
                 # OAuth 1.0a files carry their own consumer key; no OAuth 2 client is involved.
                 self._client = resolve_client(self.settings, self._tokens)
@@ -121,10 +110,10 @@ class TokenKeeper:
         return self
 
     def close(self) -> None:
-        """Release the lock."""
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        """Release the lock or lease."""
+        if self._open:
+            self._open = False
+            self.store.close()
 
     def __enter__(self) -> TokenKeeper:
         return self.open()
@@ -145,22 +134,15 @@ class TokenKeeper:
         """
         if self._tokens is not None and self._tokens.oauth1 is not None:
             raise AuthError("OAuth 1.0a tokens cannot be refreshed", hint=DISCONNECTED_HINT)
-        if self._client is None or self._tokens is None or self._lock is None:
+        if self._client is None or self._tokens is None or not self._open:
             raise RuntimeError("open() the keeper before refreshing")
         if self._spent_for_sure and self._explanation:
             raise AuthError(
-                f"the refresh token in {self.path} is spent: {self._explanation}; it was not sent again (a server "
+                f"the refresh token in {self.where} is spent: {self._explanation}; it was not sent again (a server "
                 "that sees a spent token again may revoke the whole authorization)",
                 hint="authorize again: aweber-job login --force",
             )
-        current_size = len(self._tokens.to_bytes())
-        spent = token_hash(self._tokens.refresh_token)
-        reservation = Reservation.create(self.path, reserve_size_for(current_size), spent)
-        try:
-            self._lock.record_refreshing(spent)
-        except StorageError:
-            reservation.discard()
-            raise
+        pending = self.store.begin_refresh(self._tokens)
         old_fingerprint = fingerprint(self._tokens.refresh_token)
         call = TokenCall(
             session=self.session,
@@ -176,8 +158,7 @@ class TokenKeeper:
         try:
             answer = refresh_tokens(call, self._client, self._tokens.refresh_token)
         except BaseException as exc:
-            reservation.discard()
-            self._lock.record_refresh_ended(spent, refused=isinstance(exc, AuthError))
+            self.store.refresh_failed(pending, refused=isinstance(exc, AuthError))
             if isinstance(exc, AuthError) and self._explanation and "invalid_grant" in exc.message:
                 raise AuthError(f"{exc.message}; {self._explanation}", hint=exc.hint) from exc
             raise
@@ -190,16 +171,13 @@ class TokenKeeper:
         self._answer_lifetime = float(lifetime) if isinstance(lifetime, (int, float)) else None
         new_tokens = self._tokens.with_answer(answer.body, answer.received_at)
         self._tokens = new_tokens
-        save_rotated_tokens(
-            self.path, new_tokens, reservation, lock=self._lock, spent=spent, now=self.clock,
-            fallback=self.settings.fallback_rescue_dir,
-        )
+        self.store.save(pending, new_tokens)
         self.stats.refreshes += 1
         self.stats.last_refresh_seconds = self.monotonic() - started
         if answer.unusable:
             raise ProtocolError(
                 f"the token endpoint's answer to the refresh {answer.unusable}; the new refresh token was saved "
-                f"({old_fingerprint} -> {fingerprint(new_tokens.refresh_token)}) in {self.path} and the next run "
+                f"({old_fingerprint} -> {fingerprint(new_tokens.refresh_token)}) in {self.where} and the next run "
                 "will refresh again"
             )
         warn_on_clock_skew(answer)
@@ -237,6 +215,7 @@ class TokenKeeper:
         OAuth 1.0a signs ``method`` and ``url`` with ``params`` encoded into its query exactly as
         requests sends them, since the signature covers every query parameter.
         """
+        self.store.keep_alive()
         credentials = self.tokens.oauth1
         if credentials is None:
             return {"Authorization": f"Bearer {self.ensure_fresh(leeway_seconds)}"}

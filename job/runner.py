@@ -7,7 +7,6 @@ failed run did too.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import re
@@ -21,6 +20,7 @@ from typing import IO, Any
 import requests
 
 from job.api import ApiClient
+from job.backend import ConnectionStore, connection_store
 from job.config import DURATION_UNITS, Settings
 from job.cycle import TokenKeeper
 from job.errors import (
@@ -30,11 +30,11 @@ from job.errors import (
     RunTimeoutError,
     StorageError,
     TaskError,
-    TokenFileError,
     UsageError,
 )
-from job.store import lock_path_for, write_file_atomically
-from job.tasks import Task, TaskContext, resolve_task
+from job.filestore import state_file_for
+from job.store import lock_path_for
+from job.tasks import TaskContext, resolve_task
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +114,6 @@ def parse_since(value: str, now: datetime) -> datetime:
     return when.astimezone(timezone.utc)
 
 
-def state_file_for(state_dir: Path, task_name: str) -> Path:
-    """``<state dir>/<task>.state.json``, the task's name made safe for a file name."""
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in task_name)
-    return state_dir / f"{safe}.state.json"
-
-
 def _same_file(a: Path, b: Path) -> bool:
     """Whether two paths name one file: the same resolved path, or (both existing) the same device and inode."""
     if os.path.realpath(a) == os.path.realpath(b):
@@ -168,58 +162,6 @@ def check_own_files(settings: Settings, *, output: str | None, task_name: str | 
         raise ConfigError(problems)
 
 
-class TaskState:
-    """A task's persistent JSON state in ``<state dir>/<task>.state.json``, saved atomically."""
-
-    def __init__(self, state_dir: Path, task: Task) -> None:
-        self.path = state_file_for(state_dir, task.name)
-
-    def load(self) -> dict[str, Any]:
-        """The saved state, or {} on a first run; TokenFileError (65) names a corrupt file or a link."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise TokenFileError(
-                    f"task state file {self.path} is a symbolic link; the job neither reads nor writes its own "
-                    "files through links",
-                    hint="replace the link with the file itself",
-                ) from exc
-            raise StorageError(f"cannot read task state {self.path}: {exc.strerror or exc}") from exc
-        try:
-            with open(fd, "rb") as handle:
-                data = handle.read()
-        except OSError as exc:
-            raise StorageError(f"cannot read task state {self.path}: {exc.strerror or exc}") from exc
-        try:
-            value = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            value = None
-        if not isinstance(value, dict):
-            raise TokenFileError(
-                f"task state file {self.path} is not a JSON object",
-                hint="move it away to start again from --since",
-            )
-        return value
-
-    def save(self, state: dict[str, Any]) -> None:
-        """Write the state atomically and durably; StorageError (73) when it cannot."""
-        try:
-            content = (json.dumps(state, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-        except (TypeError, ValueError) as exc:
-            raise TaskError(f"the task's state is not JSON-serialisable: {exc}") from exc
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_file_atomically(self.path, content)
-        except OSError as exc:
-            raise StorageError(
-                f"cannot save task state {self.path}: {exc.strerror or exc}; the tokens are saved, "
-                "and the next run repeats this run's work"
-            ) from exc
-
-
 def _open_output(path: str | None, stdout: IO[str]) -> tuple[IO[str], bool]:
     """The task's output stream: stdout, or ``path`` opened for appending (created 0600, never through a link)."""
     if not path or path == "-":
@@ -266,6 +208,7 @@ def run_cycle(
     *,
     stdout: IO[str],
     outcome: RunOutcome | None = None,
+    store: ConnectionStore[Any] | None = None,
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
@@ -285,17 +228,16 @@ def run_cycle(
     outcome.task = task.name if task else None
     check_own_files(settings, output=options.output if task else None, task_name=task.name if task else None)
     output, close_output = _open_output(options.output, stdout) if task else (stdout, False)
-    keeper = TokenKeeper(settings, session, clock=clock, monotonic=monotonic, sleep=sleep)
+    store = store if store is not None else connection_store(settings)
+    keeper = TokenKeeper(settings, session, store, clock=clock, monotonic=monotonic, sleep=sleep)
     try:
         with keeper:
-            state_store = TaskState(settings.state_dir, task) if task else None
-            state = state_store.load() if state_store else {}
-            if state and state_store and options.since is not None and task is not None:
+            state = store.load_state(task.name) if task else {}
+            if state and options.since is not None and task is not None:
                 # An operator who asked for a look-back and got none would otherwise not know why.
                 log.info(
-                    "--since %s is used only where task %s has no saved state: it continues from %s "
-                    "(move that file away to start again from --since)",
-                    options.since, task.name, state_store.path,
+                    "--since %s is used only where task %s has no saved state: it continues from %s",
+                    options.since, task.name, store.state_location(task.name),
                 )
             if keeper.legacy_oauth1:
                 log.info("the token file holds OAuth 1.0a tokens, which do not expire: nothing to refresh")
@@ -304,7 +246,7 @@ def run_cycle(
                     keeper.refresh("refresh on start")
                 finally:
                     _copy_refresh_stats(keeper, outcome)
-            if task is None or state_store is None:
+            if task is None:
                 return outcome
             api = ApiClient.from_settings(
                 session, settings, keeper, clock=clock, monotonic=monotonic, sleep=sleep, run_started=run_started
@@ -326,7 +268,7 @@ def run_cycle(
                 # Out of time, not failed: what was done is kept (a task moves its state only past
                 # output it has flushed), so the next run picks up where this one stopped.
                 context.flush_output()
-                state_store.save(context.state)
+                store.save_state(task.name, context.state)
                 raise RunTimeoutError(
                     f"{exc.message}; the output so far is flushed and the task state saved: "
                     "the next run continues from there"
@@ -340,7 +282,7 @@ def run_cycle(
                 _copy_refresh_stats(keeper, outcome)
                 outcome.new_subscribers = context.counters.get("new_subscribers")
             context.flush_output()
-            state_store.save(context.state)
+            store.save_state(task.name, context.state)
             outcome.summary = dict(summary or {})
             return outcome
     finally:

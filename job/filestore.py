@@ -1,0 +1,190 @@
+"""The token file behind the store seam (:mod:`job.backend`): the default, one connection, ``default``.
+
+Everything that keeps the token file safe lives in :mod:`job.store`; this class only says, in the
+seam's words, which of its steps the cycle takes when: the lock and the tidy-up on open, the
+reservation and the lock file's record before a refresh, the careful save after it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from job.backend import DEFAULT_CONNECTION, Opened
+from job.errors import StorageError, TaskError, TokenFileError
+from job.store import (
+    Reservation,
+    TokenLock,
+    load_token_file,
+    reserve_size_for,
+    save_rotated_tokens,
+    tidy_temp_files,
+    token_hash,
+    write_file_atomically,
+)
+from job.tokens import TokenFile
+
+log = logging.getLogger(__name__)
+
+
+def state_file_for(state_dir: Path, task_name: str) -> Path:
+    """``<state dir>/<task>.state.json``, the task's name made safe for a file name."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in task_name)
+    return state_dir / f"{safe}.state.json"
+
+
+@dataclass
+class _FilePending:
+    """A refresh under way: the reservation made for its tokens and the hash of the token it spends."""
+
+    reservation: Reservation
+    spent: str
+
+
+class FileStore:
+    """The token file and the task state files beside it (docs/design.md §3–§5)."""
+
+    connection = DEFAULT_CONNECTION
+
+    def __init__(
+        self,
+        token_file: Path,
+        state_dir: Path,
+        *,
+        lock_timeout_seconds: float,
+        fallback_rescue_dir: Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = token_file
+        self.state_dir = state_dir
+        self.where = str(token_file)
+        self._lock_timeout = lock_timeout_seconds
+        self._fallback = fallback_rescue_dir
+        self._clock = clock
+        self._lock: TokenLock | None = None
+
+    def open(self) -> Opened:
+        """Take the lock, put in place what an earlier run could not finish, load the token file."""
+        self._lock = TokenLock(self.path, self._lock_timeout)
+        self._lock.acquire()
+        try:
+            tidied = tidy_temp_files(self.path, self._lock, self._fallback)
+            loaded = load_token_file(self.path)
+        except BaseException:
+            self.close()
+            raise
+        if loaded.readable_by_others:
+            log.warning(
+                "token file %s is readable by group or others (mode %04o); it will be saved as 0600",
+                self.path, loaded.mode,
+            )
+        return Opened(tokens=loaded.tokens, explanation=tidied.explanation, spent_for_sure=tidied.spent_for_sure)
+
+    def begin_refresh(self, tokens: TokenFile) -> _FilePending:
+        """Reserve room for the new tokens, then record in the lock file that a refresh starts."""
+        lock = self._held()
+        spent = token_hash(tokens.refresh_token)
+        reservation = Reservation.create(self.path, reserve_size_for(len(tokens.to_bytes())), spent)
+        try:
+            lock.record_refreshing(spent)
+        except StorageError:
+            reservation.discard()
+            raise
+        return _FilePending(reservation, spent)
+
+    def refresh_failed(self, pending: _FilePending, *, refused: bool) -> None:
+        pending.reservation.discard()
+        self._held().record_refresh_ended(pending.spent, refused=refused)
+
+    def save(self, pending: _FilePending, tokens: TokenFile) -> None:
+        save_rotated_tokens(
+            self.path, tokens, pending.reservation, lock=self._held(), spent=pending.spent, now=self._clock,
+            fallback=self._fallback,
+        )
+
+    def keep_alive(self) -> None:
+        """Nothing to renew: the lock is held as long as the process lives."""
+
+    def load_state(self, task_name: str) -> dict[str, Any]:
+        return TaskStateFile(state_file_for(self.state_dir, task_name)).load()
+
+    def save_state(self, task_name: str, state: dict[str, Any]) -> None:
+        TaskStateFile(state_file_for(self.state_dir, task_name)).save(state)
+
+    def state_location(self, task_name: str) -> str:
+        """Where the task's state is kept, for the message that tells how to start it again."""
+        return f"{state_file_for(self.state_dir, task_name)} (move that file away to start again from --since)"
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _held(self) -> TokenLock:
+        if self._lock is None:
+            raise RuntimeError("open() the store first")
+        return self._lock
+
+
+class TaskStateFile:
+    """A task's persistent JSON state in ``<state dir>/<task>.state.json``, saved atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, Any]:
+        """The saved state, or {} on a first run; TokenFileError (65) names a corrupt file or a link."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise TokenFileError(
+                    f"task state file {self.path} is a symbolic link; the job neither reads nor writes its own "
+                    "files through links",
+                    hint="replace the link with the file itself",
+                ) from exc
+            raise StorageError(f"cannot read task state {self.path}: {exc.strerror or exc}") from exc
+        try:
+            with open(fd, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise StorageError(f"cannot read task state {self.path}: {exc.strerror or exc}") from exc
+        try:
+            value = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            value = None
+        if not isinstance(value, dict):
+            raise TokenFileError(
+                f"task state file {self.path} is not a JSON object",
+                hint="move it away to start again from --since",
+            )
+        return value
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Write the state atomically and durably; StorageError (73) when it cannot."""
+        content = state_bytes(state)
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_file_atomically(self.path, content)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot save task state {self.path}: {exc.strerror or exc}; the tokens are saved, "
+                "and the next run repeats this run's work"
+            ) from exc
+
+
+def state_bytes(state: dict[str, Any]) -> bytes:
+    """A task's state as the UTF-8 JSON a store keeps; TaskError (1) when the task left something else."""
+    try:
+        return (json.dumps(state, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise TaskError(f"the task's state is not JSON-serialisable: {exc}") from exc
