@@ -1,4 +1,4 @@
-"""The deployment files: systemd/aweber-job.service, systemd/aweber-job.timer, crontab.example.
+"""The deployment files: the systemd units, the templates aweber-job@.service and .timer, crontab.example.
 
 The systemd checks run the real `systemd-analyze` (Debian package `systemd`); they are
 skipped, never faked, when it is not installed.
@@ -296,6 +296,26 @@ def test_the_readme_creates_the_secret_file_only_with_the_drop_in_that_loads_it(
             if "/etc/aweber-job/client-secret" in line:
                 assert "/dev/null" not in line and "touch" not in line.split(), line
 
+
+
+def test_the_readme_adds_a_connection_with_its_own_env_file_sandbox_and_timer() -> None:
+    """The README's steps for instance acme write /etc/aweber-job/acme.env, log in with that env file and the
+    instance's state directory, enable aweber-job@acme.timer, and create acme's secret file in a step of its
+    own, never as an empty file (which a public app's instance does not need)."""
+    instance = parse_unit(INSTANCE_SERVICE.read_text(encoding="utf-8"))
+    state_directory = for_instance(last_value(instance, "Service", "StateDirectory"), "acme")
+    env_file = for_instance(last_value(instance, "Service", "EnvironmentFile"), "acme")
+    blocks = shell_blocks(README.read_text(encoding="utf-8"))
+    text = "\n".join(blocks)
+    assert "/etc/aweber-job/acme.env" in text
+    logins = [block for block in blocks if "login" in block and "aweber-job@acme.timer" in block]
+    assert len(logins) == 1
+    assert f"-p StateDirectory={state_directory} " in logins[0] and f"-p EnvironmentFile={env_file} " in logins[0]
+    assert "systemctl enable --now aweber-job@acme.timer" in logins[0]
+    secret_lines = [line for block in blocks for line in block.splitlines() if "acme.client-secret" in line]
+    secret_blocks = [block for block in blocks if "acme.client-secret" in block]
+    assert len(secret_lines) == len(secret_blocks) == 1 and secret_blocks[0].strip() == secret_lines[0].strip()
+    assert "/dev/null" not in secret_lines[0] and "touch" not in secret_lines[0].split()
 
 def test_service_restarts_only_on_temporary_failure(service: Unit) -> None:
     """Every permanent exit code prevents a restart and exit 75 does not, nor is it a success."""
