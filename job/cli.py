@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     example = command("example", "print a deployment file with this installation's program path filled in")
     example.add_argument("kind", choices=list(EXAMPLES),
                          help="service and timer (systemd units), credential (the client-secret drop-in for "
-                              "the service), crontab (a cron line) or env (every variable, documented)")
+                              "the service), instance-service, instance-timer and instance-credential (the same "
+                              "as templates, one instance per connection: aweber-job@NAME), crontab (a cron "
+                              "line) or env (every variable, documented)")
     _add_run_options(parser, top_level=True)
     return parser
 
@@ -391,12 +393,12 @@ def _cmd_tasks(out: IO[str]) -> int:
 
 
 def _cmd_example(kind: str, out: IO[str]) -> int:
-    from job.deployment import example_text, fill_in, hidden_from_the_service, running_program
+    from job.deployment import SERVICE_KINDS, example_text, fill_in, hidden_from_the_service, running_program
 
     program = running_program(sys.argv[0], sys.executable)
     out.write(fill_in(example_text(kind), program))
     out.flush()
-    if kind == "service":
+    if kind in SERVICE_KINDS:
         for path, top in hidden_from_the_service(program, sys.executable):
             _log().warning(
                 "%s is under %s, which the service's ProtectHome=yes hides: the service would not start (203/EXEC); "

@@ -1,9 +1,10 @@
 """The deployment files shipped in the package, for ``aweber-job example``.
 
-The unit files, the client-secret drop-in, the crontab line and the env example live once, in the
-repository (``systemd/``, ``crontab.example``, ``.env.example``); ``job/examples/`` holds links to
-them, which a wheel turns into copies, so an install from a wheel (pip, pipx) has them too. They
-name the program as the README installs it; :func:`fill_in` puts the running one in its place.
+The unit files (the single service and the per-connection template), their client-secret drop-ins, the
+crontab line and the env example live once, in the repository (``systemd/``, ``crontab.example``,
+``.env.example``); ``job/examples/`` holds links to them, which a wheel turns into copies, so an install
+from a wheel (pip, pipx) has them too. They name the program as the README installs it; :func:`fill_in`
+puts the running one in its place.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ EXAMPLES = {
     "credential": "client-secret.conf",
     "crontab": "crontab.example",
     "env": "env.example",
+    # The template units: one instance per connection (aweber-job@acme.service), and their client-secret drop-in.
+    "instance-service": "aweber-job@.service",
+    "instance-timer": "aweber-job@.timer",
+    "instance-credential": "instance-client-secret.conf",
 }
+# The kinds that are a service unit, whose program ProtectHome=yes must not hide.
+SERVICE_KINDS = ("service", "instance-service")
 # Where the shipped files say the console script is installed.
 DOCUMENTED_PROGRAM = "/opt/aweber-job/venv/bin/aweber-job"
 # What the unit's ProtectHome=yes makes invisible to the service.

@@ -1,4 +1,4 @@
-"""The deployment files: systemd/aweber-job.service, systemd/aweber-job.timer, crontab.example.
+"""The deployment files: the systemd units, the templates aweber-job@.service and .timer, crontab.example.
 
 The systemd checks run the real `systemd-analyze` (Debian package `systemd`); they are
 skipped, never faked, when it is not installed.
@@ -15,14 +15,14 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from job.config import CREDENTIAL_NAME
 from job.standin import StandIn
-from tests.conftest import CONFIDENTIAL_ID, CONFIDENTIAL_SECRET
+from tests.conftest import CONFIDENTIAL_ID, CONFIDENTIAL_SECRET, PUBLIC_ID
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = ROOT / "systemd" / "aweber-job.service"
@@ -163,12 +163,11 @@ def runnable_job_command() -> list[str]:
     return [sys.executable, "-m", "job"]
 
 
-@pytest.fixture(params=["public client", "confidential client"])
-def unit_copies(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    """Copies of both units whose ExecStart runs a job that exists on this machine, with the client-secret
-    drop-in beside them for a confidential client."""
+def copy_units(directory: Path, service: Path, timer: Path, drop_in: Path | None) -> None:
+    """Copy a service (its ExecStart running a job that exists on this machine), its timer and, when given, its
+    client-secret drop-in into ``directory``, laid out as systemd-analyze reads them."""
     program_words = runnable_job_command()
-    service_text = SERVICE.read_text(encoding="utf-8")
+    service_text = service.read_text(encoding="utf-8")
     old_program = re.escape(INSTALLED_PROGRAM)
     rewritten, count = re.subn(
         rf"^(ExecStart=[-@:+!]*){old_program}(?=\s|$)",
@@ -176,13 +175,20 @@ def unit_copies(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
         service_text,
         flags=re.MULTILINE,
     )
-    assert count == 1, f"expected one ExecStart={INSTALLED_PROGRAM} line in {SERVICE}"
-    (tmp_path / SERVICE.name).write_text(rewritten, encoding="utf-8")
-    shutil.copyfile(TIMER, tmp_path / TIMER.name)
-    if request.param == "confidential client":
+    assert count == 1, f"expected one ExecStart={INSTALLED_PROGRAM} line in {service}"
+    (directory / service.name).write_text(rewritten, encoding="utf-8")
+    shutil.copyfile(timer, directory / timer.name)
+    if drop_in is not None:
         # systemd-analyze reads <unit>.d/*.conf beside the unit file given to it.
-        (tmp_path / SECRET_DROP_IN.parent.name).mkdir()
-        shutil.copyfile(SECRET_DROP_IN, tmp_path / SECRET_DROP_IN.parent.name / SECRET_DROP_IN.name)
+        (directory / drop_in.parent.name).mkdir()
+        shutil.copyfile(drop_in, directory / drop_in.parent.name / drop_in.name)
+
+
+@pytest.fixture(params=["public client", "confidential client"])
+def unit_copies(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """Copies of both units whose ExecStart runs a job that exists on this machine, with the client-secret
+    drop-in beside them for a confidential client."""
+    copy_units(tmp_path, SERVICE, TIMER, SECRET_DROP_IN if request.param == "confidential client" else None)
     return tmp_path
 
 
@@ -291,6 +297,26 @@ def test_the_readme_creates_the_secret_file_only_with_the_drop_in_that_loads_it(
                 assert "/dev/null" not in line and "touch" not in line.split(), line
 
 
+
+def test_the_readme_adds_a_connection_with_its_own_env_file_sandbox_and_timer() -> None:
+    """The README's steps for instance acme write /etc/aweber-job/acme.env, log in with that env file and the
+    instance's state directory, enable aweber-job@acme.timer, and create acme's secret file in a step of its
+    own, never as an empty file (which a public app's instance does not need)."""
+    instance = parse_unit(INSTANCE_SERVICE.read_text(encoding="utf-8"))
+    state_directory = for_instance(last_value(instance, "Service", "StateDirectory"), "acme")
+    env_file = for_instance(last_value(instance, "Service", "EnvironmentFile"), "acme")
+    blocks = shell_blocks(README.read_text(encoding="utf-8"))
+    text = "\n".join(blocks)
+    assert "/etc/aweber-job/acme.env" in text
+    logins = [block for block in blocks if "login" in block and "aweber-job@acme.timer" in block]
+    assert len(logins) == 1
+    assert f"-p StateDirectory={state_directory} " in logins[0] and f"-p EnvironmentFile={env_file} " in logins[0]
+    assert "systemctl enable --now aweber-job@acme.timer" in logins[0]
+    secret_lines = [line for block in blocks for line in block.splitlines() if "acme.client-secret" in line]
+    secret_blocks = [block for block in blocks if "acme.client-secret" in block]
+    assert len(secret_lines) == len(secret_blocks) == 1 and secret_blocks[0].strip() == secret_lines[0].strip()
+    assert "/dev/null" not in secret_lines[0] and "touch" not in secret_lines[0].split()
+
 def test_service_restarts_only_on_temporary_failure(service: Unit) -> None:
     """Every permanent exit code prevents a restart and exit 75 does not, nor is it a success."""
     prevented = set(all_words(service, "Service", "RestartPreventExitStatus"))
@@ -317,6 +343,219 @@ def test_timer_runs_daily_with_jitter_and_catches_up(timer: Unit) -> None:
     assert timespan_seconds(last_value(timer, "Timer", "RandomizedDelaySec")) > 0
     assert last_value(timer, "Timer", "Persistent").lower() in {"true", "yes", "on", "1"}
     assert "timers.target" in all_words(timer, "Install", "WantedBy")
+
+
+# ---- template units: one instance per connection ----------------------------------------------
+
+INSTANCE_SERVICE = ROOT / "systemd" / "aweber-job@.service"
+INSTANCE_TIMER = ROOT / "systemd" / "aweber-job@.timer"
+INSTANCE_SECRET_DROP_IN = ROOT / "systemd" / "aweber-job@.service.d" / "client-secret.conf"
+# Settings that name the connection, and so differ from the single unit's; every other one is the same.
+PER_INSTANCE = {
+    ("Unit", "Description"),
+    ("Service", "SyslogIdentifier"),
+    ("Service", "EnvironmentFile"),
+    ("Service", "StateDirectory"),
+    ("Service", "RuntimeDirectory"),
+}
+
+
+def for_instance(value: str, instance: str) -> str:
+    """A setting's value as systemd expands it for ``instance``: %i is the instance name, %% a percent sign.
+
+    Any other specifier fails the test, so a new one in the template is not silently left unexpanded here."""
+    specifiers = set(re.findall(r"%(.)", value))
+    assert specifiers <= {"i", "%"}, f"unexpected specifier in {value!r}: {sorted(specifiers)}"
+    expanded = re.sub(r"%(.)", lambda match: instance if match.group(1) == "i" else "%", value)
+    return expanded
+
+
+@pytest.fixture(scope="module")
+def instance_service() -> Unit:
+    """The parsed template service."""
+    return parse_unit(INSTANCE_SERVICE.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def instance_timer() -> Unit:
+    """The parsed template timer."""
+    return parse_unit(INSTANCE_TIMER.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(params=["public client", "confidential client"])
+def instance_unit_copies(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """Copies of the template units whose ExecStart runs a job that exists on this machine, with the template's
+    client-secret drop-in beside them for a confidential client."""
+    copy_units(tmp_path, INSTANCE_SERVICE, INSTANCE_TIMER,
+               INSTANCE_SECRET_DROP_IN if request.param == "confidential client" else None)
+    return tmp_path
+
+
+def test_instance_units_pass_systemd_analyze_verify(systemd_analyze: str, instance_unit_copies: Path) -> None:
+    """An instance of each template (aweber-job@acme.service and .timer) loads in systemd-analyze verify with no
+    error or warning about it."""
+    service_copy = instance_unit_copies / "aweber-job@acme.service"
+    timer_copy = instance_unit_copies / "aweber-job@acme.timer"
+    result = run_analyze(systemd_analyze, "verify", str(service_copy), str(timer_copy), cwd=instance_unit_copies)
+    output = result.stdout + result.stderr
+    about_ours = [line for line in output.splitlines() if "aweber-job@" in line or str(instance_unit_copies) in line]
+    assert result.returncode == 0 and not about_ours, f"systemd-analyze verify exited {result.returncode}:\n{output}"
+
+
+def test_instance_sandbox_exposure_is_at_most_1_5(systemd_analyze: str, instance_unit_copies: Path) -> None:
+    """systemd-analyze security rates an instance's sandbox 1.5 or lower, like the single service's."""
+    result = run_analyze(systemd_analyze, "security", "--offline=true", "--no-pager",
+                         str(instance_unit_copies / "aweber-job@acme.service"), cwd=instance_unit_copies)
+    output = result.stdout + result.stderr
+    match = re.search(r"Overall exposure level for aweber-job@acme\.service: (\d+(?:\.\d+)?)", output)
+    assert match is not None, (
+        f"no exposure level in systemd-analyze security output (exit {result.returncode}):\n{output}"
+    )
+    exposure = float(match.group(1))
+    assert exposure <= MAX_EXPOSURE, f"exposure {exposure} > {MAX_EXPOSURE}:\n{output}"
+
+
+def test_the_instance_service_is_the_single_service_but_for_the_connection_settings(
+    service: Unit, instance_service: Unit
+) -> None:
+    """Hardening, retries, time limits and the program are the single service's, setting for setting; only the
+    description, the log name, the env file and the two directories differ, and each of those names %i."""
+    for section in ("Unit", "Service"):
+        keys = set(service.get(section, {})) | set(instance_service.get(section, {}))
+        for key in sorted(keys):
+            single = service.get(section, {}).get(key)
+            instance = instance_service.get(section, {}).get(key)
+            if (section, key) in PER_INSTANCE:
+                assert instance and all("%i" in value for value in instance), f"[{section}] {key}={instance}"
+            else:
+                assert instance == single, f"[{section}] {key}=: template {instance}, single unit {single}"
+    assert "Install" not in instance_service, "the timer starts the service; the service has no [Install]"
+
+
+def test_the_instance_timer_is_the_single_timer_for_one_connection(timer: Unit, instance_timer: Unit) -> None:
+    """The template timer runs daily with the single timer's jitter and catch-up; only its description differs,
+    naming the connection."""
+    assert "%i" in last_value(instance_timer, "Unit", "Description")
+    assert {**instance_timer, "Unit": {}} == {**timer, "Unit": {}}
+    assert instance_timer["Unit"].keys() == {"Description"}
+
+
+def test_the_instance_drop_in_passes_the_connections_own_secret() -> None:
+    """The template's drop-in passes /etc/aweber-job/NAME.client-secret as the credential the job reads, and the
+    template alone loads none (a public app's instance starts without a secret file)."""
+    drop_in = parse_unit(INSTANCE_SECRET_DROP_IN.read_text(encoding="utf-8"))
+    assert drop_in == {"Service": {"LoadCredential": [f"{CREDENTIAL_NAME}:/etc/aweber-job/%i.client-secret"]}}
+    service = parse_unit(INSTANCE_SERVICE.read_text(encoding="utf-8"))
+    for key in ("LoadCredential", "LoadCredentialEncrypted", "SetCredential", "SetCredentialEncrypted"):
+        assert service["Service"].get(key, []) == [], f"{INSTANCE_SERVICE.name} sets {key}="
+
+
+def instance_paths(service: Unit, drop_in: Unit, instance: str) -> dict[str, str]:
+    """The files and directories that instance ``instance`` reads or writes, as absolute paths."""
+    return {
+        "env file": for_instance(last_value(service, "Service", "EnvironmentFile").lstrip("-"), instance),
+        "state directory": "/var/lib/" + for_instance(last_value(service, "Service", "StateDirectory"), instance),
+        "runtime directory": "/run/" + for_instance(last_value(service, "Service", "RuntimeDirectory"), instance),
+        "client secret": for_instance(last_value(drop_in, "Service", "LoadCredential").split(":", 1)[1], instance),
+    }
+
+
+def overlaps(one: str, other: str) -> bool:
+    """Whether two paths are the same or one lies inside the other."""
+    return one == other or one.startswith(other.rstrip("/") + "/") or other.startswith(one.rstrip("/") + "/")
+
+
+def test_two_instances_and_the_single_unit_share_no_file_or_directory(service: Unit, instance_service: Unit) -> None:
+    """aweber-job@acme and aweber-job@globex read their own env file and secret and keep their own state and runtime
+    directories, none inside another's or the single unit's (systemd gives a state directory and all it holds
+    to its unit's user at every start, so a nested one would change hands)."""
+    drop_in = parse_unit(INSTANCE_SECRET_DROP_IN.read_text(encoding="utf-8"))
+    acme = instance_paths(instance_service, drop_in, "acme")
+    globex = instance_paths(instance_service, drop_in, "globex")
+    assert acme["env file"] == "/etc/aweber-job/acme.env"
+    single = [
+        "/var/lib/" + last_value(service, "Service", "StateDirectory"),
+        "/run/" + last_value(service, "Service", "RuntimeDirectory"),
+        last_value(service, "Service", "EnvironmentFile").lstrip("-"),
+        "/etc/aweber-job/client-secret",
+    ]
+    for what in acme:
+        assert not overlaps(acme[what], globex[what]), f"acme and globex share their {what}: {acme[what]}"
+        for path in single:
+            assert not overlaps(acme[what], path), f"acme's {what} {acme[what]} overlaps the single unit's {path}"
+    assert all(path.startswith("/etc/aweber-job/") for path in (acme["env file"], acme["client secret"]))
+
+
+def systemd_environment(service: Unit, instance: str, root: Path, program_env: Mapping[str, str]) -> dict[str, str]:
+    """The environment systemd gives instance ``instance``, with /etc, /var/lib and /run under ``root``:
+    Environment=, then the env file's KEY=value lines, then $STATE_DIRECTORY, $RUNTIME_DIRECTORY and, when the
+    instance's secret file exists, $CREDENTIALS_DIRECTORY holding it as the credential."""
+    env = dict(program_env)
+    for assignment in service["Service"].get("Environment", []):
+        key, _, value = assignment.partition("=")
+        env[key] = value
+    paths = instance_paths(service, parse_unit(INSTANCE_SECRET_DROP_IN.read_text(encoding="utf-8")), instance)
+    env_file = root / paths["env file"].lstrip("/")
+    for line in env_file.read_text(encoding="utf-8").splitlines():
+        key, _, value = line.partition("=")
+        env[key] = value
+    for variable, what in (("STATE_DIRECTORY", "state directory"), ("RUNTIME_DIRECTORY", "runtime directory")):
+        directory = root / paths[what].lstrip("/")
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        env[variable] = str(directory)
+    secret = root / paths["client secret"].lstrip("/")
+    if secret.exists():
+        credentials = root / "run" / "credentials" / f"aweber-job@{instance}.service"
+        credentials.mkdir(parents=True, mode=0o700)
+        shutil.copyfile(secret, credentials / CREDENTIAL_NAME)
+        env["CREDENTIALS_DIRECTORY"] = str(credentials)
+    return env
+
+
+def test_two_instances_run_each_with_its_own_token_file(tmp_path: Path, standin: StandIn,
+                                                         instance_service: Unit) -> None:
+    """Two connections set up as the template says (acme a confidential app with its secret file, globex a
+    public one) each refresh the token in their own state directory, in the environment systemd gives each."""
+    etc = tmp_path / "etc" / "aweber-job"
+    etc.mkdir(parents=True, mode=0o700)
+    urls = f"AWEBER_TOKEN_URL={standin.token_url}\nAWEBER_API_URL={standin.api_url}\n"
+    (etc / "acme.env").write_text(f"AWEBER_CLIENT_ID={CONFIDENTIAL_ID}\n{urls}", encoding="utf-8")
+    (etc / "acme.client-secret").write_text(CONFIDENTIAL_SECRET + "\n", encoding="utf-8")
+    (etc / "globex.env").write_text(f"AWEBER_CLIENT_ID={PUBLIC_ID}\n{urls}", encoding="utf-8")
+    now = time.time()
+    standin.add_account(1)
+    standin.add_list(1, 2, "Newsletter", size=50, start=now - 90 * 86_400, end=now - 3 * 86_400)
+    standin.add_subscribers(1, 2, [{"email": "new@example.com", "subscribed_at": now - 600}])
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path / "no-home")}
+    envs = {name: systemd_environment(instance_service, name, tmp_path, base) for name in ("acme", "globex")}
+    state = {name: Path(env["STATE_DIRECTORY"]) for name, env in envs.items()}
+    clients = {"acme": CONFIDENTIAL_ID, "globex": PUBLIC_ID}
+    for name, client in clients.items():
+        grant = standin.issue_tokens(client)
+        state[name].joinpath("tokens.json").write_text(json.dumps({**grant, "expires_at": now + 7200}),
+                                                       encoding="utf-8")
+    before = {name: state[name].joinpath("tokens.json").read_text(encoding="utf-8") for name in envs}
+
+    acme = subprocess.run([*runnable_job_command(), "run"], env=envs["acme"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+    assert acme.returncode == 0, acme.stderr
+    acme_tokens = json.loads(state["acme"].joinpath("tokens.json").read_text(encoding="utf-8"))
+    assert acme_tokens["refresh_token"] in standin.live_refresh_tokens()
+    assert state["acme"].joinpath("tokens.json").read_text(encoding="utf-8") != before["acme"]
+    assert state["globex"].joinpath("tokens.json").read_text(encoding="utf-8") == before["globex"]
+    assert set(os.listdir(state["acme"])) - {"tokens.json"}, "acme's task state and lock are not in its directory"
+    assert os.listdir(state["globex"]) == ["tokens.json"], "acme's run wrote into globex's state directory"
+    assert not (tmp_path / "no-home").exists()
+
+    globex = subprocess.run([*runnable_job_command(), "run"], env=envs["globex"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, check=False)
+
+    assert globex.returncode == 0, globex.stderr
+    globex_tokens = json.loads(state["globex"].joinpath("tokens.json").read_text(encoding="utf-8"))
+    assert globex_tokens["refresh_token"] in standin.live_refresh_tokens()
+    assert json.loads(state["acme"].joinpath("tokens.json").read_text(encoding="utf-8")) == acme_tokens
+    assert [json.loads(row)["email"] for row in globex.stdout.splitlines()] == ["new@example.com"]
 
 
 # ---- crontab ------------------------------------------------------------------------------

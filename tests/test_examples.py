@@ -21,6 +21,9 @@ SOURCES = {
     "credential": REPO / "systemd" / "aweber-job.service.d" / "client-secret.conf",
     "crontab": REPO / "crontab.example",
     "env": REPO / ".env.example",
+    "instance-service": REPO / "systemd" / "aweber-job@.service",
+    "instance-timer": REPO / "systemd" / "aweber-job@.timer",
+    "instance-credential": REPO / "systemd" / "aweber-job@.service.d" / "client-secret.conf",
 }
 PACKAGED = REPO / "job" / "examples"
 
@@ -52,14 +55,16 @@ def test_example_prints_the_file_with_this_installation_program(kind: str) -> No
                             check=False, cwd=REPO, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected(kind, CONSOLE_SCRIPT)
-    if kind == "service":
+    if kind in ("service", "instance-service"):
         assert f"ExecStart={CONSOLE_SCRIPT} run\n" in result.stdout
 
 
-def test_example_service_warns_when_protect_home_would_hide_the_python_it_runs() -> None:
-    """`example service` warns, naming the path, when the program or its real Python interpreter lies under
-    /home, /root or /run/user, which the unit's ProtectHome=yes hides (the service could not start)."""
-    result = subprocess.run([str(CONSOLE_SCRIPT), "example", "service"], capture_output=True, text=True,
+@pytest.mark.parametrize("kind", ["service", "instance-service"])
+def test_example_service_warns_when_protect_home_would_hide_the_python_it_runs(kind: str) -> None:
+    """`example service` (and `instance-service`) warns, naming the path, when the program or its real Python
+    interpreter lies under /home, /root or /run/user, which the unit's ProtectHome=yes hides (the service could
+    not start)."""
+    result = subprocess.run([str(CONSOLE_SCRIPT), "example", kind], capture_output=True, text=True,
                             timeout=60, check=False, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
     assert result.returncode == 0
     interpreter = os.path.realpath(sys.executable)
