@@ -168,11 +168,12 @@ class PrivateCluster:
 
     def processes(self) -> list[int]:
         """Pids of every process working in this data directory (every postgres process chdirs into it)."""
+        wanted = {str(self.data), f"{self.data} (deleted)"}  # the second once the directory is removed
         pids = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 with contextlib.suppress(OSError):
-                    if os.readlink(entry / "cwd") == str(self.data):
+                    if os.readlink(entry / "cwd") in wanted:
                         pids.append(int(entry.name))
         return pids
 
