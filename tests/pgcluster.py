@@ -137,7 +137,7 @@ class PrivateCluster:
         raise ClusterError(f"private PostgreSQL in {self.data} did not start within {START_TIMEOUT:.0f} s: {log}")
 
     def stop(self, mode: str = "fast") -> None:
-        """Stop the server: ``fast`` ends sessions and checkpoints; ``immediate`` is a crash (recovery on start)."""
+        """Stop the server: ``fast`` ends connections and checkpoints; ``immediate`` is a crash (recovery on start)."""
         if mode not in STOP_SIGNALS:
             raise ValueError(f"stop mode must be one of {sorted(STOP_SIGNALS)}, not {mode!r}")
         server = self._server
@@ -213,18 +213,18 @@ class PrivateCluster:
     def set_read_only(self, database: str, on: bool) -> None:
         """Make NEW connections to one database read-only (writes fail with SQLSTATE 25006).
 
-        Sessions already open keep their mode; use set_read_only_everywhere() to reach them too.
+        Connections already open keep their mode; use set_read_only_everywhere() to reach them too.
         """
         value = "on" if on else "off"
         self.sql(f'ALTER DATABASE "{database}" SET default_transaction_read_only = {value}')
 
     def set_read_only_everywhere(self, on: bool) -> None:
-        """Make every database read-only, sessions already open included, from their next transaction.
+        """Make every database read-only, connections already open included, from their next transaction.
 
-        ALTER SYSTEM + pg_reload_conf(): open sessions take the new default when they next read a command
-        (a transaction already under way keeps its mode; a session that SET the value itself keeps its
-        own, and so does a database given its own value by set_read_only()). Returns once a new session
-        sees the new value, so the server has reloaded and signalled every open session.
+        ALTER SYSTEM + pg_reload_conf(): open connections take the new default when they next read a command
+        (a transaction already under way keeps its mode; a connection that SET the value itself keeps its
+        own, and so does a database given its own value by set_read_only()). Returns once a new connection
+        sees the new value, so the server has reloaded and signalled every open connection.
         """
         value = "on" if on else "off"
         self.sql(f"ALTER SYSTEM SET default_transaction_read_only = {value}")

@@ -1,7 +1,7 @@
 """The private cluster the PostgreSQL fault tests stand on does what they rely on.
 
 It starts and takes writes, a restart cuts open connections but keeps the data, read-only refuses
-writes with SQLSTATE 25006 (new sessions, or open ones too), a stopped server refuses at once, and
+writes with SQLSTATE 25006 (new connections, or open ones too), a stopped server refuses at once, and
 nothing — no process, no directory — outlives it, even when the test process is killed.
 """
 
@@ -82,7 +82,7 @@ def test_an_immediate_stop_is_a_crash_that_loses_nothing_committed(private_pg: P
 
 
 def test_a_read_only_database_refuses_writes_on_new_connections(private_pg: PrivateCluster) -> None:
-    """set_read_only(db): new sessions fail writes with 25006; a session opened before keeps writing."""
+    """set_read_only(db): new connections fail writes with 25006; a connection opened before keeps writing."""
     url = private_pg.create_database("ro_new")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE kept (value text)")
@@ -92,17 +92,17 @@ def test_a_read_only_database_refuses_writes_on_new_connections(private_pg: Priv
         with psycopg.connect(url, autocommit=True) as conn, pytest.raises(psycopg.Error) as refused:
             conn.execute("INSERT INTO kept VALUES ('refused')")
         assert refused.value.sqlstate == "25006"
-        opened_before.execute("INSERT INTO kept VALUES ('old session')")
+        opened_before.execute("INSERT INTO kept VALUES ('old connection')")
     finally:
         opened_before.close()
     private_pg.set_read_only("ro_new", False)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("INSERT INTO kept VALUES ('writable again')")
-    assert rows(url) == ["old session", "writable again"]
+    assert rows(url) == ["old connection", "writable again"]
 
 
-def test_read_only_everywhere_reaches_sessions_already_open(private_pg: PrivateCluster) -> None:
-    """set_read_only_everywhere(): an open session's next write fails with 25006; off again, it writes."""
+def test_read_only_everywhere_reaches_connections_already_open(private_pg: PrivateCluster) -> None:
+    """set_read_only_everywhere(): an open connection's next write fails with 25006; off again, it writes."""
     url = private_pg.create_database("ro_all")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE kept (value text)")
@@ -148,7 +148,7 @@ def test_cleanup_leaves_no_process_and_no_directory() -> None:
     """cleanup() of a running cluster: every process of its data directory gone, the directory removed."""
     with PrivateCluster() as cluster:
         pids = _processes_in(cluster.data)
-        assert len(pids) >= 2  # the postmaster and its helpers
+        assert len(pids) >= 2  # the postmaster and its background processes
         root = cluster.root
     assert [pid for pid in pids if Path(f"/proc/{pid}").exists()] == []
     assert _processes_in(cluster.data) == []
