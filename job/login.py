@@ -16,6 +16,7 @@ import os
 import secrets
 import stat
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
@@ -90,38 +91,11 @@ def run_login(
     _refuse_to_overwrite(path, force=force)
     existing = _load_existing(path, warn=True) if force else None
     client = _login_client(settings, existing)
-    redirect = _option(redirect_uri, "--redirect-uri") or OOB_REDIRECT_URI
-    scopes = " ".join((_option(scope, "--scope") or DEFAULT_SCOPE).split())
-    if code is not None and client.is_public:
-        raise UsageError(
-            "--code cannot be used with a public client (no client secret): its code is bound to the "
-            "PKCE challenge in the authorize URL this login prints; run aweber-job login without --code "
-            "and paste the code at the prompt"
-        )
-    if code is not None and not code.strip():
-        raise UsageError("--code is empty; give the authorization code or the whole redirect URL")
-
+    request = LoginRequest.parse(client, code=code, redirect_uri=redirect_uri, scope=scope)
     _prepare_directory(path)
     _check_writable(settings)
-
-    verifier, challenge = make_pkce_pair() if client.is_public else (None, None)
-    REDACTOR.add(verifier)
-    if code is not None:
-        REDACTOR.add(code.strip())
-        # No state was issued for a code given on the command line, so none can be checked: take
-        # the code out of a pasted URL as it is (the same trust as a bare code).
-        auth_code = parse_pasted_code(code, _state_in(code) or "")
-    else:
-        state = secrets.token_urlsafe(24)
-        url = authorize_url(
-            settings.authorize_url, client, redirect_uri=redirect, scope=scopes, state=state,
-            code_challenge=challenge,
-        )
-        _print_instructions(stdout, url, redirect=redirect, public=client.is_public)
-        pasted = _read_pasted(stdin, stdout)
-        REDACTOR.add(pasted)
-        auth_code = parse_pasted_code(pasted, state)
-    REDACTOR.add(auth_code)
+    auth_code, verifier = obtain_code(settings, client, request, code=code, stdin=stdin, stdout=stdout)
+    redirect, scopes = request.redirect, request.scope
 
     answer, tokens = _exchange_and_save(
         settings, session, client, auth_code, redirect=redirect, verifier=verifier, scope=scopes, force=force
@@ -134,6 +108,54 @@ def run_login(
     )
     _print_result(stdout, path, tokens)
     return EXIT_OK
+
+
+@dataclass(frozen=True)
+class LoginRequest:
+    """What the person is asked to approve: where AWeber sends them back, and the scopes."""
+
+    redirect: str
+    scope: str
+
+    @classmethod
+    def parse(cls, client: Client, *, code: str | None, redirect_uri: str | None, scope: str | None) -> LoginRequest:
+        """Check the options before anything else happens; UsageError (64) for a blank one or a misplaced --code."""
+        redirect = _option(redirect_uri, "--redirect-uri") or OOB_REDIRECT_URI
+        scopes = " ".join((_option(scope, "--scope") or DEFAULT_SCOPE).split())
+        if code is not None and client.is_public:
+            raise UsageError(
+                "--code cannot be used with a public client (no client secret): its code is bound to the "
+                "PKCE challenge in the authorize URL this login prints; run aweber-job login without --code "
+                "and paste the code at the prompt"
+            )
+        if code is not None and not code.strip():
+            raise UsageError("--code is empty; give the authorization code or the whole redirect URL")
+        return cls(redirect=redirect, scope=scopes)
+
+
+def obtain_code(
+    settings: Settings, client: Client, request: LoginRequest, *, code: str | None, stdin: IO[str], stdout: IO[str]
+) -> tuple[str, str | None]:
+    """The authorization code (from --code, or pasted after the printed URL) and the PKCE verifier, if any."""
+    verifier, challenge = make_pkce_pair() if client.is_public else (None, None)
+    REDACTOR.add(verifier)
+    if code is not None:
+        REDACTOR.add(code.strip())
+        # No state was issued for a code given on the command line, so none can be checked: take
+        # the code out of a pasted URL as it is (the same trust as a bare code).
+        auth_code = parse_pasted_code(code, _state_in(code) or "")
+    else:
+        state = secrets.token_urlsafe(24)
+        url = authorize_url(
+            settings.authorize_url, client, redirect_uri=request.redirect, scope=request.scope, state=state,
+            code_challenge=challenge,
+        )
+        _print_instructions(stdout, url, redirect=request.redirect, public=client.is_public)
+        pasted = _read_pasted(stdin, stdout)
+        REDACTOR.add(pasted)
+        auth_code = parse_pasted_code(pasted, state)
+    REDACTOR.add(auth_code)
+    return auth_code, verifier
 
 
 def _option(value: str | None, name: str) -> str | None:
@@ -282,28 +304,14 @@ def _exchange_and_save(
         except StorageError as exc:
             message = exc.message.replace("the refresh token was not used", "the code was not spent")
             raise StorageError(message, hint=exc.hint) from exc.__cause__
-        call = TokenCall(
-            session=session,
-            url=settings.token_url,
-            timeout_seconds=settings.http_timeout_seconds,
-            deadline_seconds=settings.retry_deadline_seconds,
-        )
         try:
-            answer = exchange_code(call, client, auth_code, redirect_uri=redirect, code_verifier=verifier)
+            answer, tokens = exchange_for_tokens(
+                settings, session, client, auth_code, redirect=redirect, verifier=verifier, scope=scope,
+                existing=existing,
+            )
         except BaseException:
             reservation.discard()
             raise
-        for key in ("access_token", "refresh_token"):
-            value = answer.body.get(key)
-            if isinstance(value, str):
-                REDACTOR.add(value)
-        tokens = _build_token_file(answer, existing, client, scope)
-        if not tokens.token.get("refresh_token"):
-            reservation.discard()
-            raise ProtocolError(
-                "the token endpoint's answer to the authorization code has no refresh_token; "
-                "the job could not refresh later, so nothing was saved; the code is spent: run aweber-job login again"
-            )
         # Recorded in the lock file, so a temporary an earlier run left never wins over this authorization.
         save_rotated_tokens(path, tokens, reservation, lock=lock, fallback=settings.fallback_rescue_dir)
         if existing is not None and existing.oauth1 is not None:
@@ -325,6 +333,41 @@ def _exchange_and_save(
                 f"was saved ({fingerprint(tokens.refresh_token)}) in {path}, and the next run will refresh it "
                 "(or now: aweber-job refresh)"
             )
+    return answer, tokens
+
+
+def exchange_for_tokens(
+    settings: Settings,
+    session: requests.Session,
+    client: Client,
+    auth_code: str,
+    *,
+    redirect: str,
+    verifier: str | None,
+    scope: str,
+    existing: TokenFile | None,
+) -> tuple[TokenAnswer, TokenFile]:
+    """Spend the code at the token endpoint; the answer and the tokens to save (in ``existing``'s shape).
+
+    ProtocolError (76) when the answer holds no refresh token: the job could never refresh it.
+    """
+    call = TokenCall(
+        session=session,
+        url=settings.token_url,
+        timeout_seconds=settings.http_timeout_seconds,
+        deadline_seconds=settings.retry_deadline_seconds,
+    )
+    answer = exchange_code(call, client, auth_code, redirect_uri=redirect, code_verifier=verifier)
+    for key in ("access_token", "refresh_token"):
+        value = answer.body.get(key)
+        if isinstance(value, str):
+            REDACTOR.add(value)
+    tokens = _build_token_file(answer, existing, client, scope)
+    if not tokens.token.get("refresh_token"):
+        raise ProtocolError(
+            "the token endpoint's answer to the authorization code has no refresh_token; "
+            "the job could not refresh later, so nothing was saved; the code is spent: run aweber-job login again"
+        )
     return answer, tokens
 
 
@@ -391,33 +434,47 @@ def run_revoke(settings: Settings, session: requests.Session) -> int:
         tidy_temp_files(path, lock, settings.fallback_rescue_dir)
         tokens = load_token_file(path).tokens
         REDACTOR.add(*tokens.secrets())
-        if tokens.oauth1 is not None:
-            raise UsageError(
-                f"token file {path} holds OAuth 1.0a tokens, which the job cannot revoke (AWeber offers no "
-                "endpoint for it); the token file was kept",
-                hint="disconnect the integration in the AWeber account to end them",
-            )
-        client = resolve_client(settings, tokens)
-        refresh_fp = fingerprint(tokens.refresh_token)
-        call = TokenCall(
-            session=session,
-            url=settings.revoke_url,
-            timeout_seconds=settings.http_timeout_seconds,
-            deadline_seconds=settings.retry_deadline_seconds,
+        client = revoke_refresh_token(
+            settings, session, tokens, where=f"token file {path}", kept=f"the token file {path} was kept"
         )
-        try:
-            revoke_token(call, client, tokens.refresh_token, hint="refresh_token")
-        except JobError as exc:
-            # oauth.py words its messages for the token endpoint; this answer came from the revoke endpoint.
-            message = exc.message.replace("the token endpoint", "the revoke endpoint")
-            raise type(exc)(f"{message}; the token file {path} was kept", hint=exc.hint) from None
+        refresh_fp = fingerprint(tokens.refresh_token)
         _remove_token_file(path, refresh_fp)
-    access_note = _revoke_access_token(settings, session, client, tokens)
+    access_note = revoke_access_token(settings, session, client, tokens)
     log.info(
         "revoked the refresh token %s at AWeber%s and removed the token file %s",
         refresh_fp, access_note, path, extra={"refresh_token": refresh_fp},
     )
     return EXIT_OK
+
+
+def revoke_refresh_token(
+    settings: Settings, session: requests.Session, tokens: TokenFile, *, where: str, kept: str
+) -> Client:
+    """Revoke ``tokens``' refresh token at AWeber; return the client, for the access token after.
+
+    ``where`` names the tokens and ``kept`` says they were kept, in the messages of a refusal. A
+    legacy OAuth 1.0a token is a UsageError (64): those tokens cannot be revoked by the job.
+    """
+    if tokens.oauth1 is not None:
+        raise UsageError(
+            f"{where} holds OAuth 1.0a tokens, which the job cannot revoke (AWeber offers no "
+            f"endpoint for it); {kept}",
+            hint="disconnect the integration in the AWeber account to end them",
+        )
+    client = resolve_client(settings, tokens)
+    call = TokenCall(
+        session=session,
+        url=settings.revoke_url,
+        timeout_seconds=settings.http_timeout_seconds,
+        deadline_seconds=settings.retry_deadline_seconds,
+    )
+    try:
+        revoke_token(call, client, tokens.refresh_token, hint="refresh_token")
+    except JobError as exc:
+        # oauth.py words its messages for the token endpoint; this answer came from the revoke endpoint.
+        message = exc.message.replace("the token endpoint", "the revoke endpoint")
+        raise type(exc)(f"{message}; {kept}", hint=exc.hint) from None
+    return client
 
 
 def _remove_token_file(path: Path, refresh_fp: str) -> None:
@@ -435,7 +492,7 @@ def _remove_token_file(path: Path, refresh_fp: str) -> None:
         ) from exc
 
 
-def _revoke_access_token(settings: Settings, session: requests.Session, client: Client, tokens: TokenFile) -> str:
+def revoke_access_token(settings: Settings, session: requests.Session, client: Client, tokens: TokenFile) -> str:
     """Revoke the access token too, when it may still be alive; return a note for the log line.
 
     AWeber's revoke endpoint takes either token; whether revoking the refresh token also ends its

@@ -261,6 +261,7 @@ def run_cycle(
                 output_format=options.fmt,
                 since=since,
                 look_back=since_duration(options.since or DEFAULT_SINCE),
+                connection=store.connection if settings.store_url is not None else None,
             )
             try:
                 summary = task.function(context)

@@ -55,6 +55,9 @@ class TaskContext:
     output_format: str = "jsonl"
     since: datetime | None = None
     look_back: timedelta | None = None
+    # The connection's name when the store is a database (several connections' output may meet in one
+    # file), for a ``connection`` field on every output line; None for the token file.
+    connection: str | None = None
     counters: dict[str, int] = field(default_factory=dict)
 
     def flush_output(self) -> None:

@@ -236,17 +236,21 @@ class ListRef:
 class RowWriter:
     """Writes one report row at a time as a JSON line or a CSV row (the CSV header before the first row)."""
 
-    def __init__(self, output: IO[str], fmt: str) -> None:
+    def __init__(self, output: IO[str], fmt: str, connection: str | None = None) -> None:
         self.output = output
+        self.connection = connection
         self.csv: csv.DictWriter[str] | None = None
         self.header_pending = False
         if fmt == "csv":
-            self.csv = csv.DictWriter(output, fieldnames=FIELDS, extrasaction="ignore", lineterminator="\n")
+            fields = FIELDS if connection is None else ("connection", *FIELDS)
+            self.csv = csv.DictWriter(output, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
             # An output file appended to across runs gets one header; an empty run writes nothing at
             # all, so cron has nothing to mail.
             self.header_pending = not _has_content(output)
 
     def write(self, row: Mapping[str, Any]) -> None:
+        if self.connection is not None:
+            row = {"connection": self.connection, **row}
         if self.csv is None:
             self.output.write(json.dumps(row, ensure_ascii=False) + "\n")
             return
@@ -271,7 +275,7 @@ def new_subscribers(context: TaskContext) -> dict[str, Any]:
         context.log.warning("the task state's 'lists' is not an object; starting again from --since")
         watermarks = context.state["lists"] = {}
     since = _first_run_since(context)
-    writer = RowWriter(context.output, context.output_format)
+    writer = RowWriter(context.output, context.output_format, context.connection)
     # Counted as rows go out, so a run stopped by its time limit still reports what it found.
     context.counters["new_subscribers"] = 0
     total = 0
