@@ -36,7 +36,9 @@ def _log() -> logging.Logger:
 
     return logging.getLogger("job")
 
-COMMANDS = ("run", "refresh", "status", "login", "revoke", "tasks", "demo", "example")
+COMMANDS = ("run", "refresh", "status", "login", "revoke", "tasks", "demo", "example", "store", "connections")
+# The commands that act on one connection, and so take --connection.
+CONNECTION_COMMANDS = ("run", "refresh", "status", "login", "revoke")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,6 +60,9 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
                         help="only warnings and errors: nothing on success, so cron mails only on trouble")
     parser.add_argument("--log-format", choices=("text", "json"), default=default,
                         help="log lines as text or one JSON object a line (default: AWEBER_LOG_FORMAT or text)")
+    parser.add_argument("--connection", metavar="NAME", default=default,
+                        help="the connection in the store to act on (default: AWEBER_CONNECTION or 'default'; "
+                             "other names need AWEBER_STORE set to a PostgreSQL URL)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
                               "the service), instance-service, instance-timer and instance-credential (the same "
                               "as templates, one instance per connection: aweber-job@NAME), crontab (a cron "
                               "line) or env (every variable, documented)")
+    store = command("store", "set up the PostgreSQL store (AWEBER_STORE) or re-encrypt it")
+    store_sub = store.add_subparsers(dest="store_action", metavar="ACTION", parser_class=_Parser, required=True)
+    store_sub.add_parser("init", help="create or upgrade the schema (idempotent); prints its version")
+    store_sub.add_parser("rotate-key", help="re-encrypt every connection with the first AWEBER_STORE_KEY")
+    connections = command("connections", "list, import or remove the connections in the PostgreSQL store")
+    conn_sub = connections.add_subparsers(dest="connections_action", metavar="ACTION", parser_class=_Parser,
+                                          required=True)
+    listing = conn_sub.add_parser("list", help="one line per connection (no network)")
+    listing.add_argument("--json", action="store_true", help="one JSON array of objects")
+    importing = conn_sub.add_parser("import", help="put a token file into the store as NAME, then rename the file")
+    importing.add_argument("name", metavar="NAME")
+    importing.add_argument("file", metavar="FILE")
+    importing.add_argument("--force", action="store_true", help="replace a connection of that name")
+    removing = conn_sub.add_parser("remove", help="remove a connection that revoke revoked")
+    removing.add_argument("name", metavar="NAME")
+    removing.add_argument("--force", action="store_true", help="remove it even if it was not revoked")
     _add_run_options(parser, top_level=True)
     return parser
 
@@ -339,6 +360,12 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None,
 
         settings = load_settings({**file_values, **env_in})
         _warn_about_readable_secrets(env_file if file_values.get("AWEBER_CLIENT_SECRET") else None, settings)
+        settings = _choose_connection(settings, args, command)
+        if command in ("store", "connections"):
+            from job.dbcommands import run_store_command
+
+            store_code: int = run_store_command(settings, args, out)
+            return store_code
         if command == "status":
             return _cmd_status(settings, out, as_json=args.json)
         if command == "login":
@@ -362,6 +389,37 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None,
         _log().error("unexpected error: %s: %s", type(exc).__name__, exc)
         _log().debug("where it happened", exc_info=True)
         return EXIT_TASK_FAILED
+
+
+def _choose_connection(settings: Settings, args: argparse.Namespace, command: str) -> Settings:
+    """The settings for the connection ``--connection`` (else AWEBER_CONNECTION) names.
+
+    UsageError (64) for a name that cannot be one, for --connection on a command that acts on no
+    single connection, and for any connection but ``default`` when the store is the token file.
+    """
+    import dataclasses
+
+    from job.config import CONNECTION_NAME, CONNECTION_NAME_RULE, DEFAULT_CONNECTION
+
+    name = getattr(args, "connection", None)
+    if name is not None:
+        if command not in CONNECTION_COMMANDS:
+            raise UsageError(f"--connection is an option of {', '.join(CONNECTION_COMMANDS)}, not of {command}")
+        if not CONNECTION_NAME.match(name):
+            raise UsageError(f"--connection must be a connection name of {CONNECTION_NAME_RULE}, got {name!r}")
+        settings = dataclasses.replace(settings, connection=name)
+    if settings.store_url is None and settings.connection != DEFAULT_CONNECTION and command in CONNECTION_COMMANDS:
+        given = "--connection" if name is not None else "AWEBER_CONNECTION"
+        raise UsageError(
+            f"{given} {settings.connection}: the store is the token file (AWEBER_STORE=file), which holds one "
+            f"connection, '{DEFAULT_CONNECTION}'; set AWEBER_STORE to a PostgreSQL URL to keep many"
+        )
+    if settings.store_url is None and command in ("store", "connections"):
+        raise UsageError(
+            f"{command} acts on a PostgreSQL store, and AWEBER_STORE is 'file' (the token file); set AWEBER_STORE "
+            "to a postgresql:// URL"
+        )
+    return settings
 
 
 def _refuse_misplaced_run_options(args: argparse.Namespace, command: str) -> None:
@@ -409,6 +467,11 @@ def _cmd_example(kind: str, out: IO[str]) -> int:
 
 
 def _cmd_status(settings: Settings, out: IO[str], *, as_json: bool) -> int:
+    if settings.store_url is not None:
+        from job.dbcommands import connection_status
+
+        db_code: int = connection_status(settings, out, as_json=as_json)
+        return db_code
     from job.status import collect_status, render_status
 
     report = collect_status(settings)
@@ -418,6 +481,11 @@ def _cmd_status(settings: Settings, out: IO[str], *, as_json: bool) -> int:
 
 
 def _cmd_revoke(settings: Settings) -> int:
+    if settings.store_url is not None:
+        from job.dbcommands import revoke_connection
+
+        db_code: int = revoke_connection(settings, make_session())
+        return db_code
     from job.login import run_revoke
 
     revoke_code: int = run_revoke(settings, make_session())
@@ -458,6 +526,10 @@ def _cmd_run(
         _log().error("unexpected error: %s: %s", type(exc).__name__, exc)
         _log().debug("where it happened", exc_info=True)
         outcome.exit_code = EXIT_TASK_FAILED
+    if settings.store_url is not None:
+        from job.dbcommands import record_run
+
+        record_run(settings, outcome.exit_code)
     monitor.finish(outcome)
     return outcome.exit_code
 
