@@ -610,3 +610,10 @@ def test_psycopg_loads_only_with_a_store_and_its_absence_is_a_config_error(tmp_p
     assert loaded == "False False"
     assert error == ("78 configuration error: AWEBER_STORE is a PostgreSQL URL but psycopg is not installed: "
                      "pip install 'aweber-job[postgres]'")
+
+
+def test_the_database_words_lose_even_a_short_password(tmp_path: Path) -> None:
+    """The redactor skips secrets under 6 characters; the store's own reason line still removes its password."""
+    store = PostgresStore("postgresql://postgres:pw9@127.0.0.1:1/db", state_dir=tmp_path)
+    reason = store._reason(RuntimeError('connection to "127.0.0.1" failed: password "pw9" rejected\nDETAIL: more'))
+    assert "pw9" not in reason and "[redacted]" in reason and "DETAIL" not in reason

@@ -1,37 +1,16 @@
-"""Connections in a shared PostgreSQL database: one token pair and task state per customer, many machines.
-
-A *connection* is one row of ``aweber_job.connections``. The file store's lock becomes a **lease**
-(``lease_holder``, ``lease_until``, database time) claimed in one committed ``UPDATE … RETURNING``, and
-every write a run makes is **fenced**: ``WHERE fence = <the fence of my claim> AND lease_holder = me``.
-A run whose lease ran out and was taken over therefore can never overwrite the newer tokens of the run
-that took it: its save is refused and its tokens go to a **rescue file** in its own state directory,
-which the next run of that connection on that machine puts in place when they follow the stored refresh
-token. Before a refresh token is spent, ``refreshing_from`` records its hash (the **marker**); a run that
-finds the marker still naming the stored token knows an earlier run died mid-refresh and says so.
-
-Tokens are stored as the token file's bytes, encrypted with ``MultiFernet`` when keys are given.
-psycopg and cryptography are imported here only, and only when a store is made: a token-file
-install never loads them. The database URL's password is a secret: it is registered with the
-redactor, and messages describe the store as the URL without it. See docs/design.md, "The PostgreSQL
-store".
-"""
+"""The connections table of one database: schema, claims, administration (see the package docstring)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import secrets
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from job.backend import Opened
 from job.errors import (
     AuthError,
     ConfigError,
@@ -40,12 +19,34 @@ from job.errors import (
     StorageError,
     TemporaryError,
     TokenFileError,
-    TokenNotSavedError,
     UsageError,
     shorten,
 )
 from job.logs import REDACTOR
-from job.store import token_hash, write_file_atomically
+from job.pgstore.common import (
+    ADVISORY_LOCK_KEY,
+    APPLICATION_NAME,
+    CONNECT_TIMEOUT_SECONDS,
+    FENCED,
+    INFO_COLUMNS,
+    LEASE,
+    LEASE_POLL_SECONDS,
+    MIGRATIONS,
+    NO_MARKER,
+    NO_SCHEMA_HINT,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SEAL_COLUMNS,
+    ConnectionInfo,
+    ConnectionView,
+    check_name,
+    describe_holder,
+    import_psycopg,
+    split_holder,
+    utc,
+)
+from job.pgstore.connection import PostgresConnection
+from job.store import token_hash
 from job.tokens import TokenFile, fingerprint, parse_token_file
 
 if TYPE_CHECKING:
@@ -53,157 +54,6 @@ if TYPE_CHECKING:
     from cryptography.fernet import MultiFernet
 
 log = logging.getLogger(__name__)
-
-SCHEMA = "aweber_job"
-SCHEMA_VERSION = 1
-# pg_advisory_xact_lock key serialising init_schema across machines ("aweberjb" in ASCII).
-ADVISORY_LOCK_KEY = 0x617765626572_6A62
-CONNECT_TIMEOUT_SECONDS = 10
-APPLICATION_NAME = "aweber-job"
-# How often a run waiting for a lease asks again: cheap for the database, quick enough for a batch job.
-LEASE_POLL_SECONDS = 0.25
-# First pause between save attempts; doubled each time up to SAVE_RETRY_MAX_SECONDS.
-SAVE_RETRY_FIRST_SECONDS = 0.25
-SAVE_RETRY_MAX_SECONDS = 5.0
-RESCUE_DIRECTORY = "rescue"
-MAX_NAME_LENGTH = 128
-PSYCOPG_MISSING = (
-    "AWEBER_STORE is a PostgreSQL URL but psycopg is not installed: pip install 'aweber-job[postgres]'"
-)
-NO_SCHEMA_HINT = "run aweber-job store init"
-
-# Each version's statements, applied in order inside init_schema's one transaction.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: (
-        f"""CREATE TABLE {SCHEMA}.connections (
-            name text PRIMARY KEY,
-            tokens bytea,
-            encrypted boolean NOT NULL DEFAULT false,
-            access_expires_at timestamptz,
-            account_id bigint,
-            task_state jsonb NOT NULL DEFAULT '{{}}'::jsonb,
-            last_run_at timestamptz,
-            last_exit_code integer,
-            next_run_at timestamptz,
-            lease_holder text,
-            lease_until timestamptz,
-            fence bigint NOT NULL DEFAULT 0,
-            refreshing_from text,
-            refreshing_by text,
-            refreshing_at timestamptz,
-            revoked_at timestamptz,
-            created_at timestamptz NOT NULL DEFAULT now(),
-            updated_at timestamptz NOT NULL DEFAULT now(),
-            CHECK (tokens IS NOT NULL OR revoked_at IS NOT NULL)
-        )""",
-    ),
-}
-
-_INFO_COLUMNS = """name, account_id, extract(epoch FROM access_expires_at)::float8,
-    extract(epoch FROM last_run_at)::float8, last_exit_code, extract(epoch FROM next_run_at)::float8,
-    CASE WHEN lease_until > now() THEN lease_holder END, encrypted, revoked_at IS NOT NULL"""
-
-_SEAL_COLUMNS = """tokens = %(tokens)s, encrypted = %(encrypted)s,
-    access_expires_at = to_timestamp(%(expires_at)s::float8),
-    account_id = coalesce(%(account_id)s, account_id)"""
-
-_NO_MARKER = "refreshing_from = NULL, refreshing_by = NULL, refreshing_at = NULL"
-
-_FENCED = "name = %(name)s AND fence = %(fence)s AND lease_holder = %(holder)s"
-
-_LEASE = "now() + make_interval(secs => %(lease)s)"
-
-
-@dataclass(frozen=True)
-class ConnectionInfo:
-    """One connection as ``connections list`` shows it: nothing secret, readable without a key."""
-
-    name: str
-    account_id: int | None
-    access_expires_at: float | None
-    last_run_at: float | None
-    last_exit_code: int | None
-    next_run_at: float | None
-    lease_holder: str | None
-    encrypted: bool
-    revoked: bool
-
-
-@dataclass(frozen=True)
-class ConnectionView:
-    """What ``status`` shows: the info, the decrypted tokens (None once revoked) and the refresh marker."""
-
-    info: ConnectionInfo
-    tokens: TokenFile | None
-    marker: str | None
-
-
-@dataclass(frozen=True)
-class PendingRefresh:
-    """What begin_refresh recorded: the hash of the refresh token being spent."""
-
-    spent: str
-
-
-def _utc(at: float | None) -> str:
-    if at is None:
-        return "an unknown time"
-    return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def file_safe(name: str) -> str:
-    """The connection name as a file-name part: letters, digits, ``-`` and ``_`` kept, all else %XX.
-
-    Distinct names stay distinct, and the result never holds the ``.`` that separates a rescue file's parts.
-    """
-    out = []
-    for char in name:
-        if char.isascii() and (char.isalnum() or char in "-_"):
-            out.append(char)
-        else:
-            out.extend(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
-    return "".join(out)
-
-
-def check_name(name: str) -> str:
-    """A connection name is 1–128 printable characters; anything else is a usage error."""
-    if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable() or name != name.strip():
-        raise UsageError(
-            f"connection name {name[:MAX_NAME_LENGTH]!r} is not usable: it must be 1 to {MAX_NAME_LENGTH} "
-            "printable characters without leading or trailing spaces"
-        )
-    return name
-
-
-def _split_holder(holder: str) -> tuple[str, int | None]:
-    """``host:pid:random`` → (host, pid); a holder written by something else gives (holder, None)."""
-    parts = holder.rsplit(":", 2)
-    if len(parts) == 3 and parts[1].isdigit():
-        return parts[0], int(parts[1])
-    return holder, None
-
-
-def _describe_holder(holder: str) -> str:
-    host, pid = _split_holder(holder)
-    return f"host {host} pid {pid}" if pid is not None else f"holder {holder!r}"
-
-
-def _import_psycopg() -> Any:
-    try:
-        import psycopg
-    except ImportError:
-        raise ConfigError([PSYCOPG_MISSING]) from None
-    return psycopg
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # a file system that cannot fsync a directory: the unlink stands
-    finally:
-        os.close(fd)
 
 
 class PostgresStore:
@@ -226,7 +76,7 @@ class PostgresStore:
         sleep: Callable[[float], None] = time.sleep,
         holder: str | None = None,
     ) -> None:
-        self._psycopg = _import_psycopg()
+        self._psycopg = import_psycopg()
         self._url = url
         self._password = self._parse_url(url)
         self._keys = [key.strip() for key in keys if key and key.strip()]
@@ -419,7 +269,7 @@ class PostgresStore:
                 current = int(row[0]) if row and row[0] is not None else 0
                 self._refuse_newer(current)
                 for version in range(current + 1, SCHEMA_VERSION + 1):
-                    for statement in _MIGRATIONS[version]:
+                    for statement in MIGRATIONS[version]:
                         db.execute(statement)
                 if current < SCHEMA_VERSION:
                     db.execute(f"DELETE FROM {SCHEMA}.schema_version")
@@ -467,7 +317,7 @@ class PostgresStore:
 
     def _holder_is_dead(self, holder: str) -> bool:
         """Whether ``holder`` is a process on this host that no longer exists (its lease can be taken now)."""
-        host, pid = _split_holder(holder)
+        host, pid = split_holder(holder)
         if pid is None or host != self.host or pid <= 0 or pid == os.getpid():
             return False
         try:
@@ -490,7 +340,7 @@ class PostgresStore:
         while True:
             rows = self._run(
                 f"""UPDATE {SCHEMA}.connections
-                    SET fence = fence + 1, lease_holder = %(holder)s, lease_until = {_LEASE}, updated_at = now()
+                    SET fence = fence + 1, lease_holder = %(holder)s, lease_until = {LEASE}, updated_at = now()
                     WHERE name = %(name)s AND (revoked_at IS NULL OR %(allow_revoked)s)
                       AND (lease_holder IS NULL OR lease_until IS NULL OR lease_until <= now()
                            OR lease_holder = %(holder)s OR lease_holder = ANY(%(dead)s))
@@ -513,12 +363,12 @@ class PostgresStore:
             holder, until, live, revoked_at = found[0]
             if revoked_at is not None and not allow_revoked:
                 raise AuthError(
-                    f"connection '{name}' in the store {self.description} was revoked at {_utc(revoked_at)}",
+                    f"connection '{name}' in the store {self.description} was revoked at {utc(revoked_at)}",
                     hint=f"authorize it again: aweber-job --connection {name} login",
                 )
             if holder and live and holder not in dead and self._holder_is_dead(holder):
                 log.warning("connection '%s': its lease is held by %s, which is no longer running; taking it over",
-                            name, _describe_holder(holder))
+                            name, describe_holder(holder))
                 dead.append(holder)
                 continue
             if not live:
@@ -526,15 +376,15 @@ class PostgresStore:
             if not wait or self._clock() >= deadline:
                 waited = "" if not wait else f"; waited {self.lock_timeout_seconds:.0f} s"
                 raise LockBusyError(
-                    f"connection '{name}' is in use by {_describe_holder(holder)} (its lease runs until "
-                    f"{_utc(until)}){waited}",
+                    f"connection '{name}' is in use by {describe_holder(holder)} (its lease runs until "
+                    f"{utc(until)}){waited}",
                     hint="another run of it is still going; try again later",
                 )
             self._sleep(max(0.0, min(LEASE_POLL_SECONDS, deadline - self._clock())))
 
     def _release(self, name: str, fence: int) -> None:
         self._run(
-            f"UPDATE {SCHEMA}.connections SET lease_holder = NULL, lease_until = NULL WHERE {_FENCED}",
+            f"UPDATE {SCHEMA}.connections SET lease_holder = NULL, lease_until = NULL WHERE {FENCED}",
             {"name": name, "fence": fence, "holder": self.holder},
             doing=f"cannot release connection '{name}' in the store {self.description}",
         )
@@ -554,7 +404,7 @@ class PostgresStore:
 
     def list_connections(self) -> list[ConnectionInfo]:
         self._ready()
-        rows = self._run(f"SELECT {_INFO_COLUMNS} FROM {SCHEMA}.connections ORDER BY name",
+        rows = self._run(f"SELECT {INFO_COLUMNS} FROM {SCHEMA}.connections ORDER BY name",
                          doing=f"cannot list the store {self.description}")
         return [ConnectionInfo(*row) for row in rows]
 
@@ -563,7 +413,7 @@ class PostgresStore:
         check_name(name)
         self._ready()
         rows = self._run(
-            f"""SELECT {_INFO_COLUMNS}, tokens, refreshing_from, refreshing_by,
+            f"""SELECT {INFO_COLUMNS}, tokens, refreshing_from, refreshing_by,
                        extract(epoch FROM refreshing_at)::float8
                 FROM {SCHEMA}.connections WHERE name = %(name)s""",
             {"name": name}, doing=f"cannot read connection '{name}' in the store {self.description}",
@@ -577,7 +427,7 @@ class PostgresStore:
         if spent:
             current = tokens is not None and token_hash(tokens.refresh_token) == spent
             marker = (f"a refresh from {'the stored' if current else 'an older'} refresh token "
-                      f"(sha256 {spent[:8]}) began at {_utc(at)} by {_describe_holder(by or '?')}")
+                      f"(sha256 {spent[:8]}) began at {utc(at)} by {describe_holder(by or '?')}")
             if info.lease_holder is None:
                 marker += " and never recorded its end"
         return ConnectionView(info=info, tokens=tokens, marker=marker)
@@ -612,8 +462,8 @@ class PostgresStore:
         fence = self._claim(name, wait=False, allow_revoked=True)[0]
         try:
             self._run(
-                f"""UPDATE {SCHEMA}.connections SET {_SEAL_COLUMNS}, {_NO_MARKER}, revoked_at = NULL,
-                        updated_at = now() WHERE {_FENCED}""",
+                f"""UPDATE {SCHEMA}.connections SET {SEAL_COLUMNS}, {NO_MARKER}, revoked_at = NULL,
+                        updated_at = now() WHERE {FENCED}""",
                 {**sealed, "fence": fence, "holder": self.holder},
                 doing=f"cannot replace the tokens of connection '{name}' in the store {self.description}",
             )
@@ -636,7 +486,7 @@ class PostgresStore:
                 "revoke (or remove it anyway with --force, leaving its grant alive at AWeber)"
             )
         fence = self._claim(name, wait=False, allow_revoked=True)[0]
-        self._run(f"DELETE FROM {SCHEMA}.connections WHERE {_FENCED}",
+        self._run(f"DELETE FROM {SCHEMA}.connections WHERE {FENCED}",
                   {"name": name, "fence": fence, "holder": self.holder},
                   doing=f"cannot remove connection '{name}' from the store {self.description}")
         log.info("connection '%s' removed from the store %s", name, self.description)
@@ -647,7 +497,7 @@ class PostgresStore:
         self._ready()
         rows = self._run(
             f"""UPDATE {SCHEMA}.connections SET tokens = NULL, encrypted = false, access_expires_at = NULL,
-                    revoked_at = now(), {_NO_MARKER}, fence = fence + 1, lease_holder = NULL,
+                    revoked_at = now(), {NO_MARKER}, fence = fence + 1, lease_holder = NULL,
                     lease_until = NULL, updated_at = now()
                 WHERE name = %(name)s RETURNING name""",
             {"name": name}, doing=f"cannot mark connection '{name}' revoked in the store {self.description}",
@@ -707,240 +557,3 @@ class PostgresStore:
         return 1
 
 
-class PostgresConnection:
-    """One connection as a :class:`job.backend.ConnectionStore`: lease, fenced writes, marker, rescue files."""
-
-    def __init__(self, store: PostgresStore, name: str, *, wait: bool = True) -> None:
-        self._store = store
-        self.connection = name
-        self.where = f"connection '{name}' in {store.description}"
-        self._wait = wait
-        self._fence: int | None = None
-        self._renewed_at = 0.0
-        self._monotonic = time.monotonic
-
-    # -- helpers --
-
-    def _params(self, **extra: Any) -> dict[str, Any]:
-        if self._fence is None:
-            raise RuntimeError(f"{self.where} is not open")
-        return {"name": self.connection, "fence": self._fence, "holder": self._store.holder,
-                "lease": self._store.lease_seconds, **extra}
-
-    def _fenced_update(self, assignments: str, doing: str, **params: Any) -> bool:
-        """One fenced UPDATE; whether it matched (False: the lease was lost to another holder)."""
-        rows = self._store._run(
-            f"UPDATE {SCHEMA}.connections SET {assignments}, updated_at = now() WHERE {_FENCED}",
-            self._params(**params), doing=f"{doing} {self.where}",
-        )
-        return bool(rows[0][0])
-
-    def _lease_lost(self, doing: str) -> TemporaryError:
-        return TemporaryError(
-            f"lease lost: {doing} {self.where} was refused, another run has taken the connection over",
-            hint="its lease ran out (the run stalled longer than the lease, or the machine was paused); "
-                 "nothing was overwritten",
-        )
-
-    # -- the protocol --
-
-    def open(self) -> Opened:
-        """Claim the lease, load the tokens, put back this machine's rescue files, and read the marker."""
-        row = self._store._claim(self.connection, wait=self._wait)
-        self._fence, data, encrypted, spent, by, at = row
-        self._renewed_at = self._monotonic()
-        try:
-            tokens = self._store._unseal(self.connection, data, encrypted)
-            tokens, put_back = self._put_back_rescues(tokens)
-            explanation = None
-            if spent and not put_back and spent == token_hash(tokens.refresh_token):
-                explanation = (
-                    f"an earlier run ({_describe_holder(by or '?')}) began a refresh of connection "
-                    f"'{self.connection}' with this refresh token at {_utc(at)} and never recorded its end "
-                    "(killed, or its database connection dropped): AWeber may have rotated it then"
-                )
-                log.warning("%s", explanation)
-            return Opened(tokens=tokens, explanation=explanation, spent_for_sure=False)
-        except BaseException:
-            self.close()
-            raise
-
-    def begin_refresh(self, tokens: TokenFile) -> PendingRefresh:
-        """Record the marker in one committed fenced UPDATE: the proof the store takes writes now."""
-        pending = PendingRefresh(spent=token_hash(tokens.refresh_token))
-        done = self._fenced_update(
-            f"refreshing_from = %(spent)s, refreshing_by = %(holder)s, refreshing_at = now(), lease_until = {_LEASE}",
-            "cannot record the start of a refresh of", spent=pending.spent,
-        )
-        if not done:
-            raise self._lease_lost("recording the start of a refresh of")
-        self._renewed_at = self._monotonic()
-        return pending
-
-    def refresh_failed(self, pending: Any, *, refused: bool) -> None:
-        """Clear the marker; a database that is gone is only logged (the marker then explains the next run)."""
-        try:
-            self._fenced_update(_NO_MARKER, "cannot clear the refresh marker of")
-        except JobError as exc:
-            log.warning("%s", exc)
-
-    def save(self, pending: Any, tokens: TokenFile) -> None:
-        """Write the new tokens (fenced), retrying until the save deadline; else a rescue file and exit 73."""
-        assert isinstance(pending, PendingRefresh)
-        sealed = self._store._seal(tokens)
-        deadline = self._store._clock() + self._store.save_deadline_seconds
-        pause = SAVE_RETRY_FIRST_SECONDS
-        while True:
-            try:
-                if self._fenced_update(f"{_SEAL_COLUMNS}, {_NO_MARKER}, lease_until = {_LEASE}",
-                                       "cannot save the new tokens of", **sealed):
-                    self._renewed_at = self._monotonic()
-                    log.info("saved refresh token %s for %s", fingerprint(tokens.refresh_token), self.where)
-                    return
-                why = "its lease was lost: another run took the connection over, so its tokens were not overwritten"
-                break
-            except JobError as exc:
-                why = f"it could not be written for {self._store.save_deadline_seconds:g} s: {exc.message}"
-                if self._store._clock() + pause > deadline:
-                    break
-                log.warning("%s; retrying", exc.message)
-                self._store._sleep(pause)
-                pause = min(pause * 2, SAVE_RETRY_MAX_SECONDS)
-        raise self._rescue(tokens, pending.spent, why)
-
-    def _rescue(self, tokens: TokenFile, spent: str, why: str) -> TokenNotSavedError:
-        directory = self._store.state_dir / RESCUE_DIRECTORY
-        now = self._store._clock()
-        stamp = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        path = directory / f"{file_safe(self.connection)}.{stamp}.from-{spent[:16]}.json"
-        try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_file_atomically(path, tokens.to_bytes())
-        except OSError as exc:
-            return TokenNotSavedError(
-                f"the refresh of {self.where} succeeded but the store did not take the new tokens ({why}), and "
-                f"the rescue file {path} could not be written ({exc.strerror or exc}): the new refresh token "
-                f"is lost; authorize again: aweber-job --connection {self.connection} login"
-            )
-        return TokenNotSavedError(
-            f"the refresh of {self.where} succeeded but the store did not take the new tokens ({why}); they "
-            f"were saved to the rescue file {path}. The next run of this connection on this machine puts them "
-            "in place when they follow the stored refresh token"
-        )
-
-    def load_state(self, task_name: str) -> dict[str, Any]:
-        rows = self._store._run(
-            f"SELECT task_state -> %(task)s FROM {SCHEMA}.connections WHERE name = %(name)s",
-            {"name": self.connection, "task": task_name},
-            doing=f"cannot read the state of task {task_name} of {self.where}",
-        )
-        state = rows[0][0] if rows else None
-        return state if isinstance(state, dict) else {}
-
-    def save_state(self, task_name: str, state: dict[str, Any]) -> None:
-        done = self._fenced_update(
-            "task_state = task_state || jsonb_build_object(%(task)s::text, %(state)s::jsonb)",
-            f"cannot save the state of task {task_name} of", task=task_name, state=json.dumps(state),
-        )
-        if not done:
-            raise self._lease_lost(f"saving the state of task {task_name} of")
-
-    def keep_alive(self) -> None:
-        """Renew the lease once more than half of it has passed; otherwise costs nothing.
-
-        A failure is only logged: the lease then runs out, and the next fenced write proves or refuses.
-        """
-        if self._fence is None:
-            return
-        now = self._monotonic()
-        if now - self._renewed_at <= self._store.lease_seconds / 2:
-            return
-        try:
-            if self._fenced_update(f"lease_until = {_LEASE}", "cannot renew the lease of"):
-                self._renewed_at = now
-            else:
-                log.debug("the lease of %s was lost; the next write will be refused", self.where)
-        except JobError as exc:
-            log.debug("%s", exc)
-
-    def close(self) -> None:
-        """Release the lease (fenced); a dead database is ignored: the lease runs out by itself."""
-        if self._fence is None:
-            return
-        fence, self._fence = self._fence, None
-        try:
-            self._store._release(self.connection, fence)
-        except JobError as exc:
-            log.debug("%s", exc)
-
-    # -- rescue files --
-
-    def _rescue_files(self) -> list[tuple[str, Path, str]]:
-        """This connection's rescue files as (stamp, path, from-hash16), oldest first."""
-        directory = self._store.state_dir / RESCUE_DIRECTORY
-        pattern = re.compile(
-            rf"^{re.escape(file_safe(self.connection))}\.(\d{{8}}T\d{{6}}(?:\.\d+)?Z)\.from-([0-9a-f]{{16}})\.json$"
-        )
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            log.warning("cannot read the rescue directory %s (%s)", directory, exc.strerror or exc)
-            return []
-        found = []
-        for entry in names:
-            match = pattern.match(entry)
-            if match:
-                found.append((match.group(1), directory / entry, match.group(2)))
-        return sorted(found)
-
-    def _read_rescue(self, path: Path) -> TokenFile | None:
-        """A rescue file's tokens, or None (with a warning) for one the job did not make or cannot read."""
-        import stat
-
-        try:
-            info = os.lstat(path)
-            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-                log.warning("rescue file %s is not a 0600 file of this user; left alone", path)
-                return None
-            tokens = parse_token_file(path.read_bytes(), f"rescue file {path}")
-        except (OSError, TokenFileError) as exc:
-            log.warning("rescue file %s cannot be read (%s); left alone", path,
-                        exc.strerror if isinstance(exc, OSError) else exc)
-            return None
-        REDACTOR.add(*tokens.secrets())
-        return tokens
-
-    def _put_back_rescues(self, tokens: TokenFile) -> tuple[TokenFile, bool]:
-        """Put in place a rescue file that holds the successor of the stored refresh token; tidy the rest."""
-        put_back = False
-        for _stamp, path, from16 in self._rescue_files():
-            rescued = self._read_rescue(path)
-            if rescued is None:
-                continue
-            stored = token_hash(tokens.refresh_token)
-            if token_hash(rescued.refresh_token) == stored:
-                self._unlink(path)
-                log.info("removed rescue file %s: the store already holds its tokens", path)
-            elif from16 == stored[:16]:
-                if not self._fenced_update(f"{_SEAL_COLUMNS}, {_NO_MARKER}", "cannot put the rescued tokens into",
-                                           **self._store._seal(rescued)):
-                    raise self._lease_lost("putting rescued tokens into")
-                self._unlink(path)
-                log.info("put the tokens of rescue file %s into %s (refresh token %s) and removed the file",
-                         path, self.where, fingerprint(rescued.refresh_token))
-                tokens, put_back = rescued, True
-            else:
-                log.warning(
-                    "rescue file %s holds refresh token %s, which does not follow the one %s holds (%s): left "
-                    "alone; if it is newer, import it: aweber-job connections import %s %s --force; else delete it",
-                    path, fingerprint(rescued.refresh_token), self.where, fingerprint(tokens.refresh_token),
-                    self.connection, path,
-                )
-        return tokens, put_back
-
-    @staticmethod
-    def _unlink(path: Path) -> None:
-        os.unlink(path)
-        _fsync_directory(path.parent)
