@@ -617,3 +617,13 @@ def test_the_database_words_lose_even_a_short_password(tmp_path: Path) -> None:
     store = PostgresStore("postgresql://postgres:pw9@127.0.0.1:1/db", state_dir=tmp_path)
     reason = store._reason(RuntimeError('connection to "127.0.0.1" failed: password "pw9" rejected\nDETAIL: more'))
     assert "pw9" not in reason and "[redacted]" in reason and "DETAIL" not in reason
+
+
+def test_an_expiry_or_account_a_column_cannot_hold_is_left_out_not_refused(stores: Any, pg_url: str) -> None:
+    store = stores()
+    odd = make_tokens(expires_at=1e20, account_id=2**70)
+    store.import_tokens("odd", odd, force=False)
+    info = store.list_connections()[0]
+    assert info.access_expires_at is None and info.account_id is None
+    assert stored_refresh_token(pg_url, "odd") == odd.refresh_token
+    assert store.read("odd").tokens.expires_at == 1e20  # type: ignore[union-attr]

@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# 9999-12-31T23:59:59Z: a later expiry (a hand-edited file) cannot go in a timestamptz column as a time.
+LAST_TIMESTAMP = 253_402_300_799.0
+
 
 class PostgresStore:
     """The connections table of one database: administration calls, and :meth:`connection` for a run.
@@ -152,11 +155,14 @@ class PostgresStore:
         content = tokens.to_bytes()
         REDACTOR.add(*tokens.secrets())
         account = tokens.document.get("account_id")
+        expires_at = tokens.expires_at
         return {
             "tokens": self._multi.encrypt(content) if self._multi is not None else content,
             "encrypted": self._multi is not None,
-            "expires_at": tokens.expires_at,
-            "account_id": account if isinstance(account, int) and not isinstance(account, bool) else None,
+            # The plain columns only inform `list`: a value a column cannot hold is left out, never refused.
+            "expires_at": expires_at if expires_at is not None and 0 <= expires_at < LAST_TIMESTAMP else None,
+            "account_id": account if isinstance(account, int) and not isinstance(account, bool)
+            and 0 < account < 2**63 else None,
         }
 
     def _unseal(self, name: str, data: bytes, encrypted: bool) -> TokenFile:
