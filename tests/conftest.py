@@ -193,6 +193,7 @@ def pg_url(pg_database: str) -> str:
     dbname = pg_database.rsplit("/", 1)[-1]
     with _pg_admin(PG_SERVER_URL) as admin:
         admin.execute(f"ALTER DATABASE {dbname} RESET default_transaction_read_only")
+        admin.execute(f"ALTER DATABASE {dbname} ALLOW_CONNECTIONS true")
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
             (dbname,),

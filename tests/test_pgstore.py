@@ -627,3 +627,27 @@ def test_an_expiry_or_account_a_column_cannot_hold_is_left_out_not_refused(store
     assert info.access_expires_at is None and info.account_id is None
     assert stored_refresh_token(pg_url, "odd") == odd.refresh_token
     assert store.read("odd").tokens.expires_at == 1e20  # type: ignore[union-attr]
+
+
+def test_a_database_gone_mid_run_is_temporary_and_sends_nothing(
+    stores: Any, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    stores().import_tokens("acme", make_tokens(), force=False)
+    store = stores()
+    connection = store.connection("acme")
+    opened = connection.open()
+    pending = connection.begin_refresh(opened.tokens)
+    dbname = pg_url.rsplit("/", 1)[-1]
+    sql(PG_SERVER_URL, f"ALTER DATABASE {dbname} ALLOW_CONNECTIONS false")
+    sql(PG_SERVER_URL, "SELECT pg_terminate_backend(%s)", store._db.info.backend_pid)
+    with caplog.at_level(logging.DEBUG):
+        connection.refresh_failed(pending, refused=False)  # logged, not raised
+        with pytest.raises(TemporaryError) as raised:
+            connection.begin_refresh(opened.tokens)
+        connection.keep_alive()
+        connection.close()  # the lease runs out by itself
+    assert raised.value.exit_code == 75 and "not currently accepting connections" in str(raised.value)
+    assert "cannot clear the refresh marker" in caplog.text
+    sql(PG_SERVER_URL, f"ALTER DATABASE {dbname} ALLOW_CONNECTIONS true")
+    ((marker, holder),) = sql(pg_url, "SELECT refreshing_from, lease_holder FROM aweber_job.connections")
+    assert marker is not None and holder == store.holder

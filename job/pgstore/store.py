@@ -187,7 +187,8 @@ class PostgresStore:
 
     # ---- the database connection -----------------------------------------------------------------
 
-    def _connection(self) -> psycopg.Connection[Any]:
+    def _connection(self, doing: str | None = None) -> psycopg.Connection[Any]:
+        """The open database connection, made (again) when there is none; ``doing`` words a failure."""
         if self._db is None or self._db.closed or self._db.broken:
             self._drop_connection()
             try:
@@ -196,7 +197,7 @@ class PostgresStore:
                     application_name=APPLICATION_NAME,
                 )
             except self._psycopg.Error as exc:
-                raise self._error(exc, f"cannot connect to the store {self.description}") from None
+                raise self._error(exc, doing or f"cannot connect to the store {self.description}") from None
         assert self._db is not None
         return self._db
 
@@ -239,7 +240,7 @@ class PostgresStore:
         """
         for attempt in (1, 2):
             was_open = self._db is not None and not self._db.closed and not self._db.broken
-            db = self._connection()
+            db = self._connection(doing)
             try:
                 cursor = db.execute(sql, params)
                 return list(cursor.fetchall()) if cursor.description else [(cursor.rowcount,)]
