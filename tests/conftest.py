@@ -148,7 +148,7 @@ class FakeTime:
 # ---- PostgreSQL: a throwaway database on a real server, for the PostgreSQL connection store -------
 # The server is AWEBER_TEST_POSTGRES_URL (default: loopback, user postgres, trust auth). When it cannot
 # be reached the tests that need it are skipped with the reason, or fail when AWEBER_TEST_POSTGRES=require
-# (as in CI). One database per session; each test gets it with the job's schema dropped (about 2 ms, where
+# (as in CI). One database per test run; each test gets it with the job's schema dropped (about 2 ms, where
 # a fresh database per test takes about 140 ms).
 
 PG_SERVER_URL = os.environ.get("AWEBER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -168,7 +168,7 @@ def _with_dbname(url: str, dbname: str) -> str:
 
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
-    """The URL of a database made for this session (aweber_job_test_<random>), dropped at its end."""
+    """The URL of a database made for this test run (aweber_job_test_<random>), dropped at its end."""
     import secrets
 
     try:
@@ -189,7 +189,7 @@ def pg_database() -> Iterator[str]:
 
 @pytest.fixture
 def pg_url(pg_database: str) -> str:
-    """The session's database, read-write and without the job's schema (dropped if a test made it)."""
+    """The test run's database, read-write and without the job's schema (dropped if a test made it)."""
     dbname = pg_database.rsplit("/", 1)[-1]
     with _pg_admin(PG_SERVER_URL) as admin:
         admin.execute(f"ALTER DATABASE {dbname} RESET default_transaction_read_only")

@@ -50,7 +50,7 @@ class PostgresConnection:
         self._renewed_at = 0.0
         self._monotonic = time.monotonic
 
-    # -- helpers --
+    # -- fenced writes --
 
     def _params(self, **extra: Any) -> dict[str, Any]:
         if self._fence is None:
