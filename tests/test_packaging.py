@@ -95,7 +95,7 @@ def test_the_test_tools_are_pinned_to_the_versions_the_suite_passes_with() -> No
     test_extra = requirements("test")
     assert len(test_extra) >= 8
     for requirement in test_extra:
-        assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", requirement), requirement
+        assert re.fullmatch(r"[A-Za-z0-9_.-]+(\[[A-Za-z0-9_,-]+\])?==[0-9][0-9A-Za-z.]*", requirement), requirement
     dependencies = requirements("dependencies")
     assert {re.split(r"[<>=!~]", requirement)[0] for requirement in dependencies} == {
         "requests", "python-dotenv", "tenacity"}

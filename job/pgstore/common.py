@@ -1,0 +1,165 @@
+"""What the PostgreSQL store's parts share: the schema and its SQL fragments, the records it returns,
+and how connection names and lease holders are written."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from job.errors import ConfigError, UsageError
+from job.tokens import TokenFile
+
+SCHEMA = "aweber_job"
+SCHEMA_VERSION = 1
+# pg_advisory_xact_lock key serialising init_schema across machines ("aweberjb" in ASCII).
+ADVISORY_LOCK_KEY = 0x617765626572_6A62
+CONNECT_TIMEOUT_SECONDS = 10
+APPLICATION_NAME = "aweber-job"
+# How often a run waiting for a lease asks again: cheap for the database, quick enough for a batch job.
+LEASE_POLL_SECONDS = 0.25
+# First pause between save attempts; doubled each time up to SAVE_RETRY_MAX_SECONDS.
+SAVE_RETRY_FIRST_SECONDS = 0.25
+SAVE_RETRY_MAX_SECONDS = 5.0
+RESCUE_DIRECTORY = "rescue"
+MAX_NAME_LENGTH = 128
+PSYCOPG_MISSING = (
+    "AWEBER_STORE is a PostgreSQL URL but psycopg is not installed: pip install 'aweber-job[postgres]'"
+)
+NO_SCHEMA_HINT = "run aweber-job store init"
+
+# Each version's statements, applied in order inside init_schema's one transaction.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        f"""CREATE TABLE {SCHEMA}.connections (
+            name text PRIMARY KEY,
+            tokens bytea,
+            encrypted boolean NOT NULL DEFAULT false,
+            access_expires_at timestamptz,
+            account_id bigint,
+            task_state jsonb NOT NULL DEFAULT '{{}}'::jsonb,
+            last_run_at timestamptz,
+            last_exit_code integer,
+            next_run_at timestamptz,
+            lease_holder text,
+            lease_until timestamptz,
+            fence bigint NOT NULL DEFAULT 0,
+            refreshing_from text,
+            refreshing_by text,
+            refreshing_at timestamptz,
+            revoked_at timestamptz,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            CHECK (tokens IS NOT NULL OR revoked_at IS NOT NULL)
+        )""",
+    ),
+}
+
+INFO_COLUMNS = """name, account_id, extract(epoch FROM access_expires_at)::float8,
+    extract(epoch FROM last_run_at)::float8, last_exit_code, extract(epoch FROM next_run_at)::float8,
+    CASE WHEN lease_until > now() THEN lease_holder END, encrypted, revoked_at IS NOT NULL"""
+
+SEAL_COLUMNS = """tokens = %(tokens)s, encrypted = %(encrypted)s,
+    access_expires_at = to_timestamp(%(expires_at)s::float8),
+    account_id = coalesce(%(account_id)s, account_id)"""
+
+NO_MARKER = "refreshing_from = NULL, refreshing_by = NULL, refreshing_at = NULL"
+
+FENCED = "name = %(name)s AND fence = %(fence)s AND lease_holder = %(holder)s"
+
+LEASE = "now() + make_interval(secs => %(lease)s)"
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """One connection as ``connections list`` shows it: nothing secret, readable without a key."""
+
+    name: str
+    account_id: int | None
+    access_expires_at: float | None
+    last_run_at: float | None
+    last_exit_code: int | None
+    next_run_at: float | None
+    lease_holder: str | None
+    encrypted: bool
+    revoked: bool
+
+
+@dataclass(frozen=True)
+class ConnectionView:
+    """What ``status`` shows: the info, the decrypted tokens (None once revoked) and the refresh marker."""
+
+    info: ConnectionInfo
+    tokens: TokenFile | None
+    marker: str | None
+
+
+@dataclass(frozen=True)
+class PendingRefresh:
+    """What begin_refresh recorded: the hash of the refresh token being spent."""
+
+    spent: str
+
+
+def utc(at: float | None) -> str:
+    if at is None:
+        return "an unknown time"
+    return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def file_safe(name: str) -> str:
+    """The connection name as a file-name part: letters, digits, ``-`` and ``_`` kept, all else %XX.
+
+    Distinct names stay distinct, and the result never holds the ``.`` that separates a rescue file's parts.
+    """
+    out = []
+    for char in name:
+        if char.isascii() and (char.isalnum() or char in "-_"):
+            out.append(char)
+        else:
+            out.extend(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+    return "".join(out)
+
+
+def check_name(name: str) -> str:
+    """A connection name is 1–128 printable characters; anything else is a usage error."""
+    if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable() or name != name.strip():
+        raise UsageError(
+            f"connection name {name[:MAX_NAME_LENGTH]!r} is not usable: it must be 1 to {MAX_NAME_LENGTH} "
+            "printable characters without leading or trailing spaces"
+        )
+    return name
+
+
+def split_holder(holder: str) -> tuple[str, int | None]:
+    """``host:pid:random`` → (host, pid); a holder written by something else gives (holder, None)."""
+    parts = holder.rsplit(":", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        return parts[0], int(parts[1])
+    return holder, None
+
+
+def describe_holder(holder: str) -> str:
+    host, pid = split_holder(holder)
+    return f"host {host} pid {pid}" if pid is not None else f"holder {holder!r}"
+
+
+def import_psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigError([PSYCOPG_MISSING]) from None
+    return psycopg
+
+
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # a file system that cannot fsync a directory: the unlink stands
+    finally:
+        os.close(fd)
+

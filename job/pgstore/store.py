@@ -1,0 +1,566 @@
+"""The connections table of one database: schema, claims, administration (see the package docstring)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from job.errors import (
+    AuthError,
+    ConfigError,
+    JobError,
+    LockBusyError,
+    StorageError,
+    TemporaryError,
+    TokenFileError,
+    UsageError,
+    shorten,
+)
+from job.logs import REDACTOR
+from job.pgstore.common import (
+    ADVISORY_LOCK_KEY,
+    APPLICATION_NAME,
+    CONNECT_TIMEOUT_SECONDS,
+    FENCED,
+    INFO_COLUMNS,
+    LEASE,
+    LEASE_POLL_SECONDS,
+    MIGRATIONS,
+    NO_MARKER,
+    NO_SCHEMA_HINT,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SEAL_COLUMNS,
+    ConnectionInfo,
+    ConnectionView,
+    check_name,
+    describe_holder,
+    import_psycopg,
+    split_holder,
+    utc,
+)
+from job.pgstore.connection import PostgresConnection
+from job.store import token_hash
+from job.tokens import TokenFile, fingerprint, parse_token_file
+
+if TYPE_CHECKING:
+    import psycopg
+    from cryptography.fernet import MultiFernet
+
+log = logging.getLogger(__name__)
+
+# 9999-12-31T23:59:59Z: a later expiry (a hand-edited file) cannot go in a timestamptz column as a time.
+LAST_TIMESTAMP = 253_402_300_799.0
+
+
+class PostgresStore:
+    """The connections table of one database: administration calls, and :meth:`connection` for a run.
+
+    It holds one autocommit database connection, made on first use and made again after it breaks;
+    every statement is its own short transaction, so nothing is held open across an HTTP call.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        keys: Sequence[str] = (),
+        state_dir: Path,
+        lock_timeout_seconds: float = 60.0,
+        lease_seconds: float = 900.0,
+        save_deadline_seconds: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        holder: str | None = None,
+    ) -> None:
+        self._psycopg = import_psycopg()
+        self._url = url
+        self._password = self._parse_url(url)
+        self._keys = [key.strip() for key in keys if key and key.strip()]
+        REDACTOR.add(*self._keys)
+        self._multi = self._make_fernet()
+        self.state_dir = Path(state_dir)
+        self.lock_timeout_seconds = lock_timeout_seconds
+        self.lease_seconds = lease_seconds
+        self.save_deadline_seconds = save_deadline_seconds
+        self._clock = clock
+        self._sleep = sleep
+        self.host = socket.gethostname()
+        self.holder = holder or f"{self.host}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._db: psycopg.Connection[Any] | None = None
+        self._schema_checked = False
+
+    # ---- the URL, and never its password --------------------------------------------------------
+
+    def _parse_url(self, url: str) -> str | None:
+        """Register the password with the redactor and set :attr:`description` (the URL without it)."""
+        from urllib.parse import urlsplit
+
+        try:  # best effort first, so even a URL psycopg cannot parse has its password registered
+            early = urlsplit(url).password
+        except ValueError:
+            early = None
+        REDACTOR.add(early)
+        try:
+            parts = self._psycopg.conninfo.conninfo_to_dict(url)
+        except self._psycopg.Error:
+            raise ConfigError(
+                ["AWEBER_STORE is not a valid PostgreSQL URL (expected postgresql://user@host:port/database)"]
+            ) from None
+        password = parts.get("password") or early
+        REDACTOR.add(password)
+        user = f"{parts['user']}@" if parts.get("user") else ""
+        port = f":{parts['port']}" if parts.get("port") else ""
+        self.description = f"postgresql://{user}{parts.get('host') or 'localhost'}{port}/{parts.get('dbname') or ''}"
+        return str(password) if password else None
+
+    def _reason(self, exc: BaseException) -> str:
+        """The database's words as one short line, with the password and every known secret removed."""
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if self._password:
+            text = text.replace(self._password, "[redacted]")
+        return shorten(REDACTOR.redact(text))
+
+    # ---- encryption ------------------------------------------------------------------------------
+
+    def _make_fernet(self) -> MultiFernet | None:
+        if not self._keys:
+            return None
+        try:
+            from cryptography.fernet import Fernet, MultiFernet
+        except ImportError:
+            raise ConfigError(
+                ["a store key is set but cryptography is not installed: pip install 'aweber-job[postgres]'"]
+            ) from None
+        fernets = []
+        for number, key in enumerate(self._keys, 1):
+            try:
+                fernets.append(Fernet(key))
+            except (ValueError, TypeError):
+                raise ConfigError([
+                    f"store key #{number} (fingerprint {fingerprint(key)}) is not a Fernet key: 32 url-safe "
+                    "base64-encoded bytes; make one with: python3 -c 'from cryptography.fernet import Fernet; "
+                    "print(Fernet.generate_key().decode())'"
+                ]) from None
+        return MultiFernet(fernets)
+
+    def _seal(self, tokens: TokenFile) -> dict[str, Any]:
+        """The columns that hold ``tokens``: encrypted with keys[0] when keys are given, else plain."""
+        content = tokens.to_bytes()
+        REDACTOR.add(*tokens.secrets())
+        account = tokens.document.get("account_id")
+        expires_at = tokens.expires_at
+        return {
+            "tokens": self._multi.encrypt(content) if self._multi is not None else content,
+            "encrypted": self._multi is not None,
+            # The plain columns only inform `list`: a value a column cannot hold is left out, never refused.
+            "expires_at": expires_at if expires_at is not None and 0 <= expires_at < LAST_TIMESTAMP else None,
+            "account_id": account if isinstance(account, int) and not isinstance(account, bool)
+            and 0 < account < 2**63 else None,
+        }
+
+    def _unseal(self, name: str, data: bytes, encrypted: bool) -> TokenFile:
+        """Decrypt (when the row is encrypted) and parse; a missing or wrong key names the connection."""
+        if encrypted:
+            if self._multi is None:
+                raise ConfigError([
+                    f"connection '{name}' in the store {self.description} is encrypted but no store key is given"
+                ])
+            from cryptography.fernet import InvalidToken
+
+            try:
+                data = self._multi.decrypt(bytes(data))
+            except InvalidToken:
+                raise ConfigError([
+                    f"connection '{name}' in the store {self.description} is encrypted with a key that is not "
+                    f"among the {len(self._keys)} store key(s) given"
+                ]) from None
+        tokens = parse_token_file(bytes(data), f"connection '{name}' in the store")
+        REDACTOR.add(*tokens.secrets())
+        return tokens
+
+    # ---- the database connection -----------------------------------------------------------------
+
+    def _connection(self, doing: str | None = None) -> psycopg.Connection[Any]:
+        """The open database connection, made (again) when there is none; ``doing`` words a failure."""
+        if self._db is None or self._db.closed or self._db.broken:
+            self._drop_connection()
+            try:
+                self._db = self._psycopg.connect(
+                    self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                    application_name=APPLICATION_NAME,
+                )
+            except self._psycopg.Error as exc:
+                raise self._error(exc, doing or f"cannot connect to the store {self.description}") from None
+        assert self._db is not None
+        return self._db
+
+    def _drop_connection(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            except Exception:  # closing a dead connection may fail in any way; it is gone
+                log.debug("closing the store's database connection failed", exc_info=True)
+            self._db = None
+
+    def close(self) -> None:
+        """Close the database connection (a lease still held simply runs out)."""
+        self._drop_connection()
+
+    def _error(self, exc: BaseException, doing: str) -> JobError:
+        """Map a psycopg error to the job's exit codes: one line, the reason without secrets."""
+        reason = self._reason(exc)
+        state = str(getattr(exc, "sqlstate", None) or "")
+        if state == "25006":
+            return StorageError(f"{doing}: the database is read-only ({reason})",
+                                hint="a replica, or default_transaction_read_only; point AWEBER_STORE at the primary")
+        if state in ("42501", "53100", "53200", "54000") or state.startswith("22"):
+            return StorageError(f"{doing}: the database refused the write ({reason})")
+        lowered = reason.lower()
+        if state.startswith("28") or state == "3D000" or (
+            not state and ("authentication failed" in lowered or "does not exist" in lowered)
+        ):
+            return ConfigError([f"{doing}: {reason}"])
+        if isinstance(exc, self._psycopg.OperationalError) or state[:2] in ("08", "57", "40", "53"):
+            return TemporaryError(f"{doing}: {reason}")
+        return StorageError(f"{doing}: {reason}")
+
+    def _run(self, sql: str, params: dict[str, Any] | None = None, *, doing: str) -> list[tuple[Any, ...]]:
+        """Run one statement in its own transaction and return its rows (none for an UPDATE without RETURNING).
+
+        A connection that was already open and turns out broken (the server restarted, an idle timeout)
+        is made again and the statement sent once more: every statement here may be repeated safely
+        (fenced, or keyed on this holder).
+        """
+        for attempt in (1, 2):
+            was_open = self._db is not None and not self._db.closed and not self._db.broken
+            db = self._connection(doing)
+            try:
+                cursor = db.execute(sql, params)
+                return list(cursor.fetchall()) if cursor.description else [(cursor.rowcount,)]
+            except self._psycopg.Error as exc:
+                if attempt == 1 and was_open and (db.closed or db.broken):
+                    log.debug("the store's database connection broke (%s); connecting again", self._reason(exc))
+                    self._drop_connection()
+                    continue
+                if db.closed or db.broken:
+                    self._drop_connection()
+                raise self._error(exc, doing) from None
+        raise AssertionError("unreachable")
+
+    # ---- schema ------------------------------------------------------------------------------------
+
+    def init_schema(self) -> int:
+        """Create or upgrade the schema in one transaction under an advisory lock; return its version.
+
+        Idempotent, and safe when several machines run it at once: the lock makes them take turns, and
+        each finds the work done by the one before.
+        """
+        db = self._connection()
+        doing = f"cannot set up the schema of the store {self.description}"
+        try:
+            with db.transaction():
+                db.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+                db.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+                db.execute(
+                    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_version "
+                    "(version integer NOT NULL, upgraded_at timestamptz NOT NULL DEFAULT now())"
+                )
+                row = db.execute(f"SELECT max(version) FROM {SCHEMA}.schema_version").fetchone()
+                current = int(row[0]) if row and row[0] is not None else 0
+                self._refuse_newer(current)
+                for version in range(current + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[version]:
+                        db.execute(statement)
+                if current < SCHEMA_VERSION:
+                    db.execute(f"DELETE FROM {SCHEMA}.schema_version")
+                    db.execute(f"INSERT INTO {SCHEMA}.schema_version (version) VALUES (%s)",
+                               (SCHEMA_VERSION,))
+        except self._psycopg.Error as exc:
+            raise self._error(exc, doing) from None
+        if current < SCHEMA_VERSION:
+            log.info("the store %s now has schema version %d (it had %s)", self.description, SCHEMA_VERSION,
+                     current or "none")
+        self._schema_checked = True
+        return SCHEMA_VERSION
+
+    def _refuse_newer(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise ConfigError([
+                f"the store {self.description} has schema version {version}, newer than version "
+                f"{SCHEMA_VERSION} that this aweber-job knows: upgrade aweber-job on this machine"
+            ])
+
+    def _ready(self) -> None:
+        """Check once that the schema is there and is the version this code speaks."""
+        if self._schema_checked:
+            return
+        undefined = (self._psycopg.errors.UndefinedTable, self._psycopg.errors.InvalidSchemaName)
+        try:
+            rows = self._connection().execute(
+                f"SELECT max(version) FROM {SCHEMA}.schema_version").fetchall()
+        except undefined:
+            raise ConfigError([f"the store {self.description} has no schema: {NO_SCHEMA_HINT}"]) from None
+        except self._psycopg.Error as exc:
+            raise self._error(exc, f"cannot read the store {self.description}") from None
+        version = rows[0][0] if rows and rows[0][0] is not None else 0
+        if version == 0:
+            raise ConfigError([f"the store {self.description} has no schema: {NO_SCHEMA_HINT}"])
+        self._refuse_newer(version)
+        if version < SCHEMA_VERSION:
+            raise ConfigError([
+                f"the store {self.description} has schema version {version}, older than version {SCHEMA_VERSION} "
+                f"that this aweber-job needs: {NO_SCHEMA_HINT}"
+            ])
+        self._schema_checked = True
+
+    # ---- leases ------------------------------------------------------------------------------------
+
+    def _holder_is_dead(self, holder: str) -> bool:
+        """Whether ``holder`` is a process on this host that no longer exists (its lease can be taken now)."""
+        host, pid = split_holder(holder)
+        if pid is None or host != self.host or pid <= 0 or pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False  # EPERM: it exists, under another user
+        return False
+
+    def _claim(self, name: str, *, wait: bool, allow_revoked: bool = False) -> tuple[Any, ...]:
+        """Take the lease of ``name`` (fence + 1) and return the row; wait for a live holder up to the limit.
+
+        Returns (fence, tokens, encrypted, refreshing_from, refreshing_by, refreshing_at epoch).
+        """
+        check_name(name)
+        self._ready()
+        deadline = self._clock() + self.lock_timeout_seconds
+        dead: list[str] = []
+        while True:
+            rows = self._run(
+                f"""UPDATE {SCHEMA}.connections
+                    SET fence = fence + 1, lease_holder = %(holder)s, lease_until = {LEASE}, updated_at = now()
+                    WHERE name = %(name)s AND (revoked_at IS NULL OR %(allow_revoked)s)
+                      AND (lease_holder IS NULL OR lease_until IS NULL OR lease_until <= now()
+                           OR lease_holder = %(holder)s OR lease_holder = ANY(%(dead)s))
+                    RETURNING fence, tokens, encrypted, refreshing_from, refreshing_by,
+                              extract(epoch FROM refreshing_at)::float8""",
+                {"name": name, "holder": self.holder, "lease": self.lease_seconds, "dead": dead,
+                 "allow_revoked": allow_revoked},
+                doing=f"cannot claim connection '{name}' in the store {self.description}",
+            )
+            if rows and len(rows[0]) > 1:
+                return rows[0]
+            found = self._run(
+                f"""SELECT lease_holder, extract(epoch FROM lease_until)::float8, lease_until > now(),
+                           extract(epoch FROM revoked_at)::float8
+                    FROM {SCHEMA}.connections WHERE name = %(name)s""",
+                {"name": name}, doing=f"cannot read connection '{name}' in the store {self.description}",
+            )
+            if not found:
+                raise self._not_found(name)
+            holder, until, live, revoked_at = found[0]
+            if revoked_at is not None and not allow_revoked:
+                raise AuthError(
+                    f"connection '{name}' in the store {self.description} was revoked at {utc(revoked_at)}",
+                    hint=f"authorize it again: aweber-job --connection {name} login",
+                )
+            if holder and live and holder not in dead and self._holder_is_dead(holder):
+                log.warning("connection '%s': its lease is held by %s, which is no longer running; taking it over",
+                            name, describe_holder(holder))
+                dead.append(holder)
+                continue
+            if not live:
+                continue  # freed between the two statements: claim again at once
+            if not wait or self._clock() >= deadline:
+                waited = "" if not wait else f"; waited {self.lock_timeout_seconds:.0f} s"
+                raise LockBusyError(
+                    f"connection '{name}' is in use by {describe_holder(holder)} (its lease runs until "
+                    f"{utc(until)}){waited}",
+                    hint="another run of it is still going; try again later",
+                )
+            self._sleep(max(0.0, min(LEASE_POLL_SECONDS, deadline - self._clock())))
+
+    def _release(self, name: str, fence: int) -> None:
+        self._run(
+            f"UPDATE {SCHEMA}.connections SET lease_holder = NULL, lease_until = NULL WHERE {FENCED}",
+            {"name": name, "fence": fence, "holder": self.holder},
+            doing=f"cannot release connection '{name}' in the store {self.description}",
+        )
+
+    def _not_found(self, name: str) -> TokenFileError:
+        return TokenFileError(
+            f"connection '{name}' is not in the store {self.description}",
+            hint=f"authorize it: aweber-job --connection {name} login, or bring a token file: "
+                 f"aweber-job connections import {name} FILE",
+        )
+
+    # ---- administration ------------------------------------------------------------------------------
+
+    def connection(self, name: str, *, wait: bool = True) -> PostgresConnection:
+        """The :class:`job.backend.ConnectionStore` of one connection; nothing happens until ``open()``."""
+        return PostgresConnection(self, check_name(name), wait=wait)
+
+    def list_connections(self) -> list[ConnectionInfo]:
+        self._ready()
+        rows = self._run(f"SELECT {INFO_COLUMNS} FROM {SCHEMA}.connections ORDER BY name",
+                         doing=f"cannot list the store {self.description}")
+        return [ConnectionInfo(*row) for row in rows]
+
+    def read(self, name: str) -> ConnectionView:
+        """The connection's info, tokens and refresh marker, without taking its lease (for ``status``)."""
+        check_name(name)
+        self._ready()
+        rows = self._run(
+            f"""SELECT {INFO_COLUMNS}, tokens, refreshing_from, refreshing_by,
+                       extract(epoch FROM refreshing_at)::float8
+                FROM {SCHEMA}.connections WHERE name = %(name)s""",
+            {"name": name}, doing=f"cannot read connection '{name}' in the store {self.description}",
+        )
+        if not rows:
+            raise self._not_found(name)
+        info = ConnectionInfo(*rows[0][:9])
+        data, spent, by, at = rows[0][9:]
+        tokens = self._unseal(name, data, info.encrypted) if data is not None else None
+        marker = None
+        if spent:
+            current = tokens is not None and token_hash(tokens.refresh_token) == spent
+            marker = (f"a refresh from {'the stored' if current else 'an older'} refresh token "
+                      f"(sha256 {spent[:8]}) began at {utc(at)} by {describe_holder(by or '?')}")
+            if info.lease_holder is None:
+                marker += " and never recorded its end"
+        return ConnectionView(info=info, tokens=tokens, marker=marker)
+
+    def import_tokens(self, name: str, tokens: TokenFile, *, force: bool) -> None:
+        """Put a token file's tokens in the store as connection ``name``; an existing one only with ``force``."""
+        self._store_tokens(name, tokens, overwrite=force, action="import")
+
+    def put_tokens(self, name: str, tokens: TokenFile, *, replace: bool) -> None:
+        """Store the tokens a ``login`` just received; an existing connection only with ``replace``."""
+        self._store_tokens(name, tokens, overwrite=replace, action="login")
+
+    def _store_tokens(self, name: str, tokens: TokenFile, *, overwrite: bool, action: str) -> None:
+        check_name(name)
+        self._ready()
+        sealed = {"name": name, **self._seal(tokens)}
+        rows = self._run(
+            f"""INSERT INTO {SCHEMA}.connections (name, tokens, encrypted, access_expires_at, account_id)
+                VALUES (%(name)s, %(tokens)s, %(encrypted)s, to_timestamp(%(expires_at)s::float8), %(account_id)s)
+                ON CONFLICT (name) DO NOTHING RETURNING name""",
+            sealed, doing=f"cannot add connection '{name}' to the store {self.description}",
+        )
+        if rows and rows[0][0] == name:
+            log.info("connection '%s' added to the store %s (refresh token %s)", name, self.description,
+                     fingerprint(tokens.refresh_token))
+            return
+        if not overwrite:
+            raise UsageError(
+                f"connection '{name}' is already in the store {self.description}; its tokens were left as they are",
+                hint=f"to replace them, run the {action} again with --force",
+            )
+        fence = self._claim(name, wait=False, allow_revoked=True)[0]
+        try:
+            self._run(
+                f"""UPDATE {SCHEMA}.connections SET {SEAL_COLUMNS}, {NO_MARKER}, revoked_at = NULL,
+                        updated_at = now() WHERE {FENCED}""",
+                {**sealed, "fence": fence, "holder": self.holder},
+                doing=f"cannot replace the tokens of connection '{name}' in the store {self.description}",
+            )
+        finally:
+            self._release(name, fence)
+        log.info("connection '%s' in the store %s now holds refresh token %s", name, self.description,
+                 fingerprint(tokens.refresh_token))
+
+    def remove(self, name: str, *, force: bool) -> None:
+        """Delete a revoked connection (any, with ``force``), never one a live run holds."""
+        check_name(name)
+        self._ready()
+        rows = self._run(f"SELECT revoked_at IS NOT NULL FROM {SCHEMA}.connections WHERE name = %(name)s",
+                         {"name": name}, doing=f"cannot read connection '{name}' in the store {self.description}")
+        if not rows:
+            raise self._not_found(name)
+        if not rows[0][0] and not force:
+            raise UsageError(
+                f"connection '{name}' still holds live tokens; revoke them first: aweber-job --connection {name} "
+                "revoke (or remove it anyway with --force, leaving its grant alive at AWeber)"
+            )
+        fence = self._claim(name, wait=False, allow_revoked=True)[0]
+        self._run(f"DELETE FROM {SCHEMA}.connections WHERE {FENCED}",
+                  {"name": name, "fence": fence, "holder": self.holder},
+                  doing=f"cannot remove connection '{name}' from the store {self.description}")
+        log.info("connection '%s' removed from the store %s", name, self.description)
+
+    def mark_revoked(self, name: str) -> None:
+        """After ``revoke``: wipe the tokens and set revoked_at; the fence moves, so no run writes them back."""
+        check_name(name)
+        self._ready()
+        rows = self._run(
+            f"""UPDATE {SCHEMA}.connections SET tokens = NULL, encrypted = false, access_expires_at = NULL,
+                    revoked_at = now(), {NO_MARKER}, fence = fence + 1, lease_holder = NULL,
+                    lease_until = NULL, updated_at = now()
+                WHERE name = %(name)s RETURNING name""",
+            {"name": name}, doing=f"cannot mark connection '{name}' revoked in the store {self.description}",
+        )
+        if not rows or rows[0][0] != name:
+            raise self._not_found(name)
+
+    def record_run(self, name: str, exit_code: int, interval_seconds: float) -> None:
+        """Note when the connection last ran, how it ended, and when it should run next."""
+        check_name(name)
+        self._ready()
+        rows = self._run(
+            f"""UPDATE {SCHEMA}.connections SET last_run_at = now(), last_exit_code = %(code)s,
+                    next_run_at = now() + make_interval(secs => %(interval)s) WHERE name = %(name)s""",
+            {"name": name, "code": exit_code, "interval": float(interval_seconds)},
+            doing=f"cannot record the run of connection '{name}' in the store {self.description}",
+        )
+        if rows[0][0] == 0:
+            log.warning("connection '%s' is no longer in the store %s: its run was not recorded", name,
+                        self.description)
+
+    def rotate_key(self) -> int:
+        """Re-encrypt every connection with the first key (plain ones get encrypted); return how many.
+
+        Each row in its own short transaction under ``SELECT … FOR UPDATE``, so runs are held up for
+        one row at most.
+        """
+        if self._multi is None:
+            raise ConfigError(["rotating the store key needs at least one store key (the new one first)"])
+        self._ready()
+        names = [row[0] for row in self._run(
+            f"SELECT name FROM {SCHEMA}.connections WHERE tokens IS NOT NULL ORDER BY name",
+            doing=f"cannot list the store {self.description}")]
+        count = 0
+        for name in names:
+            count += self._rotate_one(name)
+        log.info("re-encrypted %d connection(s) in the store %s with the first store key", count, self.description)
+        return count
+
+    def _rotate_one(self, name: str) -> int:
+        assert self._multi is not None
+        db = self._connection()
+        try:
+            with db.transaction():
+                row = db.execute(
+                    f"SELECT tokens, encrypted FROM {SCHEMA}.connections WHERE name = %s FOR UPDATE",
+                    (name,)).fetchone()
+                if row is None or row[0] is None:
+                    return 0
+                self._unseal(name, row[0], row[1])  # names the connection when no key opens it
+                data = bytes(row[0])
+                sealed = self._multi.rotate(data) if row[1] else self._multi.encrypt(data)
+                db.execute(f"UPDATE {SCHEMA}.connections SET tokens = %s, encrypted = true, updated_at = now() "
+                           "WHERE name = %s", (sealed, name))
+        except self._psycopg.Error as exc:
+            raise self._error(exc, f"cannot re-encrypt connection '{name}' in the store {self.description}") from None
+        return 1
+
+
