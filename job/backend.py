@@ -91,7 +91,7 @@ def connection_store(settings: Settings, *, connection: str | None = None, wait:
             settings.token_file, settings.state_dir, lock_timeout_seconds=settings.lock_timeout_seconds,
             fallback_rescue_dir=settings.fallback_rescue_dir,
         )
-    from job.pgstore import PostgresStore  # type: ignore[import-not-found,unused-ignore]
+    from job.pgstore import PostgresStore
 
     store: ConnectionStore[Any] = PostgresStore.from_settings(settings).connection(
         connection or settings.connection, wait=wait, owns_store=True

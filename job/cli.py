@@ -369,7 +369,10 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None,
         if command == "status":
             return _cmd_status(settings, out, as_json=args.json)
         if command == "login":
-            from job.login import run_login
+            if settings.store_url is not None:
+                from job.dbcommands import login_connection as run_login
+            else:
+                from job.login import run_login
 
             login_code: int = run_login(
                 settings, make_session(), code=args.code, redirect_uri=args.redirect_uri,

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
@@ -18,11 +17,11 @@ from typing import IO, Any
 import requests
 
 from job.config import Settings
-from job.errors import EXIT_OK, JobError, StorageError, UsageError
+from job.errors import EXIT_OK, JobError, StorageError, TokenFileError, TokenNotSavedError, UsageError
 from job.logs import REDACTOR
 from job.pgstore import ConnectionInfo, PostgresStore
 from job.store import TokenLock, _fsync_directory, load_token_file, resolve_target, tidy_temp_files
-from job.tokens import fingerprint, format_expiry
+from job.tokens import TokenFile, fingerprint, format_expiry
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ def run_store_command(settings: Settings, args: argparse.Namespace, out: IO[str]
         if args.command == "store":
             if args.store_action == "init":
                 version = store.init_schema()
-                out.write(f"schema version {version} in {store.describe()}\n")
+                out.write(f"schema version {version} in {store.description}\n")
             else:
                 count = store.rotate_key()
                 out.write(f"re-encrypted {count} connection{'s' if count != 1 else ''} with the first key\n")
@@ -137,7 +136,7 @@ def connection_status(settings: Settings, out: IO[str], *, as_json: bool) -> int
         store.close()
     now = time.time()
     info = view.info
-    report: dict[str, Any] = {"connection": info.name, "store": store.describe(), **_row(info)}
+    report: dict[str, Any] = {"connection": info.name, "store": store.description, **_row(info)}
     warnings: list[str] = []
     tokens = view.tokens
     if tokens is not None:
@@ -159,7 +158,7 @@ def connection_status(settings: Settings, out: IO[str], *, as_json: bool) -> int
     if as_json:
         out.write(json.dumps(report, sort_keys=True) + "\n")
     else:
-        lines = [f"{'connection:':<15} {info.name} in {store.describe()}"]
+        lines = [f"{'connection:':<15} {info.name} in {store.description}"]
         if tokens is not None and tokens.oauth1 is None:
             lines += [
                 f"{'shape:':<15} {tokens.shape}",
@@ -183,29 +182,119 @@ def connection_status(settings: Settings, out: IO[str], *, as_json: bool) -> int
 
 
 def revoke_connection(settings: Settings, session: requests.Session) -> int:
-    """Revoke the connection's refresh token at AWeber, then mark it revoked in the store (its tokens wiped)."""
-    from job.login import revoke_tokens
+    """Revoke the connection's refresh token at AWeber, then mark it revoked in the store (its tokens wiped).
 
+    Under the connection's lease, so no run refreshes it meanwhile; the mark moves the fence, so a run
+    that held it before cannot write the revoked tokens back. The access token is revoked afterwards,
+    best effort, as for the token file.
+    """
+    from job.login import revoke_access_token, revoke_refresh_token
+
+    name = settings.connection
     store = PostgresStore.from_settings(settings)
     try:
-        connection = store.connection(settings.connection)
-        opened = connection.open()
+        connection = store.connection(name)
+        tokens = connection.open().tokens
         try:
-            tokens = opened.tokens
             REDACTOR.add(*tokens.secrets())
-            where = f"the connection {settings.connection!r}"
-            note = revoke_tokens(settings, session, tokens, where=where, kept=f"{where} was kept in the store")
-            store.mark_revoked(settings.connection, fence_of=connection)
+            where = f"connection '{name}'"
+            client = revoke_refresh_token(settings, session, tokens, where=where, kept=f"{where} was kept in the store")
+            store.mark_revoked(name)
         finally:
             connection.close()
     finally:
         store.close()
+    note = revoke_access_token(settings, session, client, tokens)
     log.info(
-        "revoked the refresh token %s at AWeber%s and marked the connection %r revoked "
+        "revoked the refresh token %s at AWeber%s and marked the connection '%s' revoked "
         "(aweber-job connections remove %s deletes it)",
-        fingerprint(tokens.refresh_token), note, settings.connection, settings.connection,
+        fingerprint(tokens.refresh_token), note, name, name,
     )
     return EXIT_OK
 
 
-__all__ = ["asdict", "connection_status", "record_run", "revoke_connection", "run_store_command"]
+def login_connection(
+    settings: Settings,
+    session: requests.Session,
+    *,
+    code: str | None,
+    redirect_uri: str | None,
+    scope: str | None,
+    force: bool,
+    stdin: IO[str],
+    stdout: IO[str],
+) -> int:
+    """``--connection NAME login``: authorize once and put the tokens in the store as NAME.
+
+    As for the token file: an existing connection is replaced only with ``force`` (a revoked one
+    always), the store must take writes before the code is spent, and tokens the store then refuses
+    go to a 0600 rescue file that ``connections import`` puts in place.
+    """
+    from job.login import LoginRequest, _login_client, exchange_for_tokens, obtain_code
+
+    name = settings.connection
+    store = PostgresStore.from_settings(settings)
+    try:
+        try:
+            view = store.read(name)
+        except TokenFileError:
+            view = None
+        if view is not None and not view.info.revoked and not force:
+            raise UsageError(
+                f"connection '{name}' is already in the store {store.description}; use --force to replace it "
+                f"(that does not revoke its refresh token: aweber-job --connection {name} revoke first ends it)"
+            )
+        existing = view.tokens if view is not None and force else None
+        if existing is not None:
+            REDACTOR.add(*existing.secrets())
+        client = _login_client(settings, existing)
+        request = LoginRequest.parse(client, code=code, redirect_uri=redirect_uri, scope=scope)
+        store.check_writable()
+        auth_code, verifier = obtain_code(settings, client, request, code=code, stdin=stdin, stdout=stdout)
+        _, tokens = exchange_for_tokens(
+            settings, session, client, auth_code, redirect=request.redirect, verifier=verifier,
+            scope=request.scope, existing=existing,
+        )
+        try:
+            store.put_tokens(name, tokens, replace=view is not None)
+        except JobError as exc:
+            raise _login_rescue(settings, name, tokens, exc) from exc
+    finally:
+        store.close()
+    log.info(
+        "authorized: connection '%s' in the store %s; refresh token %s, access token expires %s",
+        name, store.description, fingerprint(tokens.refresh_token), format_expiry(tokens.expires_at, time.time()),
+        extra={"refresh_token_after": fingerprint(tokens.refresh_token), "expires_at": tokens.expires_at},
+    )
+    stdout.write(
+        f"\nAuthorized. Connection '{name}' in {store.description} ({tokens.shape} shape, "
+        f"{'encrypted' if settings.store_keys else 'NOT encrypted: set AWEBER_STORE_KEY'}).\n"
+        f"  refresh token {fingerprint(tokens.refresh_token)}, access token {fingerprint(tokens.access_token)} "
+        f"expires {format_expiry(tokens.expires_at, time.time())}\n"
+        f"Next: aweber-job --connection {name} run   (or run --all for every due connection)\n"
+    )
+    stdout.flush()
+    return EXIT_OK
+
+
+def _login_rescue(settings: Settings, name: str, tokens: TokenFile, cause: JobError) -> TokenNotSavedError:
+    """Keep the tokens of an authorization the store refused in a 0600 rescue file, and say how to import it."""
+    from job.pgstore import RESCUE_DIRECTORY, file_safe
+    from job.store import write_file_atomically
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = settings.state_dir / RESCUE_DIRECTORY / f"{file_safe(name)}.{stamp}.login.json"
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_file_atomically(path, tokens.to_bytes())
+    except OSError as exc:
+        return TokenNotSavedError(
+            f"authorized, but the store did not take the tokens of connection '{name}' ({cause.message}) and the "
+            f"rescue file {path} could not be written ({exc.strerror or exc}); run the login again once the store "
+            "takes writes"
+        )
+    return TokenNotSavedError(
+        f"authorized, but the store did not take the tokens of connection '{name}' ({cause.message}); they were "
+        f"saved to the rescue file {path}. Once the store takes writes: aweber-job connections import {name} {path}"
+        + " (with --force if the connection is there)"
+    )

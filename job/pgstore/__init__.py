@@ -17,6 +17,7 @@ store".
 """
 
 from job.pgstore.common import (
+    RESCUE_DIRECTORY,
     SCHEMA,
     SCHEMA_VERSION,
     ConnectionInfo,
@@ -29,6 +30,7 @@ from job.pgstore.connection import PostgresConnection
 from job.pgstore.store import PostgresStore
 
 __all__ = [
+    "RESCUE_DIRECTORY",
     "SCHEMA",
     "SCHEMA_VERSION",
     "ConnectionInfo",

@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 class PostgresConnection:
     """One connection as a :class:`job.backend.ConnectionStore`: lease, fenced writes, marker, rescue files."""
 
-    def __init__(self, store: PostgresStore, name: str, *, wait: bool = True) -> None:
+    def __init__(self, store: PostgresStore, name: str, *, wait: bool = True, owns_store: bool = False) -> None:
         self._store = store
+        self._owns_store = owns_store
         self.connection = name
         self.where = f"connection '{name}' in {store.description}"
         self._wait = wait
@@ -176,6 +177,9 @@ class PostgresConnection:
         if not done:
             raise self._lease_lost(f"saving the state of task {task_name} of")
 
+    def state_location(self, task_name: str) -> str:
+        return f"the state of task {task_name} kept with {self.where}"
+
     def keep_alive(self) -> None:
         """Renew the lease once more than half of it has passed; otherwise costs nothing.
 
@@ -196,13 +200,14 @@ class PostgresConnection:
 
     def close(self) -> None:
         """Release the lease (fenced); a dead database is ignored: the lease runs out by itself."""
-        if self._fence is None:
-            return
-        fence, self._fence = self._fence, None
-        try:
-            self._store._release(self.connection, fence)
-        except JobError as exc:
-            log.debug("%s", exc)
+        if self._fence is not None:
+            fence, self._fence = self._fence, None
+            try:
+                self._store._release(self.connection, fence)
+            except JobError as exc:
+                log.debug("%s", exc)
+        if self._owns_store:
+            self._store.close()
 
     # -- rescue files --
 

@@ -53,7 +53,15 @@ if TYPE_CHECKING:
     import psycopg
     from cryptography.fernet import MultiFernet
 
+    from job.config import Settings
+
 log = logging.getLogger(__name__)
+
+# A lease lasts at least this long (and longer when a refresh may take longer: see from_settings).
+DEFAULT_LEASE_SECONDS = 900.0
+LEASE_MARGIN_SECONDS = 60.0
+# How long a save after a refresh keeps trying the database before the tokens go to a rescue file.
+DEFAULT_SAVE_DEADLINE_SECONDS = 60.0
 
 # 9999-12-31T23:59:59Z: a later expiry (a hand-edited file) cannot go in a timestamptz column as a time.
 LAST_TIMESTAMP = 253_402_300_799.0
@@ -73,8 +81,8 @@ class PostgresStore:
         keys: Sequence[str] = (),
         state_dir: Path,
         lock_timeout_seconds: float = 60.0,
-        lease_seconds: float = 900.0,
-        save_deadline_seconds: float = 60.0,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        save_deadline_seconds: float = DEFAULT_SAVE_DEADLINE_SECONDS,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         holder: str | None = None,
@@ -95,6 +103,26 @@ class PostgresStore:
         self.holder = holder or f"{self.host}:{os.getpid()}:{secrets.token_hex(4)}"
         self._db: psycopg.Connection[Any] | None = None
         self._schema_checked = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PostgresStore:
+        """The store ``AWEBER_STORE`` names, with the configured keys, state directory and limits.
+
+        The lease outlasts the longest refresh (its retries until AWEBER_RETRY_DEADLINE, one more
+        read, then the save's own retries), so a live run is never taken over in the middle of one.
+        """
+        if settings.store_url is None:
+            raise ConfigError(["AWEBER_STORE is 'file': there is no database store"])
+        save_deadline = DEFAULT_SAVE_DEADLINE_SECONDS
+        longest_refresh = settings.retry_deadline_seconds + 2 * settings.http_timeout_seconds + save_deadline
+        return cls(
+            settings.store_url.reveal(),
+            keys=[key.reveal() for key in settings.store_keys],
+            state_dir=settings.state_dir,
+            lock_timeout_seconds=settings.lock_timeout_seconds,
+            lease_seconds=max(DEFAULT_LEASE_SECONDS, longest_refresh + LEASE_MARGIN_SECONDS),
+            save_deadline_seconds=save_deadline,
+        )
 
     # ---- the URL, and never its password --------------------------------------------------------
 
@@ -405,9 +433,12 @@ class PostgresStore:
 
     # ---- administration ------------------------------------------------------------------------------
 
-    def connection(self, name: str, *, wait: bool = True) -> PostgresConnection:
-        """The :class:`job.backend.ConnectionStore` of one connection; nothing happens until ``open()``."""
-        return PostgresConnection(self, check_name(name), wait=wait)
+    def connection(self, name: str, *, wait: bool = True, owns_store: bool = False) -> PostgresConnection:
+        """The :class:`job.backend.ConnectionStore` of one connection; nothing happens until ``open()``.
+
+        ``owns_store``: closing the connection closes this store too (a run that made the store for it).
+        """
+        return PostgresConnection(self, check_name(name), wait=wait, owns_store=owns_store)
 
     def list_connections(self) -> list[ConnectionInfo]:
         self._ready()
@@ -438,6 +469,15 @@ class PostgresStore:
             if info.lease_holder is None:
                 marker += " and never recorded its end"
         return ConnectionView(info=info, tokens=tokens, marker=marker)
+
+    def check_writable(self) -> None:
+        """Prove the store takes writes now (before a login spends its code): StorageError (73) when read-only.
+
+        An UPDATE that matches no row is refused all the same by a read-only transaction or a standby.
+        """
+        self._ready()
+        self._run(f"UPDATE {SCHEMA}.schema_version SET version = version WHERE false",
+                  doing=f"cannot write to the store {self.description}")
 
     def import_tokens(self, name: str, tokens: TokenFile, *, force: bool) -> None:
         """Put a token file's tokens in the store as connection ``name``; an existing one only with ``force``."""
