@@ -344,6 +344,8 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None,
     out = stdout if stdout is not None else _guard_stdout(command)
     try:
         _refuse_misplaced_run_options(args, command)
+        if getattr(args, "connection", None) is not None and command not in CONNECTION_COMMANDS:
+            raise UsageError(f"--connection is an option of {', '.join(CONNECTION_COMMANDS)}, not of {command}")
         if command == "tasks":
             return _cmd_tasks(out)
         if command == "example":
@@ -406,8 +408,6 @@ def _choose_connection(settings: Settings, args: argparse.Namespace, command: st
 
     name = getattr(args, "connection", None)
     if name is not None:
-        if command not in CONNECTION_COMMANDS:
-            raise UsageError(f"--connection is an option of {', '.join(CONNECTION_COMMANDS)}, not of {command}")
         if not CONNECTION_NAME.match(name):
             raise UsageError(f"--connection must be a connection name of {CONNECTION_NAME_RULE}, got {name!r}")
         settings = dataclasses.replace(settings, connection=name)
