@@ -529,7 +529,8 @@ def _cmd_run(
         _log().error("unexpected error: %s: %s", type(exc).__name__, exc)
         _log().debug("where it happened", exc_info=True)
         outcome.exit_code = EXIT_TASK_FAILED
-    if settings.store_url is not None:
+    if settings.store_url is not None and outcome.held_connection:
+        # A run turned away (another holds the lease, the store is down) ran nothing worth recording.
         from job.dbcommands import record_run
 
         record_run(settings, outcome.exit_code)

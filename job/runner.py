@@ -73,6 +73,8 @@ class RunOutcome:
     api_requests: int = 0
     access_expires_at: float | None = None
     new_subscribers: int | None = None
+    # Whether the run held the connection (its lock or lease): a run turned away before that did not run it.
+    held_connection: bool = False
 
     @property
     def http_requests(self) -> int:
@@ -232,6 +234,7 @@ def run_cycle(
     keeper = TokenKeeper(settings, session, store, clock=clock, monotonic=monotonic, sleep=sleep)
     try:
         with keeper:
+            outcome.held_connection = True
             state = store.load_state(task.name) if task else {}
             if state and options.since is not None and task is not None:
                 # An operator who asked for a look-back and got none would otherwise not know why.

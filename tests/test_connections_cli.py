@@ -229,3 +229,21 @@ def test_an_unknown_store_scheme_is_a_configuration_error_without_the_password(j
     assert result.returncode == 78
     assert "AWEBER_STORE" in result.stderr
     assert_no_password(result.stderr)
+
+
+def test_a_run_turned_away_by_a_held_lease_exits_75_and_records_nothing(db_job: JobFiles) -> None:
+    """Another run holds the connection: this one waits AWEBER_LOCK_TIMEOUT, exits 75, spends and records nothing."""
+    from job.pgstore import PostgresStore
+
+    import_live_tokens(db_job, "acme")
+    store = PostgresStore(db_job.env()["AWEBER_STORE"], state_dir=db_job.root / "holder")
+    held = store.connection("acme")
+    held.open()
+    try:
+        result = run_job(["--connection", "acme", "refresh"], db_job.env(AWEBER_LOCK_TIMEOUT="1"))
+    finally:
+        held.close()
+        store.close()
+    assert result.returncode == 75, result.stderr
+    assert token_requests(db_job.standin) == 0
+    assert listing(db_job)["acme"]["last_exit_code"] is None
