@@ -233,6 +233,22 @@ def test_a_holder_on_another_host_is_never_judged_by_local_pids(stores: Any, pg_
     connection.close()
 
 
+def test_a_holder_with_this_hostname_in_another_pid_namespace_is_not_judged_by_local_pids(
+    stores: Any, pg_url: str
+) -> None:
+    """Two containers may share a hostname; a pid there means nothing here, so only the lease decides."""
+    import socket
+
+    stores().import_tokens("acme", make_tokens(), force=False)
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
+    dead_pid = int(child.stdout)
+    sql(pg_url, "UPDATE aweber_job.connections SET lease_holder = %s, lease_until = now() + interval '1 hour'",
+        f"{socket.gethostname()}/0badb00t-4026531836:{dead_pid}:abcd")
+    with pytest.raises(LockBusyError):
+        stores().connection("acme", wait=False).open()
+
+
 def test_unknown_and_revoked_connections(stores: Any) -> None:
     store = stores()
     with pytest.raises(TokenFileError) as raised:

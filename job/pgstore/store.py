@@ -67,6 +67,17 @@ DEFAULT_SAVE_DEADLINE_SECONDS = 60.0
 LAST_TIMESTAMP = 253_402_300_799.0
 
 
+def pid_space() -> str:
+    """Which pids this process sees: the kernel's boot id and the pid namespace ("?" when unknown)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            boot = handle.read().strip()[:8]
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except (OSError, UnicodeDecodeError):
+        return "?"
+    return f"{boot}-{namespace}"
+
+
 class PostgresStore:
     """The connections table of one database: administration calls, and :meth:`connection` for a run.
 
@@ -99,7 +110,7 @@ class PostgresStore:
         self.save_deadline_seconds = save_deadline_seconds
         self._clock = clock
         self._sleep = sleep
-        self.host = socket.gethostname()
+        self.host = f"{socket.gethostname()}/{pid_space()}"
         self.holder = holder or f"{self.host}:{os.getpid()}:{secrets.token_hex(4)}"
         self._db: psycopg.Connection[Any] | None = None
         self._schema_checked = False
@@ -353,7 +364,9 @@ class PostgresStore:
     def _holder_is_dead(self, holder: str) -> bool:
         """Whether ``holder`` is a process on this host that no longer exists (its lease can be taken now)."""
         host, pid = split_holder(holder)
-        if pid is None or host != self.host or pid <= 0 or pid == os.getpid():
+        # Only where this process sees the holder's pids: the same machine, boot and pid namespace (two
+        # containers may share a hostname, and a pid means another process in another namespace).
+        if pid is None or host != self.host or self.host.endswith("/?") or pid <= 0 or pid == os.getpid():
             return False
         try:
             os.kill(pid, 0)
