@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # AWeber's documented page size limit (docs/aweber-api.md §2.2): 1–100, default 100.
 PAGE_SIZE = 100
+# How often a client waits to re-check a pacer whose every slot is a request still in flight.
+PACER_POLL_SECONDS = 0.05
 # AWeber blocks a rate-limited account for 60 s (docs/aweber-api.md §3); the rolling window is a minute.
 DEFAULT_WINDOW_SECONDS = 60.0
 # A page of 100 subscribers is about 100 KB; anything near this is not an AWeber answer.
@@ -204,6 +207,49 @@ def is_retry_later_answer(status: int, message: str | None) -> bool:
     return any(phrase in words for phrase in _RETRY_LATER_PHRASES)
 
 
+class Pacer:
+    """At most ``limit`` requests in any rolling ``window``: one client's, or shared by the clients of one
+    AWeber account (its rate limit is per account, whatever the integration), across threads.
+
+    A request takes a slot before it is sent and gives it back, stamped, when it finished: times are
+    taken when a request *finished*, which is no earlier than the server saw it, so the server never
+    counts more than the limit in any window either; requests in flight count too, so clients that
+    share the pacer cannot all pass the check at once.
+    """
+
+    def __init__(self, limit: int, window_seconds: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+        if limit < 1:
+            raise ValueError("rate_limit_per_minute must be at least 1")
+        if window_seconds <= 0:
+            raise ValueError("window_seconds must be positive")
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        # When each of the last ``limit`` requests finished: O(limit) memory whatever the run.
+        self._finished: collections.deque[float] = collections.deque(maxlen=limit)
+        self._in_flight = 0
+
+    def try_take(self) -> float:
+        """Take a slot and return 0, or return how long to wait before trying again."""
+        with self._lock:
+            now = self._monotonic()
+            while self._finished and self._finished[0] + self.window_seconds <= now:
+                self._finished.popleft()
+            if len(self._finished) + self._in_flight < self.limit:
+                self._in_flight += 1
+                return 0.0
+            if self._finished:
+                return max(self._finished[0] + self.window_seconds - now, 0.001)
+            return PACER_POLL_SECONDS  # every slot is a request in flight: one ends soon
+
+    def give_back(self) -> None:
+        """The request that took a slot has finished (answered or failed)."""
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
+            self._finished.append(self._monotonic())
+
+
 class ApiClient:
     """The AWeber API through one session: paced, retried, refreshed, origin-locked, time-limited.
 
@@ -231,6 +277,8 @@ class ApiClient:
         window_seconds: float = DEFAULT_WINDOW_SECONDS,
         run_timeout_seconds: float | None = None,
         run_started: float | None = None,
+        pacer: Pacer | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         if rate_limit_per_minute < 1:
             raise ValueError("rate_limit_per_minute must be at least 1")
@@ -257,8 +305,10 @@ class ApiClient:
         self._run_deadline: float | None = None
         if run_timeout_seconds is not None:
             self._run_deadline = (monotonic() if run_started is None else run_started) + run_timeout_seconds
-        # When each of the last ``rate_limit`` requests finished: O(limit) memory whatever the run.
-        self._recent: collections.deque[float] = collections.deque(maxlen=rate_limit_per_minute)
+        self.pacer = pacer if pacer is not None else Pacer(rate_limit_per_minute, window_seconds, monotonic)
+        # Set when the whole run is asked to stop (SIGTERM during run --all): every request and wait
+        # ends as the run's time limit would end it, so the task saves its state and the lease is freed.
+        self._stop = stop
         self.requests_made = 0
         self.rate_limited = 0
         self._server_date: datetime | None = None
@@ -434,13 +484,13 @@ class ApiClient:
             # The token endpoint's own retries are done; do not repeat them here.
             raise _NotRetried(exc) from exc
         self._pace(path)
-        self._check_run_time(f"before GET {path}")
-        headers = {**authorization, "Accept": "application/json"}
-        self.requests_made += 1
         try:
+            self._check_run_time(f"before GET {path}")
+            headers = {**authorization, "Accept": "application/json"}
+            self.requests_made += 1
             status, response_headers, body = self._send(url, params, headers, path)
         finally:
-            self._recent.append(self._monotonic())
+            self.pacer.give_back()
         log.debug("GET %s -> HTTP %d (%d bytes)", path, status, len(body))
         if 200 <= status < 300:
             if len(body) > MAX_ANSWER_BYTES:
@@ -552,17 +602,13 @@ class ApiClient:
     # ---- pacing -------------------------------------------------------------------------------
 
     def _pace(self, path: str) -> None:
-        """Wait until fewer than ``rate_limit`` requests finished within the last window.
-
-        Times are taken when a request *finished*, which is no earlier than the server saw it, so
-        the server never counts more than the limit in any window either.
-        """
-        if len(self._recent) < self._rate_limit:
-            return
-        wait_seconds = self._recent[0] + self._window_seconds - self._monotonic()
-        if wait_seconds > 0:
+        """Wait until the pacer has a slot for one more request (see :class:`Pacer`), and take it."""
+        while True:
+            wait_seconds = self.pacer.try_take()
+            if wait_seconds <= 0:
+                return
             log.debug("pacing: waiting %.2f s to stay within %d requests per %.0f s",
-                      wait_seconds, self._rate_limit, self._window_seconds)
+                      wait_seconds, self.pacer.limit, self.pacer.window_seconds)
             self._wait(wait_seconds, f"pacing before GET {path}")
 
     # ---- the run's time limit -----------------------------------------------------------------
@@ -572,6 +618,8 @@ class ApiClient:
 
     def _out_of_run_time(self, doing: str, wait_seconds: float = 0.0) -> RunTimeoutError | None:
         """The error to raise if the run's time is up, or would be before ``wait_seconds`` pass; else None."""
+        if self._stop is not None and self._stop.is_set():
+            return RunTimeoutError(f"the run was asked to stop (SIGTERM), {doing}")
         left = self._run_seconds_left()
         if left is None or (left > 0 and wait_seconds <= left):
             return None
@@ -587,6 +635,11 @@ class ApiClient:
     def _wait(self, seconds: float, doing: str) -> None:
         """Sleep ``seconds``, unless that would end past the run's time limit (RunTimeoutError, unslept)."""
         self._check_run_time(doing, seconds)
+        if self._stop is not None:
+            # A stop request ends the wait at once; the check after it says why.
+            if self._stop.wait(seconds):
+                self._check_run_time(doing)
+            return
         self._sleep(seconds)
 
     def _path(self, url: str) -> str:
