@@ -94,9 +94,9 @@ def test_init_schema_is_idempotent_and_every_other_call_needs_it(pg_url: str, tm
         assert "has no schema: run aweber-job store init" in str(raised.value)
         with pytest.raises(ConfigError, match="store init"):
             store.connection("acme").open()
-        assert store.init_schema() == 1
-        assert store.init_schema() == 1
-        assert sql(pg_url, "SELECT version FROM aweber_job.schema_version") == [(1,)]
+        assert store.init_schema() == 2
+        assert store.init_schema() == 2
+        assert sql(pg_url, "SELECT version FROM aweber_job.schema_version") == [(2,)]
         assert store.list_connections() == []
     finally:
         store.close()
@@ -123,8 +123,8 @@ def test_init_schema_from_many_machines_at_once_on_an_empty_database(pg_url: str
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert results == [1] * count
-    assert sql(pg_url, "SELECT version FROM aweber_job.schema_version") == [(1,)]
+    assert results == [2] * count
+    assert sql(pg_url, "SELECT version FROM aweber_job.schema_version") == [(2,)]
 
 
 def test_a_schema_newer_than_the_code_is_refused_naming_both_versions(stores: Any, pg_url: str) -> None:
@@ -132,7 +132,7 @@ def test_a_schema_newer_than_the_code_is_refused_naming_both_versions(stores: An
     for call in (lambda s: s.list_connections(), lambda s: s.init_schema()):
         with pytest.raises(ConfigError) as raised:
             call(stores())
-        assert "schema version 7" in str(raised.value) and "version 1" in str(raised.value)
+        assert "schema version 7" in str(raised.value) and "version 2" in str(raised.value)
 
 
 # ---- leases: claim, wait, busy, dead holders ---------------------------------------------------------
@@ -470,11 +470,11 @@ def test_record_run_and_list(stores: Any, pg_url: str) -> None:
     store = stores()
     store.import_tokens("acme", make_tokens(account_id=123456), force=False)
     store.import_tokens("beta", make_tokens(), force=False)
-    store.record_run("acme", 75, 3600)
+    store.record_run("acme", 0, 3600)
     connection = store.connection("beta")
     connection.open()
     acme, beta = store.list_connections()
-    assert (acme.name, acme.account_id, acme.last_exit_code, acme.lease_holder) == ("acme", 123456, 75, None)
+    assert (acme.name, acme.account_id, acme.last_exit_code, acme.lease_holder) == ("acme", 123456, 0, None)
     assert acme.access_expires_at == 1_900_000_000.5
     assert acme.last_run_at is not None and acme.next_run_at is not None
     assert 3590 < acme.next_run_at - acme.last_run_at < 3610

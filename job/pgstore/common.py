@@ -13,7 +13,7 @@ from job.errors import ConfigError, UsageError
 from job.tokens import TokenFile
 
 SCHEMA = "aweber_job"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # pg_advisory_xact_lock key serialising init_schema across machines ("aweberjb" in ASCII).
 ADVISORY_LOCK_KEY = 0x617765626572_6A62
 CONNECT_TIMEOUT_SECONDS = 10
@@ -54,6 +54,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             updated_at timestamptz NOT NULL DEFAULT now(),
             CHECK (tokens IS NOT NULL OR revoked_at IS NOT NULL)
         )""",
+    ),
+    # Fleet runs (run --all): which connections wait for a person (77, 78: not retried until their
+    # tokens change), how many temporary failures in a row (for the backoff), and an index for the
+    # query that finds the due ones.
+    2: (
+        f"ALTER TABLE {SCHEMA}.connections ADD COLUMN waiting_for_person boolean NOT NULL DEFAULT false",
+        f"ALTER TABLE {SCHEMA}.connections ADD COLUMN temporary_failures integer NOT NULL DEFAULT 0",
+        f"""CREATE INDEX connections_due ON {SCHEMA}.connections (last_run_at NULLS FIRST)
+            WHERE revoked_at IS NULL AND NOT waiting_for_person""",
     ),
 }
 

@@ -41,9 +41,13 @@ log = logging.getLogger(__name__)
 class PostgresConnection:
     """One connection as a :class:`job.backend.ConnectionStore`: lease, fenced writes, marker, rescue files."""
 
-    def __init__(self, store: PostgresStore, name: str, *, wait: bool = True, owns_store: bool = False) -> None:
+    def __init__(
+        self, store: PostgresStore, name: str, *, wait: bool = True, owns_store: bool = False,
+        claimed: tuple[Any, ...] | None = None,
+    ) -> None:
         self._store = store
         self._owns_store = owns_store
+        self._claimed = claimed
         self.connection = name
         self.where = f"connection '{name}' in {store.description}"
         self._wait = wait
@@ -78,7 +82,7 @@ class PostgresConnection:
 
     def open(self) -> Opened:
         """Claim the lease, load the tokens, put back this machine's rescue files, and read the marker."""
-        row = self._store._claim(self.connection, wait=self._wait)
+        row, self._claimed = self._claimed or self._store._claim(self.connection, wait=self._wait), None
         self._fence, data, encrypted, spent, by, at = row
         self._renewed_at = self._monotonic()
         try:

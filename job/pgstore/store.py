@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 # A lease lasts at least this long (and longer when a refresh may take longer: see from_settings).
 DEFAULT_LEASE_SECONDS = 900.0
 LEASE_MARGIN_SECONDS = 60.0
+# A temporary failure is due again after 5 min, then 10, 20 … (doubling) but never later than the interval.
+BACKOFF_FIRST_SECONDS = 300.0
+DUE_AFTER = "LEAST(%(interval)s, %(backoff)s * power(2, LEAST(GREATEST({failures} - 1, 0), 16)))"
 # How long a save after a refresh keeps trying the database before the tokens go to a rescue file.
 DEFAULT_SAVE_DEADLINE_SECONDS = 60.0
 
@@ -446,12 +449,15 @@ class PostgresStore:
 
     # ---- administration ------------------------------------------------------------------------------
 
-    def connection(self, name: str, *, wait: bool = True, owns_store: bool = False) -> PostgresConnection:
+    def connection(
+        self, name: str, *, wait: bool = True, owns_store: bool = False, claimed: tuple[Any, ...] | None = None
+    ) -> PostgresConnection:
         """The :class:`job.backend.ConnectionStore` of one connection; nothing happens until ``open()``.
 
         ``owns_store``: closing the connection closes this store too (a run that made the store for it).
+        ``claimed``: the row :meth:`claim_due` claimed for it, so ``open()`` does not claim again.
         """
-        return PostgresConnection(self, check_name(name), wait=wait, owns_store=owns_store)
+        return PostgresConnection(self, check_name(name), wait=wait, owns_store=owns_store, claimed=claimed)
 
     def list_connections(self) -> list[ConnectionInfo]:
         self._ready()
@@ -523,6 +529,7 @@ class PostgresStore:
         try:
             self._run(
                 f"""UPDATE {SCHEMA}.connections SET {SEAL_COLUMNS}, {NO_MARKER}, revoked_at = NULL,
+                        waiting_for_person = false, temporary_failures = 0,
                         updated_at = now() WHERE {FENCED}""",
                 {**sealed, "fence": fence, "holder": self.holder},
                 doing=f"cannot replace the tokens of connection '{name}' in the store {self.description}",
@@ -566,18 +573,61 @@ class PostgresStore:
             raise self._not_found(name)
 
     def record_run(self, name: str, exit_code: int, interval_seconds: float) -> None:
-        """Note when the connection last ran, how it ended, and when it should run next."""
+        """Note when the connection last ran, how it ended, and when it is due next.
+
+        A success or a failure a later run may not repeat is due again an interval later; a temporary
+        one (75) sooner, backing off: 5 min, 10, 20 … up to the interval; one that needs a person (77,
+        78) waits until its tokens change (login, import) or a run by hand succeeds.
+        """
         check_name(name)
         self._ready()
         rows = self._run(
             f"""UPDATE {SCHEMA}.connections SET last_run_at = now(), last_exit_code = %(code)s,
-                    next_run_at = now() + make_interval(secs => %(interval)s) WHERE name = %(name)s""",
-            {"name": name, "code": exit_code, "interval": float(interval_seconds)},
+                    waiting_for_person = %(code)s IN (77, 78),
+                    temporary_failures = CASE WHEN %(code)s = 75 THEN temporary_failures + 1 ELSE 0 END,
+                    next_run_at = now() + make_interval(secs => CASE
+                        WHEN %(code)s = 75 THEN {DUE_AFTER.format(failures="temporary_failures + 1")}
+                        ELSE %(interval)s END)
+                WHERE name = %(name)s""",
+            {"name": name, "code": exit_code, "interval": float(interval_seconds), "backoff": BACKOFF_FIRST_SECONDS},
             doing=f"cannot record the run of connection '{name}' in the store {self.description}",
         )
         if rows[0][0] == 0:
             log.warning("connection '%s' is no longer in the store %s: its run was not recorded", name,
                         self.description)
+
+    def claim_due(self, limit: int, interval_seconds: float, *, skip: Sequence[str] = ()) -> list[tuple[str, Any]]:
+        """Claim up to ``limit`` due connections for a fleet run; return (name, claimed row) pairs.
+
+        Due: never run, or last run longer ago than the interval (after a temporary failure, than its
+        backoff), not revoked, not waiting for a person, its lease free or run out. ``FOR UPDATE SKIP
+        LOCKED`` lets many processes claim at once, each taking rows no other is taking; each claim is
+        the same committed lease and fence as a single run's. ``skip``: the names this run has done.
+        """
+        self._ready()
+        rows = self._run(
+            f"""WITH due AS (
+                    SELECT name FROM {SCHEMA}.connections
+                    WHERE revoked_at IS NULL AND NOT waiting_for_person AND tokens IS NOT NULL
+                      AND (lease_holder IS NULL OR lease_until IS NULL OR lease_until <= now())
+                      AND (last_run_at IS NULL OR last_run_at <= now() - make_interval(secs => CASE
+                            WHEN last_exit_code = 75 THEN {DUE_AFTER.format(failures="temporary_failures")}
+                            ELSE %(interval)s END))
+                      AND name <> ALL(%(skip)s)
+                    ORDER BY last_run_at NULLS FIRST, name
+                    LIMIT %(limit)s
+                    FOR UPDATE SKIP LOCKED
+                )
+                UPDATE {SCHEMA}.connections AS c
+                SET fence = c.fence + 1, lease_holder = %(holder)s, lease_until = {LEASE}, updated_at = now()
+                FROM due WHERE c.name = due.name
+                RETURNING c.name, c.fence, c.tokens, c.encrypted, c.refreshing_from, c.refreshing_by,
+                          extract(epoch FROM c.refreshing_at)::float8""",
+            {"limit": limit, "interval": float(interval_seconds), "skip": list(skip), "holder": self.holder,
+             "lease": self.lease_seconds, "backoff": BACKOFF_FIRST_SECONDS},
+            doing=f"cannot claim due connections in the store {self.description}",
+        )
+        return [(row[0], row[1:]) for row in rows if len(row) > 1]
 
     def rotate_key(self) -> int:
         """Re-encrypt every connection with the first key (plain ones get encrypted); return how many.
