@@ -1,3 +1,4 @@
+# ruff: noqa: F811
 """What the store decides for fleet runs: which connections are due, backoff, waiting for a person, the upgrade.
 
 Against a real PostgreSQL server; times are moved by editing rows with SQL of the test's own.
@@ -10,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from job.pgstore import PostgresStore
-from tests.test_pgstore import make_tokens, sql, stores  # noqa: F401 - the fixture is used by name
+# The fixture `stores` is imported to be used by name, which ruff reads as unused, then redefined.
+from tests.test_pgstore import make_tokens, sql, stores  # noqa: F401
 
 DAY = 86_400.0
 
