@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 # AWeber's documented page size limit (docs/aweber-api.md §2.2): 1–100, default 100.
 PAGE_SIZE = 100
+_ACCOUNT_PATH = re.compile(r"^/accounts/(\d+)(?:/|$)")
 # How often a client waits to re-check a pacer whose every slot is a request still in flight.
 PACER_POLL_SECONDS = 0.05
 # AWeber blocks a rate-limited account for 60 s (docs/aweber-api.md §3); the rolling window is a minute.
@@ -279,6 +281,7 @@ class ApiClient:
         run_started: float | None = None,
         pacer: Pacer | None = None,
         stop: threading.Event | None = None,
+        pacer_for: Callable[[str], Pacer] | None = None,
     ) -> None:
         if rate_limit_per_minute < 1:
             raise ValueError("rate_limit_per_minute must be at least 1")
@@ -306,6 +309,9 @@ class ApiClient:
         if run_timeout_seconds is not None:
             self._run_deadline = (monotonic() if run_started is None else run_started) + run_timeout_seconds
         self.pacer = pacer if pacer is not None else Pacer(rate_limit_per_minute, window_seconds, monotonic)
+        # The pacer of each AWeber account, shared with the other connections of a fleet run: a request
+        # under /accounts/<id> counts against that account's limit; any other against ``pacer``.
+        self._pacer_for = pacer_for
         # Set when the whole run is asked to stop (SIGTERM during run --all): every request and wait
         # ends as the run's time limit would end it, so the task saves its state and the lease is freed.
         self._stop = stop
@@ -483,14 +489,15 @@ class ApiClient:
         except JobError as exc:
             # The token endpoint's own retries are done; do not repeat them here.
             raise _NotRetried(exc) from exc
-        self._pace(path)
+        pacer = self._pacer_of(path)
+        self._pace(path, pacer)
         try:
             self._check_run_time(f"before GET {path}")
             headers = {**authorization, "Accept": "application/json"}
             self.requests_made += 1
             status, response_headers, body = self._send(url, params, headers, path)
         finally:
-            self.pacer.give_back()
+            pacer.give_back()
         log.debug("GET %s -> HTTP %d (%d bytes)", path, status, len(body))
         if 200 <= status < 300:
             if len(body) > MAX_ANSWER_BYTES:
@@ -601,14 +608,22 @@ class ApiClient:
 
     # ---- pacing -------------------------------------------------------------------------------
 
-    def _pace(self, path: str) -> None:
+    def _pacer_of(self, path: str) -> Pacer:
+        """The pacer a request to ``path`` counts against: its account's when shared, else this client's."""
+        if self._pacer_for is not None:
+            match = _ACCOUNT_PATH.match(path[len(self._base_path):] if path.startswith(self._base_path) else path)
+            if match:
+                return self._pacer_for(f"account {match.group(1)}")
+        return self.pacer
+
+    def _pace(self, path: str, pacer: Pacer) -> None:
         """Wait until the pacer has a slot for one more request (see :class:`Pacer`), and take it."""
         while True:
-            wait_seconds = self.pacer.try_take()
+            wait_seconds = pacer.try_take()
             if wait_seconds <= 0:
                 return
             log.debug("pacing: waiting %.2f s to stay within %d requests per %.0f s",
-                      wait_seconds, self.pacer.limit, self.pacer.window_seconds)
+                      wait_seconds, pacer.limit, pacer.window_seconds)
             self._wait(wait_seconds, f"pacing before GET {path}")
 
     # ---- the run's time limit -----------------------------------------------------------------

@@ -79,7 +79,9 @@ class ConnectionStore(Protocol[PendingSave]):
     def close(self) -> None: ...
 
 
-def connection_store(settings: Settings, *, connection: str | None = None, wait: bool = True) -> ConnectionStore[Any]:
+def connection_store(
+    settings: Settings, *, connection: str | None = None, wait: bool = True, finish_on_close: bool = False
+) -> ConnectionStore[Any]:
     """The store ``AWEBER_STORE`` names, for ``connection`` (default: the configured one).
 
     The PostgreSQL store is imported only here, so a token-file install never loads its driver.
@@ -94,6 +96,6 @@ def connection_store(settings: Settings, *, connection: str | None = None, wait:
     from job.pgstore import PostgresStore
 
     store: ConnectionStore[Any] = PostgresStore.from_settings(settings).connection(
-        connection or settings.connection, wait=wait, owns_store=True
+        connection or settings.connection, wait=wait, owns_store=True, finish_on_close=finish_on_close
     )
     return store

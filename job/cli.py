@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command("run", "refresh the tokens, run the task, save its state (the default)")
     _add_run_options(run)
+    fleet = run.add_argument_group("many connections (AWEBER_STORE is a PostgreSQL URL)")
+    fleet.add_argument("--all", action="store_true",
+                       help="run every due connection once (AWEBER_RUN_INTERVAL); other processes share the work")
+    fleet.add_argument("--concurrency", type=int, metavar="N", default=None,
+                       help="with --all: connections run at once in this process (default 4)")
     command("refresh", "refresh and save the tokens only")
     status = command("status", "show the token file and lock without contacting AWeber")
     status.add_argument("--json", action="store_true", help="print one JSON object for machines")
@@ -469,6 +474,39 @@ def _cmd_example(kind: str, out: IO[str]) -> int:
     return EXIT_OK
 
 
+def _cmd_run_all(settings: Settings, args: argparse.Namespace, options: Any, out: IO[str], monitor: Any) -> int:
+    """``run --all``: every due connection, once (job/fleet.py), with one start and one end ping."""
+    from job.fleet import DEFAULT_CONCURRENCY, MAX_CONCURRENCY, FleetOutcome, run_all
+
+    if not getattr(args, "all", False):
+        raise UsageError("--concurrency goes with run --all")
+    concurrency = args.concurrency if args.concurrency is not None else DEFAULT_CONCURRENCY
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise UsageError(f"--concurrency must be 1 to {MAX_CONCURRENCY}, got {concurrency}")
+    if getattr(args, "connection", None) is not None:
+        raise UsageError("run --all runs every due connection; --connection names one: give one or the other")
+    outcome = FleetOutcome()
+    monitor.start()
+    try:
+        if settings.store_url is None:
+            # The token file is the one connection: --all runs it, as a plain run would.
+            from job.runner import run_cycle
+
+            run_cycle(settings, make_session(), options, stdout=out, outcome=outcome)
+        else:
+            run_all(settings, options, concurrency=concurrency, stdout=out, make_session=make_session,
+                    outcome=outcome)
+    except JobError as exc:
+        _report(exc)
+        outcome.exit_code = exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - an unexpected bug still ends in one line and exit 1
+        _log().error("unexpected error: %s: %s", type(exc).__name__, exc)
+        _log().debug("where it happened", exc_info=True)
+        outcome.exit_code = EXIT_TASK_FAILED
+    monitor.finish(outcome)
+    return outcome.exit_code
+
+
 def _cmd_status(settings: Settings, out: IO[str], *, as_json: bool) -> int:
     if settings.store_url is not None:
         from job.dbcommands import connection_status
@@ -518,10 +556,18 @@ def _cmd_run(
     )
     session = make_session()
     monitor = Monitor(settings, session)
+    if getattr(args, "all", False) or getattr(args, "concurrency", None) is not None:
+        return _cmd_run_all(settings, args, options, out, monitor)
     outcome = RunOutcome()
+    store = None
+    if settings.store_url is not None:
+        from job.backend import connection_store
+
+        # The outcome is recorded and the lease released in one statement after the run (finish).
+        store = connection_store(settings, finish_on_close=True)
     monitor.start()
     try:
-        run_cycle(settings, session, options, stdout=out, outcome=outcome)
+        run_cycle(settings, session, options, stdout=out, outcome=outcome, store=store)
     except JobError as exc:
         _report(exc)
         outcome.exit_code = exc.exit_code
@@ -529,11 +575,10 @@ def _cmd_run(
         _log().error("unexpected error: %s: %s", type(exc).__name__, exc)
         _log().debug("where it happened", exc_info=True)
         outcome.exit_code = EXIT_TASK_FAILED
-    if settings.store_url is not None and outcome.held_connection:
+    if store is not None:
         # A run turned away (another holds the lease, the store is down) ran nothing worth recording.
-        from job.dbcommands import record_run
-
-        record_run(settings, outcome.exit_code)
+        finish = getattr(store, "finish")  # noqa: B009 - the database store's own call, not the seam's
+        finish(outcome.exit_code if outcome.held_connection else None, settings.run_interval_seconds)
     monitor.finish(outcome)
     return outcome.exit_code
 

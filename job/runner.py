@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import IO, Any
 
 import requests
 
-from job.api import ApiClient
+from job.api import ApiClient, Pacer
 from job.backend import ConnectionStore, connection_store
 from job.config import DURATION_UNITS, Settings
 from job.cycle import TokenKeeper
@@ -211,6 +212,8 @@ def run_cycle(
     stdout: IO[str],
     outcome: RunOutcome | None = None,
     store: ConnectionStore[Any] | None = None,
+    stop: threading.Event | None = None,
+    pacer_for: Callable[[str], Pacer] | None = None,
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
@@ -252,7 +255,8 @@ def run_cycle(
             if task is None:
                 return outcome
             api = ApiClient.from_settings(
-                session, settings, keeper, clock=clock, monotonic=monotonic, sleep=sleep, run_started=run_started
+                session, settings, keeper, clock=clock, monotonic=monotonic, sleep=sleep, run_started=run_started,
+                stop=stop, pacer_for=pacer_for,
             )
             context = TaskContext(
                 api=api,

@@ -43,11 +43,14 @@ class PostgresConnection:
 
     def __init__(
         self, store: PostgresStore, name: str, *, wait: bool = True, owns_store: bool = False,
-        claimed: tuple[Any, ...] | None = None,
+        claimed: tuple[Any, ...] | None = None, finish_on_close: bool = False,
     ) -> None:
         self._store = store
         self._owns_store = owns_store
         self._claimed = claimed
+        # The lease is kept past close() for finish(), which records the outcome and releases it at
+        # once: released first, the connection would look free and not yet run to other processes.
+        self._finish_on_close = finish_on_close
         self.connection = name
         self.where = f"connection '{name}' in {store.description}"
         self._wait = wait
@@ -203,7 +206,39 @@ class PostgresConnection:
             log.debug("%s", exc)
 
     def close(self) -> None:
-        """Release the lease (fenced); a dead database is ignored: the lease runs out by itself."""
+        """Release the lease (fenced); a dead database is ignored: the lease runs out by itself.
+
+        With ``finish_on_close`` the lease is kept for :meth:`finish`.
+        """
+        if self._finish_on_close:
+            return
+        self._release()
+
+    def finish(self, exit_code: int | None, interval_seconds: float) -> None:
+        """Record how the run ended and release the lease, in one fenced statement; then close.
+
+        ``exit_code`` None: the run never held the connection, so there is nothing to record.
+        """
+        fence = self._fence
+        if fence is not None and exit_code is not None:
+            try:
+                from job.pgstore.store import BACKOFF_FIRST_SECONDS, RECORD_RUN
+
+                recorded = self._fenced_update(
+                    f"{RECORD_RUN}, lease_holder = NULL, lease_until = NULL", "cannot record the run of",
+                    code=exit_code, interval=float(interval_seconds), backoff=BACKOFF_FIRST_SECONDS,
+                )
+                if recorded:
+                    self._fence = None
+                else:
+                    log.debug("the lease of %s was lost: the run that took it over records its own outcome",
+                              self.where)
+            except JobError as exc:
+                log.warning("the outcome of %s could not be recorded: %s", self.where, exc)
+        self._finish_on_close = False
+        self._release()
+
+    def _release(self) -> None:
         if self._fence is not None:
             fence, self._fence = self._fence, None
             try:

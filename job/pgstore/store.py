@@ -63,6 +63,20 @@ LEASE_MARGIN_SECONDS = 60.0
 # A temporary failure is due again after 5 min, then 10, 20 … (doubling) but never later than the interval.
 BACKOFF_FIRST_SECONDS = 300.0
 DUE_AFTER = "LEAST(%(interval)s, %(backoff)s * power(2, LEAST(GREATEST({failures} - 1, 0), 16)))"
+# What a finished run records: when, how it ended, when it is due again (see PostgresStore.record_run).
+RECORD_RUN = f"""last_run_at = now(), last_exit_code = %(code)s,
+    waiting_for_person = %(code)s IN (77, 78),
+    temporary_failures = CASE WHEN %(code)s = 75 THEN temporary_failures + 1 ELSE 0 END,
+    next_run_at = now() + make_interval(secs => CASE
+        WHEN %(code)s = 75 THEN {DUE_AFTER.format(failures="temporary_failures + 1")}
+        ELSE %(interval)s END)"""
+# A connection a fleet run may claim now: live, not waiting for a person, free, and due.
+DUE = (
+    "revoked_at IS NULL AND NOT waiting_for_person AND tokens IS NOT NULL"
+    " AND (lease_holder IS NULL OR lease_until IS NULL OR lease_until <= now())"
+    " AND (last_run_at IS NULL OR last_run_at <= now() - make_interval(secs => CASE"
+    " WHEN last_exit_code = 75 THEN " + DUE_AFTER.format(failures="temporary_failures") + " ELSE %(interval)s END))"
+)
 # How long a save after a refresh keeps trying the database before the tokens go to a rescue file.
 DEFAULT_SAVE_DEADLINE_SECONDS = 60.0
 
@@ -119,7 +133,7 @@ class PostgresStore:
         self._schema_checked = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> PostgresStore:
+    def from_settings(cls, settings: Settings, *, holder: str | None = None) -> PostgresStore:
         """The store ``AWEBER_STORE`` names, with the configured keys, state directory and limits.
 
         The lease outlasts the longest refresh (its retries until AWEBER_RETRY_DEADLINE, one more
@@ -136,6 +150,7 @@ class PostgresStore:
             lock_timeout_seconds=settings.lock_timeout_seconds,
             lease_seconds=max(DEFAULT_LEASE_SECONDS, longest_refresh + LEASE_MARGIN_SECONDS),
             save_deadline_seconds=save_deadline,
+            holder=holder,
         )
 
     # ---- the URL, and never its password --------------------------------------------------------
@@ -450,14 +465,17 @@ class PostgresStore:
     # ---- administration ------------------------------------------------------------------------------
 
     def connection(
-        self, name: str, *, wait: bool = True, owns_store: bool = False, claimed: tuple[Any, ...] | None = None
+        self, name: str, *, wait: bool = True, owns_store: bool = False, claimed: tuple[Any, ...] | None = None,
+        finish_on_close: bool = False,
     ) -> PostgresConnection:
         """The :class:`job.backend.ConnectionStore` of one connection; nothing happens until ``open()``.
 
         ``owns_store``: closing the connection closes this store too (a run that made the store for it).
         ``claimed``: the row :meth:`claim_due` claimed for it, so ``open()`` does not claim again.
+        ``finish_on_close``: the lease outlives ``close()`` until :meth:`PostgresConnection.finish`.
         """
-        return PostgresConnection(self, check_name(name), wait=wait, owns_store=owns_store, claimed=claimed)
+        return PostgresConnection(self, check_name(name), wait=wait, owns_store=owns_store, claimed=claimed,
+                                  finish_on_close=finish_on_close)
 
     def list_connections(self) -> list[ConnectionInfo]:
         self._ready()
@@ -582,12 +600,7 @@ class PostgresStore:
         check_name(name)
         self._ready()
         rows = self._run(
-            f"""UPDATE {SCHEMA}.connections SET last_run_at = now(), last_exit_code = %(code)s,
-                    waiting_for_person = %(code)s IN (77, 78),
-                    temporary_failures = CASE WHEN %(code)s = 75 THEN temporary_failures + 1 ELSE 0 END,
-                    next_run_at = now() + make_interval(secs => CASE
-                        WHEN %(code)s = 75 THEN {DUE_AFTER.format(failures="temporary_failures + 1")}
-                        ELSE %(interval)s END)
+            f"""UPDATE {SCHEMA}.connections SET {RECORD_RUN}
                 WHERE name = %(name)s""",
             {"name": name, "code": exit_code, "interval": float(interval_seconds), "backoff": BACKOFF_FIRST_SECONDS},
             doing=f"cannot record the run of connection '{name}' in the store {self.description}",
@@ -605,22 +618,20 @@ class PostgresStore:
         the same committed lease and fence as a single run's. ``skip``: the names this run has done.
         """
         self._ready()
+        # The conditions are checked again by the UPDATE: a row another process changed after this
+        # statement's snapshot is re-read and judged afresh, so a connection just claimed, run and
+        # released elsewhere is not run again here.
         rows = self._run(
             f"""WITH due AS (
                     SELECT name FROM {SCHEMA}.connections
-                    WHERE revoked_at IS NULL AND NOT waiting_for_person AND tokens IS NOT NULL
-                      AND (lease_holder IS NULL OR lease_until IS NULL OR lease_until <= now())
-                      AND (last_run_at IS NULL OR last_run_at <= now() - make_interval(secs => CASE
-                            WHEN last_exit_code = 75 THEN {DUE_AFTER.format(failures="temporary_failures")}
-                            ELSE %(interval)s END))
-                      AND name <> ALL(%(skip)s)
+                    WHERE {DUE} AND name <> ALL(%(skip)s)
                     ORDER BY last_run_at NULLS FIRST, name
                     LIMIT %(limit)s
                     FOR UPDATE SKIP LOCKED
                 )
                 UPDATE {SCHEMA}.connections AS c
                 SET fence = c.fence + 1, lease_holder = %(holder)s, lease_until = {LEASE}, updated_at = now()
-                FROM due WHERE c.name = due.name
+                FROM due WHERE c.name = due.name AND {DUE}
                 RETURNING c.name, c.fence, c.tokens, c.encrypted, c.refreshing_from, c.refreshing_by,
                           extract(epoch FROM c.refreshing_at)::float8""",
             {"limit": limit, "interval": float(interval_seconds), "skip": list(skip), "holder": self.holder,

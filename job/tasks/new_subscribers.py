@@ -29,6 +29,7 @@ moving the watermark (with one warning per list); a saved watermark far past the
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import re
@@ -246,7 +247,7 @@ class RowWriter:
             self.csv = csv.DictWriter(output, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
             # An output file appended to across runs gets one header; an empty run writes nothing at
             # all, so cron has nothing to mail.
-            self.header_pending = not _has_content(output)
+            self.header_pending = True
 
     def write(self, row: Mapping[str, Any]) -> None:
         if self.connection is not None:
@@ -254,10 +255,12 @@ class RowWriter:
         if self.csv is None:
             self.output.write(json.dumps(row, ensure_ascii=False) + "\n")
             return
-        if self.header_pending:
-            self.csv.writeheader()
+        # Output shared by several connections' runs (run --all) has a lock: one header for all of them.
+        with getattr(self.output, "lock", contextlib.nullcontext()):
+            if self.header_pending and not _has_content(self.output):
+                self.csv.writeheader()
             self.header_pending = False
-        self.csv.writerow(row)
+            self.csv.writerow(row)
 
 
 def _has_content(output: IO[str]) -> bool:

@@ -1,0 +1,312 @@
+"""``run --all``: every due connection in the database store, each once, N at a time, shared by many processes.
+
+The main thread claims due connections in batches, only as many as there are free workers, so no
+lease waits on a queue; each worker runs the same cycle as ``--connection NAME run`` on a connection
+already claimed, records its outcome, and frees it. Processes on other machines claim the rest
+(``FOR UPDATE SKIP LOCKED``; see :meth:`job.pgstore.PostgresStore.claim_due`). The run ends when
+nothing is due that this run has not done.
+
+SIGTERM (a Kubernetes pod being stopped, systemd stopping the unit): no more claims; every task's
+requests and waits end at once as the run's time limit would end them (its state saved, its output
+flushed); a refresh or save under way finishes; leases are released; the process exits within
+``AWEBER_SHUTDOWN_GRACE`` seconds, with 75 when work was left undone.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import IO, Any
+
+from job.api import Pacer
+from job.config import Settings
+from job.errors import (
+    EXIT_AUTH,
+    EXIT_CANT_WRITE,
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_PROTOCOL,
+    EXIT_TASK_FAILED,
+    EXIT_TEMPORARY,
+    EXIT_TOKEN_FILE,
+    JobError,
+)
+from job.runner import RunOptions, RunOutcome, run_cycle
+
+log = logging.getLogger(__name__)
+
+# Which failure most needs a person, first: the exit code of a fleet run that had several.
+EXIT_PRIORITY = (EXIT_AUTH, EXIT_CONFIG, EXIT_CANT_WRITE, EXIT_TOKEN_FILE, EXIT_PROTOCOL, EXIT_TASK_FAILED,
+                 EXIT_TEMPORARY)
+DEFAULT_CONCURRENCY = 4
+# How often the main thread looks up from its workers, so a SIGTERM is acted on promptly.
+SIGNAL_POLL_SECONDS = 0.2
+MAX_CONCURRENCY = 64
+
+
+def fleet_exit_code(codes: list[int]) -> int:
+    """0 when every connection succeeded; else the code of the failure that most needs a person."""
+    failed = {code for code in codes if code != EXIT_OK}
+    for code in EXIT_PRIORITY:
+        if code in failed:
+            return code
+    return min(failed) if failed else EXIT_OK
+
+
+@dataclass
+class FleetOutcome(RunOutcome):
+    """A fleet run: its own exit code, and what each connection's run did (for lines, metrics, pings)."""
+
+    connections: dict[str, RunOutcome] = field(default_factory=dict)
+    claimed: int = 0
+    stopped: bool = False
+
+
+class LockedOutput:
+    """The shared standard output of the workers: each write lands whole, never inside another's line.
+
+    Tasks write one whole line (or CSV row) per call. ``lock`` is held across the CSV header check
+    and its first row (see job.tasks.new_subscribers.RowWriter), so one header is written in all.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self.lock = threading.RLock()
+        self._written = 0
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            written = self._stream.write(text)
+            self._written += len(text)
+            return written
+
+    def flush(self) -> None:
+        with self.lock:
+            self._stream.flush()
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        """How much has been written (with what the stream held before): a CSV header goes out once."""
+        with self.lock:
+            try:
+                before = self._stream.tell() if self._stream.seekable() else 0
+            except (OSError, ValueError, AttributeError):
+                before = 0
+            return max(before, self._written)
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _Workers(threading.local):
+    """Per worker thread: its own database connection (store) and HTTP session."""
+
+    store: Any = None
+    session: Any = None
+
+
+class FleetRun:
+    """One ``run --all``: claims, workers, outcomes, and the SIGTERM handling around them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: RunOptions,
+        *,
+        concurrency: int,
+        stdout: IO[str],
+        make_session: Callable[[], Any],
+        outcome: FleetOutcome,
+    ) -> None:
+        from job.pgstore import PostgresStore
+
+        self.settings = settings
+        self.options = options
+        self.concurrency = concurrency
+        self.output = LockedOutput(stdout)
+        self.make_session = make_session
+        self.outcome = outcome
+        self.stop = threading.Event()
+        self._store_class = PostgresStore
+        self._claimer = PostgresStore.from_settings(settings)
+        self._workers = _Workers()
+        self._all_workers: list[tuple[Any, Any]] = []
+        self._workers_lock = threading.Lock()
+        self._store_error: int | None = None
+        self._claiming = True
+        self._pacers: dict[str, Pacer] = {}
+        self._pacers_lock = threading.Lock()
+
+    # -- SIGTERM -------------------------------------------------------------------------------------
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        if not self.stop.is_set():
+            self.stop.set()
+            log.warning(
+                "SIGTERM: claiming no more connections; finishing the %d in flight within %g s",
+                self._in_flight, self.settings.shutdown_grace_seconds,
+            )
+
+    # -- the run -------------------------------------------------------------------------------------
+
+    def run(self) -> FleetOutcome:
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._in_flight = 0
+        executor = concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="connection")
+        futures: dict[concurrent.futures.Future[RunOutcome], str] = {}
+        done: list[str] = []
+        try:
+            while True:
+                free = self.concurrency - len(futures)
+                if free > 0 and self._claiming and not self.stop.is_set():
+                    batch = self._claim(free, done)
+                    if not batch:
+                        self._claiming = False  # nothing due that this run has not done
+                    for name, row in batch:
+                        done.append(name)
+                        futures[executor.submit(self._run_one, name, row)] = name
+                    self.outcome.claimed += len(batch)
+                self._in_flight = len(futures)
+                if not futures:
+                    break
+                if self.stop.is_set():
+                    self._wait_for_the_rest(futures)
+                    break
+                finished, _ = concurrent.futures.wait(
+                    futures, timeout=SIGNAL_POLL_SECONDS, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                for future in finished:
+                    name = futures.pop(future)
+                    self.outcome.connections[name] = future.result()
+        finally:
+            self.stop.set()
+            executor.shutdown(wait=False, cancel_futures=True)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            self._claimer.close()
+        self._finish(futures)
+        return self.outcome
+
+    def _wait_for_the_rest(self, futures: dict[concurrent.futures.Future[RunOutcome], str]) -> bool:
+        """After SIGTERM: wait for the runs in flight up to the grace; False when some are still running."""
+        deadline = time.monotonic() + self.settings.shutdown_grace_seconds
+        self.outcome.stopped = True
+        while futures:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                for name in futures.values():
+                    log.error("connection '%s': still running when the shutdown grace ran out; its lease runs "
+                              "out by itself, and the next run names a refresh it may have left unfinished", name)
+                return False
+            finished, _ = concurrent.futures.wait(futures, timeout=left,
+                                                  return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                name = futures.pop(future)
+                self.outcome.connections[name] = future.result()
+        return True
+
+    def _claim(self, free: int, done: list[str]) -> list[tuple[str, Any]]:
+        try:
+            return self._claimer.claim_due(free, self.settings.run_interval_seconds, skip=done)
+        except JobError as exc:
+            # The store is gone (restart, failover): what runs finishes; the rest waits for the next run.
+            log.error("cannot claim due connections: %s; the runs in flight finish, the rest waits for the next run",
+                      exc)
+            self._store_error = exc.exit_code
+            return []
+
+    def _worker(self) -> tuple[Any, Any]:
+        if self._workers.store is None:
+            # The claims were made in the name of this process: its workers write under the same holder.
+            self._workers.store = self._store_class.from_settings(self.settings, holder=self._claimer.holder)
+            self._workers.session = self.make_session()
+            with self._workers_lock:
+                self._all_workers.append((self._workers.store, self._workers.session))
+        return self._workers.store, self._workers.session
+
+    def pacer_for(self, key: str) -> Pacer:
+        """One pacer per AWeber account (or per connection until its account is known)."""
+        with self._pacers_lock:
+            pacer = self._pacers.get(key)
+            if pacer is None:
+                pacer = self._pacers[key] = Pacer(self.settings.rate_limit_per_minute, 60.0)
+            return pacer
+
+    def _run_one(self, name: str, row: Any) -> RunOutcome:
+        """The cycle of one claimed connection, then its outcome recorded in the store."""
+        store, session = self._worker()
+        settings = dataclasses.replace(self.settings, connection=name)
+        outcome = RunOutcome()
+        connection = store.connection(name, claimed=row, finish_on_close=True)
+        try:
+            # LockedOutput is duck-typed: what tasks call on a stream is there, the rest is the stream's own.
+            run_cycle(settings, session, self.options, stdout=self.output,  # type: ignore[arg-type]
+                      outcome=outcome, store=connection, stop=self.stop, pacer_for=self.pacer_for)
+        except JobError as exc:
+            outcome.exit_code = exc.exit_code
+            outcome.summary = {"error": str(exc)}
+            level = logging.CRITICAL if type(exc).__name__ == "TokenNotSavedError" else logging.ERROR
+            log.log(level, "connection '%s': %s", name, exc, extra={"exit_code": exc.exit_code, "connection": name})
+        except Exception as exc:
+            outcome.exit_code = EXIT_TASK_FAILED
+            log.error("connection '%s': unexpected error: %s: %s", name, type(exc).__name__, exc,
+                      extra={"connection": name})
+            log.debug("where it happened", exc_info=True)
+        finally:
+            # Recorded and released in one statement: released first, another process could find the
+            # connection free and not yet run, and run it a second time.
+            connection.finish(outcome.exit_code, self.settings.run_interval_seconds)
+        if outcome.exit_code == EXIT_OK:
+            log.info("connection '%s': ok (%d refresh%s, %d API requests%s)", name, outcome.refreshes,
+                     "" if outcome.refreshes == 1 else "es", outcome.api_requests,
+                     "" if outcome.new_subscribers is None else f", {outcome.new_subscribers} new subscribers",
+                     extra={"connection": name, "exit_code": 0})
+        return outcome
+
+    def _finish(self, unfinished: dict[concurrent.futures.Future[RunOutcome], str]) -> None:
+        codes = [result.exit_code for result in self.outcome.connections.values()]
+        if self._store_error is not None:
+            codes.append(self._store_error)
+        if self.outcome.stopped or unfinished:
+            codes.append(EXIT_TEMPORARY)  # stopped before the work was done: the next run does the rest
+        self.outcome.exit_code = fleet_exit_code(codes)
+        for result in self.outcome.connections.values():
+            self.outcome.refreshes += result.refreshes
+            self.outcome.token_requests += result.token_requests
+            self.outcome.api_requests += result.api_requests
+            if result.new_subscribers is not None:
+                self.outcome.new_subscribers = (self.outcome.new_subscribers or 0) + result.new_subscribers
+        failed = sum(1 for code in codes if code != EXIT_OK)
+        log.info(
+            "run --all: %d connection%s run, %d failed%s", len(self.outcome.connections),
+            "" if len(self.outcome.connections) == 1 else "s", failed,
+            "; stopped by SIGTERM" if self.outcome.stopped else "",
+            extra={"exit_code": self.outcome.exit_code},
+        )
+        if not unfinished:
+            for store, session in self._all_workers:
+                store.close()
+                session.close()
+
+
+def run_all(
+    settings: Settings, options: RunOptions, *, concurrency: int, stdout: IO[str],
+    make_session: Callable[[], Any], outcome: FleetOutcome,
+) -> FleetOutcome:
+    """Run every due connection of the database store; see the module docstring."""
+    return FleetRun(settings, options, concurrency=concurrency, stdout=stdout, make_session=make_session,
+                    outcome=outcome).run()

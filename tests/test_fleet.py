@@ -1,0 +1,148 @@
+# ruff: noqa: F811
+"""``run --all`` against the stand-in and a real PostgreSQL server: each due connection once, shared by processes.
+
+The larger runs (200 connections, SIGTERM, SIGKILL, a database restart) are in tests/survival/test_fleet*.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import psycopg
+
+from job.fleet import fleet_exit_code
+from tests.conftest import REPO, JobFiles, invalid_grants, run_job, token_requests
+
+# The fixture `db_job` is imported to be used by name.
+from tests.test_connections_cli import db_job  # noqa: F401
+
+ACCOUNT = 100
+LIST = 201
+DAY = 86_400
+
+
+def import_connections(job: JobFiles, count: int, prefix: str = "c") -> list[str]:
+    """``count`` connections with live tokens at the stand-in, imported through the command line."""
+    names = []
+    for index in range(count):
+        name = f"{prefix}{index:03d}"
+        job.write_tokens()
+        result = run_job(["connections", "import", name, str(job.token_file)], job.env())
+        assert result.returncode == 0, result.stderr
+        names.append(name)
+    return names
+
+
+def stored(url: str) -> dict[str, tuple[str, int | None]]:
+    with psycopg.connect(url, autocommit=True) as db:
+        rows = db.execute("SELECT name, tokens, last_exit_code FROM aweber_job.connections").fetchall()
+    return {name: (json.loads(bytes(data))["refresh_token"], code) for name, data, code in rows}
+
+
+def test_the_exit_code_is_the_failure_that_most_needs_a_person() -> None:
+    assert fleet_exit_code([]) == 0
+    assert fleet_exit_code([0, 0]) == 0
+    assert fleet_exit_code([0, 75, 1]) == 1
+    assert fleet_exit_code([75, 73, 65]) == 73
+    assert fleet_exit_code([78, 77, 0]) == 77
+    assert fleet_exit_code([76, 75]) == 76
+
+
+def test_run_all_refreshes_each_due_connection_once_then_finds_nothing_due(db_job: JobFiles) -> None:
+    names = import_connections(db_job, 12)
+    url = db_job.env()["AWEBER_STORE"]
+    before = stored(url)
+    first = run_job(["run", "--all", "--concurrency", "4", "--task", "noop"], db_job.env())
+    assert first.returncode == 0, first.stderr
+    after = stored(url)
+    assert sorted(after) == names
+    live = db_job.standin.live_refresh_tokens()
+    for name in names:
+        assert after[name][0] != before[name][0], f"{name} was not refreshed"
+        assert after[name][0] in live and after[name][1] == 0
+    assert token_requests(db_job.standin) == len(names)
+    assert invalid_grants(db_job.standin) == 0
+
+    second = run_job(["run", "--all", "--task", "noop"], db_job.env())
+    assert second.returncode == 0, second.stderr
+    assert token_requests(db_job.standin) == len(names), "nothing was due"
+
+    third = run_job(["run", "--all", "--task", "noop"], db_job.env(AWEBER_RUN_INTERVAL="0"))
+    assert third.returncode == 0, third.stderr
+    assert token_requests(db_job.standin) == 2 * len(names)
+    assert set(value[0] for value in stored(url).values()) == db_job.standin.live_refresh_tokens()
+
+
+def test_three_processes_share_the_work_and_never_spend_a_token_twice(db_job: JobFiles) -> None:
+    names = import_connections(db_job, 24)
+    command = [sys.executable, "-m", "job", "-v", "run", "--all", "--concurrency", "3", "--task", "noop"]
+    processes = [subprocess.Popen(command, env=db_job.env(), cwd=REPO, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [process.communicate(timeout=120) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0], [err for _, err in results]
+    ran = [name for _, err in results for name in re.findall(r"connection '(c\d+)': ok", err)]
+    twice = sorted(name for name in set(ran) if ran.count(name) > 1)
+    assert not twice, f"run twice: {twice}; " + " || ".join(
+        " ".join(re.findall(r"(?:connection '(?:" + "|".join(twice) + r")'[^\n]*)", err)) for _, err in results)
+    assert sorted(ran) == names, "each connection run by exactly one process"
+    assert token_requests(db_job.standin) == len(names), "each connection refreshed exactly once"
+    assert invalid_grants(db_job.standin) == 0
+    tokens = stored(db_job.env()["AWEBER_STORE"])
+    assert set(value[0] for value in tokens.values()) == db_job.standin.live_refresh_tokens()
+
+
+def test_task_output_of_every_connection_lands_whole_with_its_name(db_job: JobFiles) -> None:
+    now = time.time()
+    db_job.standin.add_account(ACCOUNT)
+    db_job.standin.add_list(ACCOUNT, LIST, "Newsletter", size=40, start=now - 5 * DAY, end=now - 60)
+    names = import_connections(db_job, 6)
+    result = run_job(["run", "--all", "--concurrency", "6", "--since", "7d"], db_job.env())
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted({row["connection"] for row in rows}) == names
+    for name in names:
+        assert len([row for row in rows if row["connection"] == name]) == 40
+
+    csv_run = run_job(["run", "--all", "--format", "csv"], db_job.env(AWEBER_RUN_INTERVAL="0"))
+    assert csv_run.returncode == 0, csv_run.stderr
+    assert csv_run.stdout == "", "nothing new: no rows and no header"
+
+
+def test_failures_give_the_exit_code_that_most_needs_a_person_and_one_line_each(db_job: JobFiles) -> None:
+    import_connections(db_job, 3)
+    url = db_job.env()["AWEBER_STORE"]
+    # One connection's refresh token is unknown to AWeber: invalid_grant, 77.
+    with psycopg.connect(url, autocommit=True) as db:
+        row = db.execute("SELECT tokens FROM aweber_job.connections WHERE name = 'c001'").fetchone()
+        assert row is not None
+        document = json.loads(bytes(row[0]))
+        document["refresh_token"] = "not-a-token-the-stand-in-issued"
+        db.execute("UPDATE aweber_job.connections SET tokens = %s WHERE name = 'c001'",
+                   (json.dumps(document).encode(),))
+    result = run_job(["run", "--all", "--task", "noop"], db_job.env())
+    assert result.returncode == 77, result.stderr
+    failing = [line for line in result.stderr.splitlines() if "error" in line and "c001" in line]
+    assert len(failing) == 1
+    codes = {name: code for name, (_, code) in stored(url).items()}
+    assert codes == {"c000": 0, "c001": 77, "c002": 0}
+    # Waiting for a person: not tried again, even when everything is due.
+    again = run_job(["run", "--all", "--task", "noop"], db_job.env(AWEBER_RUN_INTERVAL="0"))
+    assert again.returncode == 0, again.stderr
+    assert "c001" not in again.stderr
+
+
+def test_run_all_with_the_token_file_runs_that_one_connection(job: JobFiles) -> None:
+    job.write_tokens()
+    result = run_job(["run", "--all", "--task", "noop"], job.env())
+    assert result.returncode == 0, result.stderr
+    assert token_requests(job.standin) == 1
+
+
+def test_concurrency_without_all_and_out_of_range_are_usage_errors(job: JobFiles) -> None:
+    for args in (["run", "--concurrency", "2"], ["run", "--all", "--concurrency", "0"],
+                 ["run", "--all", "--connection", "x"]):
+        assert run_job(args, job.env()).returncode == 64, args
