@@ -116,16 +116,19 @@ class Row:
 class PgJob:
     """One connection, alone in a new database of the private cluster, and the workspace that runs it."""
 
-    def __init__(self, server: PgServer, ws: Workspace, *, name: str = "customer-1", key: str | None = None) -> None:
+    def __init__(self, server: PgServer, ws: Workspace, *, name: str = "customer-1", key: str | None = None,
+                 beside: PgJob | None = None) -> None:
+        """A new database with the schema, or with ``beside`` another connection in that one's database."""
         self.server = server
         self.ws = ws
         self.name = name
         self.key = key
-        self.database = f"job_{secrets.token_hex(6)}"
-        server.sql(f'CREATE DATABASE "{self.database}" OWNER {ROLE}', "postgres")
+        self.database = beside.database if beside is not None else f"job_{secrets.token_hex(6)}"
         self.url = server.url(self.database)
-        ran = self.admin(["store", "init"], label="store-init")
-        assert ran.returncode == 0, ran.stderr
+        if beside is None:
+            server.sql(f'CREATE DATABASE "{self.database}" OWNER {ROLE}', "postgres")
+            ran = self.admin(["store", "init"], label="store-init")
+            assert ran.returncode == 0, ran.stderr
 
     # -- processes --
 
