@@ -17,7 +17,7 @@ import secrets
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -98,12 +98,12 @@ def token_hash(token: str) -> str:
 class Row:
     """One connection's row as the suite reads it (the tokens decrypted by the suite itself)."""
 
-    data: bytes | None
+    data: bytes | None = field(repr=False)  # never in a failure message: it holds tokens
     encrypted: bool
     marker: str | None
     fence: int
     lease_holder: str | None
-    whole: str  # the row as JSON text, to compare before and after
+    whole: str = field(repr=False)  # the row as JSON text, to compare before and after
 
     def refresh_token(self) -> str | None:
         """The refresh token when the stored bytes are a valid token file by the suite's rules, else None."""

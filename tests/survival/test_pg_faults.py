@@ -72,7 +72,11 @@ RESTARTS = {
     "while the token answer is held, crash and recovery": ("/oauth2/token", MARKER_SET, "immediate"),
     "during the task's API walk, fast restart": (f"/1.0/accounts/{ACCOUNT_ID}/lists", "refreshing_from IS NULL",
                                                  "fast"),
+    # Still down when the answer arrives, back a little later: the save's retries must carry it.
+    "down from the held token answer until after it arrived": ("/oauth2/token", MARKER_SET, "late"),
 }
+# How long after the held answer was sent the database comes back in the "late" case.
+BACK_AFTER_THE_ANSWER_SECONDS = 1.5
 
 
 @pytest.mark.parametrize("case", list(RESTARTS))
@@ -91,9 +95,16 @@ def test_a_database_restart_mid_run_loses_nothing(case: str, new_job: Callable[.
                          f"NOT (encode(tokens, 'hex') LIKE '%{before.encode().hex()}%')")
         else:
             job.wait_for("the start of its refresh", held)
-        job.server.cluster.restart(mode)
-        assert started.process.poll() is None, "the run ended before the restart: nothing was tested"
+        if mode == "late":
+            job.server.cluster.stop("fast")
+            time.sleep(HOLD_SECONDS + BACK_AFTER_THE_ANSWER_SECONDS)
+            job.server.cluster.start()
+        else:
+            job.server.cluster.restart(mode)
+        assert started.process.poll() is None, "the run ended before the database was back: nothing was tested"
         ran = job.finish(started)
+        if mode == "late":
+            assert "cannot save the new tokens" in ran.stderr and "retrying" in ran.stderr, ran.stderr
         TALLY.note(scenario, f"exit {ran.returncode}")
         assert_no_traceback(ran)
         assert ran.returncode in (0, 75), ran.stderr
