@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -334,6 +335,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None,
           stdout: IO[str] | None, stdin: IO[str] | None) -> int:
     env_in = dict(os.environ if environ is None else environ)
+    connection: str | None = None  # the database connection acted on, once known
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
@@ -368,6 +370,8 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None,
         settings = load_settings({**file_values, **env_in})
         _warn_about_readable_secrets(env_file if file_values.get("AWEBER_CLIENT_SECRET") else None, settings)
         settings = _choose_connection(settings, args, command)
+        if settings.store_url is not None and command in CONNECTION_COMMANDS:
+            connection = settings.connection
         if command in ("store", "connections"):
             from job.dbcommands import run_store_command
 
@@ -390,7 +394,7 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None,
             return _cmd_revoke(settings)
         return _cmd_run(settings, args, out, origins, refresh_only=(command == "refresh"))
     except JobError as exc:
-        _report(exc)
+        _report(_naming_the_connection(exc, connection))
         return exc.exit_code
     except KeyboardInterrupt:
         _log().error("interrupted")
@@ -399,6 +403,21 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None,
         _log().error("unexpected error: %s: %s", type(exc).__name__, exc)
         _log().debug("where it happened", exc_info=True)
         return EXIT_TASK_FAILED
+
+
+def _naming_the_connection(exc: JobError, connection: str | None) -> JobError:
+    """The error with every ``aweber-job login`` it advises aimed at the database connection that failed.
+
+    The advice is written once for both stores; on the PostgreSQL store a bare ``aweber-job login``
+    would authorize the connection AWEBER_CONNECTION names (else 'default'), not the one that failed.
+    """
+    if connection is None:
+        return exc
+    aimed = f"aweber-job --connection {connection} login"
+    exc.message = re.sub(r"\baweber-job login\b", lambda _: aimed, exc.message)
+    if exc.hint:
+        exc.hint = re.sub(r"\baweber-job login\b", lambda _: aimed, exc.hint)
+    return exc
 
 
 def _choose_connection(settings: Settings, args: argparse.Namespace, command: str) -> Settings:
@@ -569,7 +588,7 @@ def _cmd_run(
     try:
         run_cycle(settings, session, options, stdout=out, outcome=outcome, store=store)
     except JobError as exc:
-        _report(exc)
+        _report(_naming_the_connection(exc, settings.connection if settings.store_url is not None else None))
         outcome.exit_code = exc.exit_code
     except Exception as exc:  # noqa: BLE001 - an unexpected bug still ends in one line and exit 1
         _log().error("unexpected error: %s: %s", type(exc).__name__, exc)

@@ -101,7 +101,7 @@ def _import(settings: Settings, store: PostgresStore, name: str, path: Path, *, 
         store.import_tokens(name, tokens, force=force)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         target = resolve_target(path)
-        renamed = target.with_name(f"{target.name}.imported-{stamp}")
+        renamed = _unused_name(target, f"{target.name}.imported-{stamp}")
         try:
             os.rename(target, renamed)
             _fsync_directory(target.parent)
@@ -113,6 +113,19 @@ def _import(settings: Settings, store: PostgresStore, name: str, path: Path, *, 
             ) from exc
     kind = "OAuth 1.0a" if tokens.oauth1 is not None else f"refresh token {fingerprint(tokens.refresh_token)}"
     out.write(f"imported {path} as the connection {name!r} ({kind}); the file is now {renamed}\n")
+
+
+def _unused_name(target: Path, name: str) -> Path:
+    """``name`` beside ``target``, or ``name-2``, ``-3``... when taken: a rename must never replace a file
+    kept by an earlier import (two imports in one second), which may hold the only copy of live tokens.
+
+    Free of races with other imports of the same file: the caller holds that file's lock.
+    """
+    candidate, number = target.with_name(name), 1
+    while os.path.lexists(candidate):
+        number += 1
+        candidate = target.with_name(f"{name}-{number}")
+    return candidate
 
 
 def record_run(settings: Settings, exit_code: int) -> None:

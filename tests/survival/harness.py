@@ -177,9 +177,13 @@ class Secrets:
 
 
 def is_token_store_file(path: Path) -> bool:
-    """The token file, its temporaries (a killed save's half-written file) and rescue files may hold tokens."""
+    """The token file, its temporaries (a killed save's half-written file), rescue files (the token file's,
+    and the database store's in ``<state dir>/rescue/``) and a token file kept after ``connections import``
+    may hold tokens."""
     name = path.name
-    return name == "tokens.json" or ".tokens.json.tmp-" in name or ".rescue-" in name
+    if path.parent.name == "rescue" and name.endswith(".json"):
+        return True
+    return name == "tokens.json" or ".tokens.json.tmp-" in name or ".rescue-" in name or ".imported-" in name
 
 
 def fingerprint(value: str) -> str:
