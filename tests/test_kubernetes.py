@@ -142,6 +142,18 @@ def test_one_job_at_a_time_with_several_pods_sharing_the_work() -> None:
     assert _pod_spec(cronjob)["restartPolicy"] in {"Never", "OnFailure"}
 
 
+def test_the_fields_the_schemas_leave_open_hold_values_kubernetes_knows() -> None:
+    """The schemas type these as plain strings, so a misspelt value would pass them and fail only at apply
+    time (or, for completionMode, be refused by the API server after the CronJob was created)."""
+    cronjob = _one(CRONJOB)
+    job = cronjob["spec"]["jobTemplate"]["spec"]
+    assert cronjob["spec"]["concurrencyPolicy"] in {"Allow", "Forbid", "Replace"}
+    assert job.get("completionMode", "NonIndexed") in {"NonIndexed", "Indexed"}
+    assert _container(cronjob).get("imagePullPolicy", "IfNotPresent") in {"Always", "IfNotPresent", "Never"}
+    for rule in job.get("podFailurePolicy", {}).get("rules", []):
+        assert rule["action"] in {"FailJob", "FailIndex", "Ignore", "Count"}
+
+
 def test_the_pod_meets_the_restricted_pod_security_standard() -> None:
     """Non-root as uid 10001, read-only root, no privilege escalation, every capability dropped and none
     added, the runtime's seccomp profile, and no service-account token."""
