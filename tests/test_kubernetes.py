@@ -386,7 +386,7 @@ def test_the_build_context_leaves_out_environments_history_and_caches() -> None:
     patterns = [line.strip() for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
                 if line.strip() and not line.startswith("#")]
     for path in (".git", ".venv/bin/python", ".pytest_cache", ".mypy_cache", ".ruff_cache",
-                 "job/__pycache__/cli.cpython-312.pyc", "aweber_job.egg-info"):
+                 "job/__pycache__", "job/__pycache__/cli.cpython-312.pyc", "aweber_job.egg-info"):
         assert _ignored(path, patterns), f"{path} would be sent to the build"
     kept = ["pyproject.toml", "README.md", "LICENSE", "job/cli.py"]
     kept += [str((ROOT / "job" / "examples" / link.readlink()).resolve().relative_to(ROOT))
