@@ -33,6 +33,7 @@ MANIFESTS = ROOT / "deploy" / "kubernetes"
 CRONJOB = MANIFESTS / "cronjob.yaml"
 CONFIGMAP = MANIFESTS / "configmap.yaml"
 SECRET = MANIFESTS / "secret.yaml"
+STORE_INIT = MANIFESTS / "store-init-job.yaml"
 CONTAINERFILE = ROOT / "Containerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
@@ -63,14 +64,20 @@ def _secret_keys() -> set[str]:
     return set(secret.get("stringData", {})) | set(secret.get("data", {}))
 
 
-def _pod_spec(cronjob: dict[str, Any]) -> dict[str, Any]:
-    spec: dict[str, Any] = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+def _pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    """The pod template of a CronJob or a Job."""
+    job = workload["spec"]["jobTemplate"]["spec"] if workload["kind"] == "CronJob" else workload["spec"]
+    spec: dict[str, Any] = job["template"]["spec"]
     return spec
 
 
-def _container(cronjob: dict[str, Any]) -> dict[str, Any]:
-    (container,) = _pod_spec(cronjob)["containers"]
+def _container(workload: dict[str, Any]) -> dict[str, Any]:
+    (container,) = _pod_spec(workload)["containers"]
     return dict(container)
+
+
+# Every workload that starts a pod: each gets the same hardening, settings and writable places.
+WORKLOADS = [CRONJOB, STORE_INIT]
 
 
 def _seconds(duration: str) -> int:
@@ -93,9 +100,9 @@ def test_every_manifest_is_valid_for_kubernetes_strictly(path: Path) -> None:
 
 
 def test_the_manifests_are_the_three_expected() -> None:
-    """A new manifest gets looked at: the kinds are exactly a CronJob, a ConfigMap and a Secret."""
+    """A new manifest gets looked at: a CronJob, the one-off Job, a ConfigMap and a Secret, nothing else."""
     kinds = sorted(doc["kind"] for path in MANIFESTS.glob("*.yaml") for doc in _documents(path))
-    assert kinds == ["ConfigMap", "CronJob", "Secret"]
+    assert kinds == ["ConfigMap", "CronJob", "Job", "Secret"]
 
 
 def test_the_validator_rejects_what_the_api_server_would() -> None:
@@ -154,12 +161,13 @@ def test_the_fields_the_schemas_leave_open_hold_values_kubernetes_knows() -> Non
         assert rule["action"] in {"FailJob", "FailIndex", "Ignore", "Count"}
 
 
-def test_the_pod_meets_the_restricted_pod_security_standard() -> None:
+@pytest.mark.parametrize("path", WORKLOADS, ids=lambda p: p.name)
+def test_the_pod_meets_the_restricted_pod_security_standard(path: Path) -> None:
     """Non-root as uid 10001, read-only root, no privilege escalation, every capability dropped and none
     added, the runtime's seccomp profile, and no service-account token."""
-    cronjob = _one(CRONJOB)
-    pod = _pod_spec(cronjob)
-    container = _container(cronjob)
+    workload = _one(path)
+    pod = _pod_spec(workload)
+    container = _container(workload)
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == NON_ROOT_UID
@@ -177,9 +185,10 @@ def test_the_pod_meets_the_restricted_pod_security_standard() -> None:
     assert "hostNetwork" not in pod and "hostPID" not in pod
 
 
-def test_memory_and_cpu_are_requested_and_memory_is_limited() -> None:
+@pytest.mark.parametrize("path", WORKLOADS, ids=lambda p: p.name)
+def test_memory_and_cpu_are_requested_and_memory_is_limited(path: Path) -> None:
     """The scheduler knows what the pod needs, and a leak cannot take the node."""
-    resources = _container(_one(CRONJOB))["resources"]
+    resources = _container(_one(path))["resources"]
     assert {"cpu", "memory"} <= set(resources["requests"])
     assert "memory" in resources["limits"]
 
@@ -190,17 +199,19 @@ def test_the_job_finishes_its_shutdown_before_the_kill() -> None:
     cronjob = _one(CRONJOB)
     config = _configmap()
     grace = _seconds(config["AWEBER_SHUTDOWN_GRACE"])
-    assert _pod_spec(cronjob)["terminationGracePeriodSeconds"] > grace
+    for path in WORKLOADS:
+        assert _pod_spec(_one(path))["terminationGracePeriodSeconds"] > grace, path.name
     deadline = cronjob["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"]
     assert deadline > _seconds(config["AWEBER_RUN_TIMEOUT"]) + grace
 
 
-def test_the_writable_places_are_volumes_and_tmp_is_bounded_memory() -> None:
+@pytest.mark.parametrize("path", WORKLOADS, ids=lambda p: p.name)
+def test_the_writable_places_are_volumes_and_tmp_is_bounded_memory(path: Path) -> None:
     """With a read-only root, the state directory and /tmp must be mounted volumes; /tmp is in memory and
     bounded."""
-    cronjob = _one(CRONJOB)
-    volumes = {volume["name"]: volume for volume in _pod_spec(cronjob)["volumes"]}
-    mounts = {mount["mountPath"]: mount["name"] for mount in _container(cronjob).get("volumeMounts", [])}
+    workload = _one(path)
+    volumes = {volume["name"]: volume for volume in _pod_spec(workload)["volumes"]}
+    mounts = {mount["mountPath"]: mount["name"] for mount in _container(workload).get("volumeMounts", [])}
     state_dir = _configmap()["AWEBER_STATE_DIR"]
     assert state_dir in mounts, f"AWEBER_STATE_DIR {state_dir} is not a mounted volume"
     assert mounts[state_dir] in volumes
@@ -244,13 +255,25 @@ def test_the_cronjob_runs_every_due_connection() -> None:
     assert int(argv[argv.index("--concurrency") + 1]) >= 1
 
 
+def test_the_one_off_job_runs_store_init_once() -> None:
+    """store-init-job.yaml runs `store init`, a command the job's parser accepts, and is not retried (the
+    command is idempotent, but a failure should be read, not repeated)."""
+    job = _one(STORE_INIT)
+    argv = _container(job)["args"]
+    parsed = build_parser().parse_args(argv)
+    assert (parsed.command, parsed.store_action) == ("store", "init")
+    assert job["spec"]["backoffLimit"] == 0
+    assert _pod_spec(job)["restartPolicy"] == "Never"
+
+
 # -- the settings --
 
 
 def test_every_variable_given_is_one_the_job_reads() -> None:
     """A typo in a key would be a setting silently ignored: every key is in job.config.VARIABLES."""
     given = set(_configmap()) | _secret_keys()
-    given |= {env["name"] for env in _container(_one(CRONJOB)).get("env", []) if env["name"].startswith("AWEBER_")}
+    for path in WORKLOADS:
+        given |= {env["name"] for env in _container(_one(path)).get("env", []) if env["name"].startswith("AWEBER_")}
     unknown = given - set(VARIABLES)
     assert not unknown, f"variables the job does not read: {sorted(unknown)}"
 
@@ -275,9 +298,10 @@ def test_the_example_secret_holds_placeholders_only() -> None:
         fernet.Fernet(values["AWEBER_STORE_KEY"])
 
 
-def test_the_pod_takes_its_settings_from_the_configmap_and_the_secret() -> None:
+@pytest.mark.parametrize("path", WORKLOADS, ids=lambda p: p.name)
+def test_the_pod_takes_its_settings_from_the_configmap_and_the_secret(path: Path) -> None:
     """envFrom names the ConfigMap and the Secret defined beside it."""
-    env_from = _container(_one(CRONJOB))["envFrom"]
+    env_from = _container(_one(path))["envFrom"]
     config_maps = {source["configMapRef"]["name"] for source in env_from if "configMapRef" in source}
     secrets = {source["secretRef"]["name"] for source in env_from if "secretRef" in source}
     assert config_maps == {_one(CONFIGMAP)["metadata"]["name"]}
