@@ -259,6 +259,7 @@ def test_the_one_off_job_runs_store_init_once() -> None:
     """store-init-job.yaml runs `store init`, a command the job's parser accepts, and is not retried (the
     command is idempotent, but a failure should be read, not repeated)."""
     job = _one(STORE_INIT)
+    assert "command" not in _container(job), "the image's ENTRYPOINT is aweber-job; arguments only"
     argv = _container(job)["args"]
     parsed = build_parser().parse_args(argv)
     assert (parsed.command, parsed.store_action) == ("store", "init")
