@@ -87,6 +87,12 @@ METRICS: dict[str, str] = {
     "aweber_job_refreshes": "Token refreshes done by the last run.",
     "aweber_job_http_requests": "HTTP requests the last run sent to AWeber, by endpoint kind (token or api).",
     "aweber_job_new_subscribers": "New subscribers the last run reported.",
+    "aweber_job_connection_exit_code": "run --all: exit code of each connection's run (label connection).",
+    "aweber_job_connection_refreshes": "run --all: token refreshes of each connection's run.",
+    "aweber_job_connection_http_requests": "run --all: HTTP requests of each connection's run, by kind.",
+    "aweber_job_connection_access_token_expiry_timestamp_seconds":
+        "run --all: Unix time when each connection's saved access token expires.",
+    "aweber_job_connection_new_subscribers": "run --all: new subscribers each connection's run reported.",
 }
 
 
@@ -323,6 +329,25 @@ def metric_samples(
     samples.append(Sample("aweber_job_http_requests", outcome.api_requests, (("kind", "api"),)))
     if outcome.new_subscribers is not None:
         samples.append(Sample("aweber_job_new_subscribers", outcome.new_subscribers))
+    for name, each in sorted(getattr(outcome, "connections", {}).items()):
+        samples += connection_samples(name, each)
+    return samples
+
+
+def connection_samples(name: str, outcome: RunOutcome) -> list[Sample]:
+    """One connection's part of a fleet run (``run --all``), each sample labelled ``connection``."""
+    label = (("connection", name),)
+    samples = [
+        Sample("aweber_job_connection_exit_code", outcome.exit_code, label),
+        Sample("aweber_job_connection_refreshes", outcome.refreshes, label),
+        Sample("aweber_job_connection_http_requests", outcome.token_requests, (*label, ("kind", "token"))),
+        Sample("aweber_job_connection_http_requests", outcome.api_requests, (*label, ("kind", "api"))),
+    ]
+    if outcome.access_expires_at is not None:
+        samples.append(Sample("aweber_job_connection_access_token_expiry_timestamp_seconds",
+                              outcome.access_expires_at, label))
+    if outcome.new_subscribers is not None:
+        samples.append(Sample("aweber_job_connection_new_subscribers", outcome.new_subscribers, label))
     return samples
 
 

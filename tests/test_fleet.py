@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psycopg
 
@@ -19,6 +20,7 @@ from tests.conftest import REPO, JobFiles, invalid_grants, run_job, token_reques
 
 # The fixture `db_job` is imported to be used by name.
 from tests.test_connections_cli import db_job  # noqa: F401
+from tests.test_monitor import PingReceiver, receiver  # noqa: F401 - the fixture is used by name
 
 ACCOUNT = 100
 LIST = 201
@@ -146,3 +148,24 @@ def test_concurrency_without_all_and_out_of_range_are_usage_errors(job: JobFiles
     for args in (["run", "--concurrency", "2"], ["run", "--all", "--concurrency", "0"],
                  ["run", "--all", "--connection", "x"]):
         assert run_job(args, job.env()).returncode == 64, args
+
+
+def test_one_ping_for_the_whole_run_and_metrics_labelled_by_connection(
+    db_job: JobFiles, tmp_path: Path, receiver: PingReceiver
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    names = import_connections(db_job, 3)
+    metrics = tmp_path / "fleet.prom"
+    env = db_job.env(AWEBER_METRICS_FILE=str(metrics), AWEBER_PING_URL=receiver.url)
+    result = run_job(["run", "--all", "--task", "noop"], env)
+    assert result.returncode == 0, result.stderr
+    assert receiver.kinds() == ["start", ""]
+    samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+               for family in text_string_to_metric_families(metrics.read_text(encoding="utf-8"))
+               for sample in family.samples}
+    assert samples[("aweber_job_exit_code", ())] == 0
+    assert samples[("aweber_job_refreshes", ())] == 3
+    for name in names:
+        assert samples[("aweber_job_connection_exit_code", (("connection", name),))] == 0
+        assert samples[("aweber_job_connection_refreshes", (("connection", name),))] == 1
