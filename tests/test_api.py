@@ -868,3 +868,27 @@ def test_no_token_in_logs_or_errors_through_retries_and_refresh(
     assert keeper.stats.refreshes == 1
     assert "GET /1.0/accounts" in caplog.text
     assert not [secret for secret in secrets if secret in text]
+
+
+def test_clients_of_one_account_share_its_pacer_and_other_requests_do_not(standin: StandIn) -> None:
+    """Requests under /accounts/<id> from two connections' clients count against one window for that
+    account (AWeber's limit is per account); a request outside any account uses the client's own."""
+    from job.api import Pacer
+
+    _add_list(standin, 10)
+    fake_time = FakeTime()
+    pacers: dict[str, Pacer] = {}
+
+    def pacer_for(key: str) -> Pacer:
+        return pacers.setdefault(key, Pacer(2, 60.0, fake_time.monotonic))
+
+    first = _client(standin, _fake_tokens(standin), fake_time=fake_time, rate_limit_per_minute=2, pacer_for=pacer_for)
+    second = _client(standin, _fake_tokens(standin), fake_time=fake_time, rate_limit_per_minute=2, pacer_for=pacer_for)
+    first.get(f"/accounts/{ACCOUNT_ID}/lists")
+    second.get(f"/accounts/{ACCOUNT_ID}/lists")
+    assert fake_time.sleeps == []
+    second.get("/accounts")  # not under one account: the second client's own pacer, which is empty
+    assert fake_time.sleeps == []
+    first.get(f"/accounts/{ACCOUNT_ID}/lists")  # the account's third request within a minute waits
+    assert fake_time.sleeps == [60.0]
+    assert list(pacers) == [f"account {ACCOUNT_ID}"]
