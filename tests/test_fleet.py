@@ -15,6 +15,7 @@ import time
 import psycopg
 
 from job.fleet import fleet_exit_code
+from job.standin import Fault
 from tests.conftest import REPO, JobFiles, invalid_grants, run_job, token_requests
 
 # The fixture `db_job` is imported to be used by name.
@@ -146,3 +147,38 @@ def test_concurrency_without_all_and_out_of_range_are_usage_errors(job: JobFiles
     for args in (["run", "--concurrency", "2"], ["run", "--all", "--concurrency", "0"],
                  ["run", "--all", "--connection", "x"]):
         assert run_job(args, job.env()).returncode == 64, args
+
+
+def test_a_killed_fleet_runs_leases_are_taken_over_at_once_on_its_host(db_job: JobFiles) -> None:
+    """SIGKILL leaves the leases of a fleet run behind; on the same host the next run takes them over at
+    once (the holder's pid is gone), instead of leaving the connections for the lease's 15 minutes."""
+    import_connections(db_job, 1)
+    url = db_job.env()["AWEBER_STORE"]
+    # The token request waits, then is dropped unprocessed: the killed run spent nothing.
+    db_job.standin.inject(Fault(delay_seconds=30, drop="before"), path="/oauth2/token")
+    command = [sys.executable, "-m", "job", "run", "--all", "--task", "noop"]
+    process = subprocess.Popen(command, env=db_job.env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with psycopg.connect(url, autocommit=True) as db:
+                row = db.execute("SELECT lease_holder, refreshing_from IS NOT NULL, lease_until > now() + "
+                                 "interval '10 minutes' FROM aweber_job.connections").fetchone()
+            assert row is not None
+            if row[1]:
+                break
+            assert time.monotonic() < deadline, "the run never began its refresh"
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait()
+    holder, _, long_lease = row
+    assert f":{process.pid}:" in holder and long_lease, "the killed run held a lease that has not run out"
+    db_job.standin.reset_stats()
+    again = run_job(["run", "--all", "--task", "noop"], db_job.env())
+    assert again.returncode == 0, again.stderr
+    assert f"pid {process.pid}, which is no longer running; taken over" in again.stderr
+    assert token_requests(db_job.standin) == 1
+    (token, code), = stored(url).values()
+    assert code == 0 and token in db_job.standin.live_refresh_tokens()
