@@ -37,6 +37,7 @@ from job.errors import (
     EXIT_TEMPORARY,
     EXIT_TOKEN_FILE,
     JobError,
+    naming_the_connection,
 )
 from job.runner import RunOptions, RunOutcome, run_cycle
 
@@ -257,6 +258,7 @@ class FleetRun:
             run_cycle(settings, session, self.options, stdout=self.output,  # type: ignore[arg-type]
                       outcome=outcome, store=connection, stop=self.stop, pacer_for=self.pacer_for)
         except JobError as exc:
+            exc = naming_the_connection(exc, name)
             outcome.exit_code = exc.exit_code
             outcome.summary = {"error": str(exc)}
             level = logging.CRITICAL if type(exc).__name__ == "TokenNotSavedError" else logging.ERROR

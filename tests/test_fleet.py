@@ -128,6 +128,7 @@ def test_failures_give_the_exit_code_that_most_needs_a_person_and_one_line_each(
     assert result.returncode == 77, result.stderr
     failing = [line for line in result.stderr.splitlines() if "error" in line and "c001" in line]
     assert len(failing) == 1
+    assert "aweber-job --connection c001 login" in failing[0], "the advice must name the connection that failed"
     codes = {name: code for name, (_, code) in stored(url).items()}
     assert codes == {"c000": 0, "c001": 77, "c002": 0}
     # Waiting for a person: not tried again, even when everything is due.
