@@ -38,6 +38,7 @@ GRACE_SECONDS = 5.0
 EXIT_MARGIN_SECONDS = 2.0
 # Slow enough that a fleet run has work in flight whenever it is interrupted, fast enough for the suite.
 SLOW_AWEBER_SECONDS = 0.25
+DATABASE_DOWN_SECONDS = 1.5
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,8 @@ def test_sigterm_stops_claiming_finishes_in_flight_work_and_leaves_nothing_behin
         TALLY.note(scenario, "connections in flight at the SIGTERM", in_flight)
         TALLY.note(scenario, "connections stopped (75, state saved)", len(stopped))
         assert len(done) < len(fleet.names), "the run finished before the SIGTERM: nothing was tested"
+        # Tasks in flight stop at their next request or wait (their state saved), not at their end.
+        assert stopped, "no task in flight was stopped by the SIGTERM"
         assert ran.returncode == 75
         assert standin.invalid_grants() == 0
 
@@ -355,15 +358,19 @@ def test_a_database_restart_during_a_fleet_run_loses_nothing(
         started = fleet.start("db-restart")
         fleet.wait_until("its first finished connections", "last_run_at IS NOT NULL", CONCURRENCY)
         before_restart = fleet.count("last_run_at IS NOT NULL")
-        pg_server.cluster.restart("fast")
-        assert started.process.poll() is None, "the fleet run ended before the database came back"
+        assert started.process.poll() is None, "the fleet run ended before the restart: nothing was tested"
+        # Down long enough that the refreshes in flight come back to a database that is not there: their
+        # saves must wait for it (retrying), not give up.
+        pg_server.cluster.stop("fast")
+        time.sleep(DATABASE_DOWN_SECONDS)
+        pg_server.cluster.start()
         TALLY.note(scenario, "connections run before the restart", before_restart)
         ran = fleet.finish(started)
         TALLY.note(scenario, f"exit {ran.returncode}")
         assert ran.returncode in (0, 75), ran.stderr[-2000:]
         rows = fleet.rows()
-        assert fleet.ws.state_dir.joinpath("rescue").exists() is False or not list(
-            fleet.ws.state_dir.joinpath("rescue").iterdir()), "tokens went to rescue files"
+        rescue = fleet.ws.state_dir / "rescue"
+        assert not rescue.exists() or not list(rescue.iterdir()), "the saves gave up: tokens went to rescue files"
         # A lease whose release the restart cut off stays behind; the next run takes it over (dead pid).
         fleet.assert_nothing_lost(rows, leases_released=False)
         TALLY.note(scenario, "leases the restart left behind", sum(row.lease_live for row in rows.values()))
