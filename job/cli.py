@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 
 from job import __version__
 from job.deployment import EXAMPLES
-from job.errors import EXIT_OK, EXIT_TASK_FAILED, ConfigError, JobError, OutputError, UsageError
+from job.errors import (
+    EXIT_OK,
+    EXIT_TASK_FAILED,
+    ConfigError,
+    JobError,
+    OutputError,
+    UsageError,
+    naming_the_connection,
+)
 
 # Importing typing costs about 2 ms of every start-up (a tenth of `--help`), and this module needs
 # it only for annotations, which are strings here; type checkers read TYPE_CHECKING as true.
@@ -394,7 +401,7 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None,
             return _cmd_revoke(settings)
         return _cmd_run(settings, args, out, origins, refresh_only=(command == "refresh"))
     except JobError as exc:
-        _report(_naming_the_connection(exc, connection))
+        _report(naming_the_connection(exc, connection))
         return exc.exit_code
     except KeyboardInterrupt:
         _log().error("interrupted")
@@ -403,21 +410,6 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None,
         _log().error("unexpected error: %s: %s", type(exc).__name__, exc)
         _log().debug("where it happened", exc_info=True)
         return EXIT_TASK_FAILED
-
-
-def _naming_the_connection(exc: JobError, connection: str | None) -> JobError:
-    """The error with every ``aweber-job login`` it advises aimed at the database connection that failed.
-
-    The advice is written once for both stores; on the PostgreSQL store a bare ``aweber-job login``
-    would authorize the connection AWEBER_CONNECTION names (else 'default'), not the one that failed.
-    """
-    if connection is None:
-        return exc
-    aimed = f"aweber-job --connection {connection} login"
-    exc.message = re.sub(r"\baweber-job login\b", lambda _: aimed, exc.message)
-    if exc.hint:
-        exc.hint = re.sub(r"\baweber-job login\b", lambda _: aimed, exc.hint)
-    return exc
 
 
 def _choose_connection(settings: Settings, args: argparse.Namespace, command: str) -> Settings:
@@ -588,7 +580,7 @@ def _cmd_run(
     try:
         run_cycle(settings, session, options, stdout=out, outcome=outcome, store=store)
     except JobError as exc:
-        _report(_naming_the_connection(exc, settings.connection if settings.store_url is not None else None))
+        _report(naming_the_connection(exc, settings.connection if settings.store_url is not None else None))
         outcome.exit_code = exc.exit_code
     except Exception as exc:  # noqa: BLE001 - an unexpected bug still ends in one line and exit 1
         _log().error("unexpected error: %s: %s", type(exc).__name__, exc)

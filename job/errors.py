@@ -6,6 +6,8 @@ to do. They never contain a secret; callers pass fingerprints or names, not valu
 
 from __future__ import annotations
 
+import re
+
 # Exit codes (docs/design.md §7). The CLI is the only place that turns them into a process status.
 EXIT_OK = 0
 EXIT_TASK_FAILED = 1
@@ -51,6 +53,22 @@ class JobError(Exception):
         if self.hint:
             return f"{self.message} ({self.hint})"
         return self.message
+
+
+def naming_the_connection(exc: JobError, connection: str | None) -> JobError:
+    """The error with every ``aweber-job login`` it advises aimed at the database connection that failed.
+
+    The advice is written once for both stores; on the PostgreSQL store a bare ``aweber-job login``
+    would authorize the connection AWEBER_CONNECTION names (else 'default'), not the one that failed
+    (a single run's or one of a fleet run's many).
+    """
+    if connection is None:
+        return exc
+    aimed = f"aweber-job --connection {connection} login"
+    exc.message = re.sub(r"\baweber-job login\b", lambda _: aimed, exc.message)
+    if exc.hint:
+        exc.hint = re.sub(r"\baweber-job login\b", lambda _: aimed, exc.hint)
+    return exc
 
 
 class UsageError(JobError):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
+import queue
 import signal
 import threading
 import time
@@ -37,6 +38,7 @@ from job.errors import (
     EXIT_TEMPORARY,
     EXIT_TOKEN_FILE,
     JobError,
+    naming_the_connection,
 )
 from job.runner import RunOptions, RunOutcome, run_cycle
 
@@ -110,6 +112,50 @@ class LockedOutput:
         return getattr(self._stream, name)
 
 
+class _DaemonPool:
+    """``size`` daemon threads running the calls submitted, each giving a Future.
+
+    Not ThreadPoolExecutor: the interpreter joins its threads before the process may exit, so a refresh
+    still waiting on AWeber when the shutdown grace ran out would hold the process past the grace (and
+    into the SIGKILL the grace is there to avoid). A daemon thread ends with the process; what it left
+    unfinished is named by the next run (the refresh marker), and its lease is taken over at once.
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]
+                                       | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{n}", daemon=True) for n in range(size)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put((future, function, args))
+        return future
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, function, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(function(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on it, as an executor does
+                future.set_exception(exc)
+
+    def shutdown(self) -> None:
+        """Cancel what has not started; each thread ends after its call in flight (or with the process)."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+        for _ in self._threads:
+            self._queue.put(None)
+
+
 class _Workers(threading.local):
     """Per worker thread: its own database connection (store) and HTTP session."""
 
@@ -166,7 +212,7 @@ class FleetRun:
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._in_flight = 0
-        executor = concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="connection")
+        executor = _DaemonPool(self.concurrency, "connection")
         futures: dict[concurrent.futures.Future[RunOutcome], str] = {}
         done: list[str] = []
         try:
@@ -194,7 +240,7 @@ class FleetRun:
                     self.outcome.connections[name] = future.result()
         finally:
             self.stop.set()
-            executor.shutdown(wait=False, cancel_futures=True)
+            executor.shutdown()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
             self._claimer.close()
@@ -257,6 +303,7 @@ class FleetRun:
             run_cycle(settings, session, self.options, stdout=self.output,  # type: ignore[arg-type]
                       outcome=outcome, store=connection, stop=self.stop, pacer_for=self.pacer_for)
         except JobError as exc:
+            exc = naming_the_connection(exc, name)
             outcome.exit_code = exc.exit_code
             outcome.summary = {"error": str(exc)}
             level = logging.CRITICAL if type(exc).__name__ == "TokenNotSavedError" else logging.ERROR

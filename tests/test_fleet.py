@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 
 from job.fleet import fleet_exit_code
+from job.standin import Fault
 from tests.conftest import REPO, JobFiles, invalid_grants, run_job, token_requests
 
 # The fixture `db_job` is imported to be used by name.
@@ -129,6 +130,7 @@ def test_failures_give_the_exit_code_that_most_needs_a_person_and_one_line_each(
     assert result.returncode == 77, result.stderr
     failing = [line for line in result.stderr.splitlines() if "error" in line and "c001" in line]
     assert len(failing) == 1
+    assert "aweber-job --connection c001 login" in failing[0], "the advice must name the connection that failed"
     codes = {name: code for name, (_, code) in stored(url).items()}
     assert codes == {"c000": 0, "c001": 77, "c002": 0}
     # Waiting for a person: not tried again, even when everything is due.
@@ -169,3 +171,38 @@ def test_one_ping_for_the_whole_run_and_metrics_labelled_by_connection(
     for name in names:
         assert samples[("aweber_job_connection_exit_code", (("connection", name),))] == 0
         assert samples[("aweber_job_connection_refreshes", (("connection", name),))] == 1
+
+
+def test_a_killed_fleet_runs_leases_are_taken_over_at_once_on_its_host(db_job: JobFiles) -> None:
+    """SIGKILL leaves the leases of a fleet run behind; on the same host the next run takes them over at
+    once (the holder's pid is gone), instead of leaving the connections for the lease's 15 minutes."""
+    import_connections(db_job, 1)
+    url = db_job.env()["AWEBER_STORE"]
+    # The token request waits, then is dropped unprocessed: the killed run spent nothing.
+    db_job.standin.inject(Fault(delay_seconds=30, drop="before"), path="/oauth2/token")
+    command = [sys.executable, "-m", "job", "run", "--all", "--task", "noop"]
+    process = subprocess.Popen(command, env=db_job.env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with psycopg.connect(url, autocommit=True) as db:
+                row = db.execute("SELECT lease_holder, refreshing_from IS NOT NULL, lease_until > now() + "
+                                 "interval '10 minutes' FROM aweber_job.connections").fetchone()
+            assert row is not None
+            if row[1]:
+                break
+            assert time.monotonic() < deadline, "the run never began its refresh"
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait()
+    holder, _, long_lease = row
+    assert f":{process.pid}:" in holder and long_lease, "the killed run held a lease that has not run out"
+    db_job.standin.reset_stats()
+    again = run_job(["run", "--all", "--task", "noop"], db_job.env())
+    assert again.returncode == 0, again.stderr
+    assert f"pid {process.pid}, which is no longer running; taken over" in again.stderr
+    assert token_requests(db_job.standin) == 1
+    (token, code), = stored(url).values()
+    assert code == 0 and token in db_job.standin.live_refresh_tokens()

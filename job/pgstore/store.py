@@ -70,10 +70,11 @@ RECORD_RUN = f"""last_run_at = now(), last_exit_code = %(code)s,
     next_run_at = now() + make_interval(secs => CASE
         WHEN %(code)s = 75 THEN {DUE_AFTER.format(failures="temporary_failures + 1")}
         ELSE %(interval)s END)"""
-# A connection a fleet run may claim now: live, not waiting for a person, free, and due.
+# A connection a fleet run may claim now: live, not waiting for a person, free (or held by a process
+# on this host that no longer exists: %(dead)s, see PostgresStore.claim_due), and due.
 DUE = (
     "revoked_at IS NULL AND NOT waiting_for_person AND tokens IS NOT NULL"
-    " AND (lease_holder IS NULL OR lease_until IS NULL OR lease_until <= now())"
+    " AND (lease_holder IS NULL OR lease_until IS NULL OR lease_until <= now() OR lease_holder = ANY(%(dead)s))"
     " AND (last_run_at IS NULL OR last_run_at <= now() - make_interval(secs => CASE"
     " WHEN last_exit_code = 75 THEN " + DUE_AFTER.format(failures="temporary_failures") + " ELSE %(interval)s END))"
 )
@@ -613,17 +614,19 @@ class PostgresStore:
         """Claim up to ``limit`` due connections for a fleet run; return (name, claimed row) pairs.
 
         Due: never run, or last run longer ago than the interval (after a temporary failure, than its
-        backoff), not revoked, not waiting for a person, its lease free or run out. ``FOR UPDATE SKIP
+        backoff), not revoked, not waiting for a person, its lease free, run out, or held by a process of
+        this host that no longer exists (as in :meth:`_claim`). ``FOR UPDATE SKIP
         LOCKED`` lets many processes claim at once, each taking rows no other is taking; each claim is
         the same committed lease and fence as a single run's. ``skip``: the names this run has done.
         """
         self._ready()
+        dead = self._dead_holders()
         # The conditions are checked again by the UPDATE: a row another process changed after this
         # statement's snapshot is re-read and judged afresh, so a connection just claimed, run and
         # released elsewhere is not run again here.
         rows = self._run(
             f"""WITH due AS (
-                    SELECT name FROM {SCHEMA}.connections
+                    SELECT name, lease_holder AS was_held_by FROM {SCHEMA}.connections
                     WHERE {DUE} AND name <> ALL(%(skip)s)
                     ORDER BY last_run_at NULLS FIRST, name
                     LIMIT %(limit)s
@@ -633,12 +636,34 @@ class PostgresStore:
                 SET fence = c.fence + 1, lease_holder = %(holder)s, lease_until = {LEASE}, updated_at = now()
                 FROM due WHERE c.name = due.name AND {DUE}
                 RETURNING c.name, c.fence, c.tokens, c.encrypted, c.refreshing_from, c.refreshing_by,
-                          extract(epoch FROM c.refreshing_at)::float8""",
+                          extract(epoch FROM c.refreshing_at)::float8, due.was_held_by""",
             {"limit": limit, "interval": float(interval_seconds), "skip": list(skip), "holder": self.holder,
-             "lease": self.lease_seconds, "backoff": BACKOFF_FIRST_SECONDS},
+             "lease": self.lease_seconds, "backoff": BACKOFF_FIRST_SECONDS, "dead": dead},
             doing=f"cannot claim due connections in the store {self.description}",
         )
-        return [(row[0], row[1:]) for row in rows if len(row) > 1]
+        claimed = []
+        for row in rows:
+            if len(row) < 8:
+                continue
+            if row[7] in dead:
+                log.warning("connection '%s': its lease was held by %s, which is no longer running; taken over",
+                            row[0], describe_holder(row[7]))
+            claimed.append((row[0], row[1:7]))
+        return claimed
+
+    def _dead_holders(self) -> list[str]:
+        """The holders of unexpired leases that are processes of this host no longer running.
+
+        The same rule as :meth:`_claim`: a fleet run killed on this machine (SIGKILL, OOM) leaves its
+        leases behind, and without this its connections would wait for the lease to run out (15 min).
+        """
+        rows = self._run(
+            f"""SELECT DISTINCT lease_holder FROM {SCHEMA}.connections
+                WHERE lease_until > now() AND starts_with(lease_holder, %(prefix)s)""",
+            {"prefix": f"{self.host}:"},
+            doing=f"cannot read the leases in the store {self.description}",
+        )
+        return [row[0] for row in rows if isinstance(row[0], str) and self._holder_is_dead(row[0])]
 
     def rotate_key(self) -> int:
         """Re-encrypt every connection with the first key (plain ones get encrypted); return how many.

@@ -137,6 +137,10 @@ class StandInControl(Endpoints):
         payload = {name: value for name, value in given.items() if value is not None}
         return self._object(self._call("POST", "configure-api", payload))
 
+    def set_request_delay(self, seconds: float) -> None:
+        """Add ``seconds`` to every later AWeber request (not the control endpoints)."""
+        self._call("POST", "request-delay", {"seconds": seconds})
+
     def stats(self) -> dict[str, object]:
         """Return the request counters."""
         return self._object(self._call("GET", "stats"))

@@ -23,6 +23,7 @@ Endpoints (JSON bodies and answers):
 - ``POST /_control/faults`` ``{"faults": [Fault.to_json(), ...], "path"?}``: ``{"queued": n}``.
 - ``POST /_control/configure-api`` ``{"filter_day_offset_hours"?, "exclusive_day_filters"?,
   "next_links_drop_filters"?}``: every :class:`job.standin.api.ApiBehaviour` switch, after the change.
+- ``POST /_control/request-delay`` ``{"seconds"}``: the delay added to every later AWeber request.
 - ``GET /_control/stats``: ``stats()``; ``GET /_control/request-log``: ``{"requests": [...]}``.
 - ``POST /_control/reset-stats``.
 
@@ -201,6 +202,14 @@ def _configure_api(standin: StandIn, payload: Mapping[str, object]) -> object:
     return standin.configure_api(**payload)  # type: ignore[arg-type]
 
 
+def _request_delay(standin: StandIn, payload: Mapping[str, object]) -> object:
+    seconds = _number(payload, "seconds")
+    if seconds is None:
+        raise ValueError("seconds is required")
+    standin.set_request_delay(seconds)
+    return {}
+
+
 def _stats(standin: StandIn, payload: Mapping[str, object]) -> object:
     return standin.stats()
 
@@ -231,6 +240,7 @@ _ROUTES: Mapping[tuple[str, str], _Handler] = {
     ("POST", "add-subscribers"): _add_subscribers,
     ("POST", "faults"): _faults,
     ("POST", "configure-api"): _configure_api,
+    ("POST", "request-delay"): _request_delay,
     ("GET", "stats"): _stats,
     ("GET", "request-log"): _request_log,
     ("POST", "reset-stats"): _reset_stats,

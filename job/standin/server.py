@@ -350,6 +350,12 @@ class StandIn(Endpoints):
         """``http://127.0.0.1:PORT``."""
         return f"http://127.0.0.1:{self.port}"
 
+    def set_request_delay(self, seconds: float) -> None:
+        """Add ``seconds`` to every later AWeber request (not the control endpoints): a slow AWeber, now."""
+        if seconds < 0:
+            raise ValueError("request_delay_seconds must not be negative")
+        self.request_delay_seconds = float(seconds)
+
     # -- tokens -----------------------------------------------------------------------------------
 
     def issue_tokens(self, client_id: str, scope: str = DEFAULT_SCOPE) -> dict[str, object]:

@@ -230,3 +230,28 @@ def test_api_behaviour_comes_from_the_config_file_and_the_control_endpoint(tmp_p
     finally:
         process.kill()
         process.communicate(timeout=10)
+
+
+def test_the_request_delay_can_be_switched_while_running_and_spares_the_control_endpoints() -> None:
+    """A slow AWeber on demand (a fleet run with work in flight); the control endpoints stay quick."""
+    with StandIn(clients={CONF_ID: CONF_SECRET}, enable_control=True) as server:
+        control = StandInControl(server.base_url)
+        url = f"{server.api_url}/accounts"
+
+        def timed_get() -> float:
+            started = time.monotonic()
+            requests.get(url, timeout=5)
+            return time.monotonic() - started
+
+        assert timed_get() < 0.2
+        control.set_request_delay(0.3)
+        assert timed_get() >= 0.3
+        started = time.monotonic()
+        control.issue_tokens(CONF_ID)
+        assert time.monotonic() - started < 0.2, "a control call waited out the delay"
+        control.set_request_delay(0)
+        assert timed_get() < 0.2
+        with pytest.raises(ValueError, match="must not be negative"):
+            control.set_request_delay(-1)
+        with pytest.raises(ValueError, match="seconds is required"):
+            control._call("POST", "request-delay", {})
