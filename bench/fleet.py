@@ -163,7 +163,7 @@ def machine_busy_seconds() -> tuple[float, float]:
 
 
 class Database:
-    """A throwaway database on the server, created at start and dropped (with its sessions) at the end."""
+    """A throwaway database on the server, created at start and dropped (its connections ended first) at the end."""
 
     def __init__(self, server_url: str) -> None:
         from urllib.parse import urlsplit, urlunsplit

@@ -16,7 +16,8 @@ def test_smallest_fleet_benchmark_runs_measures_and_reports(pg_database: str, tm
                        "--concurrency", "2", "--server", PG_SERVER_URL, "--output", str(output)])
     assert code in (0, 1), "0 or 1: the goals held or not; 2 or an exception: the benchmark broke"
     report = output.read_text(encoding="utf-8")
-    rows = [line for line in report.splitlines() if line.startswith("| ") and "×" in line.split("|")[2]]
+    rows = [line for line in report.splitlines()
+            if line.startswith("| ") and re.fullmatch(r" \d+ × \d+ ", line.split("|")[2])]
     assert len(rows) == 3, report
     assert "| 2 (sample) |" in rows[0] and "| 1 × 2 | 8 |" in rows[1] and "| 2 × 2 | 8 |" in rows[2]
     # The bound: C in flight per process, P processes, 1 request (the refresh) of 10 ms each.
