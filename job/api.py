@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import requests
 import urllib3
 
+from job import progress
 from job.config import format_duration
 from job.errors import ApiError, AuthError, CollectionShiftedError, JobError, RunTimeoutError, TemporaryError, shorten
 from job.retries import call_with_retries, parse_retry_after
@@ -498,6 +499,7 @@ class ApiClient:
             status, response_headers, body = self._send(url, params, headers, path)
         finally:
             pacer.give_back()
+            progress.current().update(requests=self.requests_made)
         log.debug("GET %s -> HTTP %d (%d bytes)", path, status, len(body))
         if 200 <= status < 300:
             if len(body) > MAX_ANSWER_BYTES:
@@ -650,6 +652,14 @@ class ApiClient:
     def _wait(self, seconds: float, doing: str) -> None:
         """Sleep ``seconds``, unless that would end past the run's time limit (RunTimeoutError, unslept)."""
         self._check_run_time(doing, seconds)
+        if seconds >= 1 and self._stop is None:
+            live = progress.current()
+            live.waiting(seconds, doing)
+            try:
+                self._sleep(seconds)
+            finally:
+                live.done_waiting()
+            return
         if self._stop is not None:
             # A stop request ends the wait at once; the check after it says why.
             if self._stop.wait(seconds):

@@ -342,7 +342,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None,
           stdout: IO[str] | None, stdin: IO[str] | None) -> int:
     env_in = dict(os.environ if environ is None else environ)
-    connection: str | None = None  # the database connection acted on, once known
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
@@ -356,6 +355,29 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None,
     configure_logging(verbosity=args.verbose, quiet=args.quiet, fmt="json" if log_format == "json" else "text")
     command = args.command or "run"
     out = stdout if stdout is not None else _guard_stdout(command)
+    if command in ("run", "refresh") and not args.quiet and log_format != "json" and _stderr_is_a_terminal():
+        from job import progress
+
+        progress.activate(sys.stderr)
+    try:
+        return _dispatch(args, command, out, env_in, stdin)
+    finally:
+        if "job.progress" in sys.modules:
+            sys.modules["job.progress"].deactivate()
+
+
+def _stderr_is_a_terminal() -> bool:
+    """Whether a person is watching stderr (never under cron, systemd or a pipe)."""
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (OSError, ValueError):
+        return False
+
+
+def _dispatch(args: argparse.Namespace, command: str, out: IO[str], env_in: dict[str, str],
+              stdin: IO[str] | None) -> int:
+    """The command, with every JobError turned into one line and its exit code."""
+    connection: str | None = None  # the database connection acted on, once known
     try:
         _refuse_misplaced_run_options(args, command)
         if getattr(args, "connection", None) is not None and command not in CONNECTION_COMMANDS:

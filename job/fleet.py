@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO, Any
 
+from job import progress
 from job.api import Pacer
 from job.config import Settings
 from job.errors import (
@@ -191,6 +192,7 @@ class FleetRun:
         self._all_workers: list[tuple[Any, Any]] = []
         self._workers_lock = threading.Lock()
         self._store_error: int | None = None
+        self._due_at_start: int | None = None
         self._claiming = True
         self._pacers: dict[str, Pacer] = {}
         self._pacers_lock = threading.Lock()
@@ -212,6 +214,11 @@ class FleetRun:
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._in_flight = 0
+        if isinstance(progress.current(), progress.Progress):  # a terminal: worth one count
+            try:
+                self._due_at_start = self._claimer.count_due(self.settings.run_interval_seconds)
+            except JobError:
+                self._due_at_start = None
         executor = _DaemonPool(self.concurrency, "connection")
         futures: dict[concurrent.futures.Future[RunOutcome], str] = {}
         done: list[str] = []
@@ -238,6 +245,7 @@ class FleetRun:
                 for future in finished:
                     name = futures.pop(future)
                     self.outcome.connections[name] = future.result()
+                self._show(len(futures))
         finally:
             self.stop.set()
             executor.shutdown()
@@ -246,6 +254,13 @@ class FleetRun:
             self._claimer.close()
         self._finish(futures)
         return self.outcome
+
+    def _show(self, running: int) -> None:
+        """The live line on a terminal: connections done, running, failing, and the rate."""
+        results = self.outcome.connections.values()
+        progress.current().update(fleet_done=len(self.outcome.connections), fleet_running=running,
+                                  fleet_due=self._due_at_start,
+                                  fleet_failing=sum(1 for result in results if result.exit_code != EXIT_OK))
 
     def _wait_for_the_rest(self, futures: dict[concurrent.futures.Future[RunOutcome], str]) -> bool:
         """After SIGTERM: wait for the runs in flight up to the grace; False when some are still running."""

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 
+from job import progress
 from job.tokens import fingerprint
 
 # typing costs start-up time and is needed for annotations only (strings here).
@@ -107,8 +108,13 @@ class RedactingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         try:
             line = self.format(record)
             self.tail.append(line)
-            self.stream.write(line + "\n")
-            self.flush()
+            # On a terminal the live progress line is cleared first and drawn again after.
+            live = progress.current()
+            with live.lock:
+                live.clear()
+                self.stream.write(line + "\n")
+                self.flush()
+                live.redraw()
         except Exception:  # noqa: BLE001 - logging must never end the run
             self.handleError(record)
 

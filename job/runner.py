@@ -20,6 +20,7 @@ from typing import IO, Any
 
 import requests
 
+from job import progress
 from job.api import ApiClient, Pacer
 from job.backend import ConnectionStore, connection_store
 from job.config import DURATION_UNITS, Settings
@@ -248,12 +249,14 @@ def run_cycle(
             if keeper.legacy_oauth1:
                 log.info("the token file holds OAuth 1.0a tokens, which do not expire: nothing to refresh")
             else:
+                progress.current().update(phase="refreshing the tokens")
                 try:
                     keeper.refresh("refresh on start")
                 finally:
                     _copy_refresh_stats(keeper, outcome)
             if task is None:
                 return outcome
+            progress.current().update(phase=f"task {task.name}")
             api = ApiClient.from_settings(
                 session, settings, keeper, clock=clock, monotonic=monotonic, sleep=sleep, run_started=run_started,
                 stop=stop, pacer_for=pacer_for,

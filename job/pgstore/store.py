@@ -610,6 +610,16 @@ class PostgresStore:
             log.warning("connection '%s' is no longer in the store %s: its run was not recorded", name,
                         self.description)
 
+    def count_due(self, interval_seconds: float) -> int:
+        """How many connections are due now (for the live line of a fleet run on a terminal)."""
+        self._ready()
+        rows = self._run(
+            f"SELECT count(*) FROM {SCHEMA}.connections WHERE {DUE}",
+            {"interval": float(interval_seconds), "backoff": BACKOFF_FIRST_SECONDS},
+            doing=f"cannot count the due connections in the store {self.description}",
+        )
+        return int(rows[0][0])
+
     def claim_due(self, limit: int, interval_seconds: float, *, skip: Sequence[str] = ()) -> list[tuple[str, Any]]:
         """Claim up to ``limit`` due connections for a fleet run; return (name, claimed row) pairs.
 

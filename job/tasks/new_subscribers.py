@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import IO, Any
 
+from job import progress
 from job.errors import ApiError, CollectionShiftedError, RunTimeoutError, TemporaryError, shorten
 from job.tasks import TaskContext
 
@@ -282,7 +283,10 @@ def new_subscribers(context: TaskContext) -> dict[str, Any]:
     # Counted as rows go out, so a run stopped by its time limit still reports what it found.
     context.counters["new_subscribers"] = 0
     total = 0
-    for ref in lists:
+    live = progress.current()
+    for index, ref in enumerate(lists, 1):
+        live.update(list_index=index, list_count=len(lists), list_name=ref.name,
+                    found=context.counters["new_subscribers"])
         saved = watermarks.get(ref.state_key)
         mark = Watermark.from_state(saved)
         if mark is None:
@@ -445,6 +449,7 @@ def _walk_list(context: TaskContext, ref: ListRef, mark: Watermark, writer: RowW
         mark.advance(written_at, instant, subscriber_id, server_date=server_now)
         written[0] += 1
         context.counters["new_subscribers"] += 1
+        progress.current().update(found=context.counters["new_subscribers"])
         # The Date header has whole seconds: a subscriber within that second is no sign of trouble.
         if server_now is not None and instant - server_now >= DATE_RESOLUTION and not warned_ahead:
             warned_ahead = True
