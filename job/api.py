@@ -257,7 +257,9 @@ class ApiClient:
     """The AWeber API through one session: paced, retried, refreshed, origin-locked, time-limited.
 
     ``requests_made`` counts HTTP requests actually sent; ``rate_limited`` counts 403 "Rate Limit
-    Error" answers received. With ``run_timeout_seconds``, nothing runs past ``run_started`` (the
+    Error" answers received; ``pacing_wait_seconds`` is the time spent waiting for the pacer (the
+    metrics show both, so a limit set too low, or shared with another integration, is visible).
+    With ``run_timeout_seconds``, nothing runs past ``run_started`` (the
     monotonic time the run began; default: now) plus that many seconds: no request is sent, no
     wait (pacing, rate limit, retry backoff) is begun that would end later, connect and read
     timeouts are cut to the time left, and an answer still arriving then is abandoned. Any of these
@@ -318,6 +320,7 @@ class ApiClient:
         self._stop = stop
         self.requests_made = 0
         self.rate_limited = 0
+        self.pacing_wait_seconds = 0.0
         self._server_date: datetime | None = None
 
     # ---- public -------------------------------------------------------------------------------
@@ -627,6 +630,7 @@ class ApiClient:
             log.debug("pacing: waiting %.2f s to stay within %d requests per %.0f s",
                       wait_seconds, pacer.limit, pacer.window_seconds)
             self._wait(wait_seconds, f"pacing before GET {path}")
+            self.pacing_wait_seconds += wait_seconds
 
     # ---- the run's time limit -----------------------------------------------------------------
 

@@ -612,7 +612,8 @@ def _cmd_run(
         # A run turned away (another holds the lease, the store is down) ran nothing worth recording.
         finish = getattr(store, "finish")  # noqa: B009 - the database store's own call, not the seam's
         finish(outcome.exit_code if outcome.held_connection else None, settings.run_interval_seconds)
-    monitor.finish(outcome)
+    # One connection of the database store: its own Pushgateway group, so runs of others do not replace it.
+    monitor.finish(outcome, connection=settings.connection if settings.store_url is not None else None)
     return outcome.exit_code
 
 

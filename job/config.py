@@ -62,6 +62,7 @@ VARIABLES: dict[str, str] = {
     "AWEBER_RUN_TIMEOUT": "the longest a run may take (6h, 90m, or seconds); then it stops, keeping its progress",
     "AWEBER_PING_URL": "healthchecks-style monitoring URL",
     "AWEBER_METRICS_FILE": "Prometheus text-format metrics file",
+    "AWEBER_PUSHGATEWAY_URL": "Prometheus Pushgateway the run's metrics are pushed to after each run",
     "AWEBER_LOG_FORMAT": "text or json",
     "AWEBER_STORE": "file (the token file) or a PostgreSQL URL postgresql://… for many connections",
     "AWEBER_CONNECTION": "which connection in the store a command acts on (default: default)",
@@ -143,6 +144,8 @@ class Settings:
     run_timeout_seconds: float = DEFAULT_RUN_TIMEOUT_SECONDS
     ping_url: str | None = None
     metrics_file: Path | None = None
+    # May carry a user and password (basic auth): a secret as a whole, never shown.
+    pushgateway_url: Secret | None = None
     log_format: str = "text"
     # Where a rescue file goes when nothing beside the token file can be written (its file system turned
     # read-only): another file system, in memory. None: nowhere else.
@@ -376,6 +379,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     metrics_raw = get("AWEBER_METRICS_FILE")
     metrics_file = Path(os.path.abspath(Path(metrics_raw).expanduser())) if metrics_raw else None
 
+    pushgateway_url = _pushgateway_url(get, problems)
+
     store_url, store_source = _store(values, get, problems)
     store_keys = _store_keys(values, get, problems)
     connection = get("AWEBER_CONNECTION") or DEFAULT_CONNECTION
@@ -423,6 +428,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         run_timeout_seconds=duration("AWEBER_RUN_TIMEOUT", DEFAULT_RUN_TIMEOUT_SECONDS),
         ping_url=ping_url,
         metrics_file=metrics_file,
+        pushgateway_url=pushgateway_url,
         log_format=log_format,
         store_url=store_url,
         store_source=store_source,
@@ -483,6 +489,41 @@ def _store(values: Mapping[str, str], get: _Get, problems: list[str]) -> tuple[S
         problems.append(f"{source} must be 'file' or a PostgreSQL URL such as postgresql://user@host/db, got {shown}")
         return None, None
     return Secret(raw), source
+
+
+def _pushgateway_url(get: _Get, problems: list[str]) -> Secret | None:
+    """AWEBER_PUSHGATEWAY_URL: an http(s) URL; credentials in it only over https or to loopback.
+
+    The metrics themselves hold no secret, so plain http to a cluster-internal Pushgateway is fine;
+    a user and password are, so those travel only over https or never leave the machine.
+    """
+    raw = get("AWEBER_PUSHGATEWAY_URL")
+    if not raw:
+        return None
+    from job.logs import REDACTOR
+
+    try:
+        parts = urlsplit(raw)
+        # The credentials are secrets from the moment they are read: no message below may show them.
+        REDACTOR.add(parts.password, parts.username)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        problems.append("AWEBER_PUSHGATEWAY_URL is not a valid URL")
+        return None
+    if parts.scheme not in ("http", "https") or not host:
+        problems.append("AWEBER_PUSHGATEWAY_URL must be an http(s) URL with a host, such as https://pushgateway.example.com")
+        return None
+    if parts.query or parts.fragment:
+        problems.append("AWEBER_PUSHGATEWAY_URL must not have a query or fragment: the job adds /metrics/job/… to it")
+        return None
+    if (parts.username or parts.password) and parts.scheme == "http" and not is_loopback_host(host):
+        problems.append(
+            f"AWEBER_PUSHGATEWAY_URL carries credentials over plain http to {host}: use https "
+            "(plain http is accepted for a URL without credentials, or a loopback host)"
+        )
+        return None
+    return Secret(raw.rstrip("/"))
 
 
 def _store_keys(values: Mapping[str, str], get: _Get, problems: list[str]) -> tuple[Secret, ...]:

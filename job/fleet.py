@@ -350,6 +350,8 @@ class FleetRun:
             self.outcome.refreshes += result.refreshes
             self.outcome.token_requests += result.token_requests
             self.outcome.api_requests += result.api_requests
+            self.outcome.rate_limited += result.rate_limited
+            self.outcome.pacing_wait_seconds += result.pacing_wait_seconds
             if result.new_subscribers is not None:
                 self.outcome.new_subscribers = (self.outcome.new_subscribers or 0) + result.new_subscribers
         failed = sum(1 for code in codes if code != EXIT_OK)

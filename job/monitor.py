@@ -15,6 +15,12 @@ The metrics file is for node_exporter's textfile collector: rewritten atomically
 mode 0644 (it holds no secret, and node_exporter runs as another user). Textfile directories are often
 writable by a group, so a symlink found at its path is replaced, never followed, and a path that
 names one of the job's own files (token file, lock, task state) is never written.
+
+A Kubernetes CronJob's pod has no textfile collector: with a Pushgateway URL the same metrics are
+pushed after the run, with PUT to ``<url>/metrics/job/aweber-job`` (plus ``/connection/NAME`` for a
+single run of one connection of the database store), which replaces the group with this run's view.
+A PUT replaces every metric of its group, so the last success time lives in a group of its own,
+``…/result/success``, that only a successful run pushes: a failed run never erases it.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import requests
 
@@ -57,12 +63,23 @@ METRICS_MODE = 0o644
 # The previous metrics file is read only for the last success timestamp; a larger file is not ours.
 MAX_METRICS_FILE_BYTES = 1_000_000
 
+# Pushes: the whole of both pushes of one run fits in PUSH_DEADLINE_SECONDS, one retry at most.
+PUSH_JOB = "aweber-job"
+PUSH_TIMEOUT_SECONDS = 5.0
+PUSH_ATTEMPTS = 2
+PUSH_DEADLINE_SECONDS = 10.0
+PUSH_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
 _LAST_SUCCESS = "aweber_job_last_success_timestamp_seconds"
 _SAMPLE_LINE = re.compile(rf"^{_LAST_SUCCESS}(?:\{{[^}}]*\}})?[ \t]+(\S+)(?:[ \t]+\S+)?[ \t]*$", re.MULTILINE)
 
 
 class PingRefusedError(JobError):
     """The monitoring host answered a ping with a status that a retry will not change."""
+
+
+class PushRefusedError(JobError):
+    """The Pushgateway answered a push with a status that a retry will not change."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +104,8 @@ METRICS: dict[str, str] = {
     "aweber_job_refreshes": "Token refreshes done by the last run.",
     "aweber_job_http_requests": "HTTP requests the last run sent to AWeber, by endpoint kind (token or api).",
     "aweber_job_new_subscribers": "New subscribers the last run reported.",
+    "aweber_job_rate_limited": "403 rate-limit answers AWeber gave the last run.",
+    "aweber_job_pacing_wait_seconds": "Seconds the last run waited to stay within AWEBER_RATE_LIMIT.",
     "aweber_job_connection_exit_code": "run --all: exit code of each connection's run (label connection).",
     "aweber_job_connection_refreshes": "run --all: token refreshes of each connection's run.",
     "aweber_job_connection_http_requests": "run --all: HTTP requests of each connection's run, by kind.",
@@ -116,12 +135,14 @@ class Monitor:
         self._settings = settings
         self._ping_url = settings.ping_url
         self._metrics_file = settings.metrics_file
+        self._push_url = settings.pushgateway_url.reveal() if settings.pushgateway_url else None
         self._session = session
         self._clock = clock
         self._monotonic = monotonic
         self._sleep = sleep
         self._log_tail = log_tail
         self._timeout_seconds = min(PING_TIMEOUT_SECONDS, settings.http_timeout_seconds)
+        self._push_timeout_seconds = min(PUSH_TIMEOUT_SECONDS, settings.http_timeout_seconds)
         self._run_id = str(uuid.uuid4()) if self._ping_url else ""
         if self._ping_url:
             # Whoever holds the ping URL can report for this check: its path and query are secrets,
@@ -133,7 +154,7 @@ class Monitor:
     @property
     def enabled(self) -> bool:
         """Whether there is anything to ping or write."""
-        return bool(self._ping_url or self._metrics_file)
+        return bool(self._ping_url or self._metrics_file or self._push_url)
 
     def start(self) -> None:
         """Note the start time and send the ``/start`` ping."""
@@ -143,14 +164,20 @@ class Monitor:
         if self._ping_url:
             self._ping("start", "/start", b"")
 
-    def finish(self, outcome: RunOutcome) -> None:
-        """Write the metrics file, then send the success or failure ping for ``outcome``."""
+    def finish(self, outcome: RunOutcome, *, connection: str | None = None) -> None:
+        """Write the metrics file, push the metrics, then send the success or failure ping for ``outcome``.
+
+        ``connection`` names the one connection a run of the database store ran: its pushes go to a
+        group of its own, so single runs of different connections do not replace each other's.
+        """
         if not self.enabled:
             return
         now = self._clock()
         duration = self._monotonic() - self._started if self._started is not None else None
         if self._metrics_file:
             self._write_metrics(self._metrics_file, outcome, now, duration)
+        if self._push_url:
+            self._push_metrics(self._push_url, outcome, now, duration, connection)
         if self._ping_url:
             if outcome.exit_code == EXIT_OK:
                 self._ping("success", "", success_body(outcome, now, duration))
@@ -207,6 +234,72 @@ class Monitor:
             return
         log.debug("monitoring ping (%s) sent to %s", what, host)
 
+    # -- Pushgateway -------------------------------------------------------------------------------
+
+    def _push_metrics(
+        self, base: str, outcome: RunOutcome, now: float, duration: float | None, connection: str | None
+    ) -> None:
+        """PUT the run's metrics to its group and, after a success only, the last success time to its own."""
+        host = urlsplit(base).hostname or "the Pushgateway"
+        deadline = self._monotonic() + PUSH_DEADLINE_SECONDS
+        pushes = [("metrics", push_group_url(base, connection),
+                   render_metrics(metric_samples(outcome, now, None, duration)))]
+        if outcome.exit_code == EXIT_OK:
+            pushes.append(("last success", push_group_url(base, connection, success=True),
+                           render_metrics([Sample(_LAST_SUCCESS, now)])))
+        for what, url, text in pushes:
+            try:
+                self._push(url, host, text.encode("utf-8"), deadline)
+            except JobError as exc:
+                log.warning("Pushgateway push (%s) not delivered: %s; the run's result is unchanged", what, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - monitoring must never end the run
+                log.warning("Pushgateway push (%s) not delivered: %s; the run's result is unchanged",
+                            what, type(exc).__name__)
+                return
+            log.debug("Pushgateway push (%s) sent to %s", what, host)
+
+    def _push(self, url: str, host: str, body: bytes, deadline: float) -> None:
+        """One PUT, retried once on a network error, 408, 429 or 5xx while ``deadline`` allows."""
+        parts = urlsplit(url)
+        # Credentials go in the Authorization header, never in a URL that an exception could show.
+        auth = (unquote(parts.username or ""), unquote(parts.password or "")) if parts.username else None
+        bare = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+        headers = {"Content-Type": PUSH_CONTENT_TYPE}
+        user_agent = self._session.headers.get("User-Agent")
+        headers["User-Agent"] = str(user_agent) if user_agent else f"aweber-job/{__version__}"
+
+        def attempt() -> None:
+            left = deadline - self._monotonic()
+            if left <= 0:
+                raise PushRefusedError(f"push to {host}: no time left")
+            # Prepared here, not by the session: no header, cookie or auth meant for AWeber comes along.
+            prepared = requests.Request("PUT", bare, data=body, headers=headers, auth=auth).prepare()
+            try:
+                response = self._session.send(
+                    prepared, timeout=min(self._push_timeout_seconds, left), allow_redirects=False, stream=True
+                )
+            except requests.RequestException as exc:
+                # Not str(exc): requests puts the whole URL into its messages.
+                raise TemporaryError(f"push to {host}: {type(exc).__name__}") from None
+            try:
+                status = response.status_code
+            finally:
+                response.close()
+            if status in (408, 429) or status >= 500:
+                raise TemporaryError(f"push to {host}: HTTP {status}")
+            if not 200 <= status < 300:
+                raise PushRefusedError(f"push to {host}: HTTP {status}")
+
+        call_with_retries(
+            attempt,
+            deadline_seconds=max(0.0, deadline - self._monotonic()),
+            what="Pushgateway push",
+            clock=self._monotonic,
+            sleep=self._sleep,
+            max_attempts=PUSH_ATTEMPTS,
+        )
+
     # -- metrics ----------------------------------------------------------------------------------
 
     def _write_metrics(self, path: Path, outcome: RunOutcome, now: float, duration: float | None) -> None:
@@ -230,6 +323,19 @@ class Monitor:
             log.warning("cannot write the metrics file %s: %s; the run's result is unchanged", path, exc)
         else:
             log.debug("metrics written to %s", path)
+
+
+def push_group_url(base: str, connection: str | None, *, success: bool = False) -> str:
+    """``<base>/metrics/job/aweber-job``, then ``/connection/NAME`` and, for the last success, ``/result/success``.
+
+    Label values are percent-encoded (a connection name may hold ``@`` or ``+``); none can hold ``/``.
+    """
+    path = f"{base.rstrip('/')}/metrics/job/{PUSH_JOB}"
+    if connection is not None:
+        path += f"/connection/{quote(connection, safe='')}"
+    if success:
+        path += "/result/success"
+    return path
 
 
 def ping_url_for(base: str, suffix: str, run_id: str) -> str:
@@ -329,6 +435,8 @@ def metric_samples(
     samples.append(Sample("aweber_job_http_requests", outcome.api_requests, (("kind", "api"),)))
     if outcome.new_subscribers is not None:
         samples.append(Sample("aweber_job_new_subscribers", outcome.new_subscribers))
+    samples.append(Sample("aweber_job_rate_limited", getattr(outcome, "rate_limited", 0)))
+    samples.append(Sample("aweber_job_pacing_wait_seconds", getattr(outcome, "pacing_wait_seconds", 0.0)))
     for name, each in sorted(getattr(outcome, "connections", {}).items()):
         samples += connection_samples(name, each)
     return samples

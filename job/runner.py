@@ -75,6 +75,9 @@ class RunOutcome:
     api_requests: int = 0
     access_expires_at: float | None = None
     new_subscribers: int | None = None
+    # 403 rate-limit answers from AWeber, and seconds spent waiting for the pacer (AWEBER_RATE_LIMIT).
+    rate_limited: int = 0
+    pacing_wait_seconds: float = 0.0
     # Whether the run held the connection (its lock or lease): a run turned away before that did not run it.
     held_connection: bool = False
 
@@ -290,6 +293,8 @@ def run_cycle(
                 raise TaskError(f"task {task.name} failed: {type(exc).__name__}: {exc}") from exc
             finally:
                 outcome.api_requests = api.requests_made
+                outcome.rate_limited = api.rate_limited
+                outcome.pacing_wait_seconds = api.pacing_wait_seconds
                 _copy_refresh_stats(keeper, outcome)
                 outcome.new_subscribers = context.counters.get("new_subscribers")
             context.flush_output()
