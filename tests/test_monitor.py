@@ -7,11 +7,10 @@ import math
 import os
 import socket
 import stat
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -26,6 +25,7 @@ from job.logs import REDACTOR
 from job.monitor import MAX_PING_BODY_BYTES, PING_ATTEMPTS, Monitor, ping_url_for, read_last_success
 from job.runner import RunOutcome
 from tests.conftest import CONFIDENTIAL_SECRET, JobFiles, run_job
+from tests.recorder import Request, recording_server
 
 CHECK_PATH = "/ping/5f1c9a2e-0b7d-4c1e-9f5e-2d8a7b3c6e41"
 
@@ -61,36 +61,17 @@ class PingReceiver:
 @pytest.fixture
 def receiver() -> Iterator[PingReceiver]:
     """A ping receiver that answers 200 OK (or the statuses queued in ``statuses``)."""
-    holder: dict[str, PingReceiver] = {}
+    holder: list[PingReceiver] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def _record(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length).decode("utf-8") if length else ""
-            parts = urlsplit(self.path)
-            rec = holder["r"]
-            rec.pings.append(Ping(self.command, parts.path, parse_qs(parts.query), dict(self.headers), body))
-            status = rec.statuses.pop(0) if rec.statuses else 200
-            self.send_response(status)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"OK")
+    def record(request: Request) -> int:
+        rec = holder[0]
+        parts = urlsplit(request.path)
+        rec.pings.append(Ping(request.method, parts.path, parse_qs(parts.query), request.headers, request.body))
+        return rec.statuses.pop(0) if rec.statuses else 200
 
-        do_GET = do_POST = do_HEAD = _record
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    holder["r"] = PingReceiver(server)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield holder["r"]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with recording_server(record, body=b"OK") as server:
+        holder.append(PingReceiver(server))
+        yield holder[0]
 
 
 def closed_port() -> int:

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote
 
 import pytest
@@ -24,6 +22,7 @@ from job.monitor import metric_samples, render_metrics
 from job.runner import RunOptions, RunOutcome, run_cycle
 from job.standin import Fault
 from tests.conftest import FakeTime, JobFiles, run_job
+from tests.recorder import Request, recording_server
 from tests.test_connections_cli import db_job, import_live_tokens  # noqa: F401 - the fixture is used by name
 from tests.test_monitor import closed_port
 from tests.test_new_subscribers import populate
@@ -65,34 +64,16 @@ class Receiver:
 @pytest.fixture
 def gateway() -> Iterator[Receiver]:
     """A Pushgateway stand-in that records every request and answers 200 (or the queued ``statuses``)."""
-    holder: dict[str, Receiver] = {}
+    holder: list[Receiver] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def _record(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length).decode("utf-8") if length else ""
-            rec = holder["r"]
-            rec.pushes.append(Push(self.command, self.path, dict(self.headers), body))
-            status = rec.statuses.pop(0) if rec.statuses else 200
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+    def record(request: Request) -> int:
+        rec = holder[0]
+        rec.pushes.append(Push(request.method, request.path, request.headers, request.body))
+        return rec.statuses.pop(0) if rec.statuses else 200
 
-        do_PUT = do_POST = do_GET = do_DELETE = _record
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    holder["r"] = Receiver(server)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield holder["r"]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with recording_server(record) as server:
+        holder.append(Receiver(server))
+        yield holder[0]
 
 
 def _without_last_success(text: str) -> str:
