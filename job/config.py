@@ -451,7 +451,9 @@ def describe_store_url(url: str) -> str:
     except ValueError:
         port = ""
     user = f"{parts.username}@" if parts.username else ""
-    return f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}"
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
 
 
 def _credential(values: Mapping[str, str], name: str) -> str | None:
@@ -482,8 +484,13 @@ def _store(values: Mapping[str, str], get: _Get, problems: list[str]) -> tuple[S
     # The password is a secret from the moment it is read: no message below may show it.
     from job.logs import REDACTOR
 
-    parts = urlsplit(raw)
-    REDACTOR.add(parts.password)
+    try:
+        parts = urlsplit(raw)
+        REDACTOR.add(parts.password)
+    except ValueError:
+        # The password cannot be told apart in a URL that does not parse: show none of it.
+        problems.append(f"{source} is not a valid URL (such as postgresql://user@host/db)")
+        return None, None
     if parts.scheme not in ("postgresql", "postgres") or not (parts.hostname or parts.path.strip("/")):
         shown = describe_store_url(raw) if "://" in raw else "a value that is not a URL"
         problems.append(f"{source} must be 'file' or a PostgreSQL URL such as postgresql://user@host/db, got {shown}")

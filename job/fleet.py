@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 EXIT_PRIORITY = (EXIT_AUTH, EXIT_CONFIG, EXIT_CANT_WRITE, EXIT_TOKEN_FILE, EXIT_PROTOCOL, EXIT_TASK_FAILED,
                  EXIT_TEMPORARY)
 DEFAULT_CONCURRENCY = 4
+# A save still retrying when SIGTERM came gives up this long before the grace ends, to write its rescue file.
+RESCUE_MARGIN_SECONDS = 3.0
 # How often the main thread looks up from its workers, so a SIGTERM is acted on promptly.
 SIGNAL_POLL_SECONDS = 0.2
 MAX_CONCURRENCY = 64
@@ -192,6 +194,7 @@ class FleetRun:
         self._all_workers: list[tuple[Any, Any]] = []
         self._workers_lock = threading.Lock()
         self._store_error: int | None = None
+        self._stopped_at: float | None = None
         self._due_at_start: int | None = None
         self._claiming = True
         self._pacers: dict[str, Pacer] = {}
@@ -199,8 +202,16 @@ class FleetRun:
 
     # -- SIGTERM -------------------------------------------------------------------------------------
 
+    def _save_cap(self) -> float | None:
+        """After SIGTERM, the wall-clock time by which a save still retrying must give up and write its
+        rescue file, so that it is written before the process exits at the end of the grace."""
+        if self._stopped_at is None:
+            return None
+        return self._stopped_at + max(0.0, self.settings.shutdown_grace_seconds - RESCUE_MARGIN_SECONDS)
+
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         if not self.stop.is_set():
+            self._stopped_at = time.time()
             self.stop.set()
             log.warning(
                 "SIGTERM: claiming no more connections; finishing the %d in flight within %g s",
@@ -243,8 +254,7 @@ class FleetRun:
                     futures, timeout=SIGNAL_POLL_SECONDS, return_when=concurrent.futures.FIRST_COMPLETED
                 )
                 for future in finished:
-                    name = futures.pop(future)
-                    self.outcome.connections[name] = future.result()
+                    self.outcome.connections[futures.pop(future)] = future.result()  # _run_one never raises
                 self._show(len(futures))
         finally:
             self.stop.set()
@@ -308,11 +318,19 @@ class FleetRun:
             return pacer
 
     def _run_one(self, name: str, row: Any) -> RunOutcome:
-        """The cycle of one claimed connection, then its outcome recorded in the store."""
-        store, session = self._worker()
-        settings = dataclasses.replace(self.settings, connection=name)
+        """The cycle of one claimed connection, then its outcome recorded in the store.
+
+        Never raises: whatever goes wrong is this connection's outcome, and the others run on.
+        """
         outcome = RunOutcome()
-        connection = store.connection(name, claimed=row, finish_on_close=True)
+        try:
+            store, session = self._worker()
+            connection = store.connection(name, claimed=row, finish_on_close=True, save_cap=self._save_cap)
+        except Exception as exc:  # noqa: BLE001 - one connection's trouble must not end the others
+            outcome.exit_code = exc.exit_code if isinstance(exc, JobError) else EXIT_TASK_FAILED
+            log.error("connection '%s': cannot be run: %s", name, exc, extra={"connection": name})
+            return outcome
+        settings = dataclasses.replace(self.settings, connection=name)
         try:
             # LockedOutput is duck-typed: what tasks call on a stream is there, the rest is the stream's own.
             run_cycle(settings, session, self.options, stdout=self.output,  # type: ignore[arg-type]

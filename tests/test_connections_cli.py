@@ -247,3 +247,13 @@ def test_a_run_turned_away_by_a_held_lease_exits_75_and_records_nothing(db_job: 
     assert result.returncode == 75, result.stderr
     assert token_requests(db_job.standin) == 0
     assert listing(db_job)["acme"]["last_exit_code"] is None
+
+
+def test_a_store_url_libpq_or_python_cannot_read_is_a_configuration_error(job: JobFiles) -> None:
+    """Not a temporary failure (75) a fleet would retry for ever, and never a traceback or the password."""
+    for url in (f"postgresql://u:{PASSWORD}@[::1/db", f"postgresql://u:{PASSWORD}@127.0.0.1:notaport/db",
+                f"postgresql://u:{PASSWORD}@127.0.0.1:99999/db", f"postgresql://u:{PASSWORD}@127.0.0.1/db?sslmode=x"):
+        result = run_job(["--connection", "acme", "-vv", "status"], job.env(AWEBER_STORE=url))
+        assert result.returncode == 78, (url, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert_no_password(result.stdout, result.stderr)

@@ -206,3 +206,52 @@ def test_a_killed_fleet_runs_leases_are_taken_over_at_once_on_its_host(db_job: J
     assert token_requests(db_job.standin) == 1
     (token, code), = stored(url).values()
     assert code == 0 and token in db_job.standin.live_refresh_tokens()
+
+
+def test_a_connection_whose_name_breaks_the_rules_for_typed_names_runs_like_any_other(db_job: JobFiles) -> None:
+    """A row named by hand (a trailing space) must not stop the fleet run, nor cut short the others' refreshes."""
+    import_connections(db_job, 2)
+    url = db_job.env()["AWEBER_STORE"]
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("UPDATE aweber_job.connections SET name = 'zz ' WHERE name = 'c001'")
+    result = run_job(["run", "--all", "--concurrency", "2", "--task", "noop"], db_job.env())
+    assert result.returncode == 0, result.stderr
+    codes = {name: code for name, (_, code) in stored(url).items()}
+    assert codes == {"c000": 0, "zz ": 0}
+    assert invalid_grants(db_job.standin) == 0
+
+
+def test_sigterm_while_a_save_retries_writes_the_rescue_file_before_the_grace_ends(db_job: JobFiles) -> None:
+    """The database refuses the save (a failover, simulated by a trigger) and SIGTERM comes: the save must give
+    up in time to keep the new tokens in a rescue file, which the next run puts back."""
+    import signal
+
+    import_connections(db_job, 1)
+    url = db_job.env()["AWEBER_STORE"]
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("""CREATE FUNCTION aweber_job.failover() RETURNS trigger LANGUAGE plpgsql AS $$
+                      BEGIN IF NEW.tokens IS DISTINCT FROM OLD.tokens THEN
+                        RAISE EXCEPTION 'failover in progress' USING ERRCODE = '57P01'; END IF; RETURN NEW; END $$""")
+        db.execute("CREATE TRIGGER failover BEFORE UPDATE ON aweber_job.connections FOR EACH ROW "
+                   "EXECUTE FUNCTION aweber_job.failover()")
+    env = db_job.env(AWEBER_SHUTDOWN_GRACE="5")
+    process = subprocess.Popen([sys.executable, "-m", "job", "run", "--all", "--task", "noop"], env=env, cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while token_requests(db_job.standin) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # the refresh is answered; the save is retrying
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - signalled < 5 + 2, "exited within the grace"
+    assert process.returncode == 73, stderr
+    rescues = list((db_job.root / "state" / "rescue").glob("c000.*.json"))
+    assert len(rescues) == 1 and str(rescues[0]) in stderr
+    assert (rescues[0].stat().st_mode & 0o777) == 0o600
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("DROP TRIGGER failover ON aweber_job.connections")
+    after = run_job(["--connection", "c000", "run", "--task", "noop"], db_job.env())
+    assert after.returncode == 0, after.stderr
+    assert invalid_grants(db_job.standin) == 0
+    assert stored(url)["c000"][0] in db_job.standin.live_refresh_tokens()

@@ -669,3 +669,64 @@ def test_a_database_gone_mid_run_is_temporary_and_sends_nothing(
     sql(PG_SERVER_URL, f"ALTER DATABASE {dbname} ALLOW_CONNECTIONS true")
     ((marker, holder),) = sql(pg_url, "SELECT refreshing_from, lease_holder FROM aweber_job.connections")
     assert marker is not None and holder == store.holder
+
+
+# ---- what an attacker's review found ------------------------------------------------------------------
+
+def test_a_name_of_many_dots_still_gets_a_rescue_file_that_the_next_run_puts_back(
+    stores: Any, pg_url: str, tmp_path: Path
+) -> None:
+    name = "a" + "." * 99  # a valid name whose file-safe form is three times as long
+    stores().import_tokens(name, make_tokens(), force=False)
+    connection = stores().connection(name)
+    pending = connection.begin_refresh(connection.open().tokens)
+    sql(pg_url, "UPDATE aweber_job.connections SET fence = fence + 1")  # taken over: the save is refused
+    rotated = make_tokens()
+    with pytest.raises(TokenNotSavedError) as raised:
+        connection.save(pending, rotated)
+    connection.close()
+    rescues = list((tmp_path / "state" / "rescue").iterdir())
+    assert len(rescues) == 1 and len(rescues[0].name) < 255 and str(rescues[0]) in str(raised.value)
+    sql(pg_url, "UPDATE aweber_job.connections SET lease_holder = NULL, lease_until = NULL")
+    again = stores().connection(name)
+    assert again.open().tokens.refresh_token == rotated.refresh_token
+    again.close()
+    assert not rescues[0].exists()
+
+
+def test_a_rescue_file_this_run_cannot_use_stops_it_before_the_spent_token_is_sent(
+    stores: Any, tmp_path: Path
+) -> None:
+    from job.store import token_hash
+
+    tokens = make_tokens()
+    stores().import_tokens("acme", tokens, force=False)
+    directory = tmp_path / "state" / "rescue"
+    directory.mkdir(parents=True, mode=0o700)
+    path = directory / f"acme.20261130T000000.000000Z.from-{token_hash(tokens.refresh_token)[:16]}.json"
+    path.write_bytes(make_tokens().to_bytes())
+    path.chmod(0o644)  # not a file this job wrote: not trusted, yet its name says the stored token is spent
+    with pytest.raises(StorageError) as raised:
+        stores().connection("acme").open()
+    assert raised.value.exit_code == 73
+    assert str(path) in str(raised.value) and "not sent" in str(raised.value)
+
+
+def test_a_task_state_that_is_not_an_object_is_named_not_silently_started_over(stores: Any, pg_url: str) -> None:
+    stores().import_tokens("acme", make_tokens(), force=False)
+    for broken in ("[]", "null", '{"new-subscribers": [1, 2]}'):
+        sql(pg_url, "UPDATE aweber_job.connections SET task_state = %s::jsonb", broken)
+        connection = stores().connection("acme")
+        connection.open()
+        with pytest.raises(TokenFileError) as raised:
+            connection.load_state("new-subscribers")
+        connection.close()
+        assert raised.value.exit_code == 65 and "'acme'" in str(raised.value), broken
+
+
+def test_a_lease_held_until_infinity_is_reported_not_a_crash(stores: Any, pg_url: str) -> None:
+    stores().import_tokens("acme", make_tokens(), force=False)
+    sql(pg_url, "UPDATE aweber_job.connections SET lease_holder = 'elsewhere.example:1:ab', "
+                "lease_until = 'infinity'")
+    with pytest.raises(LockBusyError, match="infinity"):
+        stores().connection("acme", wait=False).open()

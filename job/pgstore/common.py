@@ -3,6 +3,8 @@ and how connection names and lease holders are written."""
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -115,13 +117,21 @@ class PendingRefresh:
 def utc(at: float | None) -> str:
     if at is None:
         return "an unknown time"
+    if not math.isfinite(at) or not -62_135_596_800 <= at <= 253_402_300_799:
+        return "infinity" if at > 0 else "-infinity"  # a row edited by hand: no calendar holds it
     return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# The connection's part of a rescue file's name; with the stamp and hash the name stays under 200 bytes.
+MAX_FILE_SAFE_LENGTH = 120
 
 
 def file_safe(name: str) -> str:
     """The connection name as a file-name part: letters, digits, ``-`` and ``_`` kept, all else %XX.
 
     Distinct names stay distinct, and the result never holds the ``.`` that separates a rescue file's parts.
+    A long result (a name of dots, or of letters outside ASCII) is cut and ends with a hash of the whole
+    name, so a rescue file's name always fits in a file system's 255 bytes.
     """
     out = []
     for char in name:
@@ -129,7 +139,11 @@ def file_safe(name: str) -> str:
             out.append(char)
         else:
             out.extend(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
-    return "".join(out)
+    safe = "".join(out)
+    if len(safe) <= MAX_FILE_SAFE_LENGTH:
+        return safe
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{safe[:MAX_FILE_SAFE_LENGTH - 18]}-~{digest}"
 
 
 def check_name(name: str) -> str:

@@ -7,12 +7,13 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from job.backend import Opened
-from job.errors import JobError, TemporaryError, TokenFileError, TokenNotSavedError
+from job.errors import JobError, StorageError, TemporaryError, TokenFileError, TokenNotSavedError
 from job.logs import REDACTOR
 from job.pgstore.common import (
     FENCED,
@@ -44,8 +45,10 @@ class PostgresConnection:
     def __init__(
         self, store: PostgresStore, name: str, *, wait: bool = True, owns_store: bool = False,
         claimed: tuple[Any, ...] | None = None, finish_on_close: bool = False,
+        save_cap: Callable[[], float | None] | None = None,
     ) -> None:
         self._store = store
+        self._save_cap = save_cap
         self._owns_store = owns_store
         self._claimed = claimed
         # The lease is kept past close() for finish(), which records the outcome and releases it at
@@ -96,7 +99,9 @@ class PostgresConnection:
                 explanation = (
                     f"an earlier run ({describe_holder(by or '?')}) began a refresh of connection "
                     f"'{self.connection}' with this refresh token at {utc(at)} and never recorded its end "
-                    "(killed, or its database connection dropped): AWeber may have rotated it then"
+                    "(killed, or its database connection dropped): AWeber may have rotated it then; if that run "
+                    "kept the new tokens in a rescue file on its host, the next run of this connection there puts "
+                    "them back"
                 )
                 log.warning("%s", explanation)
             return Opened(tokens=tokens, explanation=explanation, spent_for_sure=False)
@@ -140,6 +145,10 @@ class PostgresConnection:
                 break
             except JobError as exc:
                 why = f"it could not be written for {self._store.save_deadline_seconds:g} s: {exc.message}"
+                cap = self._save_cap() if self._save_cap is not None else None
+                if cap is not None and cap < deadline:
+                    deadline = cap
+                    why = f"the run was asked to stop and it could not be written before then: {exc.message}"
                 if self._store._clock() + pause > deadline:
                     break
                 log.warning("%s; retrying", exc.message)
@@ -155,6 +164,7 @@ class PostgresConnection:
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             write_file_atomically(path, tokens.to_bytes())
+            self._give_to_the_state_directorys_owner(directory, path)
         except OSError as exc:
             return TokenNotSavedError(
                 f"the refresh of {self.where} succeeded but the store did not take the new tokens ({why}), and "
@@ -167,14 +177,33 @@ class PostgresConnection:
             "in place when they follow the stored refresh token"
         )
 
+    def _give_to_the_state_directorys_owner(self, *paths: Path) -> None:
+        """Run as root over a service's state directory (``sudo aweber-job …``), hand the rescue directory and
+        file to that directory's owner: the service's next run must be able to read and put them back."""
+        if os.geteuid() != 0:
+            return
+        owner = os.stat(self._store.state_dir)
+        if owner.st_uid == 0:
+            return
+        for path in paths:
+            os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
+
     def load_state(self, task_name: str) -> dict[str, Any]:
         rows = self._store._run(
-            f"SELECT task_state -> %(task)s FROM {SCHEMA}.connections WHERE name = %(name)s",
+            f"SELECT task_state -> %(task)s, task_state FROM {SCHEMA}.connections WHERE name = %(name)s",
             {"name": self.connection, "task": task_name},
             doing=f"cannot read the state of task {task_name} of {self.where}",
         )
         state = rows[0][0] if rows else None
-        return state if isinstance(state, dict) else {}
+        whole = rows[0][1] if rows else None
+        if not isinstance(whole, dict) or not isinstance(state, (dict, type(None))):
+            # Only a hand edit makes it so; starting over from --since would report subscribers twice.
+            raise TokenFileError(
+                f"the task state of {self.where} is not a JSON object"
+                + ("" if not isinstance(whole, dict) else f" for task {task_name}"),
+                hint="set it right in the database (task_state = '{}' starts every task over from --since)",
+            )
+        return state or {}
 
     def save_state(self, task_name: str, state: dict[str, Any]) -> None:
         done = self._fenced_update(
@@ -261,8 +290,12 @@ class PostgresConnection:
         except FileNotFoundError:
             return []
         except OSError as exc:
-            log.warning("cannot read the rescue directory %s (%s)", directory, exc.strerror or exc)
-            return []
+            # It may hold the successor of the stored refresh token: spending that token could revoke the grant.
+            raise StorageError(
+                f"cannot read the rescue directory {directory} ({exc.strerror or exc}), which may hold newer tokens "
+                f"of {self.where}; the stored refresh token was not sent",
+                hint=f"give {directory} back to the user the job runs as (or run the job as its owner)",
+            ) from exc
         found = []
         for entry in names:
             match = pattern.match(entry)
@@ -291,10 +324,18 @@ class PostgresConnection:
         """Put in place a rescue file that holds the successor of the stored refresh token; tidy the rest."""
         put_back = False
         for _stamp, path, from16 in self._rescue_files():
+            stored = token_hash(tokens.refresh_token)
             rescued = self._read_rescue(path)
             if rescued is None:
+                if from16 == stored[:16]:
+                    # Its name says it holds the successor of the stored token, which is then spent.
+                    raise StorageError(
+                        f"the rescue file {path} holds the successor of the refresh token of {self.where}, but this "
+                        "run cannot use it (see the warning above); the stored refresh token, spent, was not sent",
+                        hint=f"make it a 0600 file of the user the job runs as, or import it: aweber-job "
+                             f"connections import {self.connection} {path} --force",
+                    )
                 continue
-            stored = token_hash(tokens.refresh_token)
             if token_hash(rescued.refresh_token) == stored:
                 self._unlink(path)
                 log.info("removed rescue file %s: the store already holds its tokens", path)

@@ -175,7 +175,9 @@ class PostgresStore:
         REDACTOR.add(password)
         user = f"{parts['user']}@" if parts.get("user") else ""
         port = f":{parts['port']}" if parts.get("port") else ""
-        self.description = f"postgresql://{user}{parts.get('host') or 'localhost'}{port}/{parts.get('dbname') or ''}"
+        host = parts.get("host") or "localhost"
+        host = f"[{host}]" if ":" in host and not host.startswith("/") else host
+        self.description = f"postgresql://{user}{host}{port}/{parts.get('dbname') or ''}"
         return str(password) if password else None
 
     def _reason(self, exc: BaseException) -> str:
@@ -281,6 +283,10 @@ class PostgresStore:
         if state in ("42501", "53100", "53200", "54000") or state.startswith("22"):
             return StorageError(f"{doing}: the database refused the write ({reason})")
         lowered = reason.lower()
+        if not state and ("invalid" in lowered and ("connection option" in lowered or "port number" in lowered
+                                                    or " value:" in lowered or "uri" in lowered)):
+            # libpq refused the URL itself, before any network: no later try can succeed.
+            return ConfigError([f"{doing}: AWEBER_STORE: {reason}"])
         if state.startswith("28") or state == "3D000" or (
             not state and ("authentication failed" in lowered or "does not exist" in lowered)
         ):
@@ -467,16 +473,19 @@ class PostgresStore:
 
     def connection(
         self, name: str, *, wait: bool = True, owns_store: bool = False, claimed: tuple[Any, ...] | None = None,
-        finish_on_close: bool = False,
+        finish_on_close: bool = False, save_cap: Callable[[], float | None] | None = None,
     ) -> PostgresConnection:
         """The :class:`job.backend.ConnectionStore` of one connection; nothing happens until ``open()``.
 
         ``owns_store``: closing the connection closes this store too (a run that made the store for it).
         ``claimed``: the row :meth:`claim_due` claimed for it, so ``open()`` does not claim again.
         ``finish_on_close``: the lease outlives ``close()`` until :meth:`PostgresConnection.finish`.
+        ``save_cap``: when it gives a time, a save after a refresh stops retrying then (a fleet run's SIGTERM).
+        A claimed connection's name came from the table, so it is not held to the rules for names typed in.
         """
-        return PostgresConnection(self, check_name(name), wait=wait, owns_store=owns_store, claimed=claimed,
-                                  finish_on_close=finish_on_close)
+        return PostgresConnection(self, name if claimed is not None else check_name(name), wait=wait,
+                                  owns_store=owns_store, claimed=claimed, finish_on_close=finish_on_close,
+                                  save_cap=save_cap)
 
     def list_connections(self) -> list[ConnectionInfo]:
         self._ready()
