@@ -225,6 +225,7 @@ class FleetRun:
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._in_flight = 0
+        self._put_back_local_rescues()
         if isinstance(progress.current(), progress.Progress):  # a terminal: worth one count
             try:
                 self._due_at_start = self._claimer.count_due(self.settings.run_interval_seconds)
@@ -264,6 +265,21 @@ class FleetRun:
             self._claimer.close()
         self._finish(futures)
         return self.outcome
+
+    def _put_back_local_rescues(self) -> None:
+        """Put in place the rescue files this machine holds, first, whether or not their connections are due.
+
+        Such a connection may wait for a person: another machine spent the token the rescue file
+        follows and got invalid_grant. Opening it puts the rescue back and makes it live again.
+        """
+        for name in self._claimer.rescued_connections():
+            try:
+                connection = self._claimer.connection(name, wait=False, claimed=None)
+                connection.open()
+                connection.close()
+            except JobError as exc:
+                log.warning("connection '%s': the rescue file this machine holds for it was not put back now: %s",
+                            name, exc, extra={"connection": name})
 
     def _show(self, running: int) -> None:
         """The live line on a terminal: connections done, running, failing, and the rate."""

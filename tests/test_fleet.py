@@ -255,3 +255,34 @@ def test_sigterm_while_a_save_retries_writes_the_rescue_file_before_the_grace_en
     assert after.returncode == 0, after.stderr
     assert invalid_grants(db_job.standin) == 0
     assert stored(url)["c000"][0] in db_job.standin.live_refresh_tokens()
+
+
+def test_run_all_puts_back_this_machines_rescue_file_even_for_a_connection_waiting_for_a_person(
+    db_job: JobFiles,
+) -> None:
+    """Another machine spent the stored token (77, waiting for a person) while this one holds its successor in
+    a rescue file: the fleet run here puts it back and the connection is live again."""
+    from job.pgstore import PostgresStore
+    from job.store import token_hash
+
+    import_connections(db_job, 1)
+    url = db_job.env()["AWEBER_STORE"]
+    spent = stored(url)["c000"][0]
+    successor = db_job.write_tokens()  # live at the stand-in: what the lost save held
+    directory = db_job.root / "state" / "rescue"
+    directory.mkdir(parents=True, mode=0o700)
+    rescue = directory / f"c000.20261130T000000.000000Z.from-{token_hash(spent)[:16]}.json"
+    rescue.write_bytes(db_job.token_file.read_bytes())
+    rescue.chmod(0o600)
+    store = PostgresStore(url, state_dir=db_job.root / "elsewhere")
+    store.record_run("c000", 77, 86_400)  # the other machine's invalid_grant
+    store.close()
+    result = run_job(["run", "--all", "--task", "noop"], db_job.env())
+    assert result.returncode == 0, result.stderr
+    assert stored(url)["c000"][0] == successor["refresh_token"]
+    assert not rescue.exists()
+    with psycopg.connect(url, autocommit=True) as db:
+        assert db.execute("SELECT waiting_for_person FROM aweber_job.connections").fetchone() == (False,)
+    after = run_job(["--connection", "c000", "run", "--task", "noop"], db_job.env())
+    assert after.returncode == 0, after.stderr
+    assert invalid_grants(db_job.standin) == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -144,6 +145,16 @@ def file_safe(name: str) -> str:
         return safe
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return f"{safe[:MAX_FILE_SAFE_LENGTH - 18]}-~{digest}"
+
+
+def name_from_file_safe(safe: str) -> str | None:
+    """The connection name a :func:`file_safe` part stands for; None for a cut one (it ends with a hash)."""
+    if "-~" in safe:
+        return None
+    try:
+        return urllib.parse.unquote(safe, errors="strict")
+    except UnicodeDecodeError:
+        return None
 
 
 def check_name(name: str) -> str:

@@ -340,7 +340,9 @@ class PostgresConnection:
                 self._unlink(path)
                 log.info("removed rescue file %s: the store already holds its tokens", path)
             elif from16 == stored[:16]:
-                if not self._fenced_update(f"{SEAL_COLUMNS}, {NO_MARKER}", "cannot put the rescued tokens into",
+                # New tokens: a connection that waited for a person (another host spent the old one) is live again.
+                if not self._fenced_update(f"{SEAL_COLUMNS}, {NO_MARKER}, waiting_for_person = false, "
+                                           "temporary_failures = 0", "cannot put the rescued tokens into",
                                            **self._store._seal(rescued)):
                     raise self._lease_lost("putting rescued tokens into")
                 self._unlink(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import socket
 import time
@@ -34,6 +35,7 @@ from job.pgstore.common import (
     MIGRATIONS,
     NO_MARKER,
     NO_SCHEMA_HINT,
+    RESCUE_DIRECTORY,
     SCHEMA,
     SCHEMA_VERSION,
     SEAL_COLUMNS,
@@ -42,6 +44,7 @@ from job.pgstore.common import (
     check_name,
     describe_holder,
     import_psycopg,
+    name_from_file_safe,
     split_holder,
     utc,
 )
@@ -60,6 +63,8 @@ log = logging.getLogger(__name__)
 # A lease lasts at least this long (and longer when a refresh may take longer: see from_settings).
 DEFAULT_LEASE_SECONDS = 900.0
 LEASE_MARGIN_SECONDS = 60.0
+# <connection>.<UTC stamp>.from-<hash16>.json: a rescue file a save left (see PostgresConnection._rescue).
+RESCUE_NAME = re.compile(r"^([A-Za-z0-9_%~-]+)\.\d{8}T\d{6}(?:\.\d+)?Z\.from-[0-9a-f]{16}\.json$")
 # A temporary failure is due again after 5 min, then 10, 20 … (doubling) but never later than the interval.
 BACKOFF_FIRST_SECONDS = 300.0
 DUE_AFTER = "LEAST(%(interval)s, %(backoff)s * power(2, LEAST(GREATEST({failures} - 1, 0), 16)))"
@@ -618,6 +623,21 @@ class PostgresStore:
         if rows[0][0] == 0:
             log.warning("connection '%s' is no longer in the store %s: its run was not recorded", name,
                         self.description)
+
+    def rescued_connections(self) -> list[str]:
+        """The connections this machine holds rescue files for (in the state directory), by name."""
+        directory = self.state_dir / RESCUE_DIRECTORY
+        try:
+            entries = os.listdir(directory)
+        except OSError:
+            return []  # none, or unreadable: opening such a connection says which
+        names = set()
+        for entry in entries:
+            match = RESCUE_NAME.match(entry)
+            name = name_from_file_safe(match.group(1)) if match else None
+            if name is not None:
+                names.add(name)
+        return sorted(names)
 
     def count_due(self, interval_seconds: float) -> int:
         """How many connections are due now (for the live line of a fleet run on a terminal)."""
