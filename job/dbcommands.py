@@ -128,18 +128,6 @@ def _unused_name(target: Path, name: str) -> Path:
     return candidate
 
 
-def record_run(settings: Settings, exit_code: int) -> None:
-    """Record the outcome of a run of the configured connection (for ``connections list`` and ``run --all``)."""
-    try:
-        store = PostgresStore.from_settings(settings)
-        try:
-            store.record_run(settings.connection, exit_code, settings.run_interval_seconds)
-        finally:
-            store.close()
-    except JobError as exc:
-        log.warning("could not record the run of the connection %r in the store: %s", settings.connection, exc)
-
-
 def connection_status(settings: Settings, out: IO[str], *, as_json: bool) -> int:
     """``status`` for a connection in the store: fingerprints, expiry, lease and marker; no network to AWeber."""
     store = PostgresStore.from_settings(settings)

@@ -70,7 +70,6 @@ class FleetOutcome(RunOutcome):
     """A fleet run: its own exit code, and what each connection's run did (for lines, metrics, pings)."""
 
     connections: dict[str, RunOutcome] = field(default_factory=dict)
-    claimed: int = 0
     stopped: bool = False
 
 
@@ -244,7 +243,6 @@ class FleetRun:
                     for name, row in batch:
                         done.append(name)
                         futures[executor.submit(self._run_one, name, row)] = name
-                    self.outcome.claimed += len(batch)
                 self._in_flight = len(futures)
                 if not futures:
                     break
