@@ -18,6 +18,7 @@ permission) must not be retried. An expired or disconnected access token answers
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import re
@@ -37,6 +38,7 @@ from job import progress
 from job.config import format_duration
 from job.errors import ApiError, AuthError, CollectionShiftedError, JobError, RunTimeoutError, TemporaryError, shorten
 from job.retries import call_with_retries, parse_retry_after
+from job.shutdown import Interrupted, Shutdown
 
 if TYPE_CHECKING:
     from job.config import Settings
@@ -285,6 +287,7 @@ class ApiClient:
         pacer: Pacer | None = None,
         stop: threading.Event | None = None,
         pacer_for: Callable[[str], Pacer] | None = None,
+        shutdown: Shutdown | None = None,
     ) -> None:
         if rate_limit_per_minute < 1:
             raise ValueError("rate_limit_per_minute must be at least 1")
@@ -317,7 +320,9 @@ class ApiClient:
         self._pacer_for = pacer_for
         # Set when the whole run is asked to stop (SIGTERM during run --all): every request and wait
         # ends as the run's time limit would end it, so the task saves its state and the lease is freed.
-        self._stop = stop
+        self._stop = shutdown.event if shutdown is not None else stop
+        # A GET in the main thread is cut short by a stop signal itself (its answer can be given up).
+        self._shutdown = shutdown
         self.requests_made = 0
         self.rate_limited = 0
         self.pacing_wait_seconds = 0.0
@@ -542,6 +547,18 @@ class ApiClient:
         left = self._run_seconds_left()
         if left is not None:
             timeout_seconds = max(0.001, min(timeout_seconds, left))
+        interruptible = self._shutdown.interruptible() if self._shutdown is not None else contextlib.nullcontext()
+        try:
+            with interruptible:
+                return self._get(url, params, headers, path, timeout_seconds)
+        except Interrupted:
+            raise self._out_of_run_time(f"waiting for the answer to GET {path}") or RunTimeoutError(
+                f"the run was asked to stop, waiting for the answer to GET {path}") from None
+
+    def _get(
+        self, url: str, params: Mapping[str, str | int] | None, headers: dict[str, str], path: str,
+        timeout_seconds: float,
+    ) -> tuple[int, Mapping[str, str], bytes]:
         try:
             response = self._session.get(
                 url,
@@ -640,7 +657,8 @@ class ApiClient:
     def _out_of_run_time(self, doing: str, wait_seconds: float = 0.0) -> RunTimeoutError | None:
         """The error to raise if the run's time is up, or would be before ``wait_seconds`` pass; else None."""
         if self._stop is not None and self._stop.is_set():
-            return RunTimeoutError(f"the run was asked to stop (SIGTERM), {doing}")
+            reason = (self._shutdown.reason if self._shutdown is not None else None) or "SIGTERM"
+            return RunTimeoutError(f"the run was asked to stop ({reason}), {doing}")
         left = self._run_seconds_left()
         if left is None or (left > 0 and wait_seconds <= left):
             return None

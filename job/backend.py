@@ -7,7 +7,8 @@ repository interface, each store keeps its own guarantees inside these few calls
 cycle makes them::
 
     open()                       exclusive hold (lock or lease), tidy what an earlier run left, load
-    begin_refresh(tokens)        prove the save can happen and record that a refresh starts; nothing sent yet
+    begin_refresh(tokens)        prove the save (and a rescue) can happen, record that a refresh starts; nothing sent
+    confirm_before_send()        right before each refresh request: prove the hold is still this run's
     refresh_failed(p, refused)   the refresh sent nothing usable back: undo what begin_refresh reserved
     save(p, new_tokens)          durably, or a rescue file and TokenNotSavedError (73)
     keep_alive()                 called before each API request: renew the hold when it nears its end
@@ -27,6 +28,7 @@ from job.tokens import TokenFile
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from job.config import Settings
+    from job.shutdown import Shutdown
 
 DEFAULT_CONNECTION = "default"
 
@@ -62,6 +64,10 @@ class ConnectionStore(Protocol[PendingSave]):
 
     def begin_refresh(self, tokens: TokenFile) -> PendingSave: ...
 
+    def confirm_before_send(self) -> None:
+        """Raise (nothing is sent then) unless this run still holds the connection, with time for the request."""
+        ...
+
     def refresh_failed(self, pending: PendingSave, *, refused: bool) -> None: ...
 
     def save(self, pending: PendingSave, tokens: TokenFile) -> None: ...
@@ -80,11 +86,13 @@ class ConnectionStore(Protocol[PendingSave]):
 
 
 def connection_store(
-    settings: Settings, *, connection: str | None = None, wait: bool = True, finish_on_close: bool = False
+    settings: Settings, *, connection: str | None = None, wait: bool = True, finish_on_close: bool = False,
+    shutdown: Shutdown | None = None,
 ) -> ConnectionStore[Any]:
     """The store ``AWEBER_STORE`` names, for ``connection`` (default: the configured one).
 
-    The PostgreSQL store is imported only here, so a token-file install never loads its driver.
+    The PostgreSQL store is imported only here, so a token-file install never loads its driver. With
+    ``shutdown``, the database store's waits end within its grace once a stop is asked for.
     """
     if settings.store_url is None:
         from job.filestore import FileStore
@@ -95,7 +103,10 @@ def connection_store(
         )
     from job.pgstore import PostgresStore
 
-    store: ConnectionStore[Any] = PostgresStore.from_settings(settings).connection(
+    database = PostgresStore.from_settings(settings)
+    if shutdown is not None:
+        database.stop_cap = shutdown.cap
+    store: ConnectionStore[Any] = database.connection(
         connection or settings.connection, wait=wait, owns_store=True, finish_on_close=finish_on_close
     )
     return store

@@ -507,7 +507,8 @@ def _cmd_example(kind: str, out: IO[str]) -> int:
     return EXIT_OK
 
 
-def _cmd_run_all(settings: Settings, args: argparse.Namespace, options: Any, out: IO[str], monitor: Any) -> int:
+def _cmd_run_all(settings: Settings, args: argparse.Namespace, options: Any, out: IO[str], monitor: Any,
+                 shutdown: Any) -> int:
     """``run --all``: every due connection, once (job/fleet.py), with one start and one end ping."""
     from job.fleet import DEFAULT_CONCURRENCY, MAX_CONCURRENCY, FleetOutcome, run_all
 
@@ -525,10 +526,11 @@ def _cmd_run_all(settings: Settings, args: argparse.Namespace, options: Any, out
             # The token file is the one connection: --all runs it, as a plain run would.
             from job.runner import run_cycle
 
-            run_cycle(settings, make_session(), options, stdout=out, outcome=outcome)
+            with shutdown.handling_signals():
+                run_cycle(settings, make_session(), options, stdout=out, outcome=outcome, shutdown=shutdown)
         else:
             run_all(settings, options, concurrency=concurrency, stdout=out, make_session=make_session,
-                    outcome=outcome)
+                    outcome=outcome, shutdown=shutdown)
     except JobError as exc:
         _report(exc)
         outcome.exit_code = exc.exit_code
@@ -572,6 +574,7 @@ def _cmd_run(
     """The whole cycle of docs/design.md §1 (or steps 1–5 for ``refresh``), with monitoring around it."""
     from job.monitor import Monitor
     from job.runner import RunOptions, RunOutcome, run_cycle
+    from job.shutdown import Shutdown
 
     task_option = getattr(args, "task", None)
     if task_option:
@@ -589,31 +592,34 @@ def _cmd_run(
     )
     session = make_session()
     monitor = Monitor(settings, session)
+    # SIGTERM, SIGINT, SIGHUP and the time limit all take this one path (job/shutdown.py).
+    shutdown = Shutdown(settings.shutdown_grace_seconds)
     if getattr(args, "all", False) or getattr(args, "concurrency", None) is not None:
-        return _cmd_run_all(settings, args, options, out, monitor)
+        return _cmd_run_all(settings, args, options, out, monitor, shutdown)
     outcome = RunOutcome()
     store = None
     if settings.store_url is not None:
         from job.backend import connection_store
 
         # The outcome is recorded and the lease released in one statement after the run (finish).
-        store = connection_store(settings, finish_on_close=True)
-    monitor.start()
-    try:
-        run_cycle(settings, session, options, stdout=out, outcome=outcome, store=store)
-    except JobError as exc:
-        _report(naming_the_connection(exc, settings.connection if settings.store_url is not None else None))
-        outcome.exit_code = exc.exit_code
-    except Exception as exc:  # noqa: BLE001 - an unexpected bug still ends in one line and exit 1
-        _log().error("unexpected error: %s: %s", type(exc).__name__, exc)
-        _log().debug("where it happened", exc_info=True)
-        outcome.exit_code = EXIT_TASK_FAILED
-    if store is not None:
-        # A run turned away (another holds the lease, the store is down) ran nothing worth recording.
-        finish = getattr(store, "finish")  # noqa: B009 - the database store's own call, not the seam's
-        finish(outcome.exit_code if outcome.held_connection else None, settings.run_interval_seconds)
-    # One connection of the database store: its own Pushgateway group, so runs of others do not replace it.
-    monitor.finish(outcome, connection=settings.connection if settings.store_url is not None else None)
+        store = connection_store(settings, finish_on_close=True, shutdown=shutdown)
+    with shutdown.handling_signals():
+        monitor.start()
+        try:
+            run_cycle(settings, session, options, stdout=out, outcome=outcome, store=store, shutdown=shutdown)
+        except JobError as exc:
+            _report(naming_the_connection(exc, settings.connection if settings.store_url is not None else None))
+            outcome.exit_code = exc.exit_code
+        except Exception as exc:  # noqa: BLE001 - an unexpected bug still ends in one line and exit 1
+            _log().error("unexpected error: %s: %s", type(exc).__name__, exc)
+            _log().debug("where it happened", exc_info=True)
+            outcome.exit_code = EXIT_TASK_FAILED
+        if store is not None:
+            # A run turned away (another holds the lease, the store is down) ran nothing worth recording.
+            finish = getattr(store, "finish")  # noqa: B009 - the database store's own call, not the seam's
+            finish(outcome.exit_code if outcome.held_connection else None, settings.run_interval_seconds)
+        # One connection of the database store: its own Pushgateway group, so runs of others do not replace it.
+        monitor.finish(outcome, connection=settings.connection if settings.store_url is not None else None)
     return outcome.exit_code
 
 

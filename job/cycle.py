@@ -23,6 +23,7 @@ from job.errors import AuthError, ConfigError, ProtocolError
 from job.logs import REDACTOR
 from job.oauth import Client, TokenAnswer, TokenCall, refresh_tokens, warn_on_clock_skew
 from job.oauth1 import DISCONNECTED_HINT
+from job.shutdown import Interrupted, Shutdown, StoppedError
 from job.tokens import TokenFile, assumed_lifetime, fingerprint, format_expiry, refresh_margin
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class TokenKeeper:
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+    # The run's stop request (signals, the time limit): no refresh and no retry of one is sent after it.
+    shutdown: Shutdown | None = None
     stats: RefreshStats = field(default_factory=RefreshStats)
     _open: bool = field(default=False, init=False, repr=False)
     _tokens: TokenFile | None = field(default=None, init=False, repr=False)
@@ -94,8 +97,20 @@ class TokenKeeper:
         return self.tokens.access_token
 
     def open(self) -> TokenKeeper:
-        """Open the store: its lock or lease, then the tokens (steps 1–2)."""
-        opened = self.store.open()
+        """Open the store: its lock or lease, then the tokens (steps 1–2).
+
+        A stop signal cuts this short (StoppedError, 75): nothing is spent here, and what opening does
+        besides waiting (putting back an earlier run's save) survives being cut short as it survives a kill.
+        """
+        if self.shutdown is None:
+            opened = self.store.open()
+        else:
+            try:
+                with self.shutdown.interruptible():
+                    opened = self.store.open()
+            except Interrupted:
+                raise StoppedError(f"the run was asked to stop ({self.shutdown.reason}) while opening "
+                                   f"{self.where}; nothing was sent") from None
         self._open = True
         try:
             self._explanation, self._spent_for_sure = opened.explanation, opened.spent_for_sure
@@ -142,6 +157,8 @@ class TokenKeeper:
                 "that sees a spent token again may revoke the whole authorization)",
                 hint="authorize again: aweber-job login --force",
             )
+        if self.shutdown is not None:
+            self.shutdown.check_may_send("the refresh")
         pending = self.store.begin_refresh(self._tokens)
         old_fingerprint = fingerprint(self._tokens.refresh_token)
         call = TokenCall(
@@ -151,14 +168,16 @@ class TokenKeeper:
             deadline_seconds=self.settings.retry_deadline_seconds,
             clock=self.clock,
             monotonic=self.monotonic,
-            sleep=self.sleep,
+            sleep=self._sleep_unless_stopped,
+            before_send=self._before_send,
         )
         started = self.monotonic()
         log.debug("refreshing (%s); refresh token %s", reason, old_fingerprint)
         try:
             answer = refresh_tokens(call, self._client, self._tokens.refresh_token)
         except BaseException as exc:
-            self.store.refresh_failed(pending, refused=isinstance(exc, AuthError))
+            # Refused, or never sent: the token was not spent by this refresh.
+            self.store.refresh_failed(pending, refused=isinstance(exc, AuthError) or call.attempts == 0)
             if isinstance(exc, AuthError) and self._explanation and "invalid_grant" in exc.message:
                 raise AuthError(f"{exc.message}; {self._explanation}", hint=exc.hint) from exc
             raise
@@ -195,6 +214,19 @@ class TokenKeeper:
             },
         )
         return new_tokens
+
+    def _before_send(self) -> None:
+        """Right before each refresh request goes out: not after a stop; and the store proves its hold."""
+        if self.shutdown is not None:
+            self.shutdown.check_may_send("the refresh (or its retry)")
+        self.store.confirm_before_send()
+
+    def _sleep_unless_stopped(self, seconds: float) -> None:
+        """A wait between refresh attempts, ended at once by a stop (the next send is then refused)."""
+        if self.shutdown is None:
+            self.sleep(seconds)
+        elif self.shutdown.event.wait(seconds):
+            return
 
     def _remember(self, answer: TokenAnswer) -> None:
         for key in ("access_token", "refresh_token"):

@@ -99,6 +99,9 @@ class FileStore:
             raise
         return _FilePending(reservation, spent)
 
+    def confirm_before_send(self) -> None:
+        """Nothing to prove: the lock is the kernel's, held as long as this process lives (even stopped)."""
+
     def refresh_failed(self, pending: _FilePending, *, refused: bool) -> None:
         pending.reservation.discard()
         self._held().record_refresh_ended(pending.spent, refused=refused)

@@ -6,10 +6,13 @@ already claimed, records its outcome, and frees it. Processes on other machines 
 (``FOR UPDATE SKIP LOCKED``; see :meth:`job.pgstore.PostgresStore.claim_due`). The run ends when
 nothing is due that this run has not done.
 
-SIGTERM (a Kubernetes pod being stopped, systemd stopping the unit): no more claims; every task's
-requests and waits end at once as the run's time limit would end them (its state saved, its output
-flushed); a refresh or save under way finishes; leases are released; the process exits within
-``AWEBER_SHUTDOWN_GRACE`` seconds, with 75 when work was left undone.
+SIGTERM, SIGINT or SIGHUP (a Kubernetes pod being stopped, systemd stopping the unit, Ctrl-C, a closed
+terminal), and ``AWEBER_RUN_TIMEOUT`` reached, take the one path of :mod:`job.shutdown`: no more claims;
+no refresh begins and no retry of one is sent, and a connection claimed but not yet refreshed is
+released unspent; every task's requests and waits end at once (its state saved, its output flushed);
+a refresh already sent is waited for and saved, or its rescue file written, before the grace ends;
+leases are released; the process exits within ``AWEBER_SHUTDOWN_GRACE`` seconds, with 75 when work
+was left undone.
 """
 
 from __future__ import annotations
@@ -18,12 +21,10 @@ import concurrent.futures
 import dataclasses
 import logging
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import IO, Any
 
 from job import progress
@@ -42,6 +43,7 @@ from job.errors import (
     naming_the_connection,
 )
 from job.runner import RunOptions, RunOutcome, run_cycle
+from job.shutdown import Shutdown, StoppedError
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,6 @@ log = logging.getLogger(__name__)
 EXIT_PRIORITY = (EXIT_AUTH, EXIT_CONFIG, EXIT_CANT_WRITE, EXIT_TOKEN_FILE, EXIT_PROTOCOL, EXIT_TASK_FAILED,
                  EXIT_TEMPORARY)
 DEFAULT_CONCURRENCY = 4
-# A save still retrying when SIGTERM came gives up this long before the grace ends, to write its rescue file.
-RESCUE_MARGIN_SECONDS = 3.0
 # How often the main thread looks up from its workers, so a SIGTERM is acted on promptly.
 SIGNAL_POLL_SECONDS = 0.2
 MAX_CONCURRENCY = 64
@@ -177,6 +177,7 @@ class FleetRun:
         stdout: IO[str],
         make_session: Callable[[], Any],
         outcome: FleetOutcome,
+        shutdown: Shutdown | None = None,
     ) -> None:
         from job.pgstore import PostgresStore
 
@@ -186,44 +187,44 @@ class FleetRun:
         self.output = LockedOutput(stdout)
         self.make_session = make_session
         self.outcome = outcome
-        self.stop = threading.Event()
+        self.shutdown = shutdown if shutdown is not None else Shutdown(settings.shutdown_grace_seconds)
+        self.shutdown.announce = self._announce_stop
+        self.stop = self.shutdown.event
         self._store_class = PostgresStore
         self._claimer = PostgresStore.from_settings(settings)
+        self._claimer.stop_cap = self.shutdown.cap
         self._workers = _Workers()
         self._all_workers: list[tuple[Any, Any]] = []
         self._workers_lock = threading.Lock()
         self._store_error: int | None = None
-        self._stopped_at: float | None = None
+        self._in_flight = 0
         self._due_at_start: int | None = None
         self._claiming = True
         self._pacers: dict[str, Pacer] = {}
         self._pacers_lock = threading.Lock()
 
-    # -- SIGTERM -------------------------------------------------------------------------------------
+    # -- stopping ------------------------------------------------------------------------------------
 
-    def _save_cap(self) -> float | None:
-        """After SIGTERM, the wall-clock time by which a save still retrying must give up and write its
-        rescue file, so that it is written before the process exits at the end of the grace."""
-        if self._stopped_at is None:
-            return None
-        return self._stopped_at + max(0.0, self.settings.shutdown_grace_seconds - RESCUE_MARGIN_SECONDS)
+    def _announce_stop(self, reason: str) -> None:
+        log.warning(
+            "%s: claiming no more connections; finishing the %d in flight within %g s (a refresh already sent is "
+            "saved; none is begun)", reason, self._in_flight, self.settings.shutdown_grace_seconds,
+        )
 
-    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        if not self.stop.is_set():
-            self._stopped_at = time.time()
-            self.stop.set()
-            log.warning(
-                "SIGTERM: claiming no more connections; finishing the %d in flight within %g s",
-                self._in_flight, self.settings.shutdown_grace_seconds,
-            )
+    def _check_run_time(self, started: float) -> None:
+        """At AWEBER_RUN_TIMEOUT the run stops as at SIGTERM: nothing new claimed, the runs in flight wound up."""
+        limit = self.settings.run_timeout_seconds
+        if limit is not None and time.monotonic() - started >= limit and self.shutdown.request("AWEBER_RUN_TIMEOUT"):
+            self._announce_stop(f"AWEBER_RUN_TIMEOUT ({limit:g} s) reached")
 
     # -- the run -------------------------------------------------------------------------------------
 
     def run(self) -> FleetOutcome:
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-        self._in_flight = 0
+        with self.shutdown.handling_signals():
+            return self._run()
+
+    def _run(self) -> FleetOutcome:
+        started = time.monotonic()
         self._put_back_local_rescues()
         if isinstance(progress.current(), progress.Progress):  # a terminal: worth one count
             try:
@@ -235,6 +236,7 @@ class FleetRun:
         done: list[str] = []
         try:
             while True:
+                self._check_run_time(started)
                 free = self.concurrency - len(futures)
                 if free > 0 and self._claiming and not self.stop.is_set():
                     batch = self._claim(free, done)
@@ -258,8 +260,6 @@ class FleetRun:
         finally:
             self.stop.set()
             executor.shutdown()
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
             self._claimer.close()
         self._finish(futures)
         return self.outcome
@@ -287,8 +287,8 @@ class FleetRun:
                                   fleet_failing=sum(1 for result in results if result.exit_code != EXIT_OK))
 
     def _wait_for_the_rest(self, futures: dict[concurrent.futures.Future[RunOutcome], str]) -> bool:
-        """After SIGTERM: wait for the runs in flight up to the grace; False when some are still running."""
-        deadline = time.monotonic() + self.settings.shutdown_grace_seconds
+        """After a stop: wait for the runs in flight up to the grace; False when some are still running."""
+        deadline = time.monotonic() + (self.shutdown.seconds_left() or 0.0)
         self.outcome.stopped = True
         while futures:
             left = deadline - time.monotonic()
@@ -318,6 +318,7 @@ class FleetRun:
         if self._workers.store is None:
             # The claims were made in the name of this process: its workers write under the same holder.
             self._workers.store = self._store_class.from_settings(self.settings, holder=self._claimer.holder)
+            self._workers.store.stop_cap = self.shutdown.cap
             self._workers.session = self.make_session()
             with self._workers_lock:
                 self._all_workers.append((self._workers.store, self._workers.session))
@@ -339,16 +340,22 @@ class FleetRun:
         outcome = RunOutcome()
         try:
             store, session = self._worker()
-            connection = store.connection(name, claimed=row, finish_on_close=True, save_cap=self._save_cap)
+            connection = store.connection(name, claimed=row, finish_on_close=True)
         except Exception as exc:  # noqa: BLE001 - one connection's trouble must not end the others
             outcome.exit_code = exc.exit_code if isinstance(exc, JobError) else EXIT_TASK_FAILED
             log.error("connection '%s': cannot be run: %s", name, exc, extra={"connection": name})
             return outcome
         settings = dataclasses.replace(self.settings, connection=name)
+        unspent = False
         try:
             # LockedOutput is duck-typed: what tasks call on a stream is there, the rest is the stream's own.
             run_cycle(settings, session, self.options, stdout=self.output,  # type: ignore[arg-type]
-                      outcome=outcome, store=connection, stop=self.stop, pacer_for=self.pacer_for)
+                      outcome=outcome, store=connection, shutdown=self.shutdown, pacer_for=self.pacer_for)
+        except StoppedError as exc:
+            # Claimed just before the stop and not refreshed: given back as it was, due for the next run.
+            unspent = outcome.refreshes == 0
+            outcome.exit_code = exc.exit_code
+            log.warning("connection '%s': %s", name, exc, extra={"exit_code": exc.exit_code, "connection": name})
         except JobError as exc:
             exc = naming_the_connection(exc, name)
             outcome.exit_code = exc.exit_code
@@ -363,7 +370,7 @@ class FleetRun:
         finally:
             # Recorded and released in one statement: released first, another process could find the
             # connection free and not yet run, and run it a second time.
-            connection.finish(outcome.exit_code, self.settings.run_interval_seconds)
+            connection.finish(None if unspent else outcome.exit_code, self.settings.run_interval_seconds)
         if outcome.exit_code == EXIT_OK:
             log.info("connection '%s': ok (%d refresh%s, %d API requests%s)", name, outcome.refreshes,
                      "" if outcome.refreshes == 1 else "es", outcome.api_requests,
@@ -386,11 +393,12 @@ class FleetRun:
             self.outcome.pacing_wait_seconds += result.pacing_wait_seconds
             if result.new_subscribers is not None:
                 self.outcome.new_subscribers = (self.outcome.new_subscribers or 0) + result.new_subscribers
-        failed = sum(1 for code in codes if code != EXIT_OK)
+        ran = len(self.outcome.connections)
+        failed = sum(1 for result in self.outcome.connections.values() if result.exit_code != EXIT_OK)
         log.info(
-            "run --all: %d connection%s run, %d failed%s", len(self.outcome.connections),
-            "" if len(self.outcome.connections) == 1 else "s", failed,
-            "; stopped by SIGTERM" if self.outcome.stopped else "",
+            "run --all: %d connection%s run, %d failed%s%s", ran, "" if ran == 1 else "s", failed,
+            "; the store could not be reached for more" if self._store_error is not None else "",
+            f"; stopped ({self.shutdown.reason})" if self.outcome.stopped else "",
             extra={"exit_code": self.outcome.exit_code},
         )
         if not unfinished:
@@ -401,8 +409,8 @@ class FleetRun:
 
 def run_all(
     settings: Settings, options: RunOptions, *, concurrency: int, stdout: IO[str],
-    make_session: Callable[[], Any], outcome: FleetOutcome,
+    make_session: Callable[[], Any], outcome: FleetOutcome, shutdown: Shutdown | None = None,
 ) -> FleetOutcome:
     """Run every due connection of the database store; see the module docstring."""
     return FleetRun(settings, options, concurrency=concurrency, stdout=stdout, make_session=make_session,
-                    outcome=outcome).run()
+                    outcome=outcome, shutdown=shutdown).run()

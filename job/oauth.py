@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
 
-from job.errors import AuthError, ProtocolError, TemporaryError, shorten
+from job.errors import AuthError, JobError, ProtocolError, TemporaryError, shorten
 from job.retries import call_with_retries, parse_retry_after
 from job.token_answer import clean_answer, read_members
 from job.tokens import MAX_TOKEN_ANSWER_BYTES
@@ -340,6 +340,9 @@ class TokenCall:
     monotonic: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     attempts: int = 0
+    # Called right before each request goes out (the first, a retry, the one resend); raising stops the call
+    # there, with nothing more sent: a stop was asked for, or the lease of the connection is not proven.
+    before_send: Callable[[], None] | None = None
 
     def post(self, form: dict[str, str], client: Client, *, what: str, consumed_hint: str) -> TokenAnswer:
         """Send ``form`` with retries for transient outcomes, and at most one resend after a lost answer.
@@ -356,6 +359,17 @@ class TokenCall:
         def attempt() -> TokenAnswer:
             nonlocal lost, unavailable
             resend = lost is not None
+            if self.before_send is not None:
+                try:
+                    self.before_send()
+                except JobError as exc:
+                    if lost is None:
+                        raise
+                    raise NotResentError(
+                        f"{lost}, and it was not resent ({exc.message}): {consumed_hint} may have been used by the "
+                        "request whose answer was lost",
+                        hint=next_run,
+                    ) from None
             body = dict(form)
             headers = client_auth(client, body)
             self.attempts += 1

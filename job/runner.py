@@ -10,7 +10,6 @@ import errno
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from job.errors import (
     UsageError,
 )
 from job.filestore import state_file_for
+from job.shutdown import Shutdown
 from job.store import lock_path_for
 from job.tasks import TaskContext, resolve_task
 
@@ -216,7 +216,7 @@ def run_cycle(
     stdout: IO[str],
     outcome: RunOutcome | None = None,
     store: ConnectionStore[Any] | None = None,
-    stop: threading.Event | None = None,
+    shutdown: Shutdown | None = None,
     pacer_for: Callable[[str], Pacer] | None = None,
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
@@ -225,8 +225,9 @@ def run_cycle(
     """Run the cycle; raise JobError subclasses for the CLI to map to exit codes.
 
     The task's API requests, and every wait between them, end at ``AWEBER_RUN_TIMEOUT`` after this
-    call began; then the output so far is flushed and the task state saved as the task left it
-    (RunTimeoutError, exit 75), so the next run continues from there.
+    call began, or when ``shutdown`` is asked for (a signal: job.shutdown); then the output so far is
+    flushed and the task state saved as the task left it (RunTimeoutError, exit 75), so the next run
+    continues from there. A stop before the refresh sends nothing (StoppedError, 75).
     """
     run_started = monotonic()
     outcome = outcome if outcome is not None else RunOutcome()
@@ -237,8 +238,8 @@ def run_cycle(
     outcome.task = task.name if task else None
     check_own_files(settings, output=options.output if task else None, task_name=task.name if task else None)
     output, close_output = _open_output(options.output, stdout) if task else (stdout, False)
-    store = store if store is not None else connection_store(settings)
-    keeper = TokenKeeper(settings, session, store, clock=clock, monotonic=monotonic, sleep=sleep)
+    store = store if store is not None else connection_store(settings, shutdown=shutdown)
+    keeper = TokenKeeper(settings, session, store, clock=clock, monotonic=monotonic, sleep=sleep, shutdown=shutdown)
     try:
         with keeper:
             outcome.held_connection = True
@@ -262,7 +263,7 @@ def run_cycle(
             progress.current().update(phase=f"task {task.name}")
             api = ApiClient.from_settings(
                 session, settings, keeper, clock=clock, monotonic=monotonic, sleep=sleep, run_started=run_started,
-                stop=stop, pacer_for=pacer_for,
+                shutdown=shutdown, pacer_for=pacer_for,
             )
             context = TaskContext(
                 api=api,

@@ -20,6 +20,21 @@ SCHEMA_VERSION = 2
 # pg_advisory_xact_lock key serialising init_schema across machines ("aweberjb" in ASCII).
 ADVISORY_LOCK_KEY = 0x617765626572_6A62
 CONNECT_TIMEOUT_SECONDS = 10
+# The longest any one statement may wait for its answer before its connection is cut (job.pgstore.watchdog).
+# Every statement the job sends is a short one on a few rows; a wait this long means the link or the
+# server is in trouble, and the save after a refresh must keep time to write its rescue file.
+STATEMENT_TIMEOUT_SECONDS = 10.0
+# However late (a stop's grace nearly over), a statement gets this long.
+LAST_TRY_SECONDS = 1.0
+# Asked of the server on each new connection: its own end of a statement or lock wait nobody waits for any
+# more, and of a transaction left open by a client that vanished.
+SESSION_SETTINGS = (
+    "SET statement_timeout = '30s'; SET lock_timeout = '10s'; SET idle_in_transaction_session_timeout = '60s'"
+)
+# The kernel gives up on a peer that stops acknowledging (a partition) after this long, and probes an idle
+# link; set unless the URL sets them.
+LINK_OPTIONS = {"tcp_user_timeout": "10000", "keepalives": "1", "keepalives_idle": "10",
+                "keepalives_interval": "5", "keepalives_count": "3"}
 APPLICATION_NAME = "aweber-job"
 # How often a run waiting for a lease asks again: cheap for the database, quick enough for a batch job.
 LEASE_POLL_SECONDS = 0.25
@@ -110,9 +125,11 @@ class ConnectionView:
 
 @dataclass(frozen=True)
 class PendingRefresh:
-    """What begin_refresh recorded: the hash of the refresh token being spent."""
+    """What begin_refresh recorded: the hash of the refresh token being spent, and the room reserved for a
+    rescue file of its successor (job.pgstore.rescue.RescueSlot)."""
 
     spent: str
+    slot: Any = None
 
 
 def utc(at: float | None) -> str:

@@ -5,33 +5,31 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from job.backend import Opened
 from job.errors import JobError, StorageError, TemporaryError, TokenFileError, TokenNotSavedError
 from job.logs import REDACTOR
+from job.pgstore import rescue
 from job.pgstore.common import (
     FENCED,
     LEASE,
     NO_MARKER,
-    RESCUE_DIRECTORY,
     SAVE_RETRY_FIRST_SECONDS,
     SAVE_RETRY_MAX_SECONDS,
     SCHEMA,
     SEAL_COLUMNS,
     PendingRefresh,
     describe_holder,
-    file_safe,
     fsync_directory,
     utc,
 )
-from job.store import token_hash, write_file_atomically
-from job.tokens import TokenFile, fingerprint, parse_token_file
+from job.shutdown import LAST_SAVE_TRY_SECONDS, boottime
+from job.store import token_hash
+from job.tokens import TokenFile, fingerprint
 
 if TYPE_CHECKING:
     from job.pgstore.store import PostgresStore
@@ -45,10 +43,8 @@ class PostgresConnection:
     def __init__(
         self, store: PostgresStore, name: str, *, wait: bool = True, owns_store: bool = False,
         claimed: tuple[Any, ...] | None = None, finish_on_close: bool = False,
-        save_cap: Callable[[], float | None] | None = None,
     ) -> None:
         self._store = store
-        self._save_cap = save_cap
         self._owns_store = owns_store
         self._claimed = claimed
         # The lease is kept past close() for finish(), which records the outcome and releases it at
@@ -59,7 +55,11 @@ class PostgresConnection:
         self._wait = wait
         self._fence: int | None = None
         self._renewed_at = 0.0
-        self._monotonic = time.monotonic
+        # A clock that keeps counting while the machine sleeps or the process is stopped: the lease runs on
+        # the database's clock, which does too.
+        self._monotonic: Callable[[], float] = boottime
+        # When this run last proved, with the database, that the lease is its own (on _monotonic's clock).
+        self._confirmed_at: float | None = None
 
     # -- fenced writes --
 
@@ -69,11 +69,14 @@ class PostgresConnection:
         return {"name": self.connection, "fence": self._fence, "holder": self._store.holder,
                 "lease": self._store.lease_seconds, **extra}
 
-    def _fenced_update(self, assignments: str, doing: str, **params: Any) -> bool:
-        """One fenced UPDATE; whether it matched (False: the lease was lost to another holder)."""
+    def _fenced_update(self, assignments: str, doing: str, *, until: float | None = None, **params: Any) -> bool:
+        """One fenced UPDATE; whether it matched (False: the lease was lost to another holder).
+
+        ``until``: a monotonic time by which the answer must have come (else TemporaryError, 75).
+        """
         rows = self._store._run(
             f"UPDATE {SCHEMA}.connections SET {assignments}, updated_at = now() WHERE {FENCED}",
-            self._params(**params), doing=f"{doing} {self.where}",
+            self._params(**params), doing=f"{doing} {self.where}", until=until,
         )
         return bool(rows[0][0])
 
@@ -110,77 +113,138 @@ class PostgresConnection:
             raise
 
     def begin_refresh(self, tokens: TokenFile) -> PendingRefresh:
-        """Record the marker in one committed fenced UPDATE: the proof the store takes writes now."""
-        pending = PendingRefresh(spent=token_hash(tokens.refresh_token))
-        done = self._fenced_update(
-            f"refreshing_from = %(spent)s, refreshing_by = %(holder)s, refreshing_at = now(), lease_until = {LEASE}",
-            "cannot record the start of a refresh of", spent=pending.spent,
-        )
-        if not done:
-            raise self._lease_lost("recording the start of a refresh of")
-        self._renewed_at = self._monotonic()
-        return pending
+        """Reserve a rescue file, then record the marker in one committed fenced UPDATE: the proof that both the
+        store and, should it fail after the refresh, a rescue file take writes now. StorageError (73) when no
+        rescue file can be reserved; nothing is sent then."""
+        spent = token_hash(tokens.refresh_token)
+        slot = rescue.reserve(self._rescue_directories(), self.connection, tokens, spent, self._store._clock())
+        try:
+            started = self._monotonic()
+            done = self._fenced_update(
+                "refreshing_from = %(spent)s, refreshing_by = %(holder)s, refreshing_at = now(), "
+                f"lease_until = {LEASE}",
+                "cannot record the start of a refresh of", spent=spent,
+            )
+            if not done:
+                raise self._lease_lost("recording the start of a refresh of")
+        except BaseException:
+            slot.discard()
+            raise
+        self._renewed_at = self._confirmed_at = started
+        return PendingRefresh(spent=spent, slot=slot)
+
+    def longest_send_seconds(self) -> float:
+        """How long after its last confirmation this run may still send a refresh: the lease must outlast the
+        request and the save that follow it, by a margin."""
+        return self._store.lease_seconds - self._store.refresh_tail_seconds
+
+    def confirm_before_send(self) -> None:
+        """Right before a refresh request (or its retry) is sent: prove the lease is still this run's.
+
+        Twice: with the database (a fenced UPDATE that also renews the lease; refused when another run took the
+        connection over), and by this run's own clock since that statement began (a run stopped — SIGSTOP, a
+        VM paused — for longer than the lease allows gives the claim up). Either failing raises
+        TemporaryError (75), and the refresh token is not sent.
+        """
+        started = self._monotonic()
+        if not self._fenced_update(f"lease_until = {LEASE}", "cannot confirm the lease of"):
+            raise self._lease_lost("confirming the lease before sending the refresh of")
+        self._renewed_at = self._confirmed_at = started
+        self._check_confirmation_fresh()
+
+    def _check_confirmation_fresh(self) -> None:
+        if self._confirmed_at is None:
+            return
+        elapsed = self._monotonic() - self._confirmed_at
+        if elapsed > self.longest_send_seconds():
+            raise TemporaryError(
+                f"the lease of {self.where} was last confirmed {elapsed:.0f} s ago (this process was stopped or the "
+                "machine paused): another run may have taken the connection over; the refresh token was not sent",
+                hint="nothing was spent; the next run refreshes",
+            )
 
     def refresh_failed(self, pending: Any, *, refused: bool) -> None:
         """Clear the marker; a database that is gone is only logged (the marker then explains the next run)."""
+        if isinstance(pending, PendingRefresh) and pending.slot is not None:
+            pending.slot.discard()
         try:
             self._fenced_update(NO_MARKER, "cannot clear the refresh marker of")
         except JobError as exc:
             log.warning("%s", exc)
 
     def save(self, pending: Any, tokens: TokenFile) -> None:
-        """Write the new tokens (fenced), retrying until the save deadline; else a rescue file and exit 73."""
+        """Write the new tokens (fenced), retrying until the save deadline — or, after a stop was asked for, until
+        the grace leaves just time for a rescue file; then the rescue file reserved for it and exit 73.
+
+        Every attempt is bounded (job.pgstore.watchdog), so a database that holds a statement without answering
+        cannot keep the new tokens from their rescue file.
+        """
         assert isinstance(pending, PendingRefresh)
         sealed = self._store._seal(tokens)
-        deadline = self._store._clock() + self._store.save_deadline_seconds
+        began = time.monotonic()
+        deadline = began + self._store.save_deadline_seconds
         pause = SAVE_RETRY_FIRST_SECONDS
         while True:
+            cap = self._store.stop_cap() if self._store.stop_cap is not None else None
+            if cap is not None:
+                deadline = min(deadline, max(cap, began + LAST_SAVE_TRY_SECONDS))
             try:
                 if self._fenced_update(f"{SEAL_COLUMNS}, {NO_MARKER}, lease_until = {LEASE}",
-                                       "cannot save the new tokens of", **sealed):
+                                       "cannot save the new tokens of", until=deadline, **sealed):
                     self._renewed_at = self._monotonic()
+                    if pending.slot is not None:
+                        pending.slot.discard()
                     log.info("saved refresh token %s for %s", fingerprint(tokens.refresh_token), self.where)
                     return
                 why = "its lease was lost: another run took the connection over, so its tokens were not overwritten"
                 break
             except JobError as exc:
-                why = f"it could not be written for {self._store.save_deadline_seconds:g} s: {exc.message}"
-                cap = self._save_cap() if self._save_cap is not None else None
-                if cap is not None and cap < deadline:
-                    deadline = cap
+                why = f"it could not be written for {time.monotonic() - began:.0f} s: {exc.message}"
+                if cap is not None:
                     why = f"the run was asked to stop and it could not be written before then: {exc.message}"
-                if self._store._clock() + pause > deadline:
+                if time.monotonic() + pause >= deadline:
                     break
                 log.warning("%s; retrying", exc.message)
-                self._store._sleep(pause)
+                self._pause(pause)
                 pause = min(pause * 2, SAVE_RETRY_MAX_SECONDS)
-        raise self._rescue(tokens, pending.spent, why)
+        raise self._rescue(tokens, pending, why)
 
-    def _rescue(self, tokens: TokenFile, spent: str, why: str) -> TokenNotSavedError:
-        directory = self._store.state_dir / RESCUE_DIRECTORY
-        now = self._store._clock()
-        stamp = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        path = directory / f"{file_safe(self.connection)}.{stamp}.from-{spent[:16]}.json"
+    def _pause(self, seconds: float) -> None:
+        """Sleep between save attempts, cut short when a stop is asked for meanwhile (its cap decides then)."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if self._store.stop_cap is not None and self._store.stop_cap() is not None:
+                return
+            self._store._sleep(min(left, 0.1))
+
+    def _rescue_directories(self) -> list[Path]:
+        return rescue.rescue_directories(self._store.state_dir, self._store.fallback_rescue_dir)
+
+    def _rescue(self, tokens: TokenFile, pending: PendingRefresh, why: str) -> TokenNotSavedError:
+        slot = pending.slot
+        if slot is None:  # pragma: no cover - begin_refresh always reserves one
+            raise RuntimeError("a save without a rescue reservation")
         try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_file_atomically(path, tokens.to_bytes())
-            self._give_to_the_state_directorys_owner(directory, path)
+            path = slot.write(tokens, self.connection)
+            self._give_to_the_state_directorys_owner(path.parent, path)
         except OSError as exc:
             return TokenNotSavedError(
                 f"the refresh of {self.where} succeeded but the store did not take the new tokens ({why}), and "
-                f"the rescue file {path} could not be written ({exc.strerror or exc}): the new refresh token "
+                f"the rescue file {slot.path} could not be written ({exc.strerror or exc}): the new refresh token "
                 f"is lost; authorize again: aweber-job --connection {self.connection} login"
             )
+        in_memory = path.parent != self._rescue_directories()[0]
+        where = " (in memory: it is lost if the machine restarts)" if in_memory else ""
         return TokenNotSavedError(
             f"the refresh of {self.where} succeeded but the store did not take the new tokens ({why}); they "
-            f"were saved to the rescue file {path}. The next run of this connection on this machine puts them "
+            f"were saved to the rescue file {path}{where}. The next run of this connection on this machine puts them "
             "in place when they follow the stored refresh token"
         )
 
     def _give_to_the_state_directorys_owner(self, *paths: Path) -> None:
         """Run as root over a service's state directory (``sudo aweber-job …``), hand the rescue directory and
         file to that directory's owner: the service's next run must be able to read and put them back."""
-        if os.geteuid() != 0:
+        if os.geteuid() != 0 or not Path(paths[0]).is_relative_to(self._store.state_dir):
             return
         owner = os.stat(self._store.state_dir)
         if owner.st_uid == 0:
@@ -279,51 +343,30 @@ class PostgresConnection:
 
     # -- rescue files --
 
-    def _rescue_files(self) -> list[tuple[str, Path, str]]:
-        """This connection's rescue files as (stamp, path, from-hash16), oldest first."""
-        directory = self._store.state_dir / RESCUE_DIRECTORY
-        pattern = re.compile(
-            rf"^{re.escape(file_safe(self.connection))}\.(\d{{8}}T\d{{6}}(?:\.\d+)?Z)\.from-([0-9a-f]{{16}})\.json$"
-        )
+    def _rescue_files(self) -> list[rescue.Found]:
+        """This connection's rescue files in every rescue directory, oldest first."""
         try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            return []
+            return rescue.find(self._rescue_directories(), self.connection)
         except OSError as exc:
             # It may hold the successor of the stored refresh token: spending that token could revoke the grant.
             raise StorageError(
-                f"cannot read the rescue directory {directory} ({exc.strerror or exc}), which may hold newer tokens "
-                f"of {self.where}; the stored refresh token was not sent",
-                hint=f"give {directory} back to the user the job runs as (or run the job as its owner)",
+                f"cannot read the rescue directory {exc.filename or self._rescue_directories()[0]} "
+                f"({exc.strerror or exc}), which may hold newer tokens of {self.where}; the stored refresh token "
+                "was not sent",
+                hint="give it back to the user the job runs as (or run the job as its owner)",
             ) from exc
-        found = []
-        for entry in names:
-            match = pattern.match(entry)
-            if match:
-                found.append((match.group(1), directory / entry, match.group(2)))
-        return sorted(found)
 
     def _read_rescue(self, path: Path) -> TokenFile | None:
-        """A rescue file's tokens, or None (with a warning) for one the job did not make or cannot read."""
-        import stat
-
-        try:
-            info = os.lstat(path)
-            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-                log.warning("rescue file %s is not a 0600 file of this user; left alone", path)
-                return None
-            tokens = parse_token_file(path.read_bytes(), f"rescue file {path}")
-        except (OSError, TokenFileError) as exc:
-            log.warning("rescue file %s cannot be read (%s); left alone", path,
-                        exc.strerror if isinstance(exc, OSError) else exc)
-            return None
-        REDACTOR.add(*tokens.secrets())
+        tokens = rescue.read(path, self.connection)
+        if tokens is not None:
+            REDACTOR.add(*tokens.secrets())
         return tokens
 
     def _put_back_rescues(self, tokens: TokenFile) -> tuple[TokenFile, bool]:
         """Put in place a rescue file that holds the successor of the stored refresh token; tidy the rest."""
         put_back = False
-        for _stamp, path, from16 in self._rescue_files():
+        for found in self._rescue_files():
+            path, from16 = found.path, found.from16
             stored = token_hash(tokens.refresh_token)
             rescued = self._read_rescue(path)
             if rescued is None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
-import re
 import secrets
 import socket
 import time
@@ -24,31 +24,35 @@ from job.errors import (
     shorten,
 )
 from job.logs import REDACTOR
+from job.pgstore import rescue
 from job.pgstore.common import (
     ADVISORY_LOCK_KEY,
     APPLICATION_NAME,
     CONNECT_TIMEOUT_SECONDS,
     FENCED,
     INFO_COLUMNS,
+    LAST_TRY_SECONDS,
     LEASE,
     LEASE_POLL_SECONDS,
+    LINK_OPTIONS,
     MIGRATIONS,
     NO_MARKER,
     NO_SCHEMA_HINT,
-    RESCUE_DIRECTORY,
     SCHEMA,
     SCHEMA_VERSION,
     SEAL_COLUMNS,
+    SESSION_SETTINGS,
+    STATEMENT_TIMEOUT_SECONDS,
     ConnectionInfo,
     ConnectionView,
     check_name,
     describe_holder,
     import_psycopg,
-    name_from_file_safe,
     split_holder,
     utc,
 )
 from job.pgstore.connection import PostgresConnection
+from job.pgstore.watchdog import WATCHDOG
 from job.store import token_hash
 from job.tokens import TokenFile, fingerprint, parse_token_file
 
@@ -63,8 +67,6 @@ log = logging.getLogger(__name__)
 # A lease lasts at least this long (and longer when a refresh may take longer: see from_settings).
 DEFAULT_LEASE_SECONDS = 900.0
 LEASE_MARGIN_SECONDS = 60.0
-# <connection>.<UTC stamp>.from-<hash16>.json: a rescue file a save left (see PostgresConnection._rescue).
-RESCUE_NAME = re.compile(r"^([A-Za-z0-9_%~-]+)\.\d{8}T\d{6}(?:\.\d+)?Z\.from-[0-9a-f]{16}\.json$")
 # A temporary failure is due again after 5 min, then 10, 20 … (doubling) but never later than the interval.
 BACKOFF_FIRST_SECONDS = 300.0
 DUE_AFTER = "LEAST(%(interval)s, %(backoff)s * power(2, LEAST(GREATEST({failures} - 1, 0), 16)))"
@@ -85,6 +87,8 @@ DUE = (
 )
 # How long a save after a refresh keeps trying the database before the tokens go to a rescue file.
 DEFAULT_SAVE_DEADLINE_SECONDS = 60.0
+# A refresh request's longest answer when the settings are not known (connect + read, 30 s each).
+DEFAULT_REFRESH_TAIL_SECONDS = 60.0
 
 # 9999-12-31T23:59:59Z: a later expiry (a hand-edited file) cannot go in a timestamptz column as a time.
 LAST_TIMESTAMP = 253_402_300_799.0
@@ -120,6 +124,8 @@ class PostgresStore:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         holder: str | None = None,
+        fallback_rescue_dir: Path | None = None,
+        refresh_tail_seconds: float | None = None,
     ) -> None:
         self._psycopg = import_psycopg()
         self._url = url
@@ -131,12 +137,22 @@ class PostgresStore:
         self.lock_timeout_seconds = lock_timeout_seconds
         self.lease_seconds = lease_seconds
         self.save_deadline_seconds = save_deadline_seconds
+        self.fallback_rescue_dir = fallback_rescue_dir
+        # How long the lease must still last when a refresh request goes out: its longest answer and the save
+        # after it, with a margin (see PostgresConnection.confirm_before_send).
+        self.refresh_tail_seconds = min(
+            refresh_tail_seconds if refresh_tail_seconds is not None
+            else DEFAULT_REFRESH_TAIL_SECONDS + save_deadline_seconds + LEASE_MARGIN_SECONDS,
+            lease_seconds / 2,
+        )
         self._clock = clock
         self._sleep = sleep
         self.host = f"{socket.gethostname()}/{pid_space()}"
         self.holder = holder or f"{self.host}:{os.getpid()}:{secrets.token_hex(4)}"
         self._db: psycopg.Connection[Any] | None = None
         self._schema_checked = False
+        # When set and it gives a time (monotonic), every database wait ends by then: a stop's grace (SIGTERM).
+        self.stop_cap: Callable[[], float | None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, holder: str | None = None) -> PostgresStore:
@@ -148,15 +164,21 @@ class PostgresStore:
         if settings.store_url is None:
             raise ConfigError(["AWEBER_STORE is 'file': there is no database store"])
         save_deadline = DEFAULT_SAVE_DEADLINE_SECONDS
-        longest_refresh = settings.retry_deadline_seconds + 2 * settings.http_timeout_seconds + save_deadline
+        # One request: connect and read timeouts (each up to AWEBER_HTTP_TIMEOUT), then the save's retries.
+        tail = 2 * settings.http_timeout_seconds + save_deadline + LEASE_MARGIN_SECONDS
+        longest_refresh = settings.retry_deadline_seconds + tail
         return cls(
             settings.store_url.reveal(),
             keys=[key.reveal() for key in settings.store_keys],
             state_dir=settings.state_dir,
             lock_timeout_seconds=settings.lock_timeout_seconds,
-            lease_seconds=max(DEFAULT_LEASE_SECONDS, longest_refresh + LEASE_MARGIN_SECONDS),
+            # By construction the lease outlasts the longest refresh request and its save after the last
+            # confirmation: a run that sends in time is never taken over before it has saved.
+            lease_seconds=max(DEFAULT_LEASE_SECONDS, longest_refresh + LEASE_MARGIN_SECONDS, 2 * tail),
             save_deadline_seconds=save_deadline,
             holder=holder,
+            fallback_rescue_dir=settings.fallback_rescue_dir,
+            refresh_tail_seconds=tail,
         )
 
     # ---- the URL, and never its password --------------------------------------------------------
@@ -176,6 +198,10 @@ class PostgresStore:
             raise ConfigError(
                 ["AWEBER_STORE is not a valid PostgreSQL URL (expected postgresql://user@host:port/database)"]
             ) from None
+        # TCP liveness for every connection, unless the URL chose its own (a UNIX socket takes none).
+        host_part = str(parts.get("host") or "")
+        self._link_options = {} if host_part.startswith("/") or not host_part else {
+            key: value for key, value in LINK_OPTIONS.items() if key not in parts}
         password = parts.get("password") or early
         REDACTOR.add(password)
         user = f"{parts['user']}@" if parts.get("user") else ""
@@ -252,19 +278,51 @@ class PostgresStore:
 
     # ---- the database connection -----------------------------------------------------------------
 
-    def _connection(self, doing: str | None = None) -> psycopg.Connection[Any]:
-        """The open database connection, made (again) when there is none; ``doing`` words a failure."""
+    def _connection(self, doing: str | None = None, deadline: float | None = None) -> psycopg.Connection[Any]:
+        """The open database connection, made (again) when there is none; ``doing`` words a failure.
+
+        Made within ``deadline`` (monotonic; default CONNECT_TIMEOUT_SECONDS from now). The server is
+        asked to end a statement or a lock wait of its own that outlives a client's patience, and the
+        kernel to give up on a peer that stops acknowledging (TCP_USER_TIMEOUT, keepalives), unless the
+        URL sets these itself; the client's own bound on every wait is :data:`WATCHDOG`.
+        """
         if self._db is None or self._db.closed or self._db.broken:
             self._drop_connection()
+            left = CONNECT_TIMEOUT_SECONDS if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise TemporaryError(f"{doing or f'cannot connect to the store {self.description}'}: no time was "
+                                     "left to connect to the database")
             try:
                 self._db = self._psycopg.connect(
-                    self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                    application_name=APPLICATION_NAME,
+                    self._url, autocommit=True,
+                    # libpq's (and psycopg's) shortest connect timeout is 2 s.
+                    connect_timeout=max(2, min(CONNECT_TIMEOUT_SECONDS, math.ceil(left))),
+                    application_name=APPLICATION_NAME, **self._link_options,
                 )
+                started = time.monotonic()
+                with WATCHDOG.bounded(self._db.pgconn.socket, lambda: started + left):
+                    self._db.execute(SESSION_SETTINGS)
             except self._psycopg.Error as exc:
+                self._drop_connection()
                 raise self._error(exc, doing or f"cannot connect to the store {self.description}") from None
         assert self._db is not None
         return self._db
+
+    def _statement_deadline(self, began: float, until: float | None) -> Callable[[], float]:
+        """When a statement begun at ``began`` must have its answer (monotonic): STATEMENT_TIMEOUT_SECONDS
+        later, or ``until``, or the stop's cap (SIGTERM) when sooner, but never less than LAST_TRY_SECONDS
+        after it began. A function: a stop that comes while the statement waits brings it closer."""
+
+        def deadline() -> float:
+            due = began + STATEMENT_TIMEOUT_SECONDS
+            if until is not None:
+                due = min(due, until)
+            cap = self.stop_cap() if self.stop_cap is not None else None
+            if cap is not None:
+                due = min(due, cap)
+            return max(due, began + LAST_TRY_SECONDS)
+
+        return deadline
 
     def _drop_connection(self) -> None:
         if self._db is not None:
@@ -300,21 +358,33 @@ class PostgresStore:
             return TemporaryError(f"{doing}: {reason}")
         return StorageError(f"{doing}: {reason}")
 
-    def _run(self, sql: str, params: dict[str, Any] | None = None, *, doing: str) -> list[tuple[Any, ...]]:
+    def _run(self, sql: str, params: dict[str, Any] | None = None, *, doing: str,
+             until: float | None = None) -> list[tuple[Any, ...]]:
         """Run one statement in its own transaction and return its rows (none for an UPDATE without RETURNING).
 
+        The answer must come by :meth:`_statement_deadline` (``until``: a monotonic time that may bring it
+        closer), else the connection is cut and TemporaryError (75) raised: nothing here waits unbounded.
         A connection that was already open and turns out broken (the server restarted, an idle timeout)
-        is made again and the statement sent once more: every statement here may be repeated safely
-        (fenced, or keyed on this holder).
+        is made again and the statement sent once more within the same deadline: every statement here
+        may be repeated safely (fenced, or keyed on this holder).
         """
+        began = time.monotonic()
+        deadline = self._statement_deadline(began, until)
         for attempt in (1, 2):
             was_open = self._db is not None and not self._db.closed and not self._db.broken
-            db = self._connection(doing)
+            db = self._connection(doing, deadline())
             try:
-                cursor = db.execute(sql, params)
-                return list(cursor.fetchall()) if cursor.description else [(cursor.rowcount,)]
+                with WATCHDOG.bounded(db.pgconn.socket, deadline) as watch:
+                    cursor = db.execute(sql, params)
+                    return list(cursor.fetchall()) if cursor.description else [(cursor.rowcount,)]
             except self._psycopg.Error as exc:
-                if attempt == 1 and was_open and (db.closed or db.broken):
+                if watch.fired:
+                    self._drop_connection()
+                    raise TemporaryError(
+                        f"{doing}: the database did not answer within {time.monotonic() - began:.1f} s; "
+                        "the connection was cut"
+                    ) from None
+                if attempt == 1 and was_open and (db.closed or db.broken) and time.monotonic() < deadline():
                     log.debug("the store's database connection broke (%s); connecting again", self._reason(exc))
                     self._drop_connection()
                     continue
@@ -372,8 +442,10 @@ class PostgresStore:
             return
         undefined = (self._psycopg.errors.UndefinedTable, self._psycopg.errors.InvalidSchemaName)
         try:
-            rows = self._connection().execute(
-                f"SELECT max(version) FROM {SCHEMA}.schema_version").fetchall()
+            db = self._connection()
+            began = time.monotonic()
+            with WATCHDOG.bounded(db.pgconn.socket, self._statement_deadline(began, None)):
+                rows = db.execute(f"SELECT max(version) FROM {SCHEMA}.schema_version").fetchall()
         except undefined:
             raise ConfigError([f"the store {self.description} has no schema: {NO_SCHEMA_HINT}"]) from None
         except self._psycopg.Error as exc:
@@ -478,19 +550,18 @@ class PostgresStore:
 
     def connection(
         self, name: str, *, wait: bool = True, owns_store: bool = False, claimed: tuple[Any, ...] | None = None,
-        finish_on_close: bool = False, save_cap: Callable[[], float | None] | None = None,
+        finish_on_close: bool = False,
     ) -> PostgresConnection:
         """The :class:`job.backend.ConnectionStore` of one connection; nothing happens until ``open()``.
 
         ``owns_store``: closing the connection closes this store too (a run that made the store for it).
         ``claimed``: the row :meth:`claim_due` claimed for it, so ``open()`` does not claim again.
         ``finish_on_close``: the lease outlives ``close()`` until :meth:`PostgresConnection.finish`.
-        ``save_cap``: when it gives a time, a save after a refresh stops retrying then (a fleet run's SIGTERM).
         A claimed connection's name came from the table, so it is not held to the rules for names typed in.
+        After a stop was asked for, every wait and the save's retries end by :attr:`stop_cap`.
         """
         return PostgresConnection(self, name if claimed is not None else check_name(name), wait=wait,
-                                  owns_store=owns_store, claimed=claimed, finish_on_close=finish_on_close,
-                                  save_cap=save_cap)
+                                  owns_store=owns_store, claimed=claimed, finish_on_close=finish_on_close)
 
     def list_connections(self) -> list[ConnectionInfo]:
         self._ready()
@@ -625,19 +696,8 @@ class PostgresStore:
                         self.description)
 
     def rescued_connections(self) -> list[str]:
-        """The connections this machine holds rescue files for (in the state directory), by name."""
-        directory = self.state_dir / RESCUE_DIRECTORY
-        try:
-            entries = os.listdir(directory)
-        except OSError:
-            return []  # none, or unreadable: opening such a connection says which
-        names = set()
-        for entry in entries:
-            match = RESCUE_NAME.match(entry)
-            name = name_from_file_safe(match.group(1)) if match else None
-            if name is not None:
-                names.add(name)
-        return sorted(names)
+        """The connections this machine holds rescue files for (in its rescue directories), by name."""
+        return sorted(rescue.names(rescue.rescue_directories(self.state_dir, self.fallback_rescue_dir)))
 
     def count_due(self, interval_seconds: float) -> int:
         """How many connections are due now (for the live line of a fleet run on a terminal)."""
