@@ -118,6 +118,21 @@ def test_import_renames_the_file_and_refuses_the_same_name_twice_without_force(d
     assert stored_refresh_token(db_job.env()["AWEBER_STORE"], "acme") == second["refresh_token"]
 
 
+def test_import_of_a_token_file_holding_a_lone_surrogate_exits_65_naming_file_and_field(db_job: JobFiles) -> None:
+    """A token file whose refresh token json reads with a lone surrogate is invalid: exit 65, one line, no value."""
+    db_job.token_file.parent.mkdir(parents=True, exist_ok=True)
+    db_job.token_file.write_bytes(b'{"access_token": "a", "refresh_token": "\\ud800abc-surrogate-secret"}')
+    before = db_job.token_file.read_bytes()
+    result = run_job(["connections", "import", "acme", str(db_job.token_file)], db_job.env())
+    assert result.returncode == 65, result.stderr
+    errors = [line for line in result.stderr.splitlines() if ": error:" in line]
+    assert len(errors) == 1, result.stderr
+    assert str(db_job.token_file) in errors[0] and "'refresh_token'" in errors[0], errors[0]
+    assert "abc-surrogate-secret" not in result.stderr + result.stdout
+    assert db_job.token_file.read_bytes() == before, "a refused import must leave the file where it was"
+    assert listing(db_job) == {}
+
+
 def test_refresh_of_a_connection_rotates_its_token_in_the_store_and_records_the_run(db_job: JobFiles) -> None:
     grant = import_live_tokens(db_job, "acme")
     import_live_tokens(db_job, "globex")
