@@ -94,7 +94,8 @@ def _import(settings: Settings, store: PostgresStore, name: str, path: Path, *, 
     if not CONNECTION_NAME.match(name):
         raise UsageError(f"connections import: NAME must be a connection name of {CONNECTION_NAME_RULE}, got {name!r}")
     path = Path(os.path.abspath(path))
-    with TokenLock(path, settings.lock_timeout_seconds) as lock:
+    # Taken or refused, an import leaves no lock file of its own beside a file it was given.
+    with TokenLock(path, settings.lock_timeout_seconds, remove_if_created=True) as lock:
         tidy_temp_files(path, lock, settings.fallback_rescue_dir)
         tokens = load_token_file(path).tokens
         REDACTOR.add(*tokens.secrets())

@@ -133,6 +133,39 @@ def test_import_of_a_token_file_holding_a_lone_surrogate_exits_65_naming_file_an
     assert listing(db_job) == {}
 
 
+def test_import_leaves_no_lock_file_it_created_whether_the_file_went_in_or_was_refused(db_job: JobFiles) -> None:
+    """Each import, taken (0) or refused (64 name taken, 65 invalid file), removes the lock file it created."""
+    lock = db_job.token_file.with_name(db_job.token_file.name + ".lock")
+    import_live_tokens(db_job, "acme")
+    assert not lock.exists(), "a taken import left its lock file"
+
+    db_job.write_tokens()
+    taken = run_job(["connections", "import", "acme", str(db_job.token_file)], db_job.env())
+    assert taken.returncode == 64, taken.stderr
+    assert db_job.token_file.exists() and not lock.exists(), "an import refused for its name left its lock file"
+
+    db_job.token_file.write_text("{}\n", encoding="utf-8")
+    invalid = run_job(["connections", "import", "globex", str(db_job.token_file)], db_job.env())
+    assert invalid.returncode == 65, invalid.stderr
+    assert db_job.token_file.exists() and not lock.exists(), "an import refused for its file left its lock file"
+
+
+def test_import_keeps_a_lock_file_that_was_there_before(db_job: JobFiles) -> None:
+    """A lock file that existed before the import may be another program's: taken or refused, it stays as it was."""
+    lock = db_job.token_file.with_name(db_job.token_file.name + ".lock")
+    db_job.write_tokens()
+    lock.write_bytes(b"")
+    inode = lock.stat().st_ino
+    taken = run_job(["connections", "import", "acme", str(db_job.token_file)], db_job.env())
+    assert taken.returncode == 0, taken.stderr
+    assert lock.exists() and lock.stat().st_ino == inode
+
+    db_job.write_tokens()
+    refused = run_job(["connections", "import", "acme", str(db_job.token_file)], db_job.env())
+    assert refused.returncode == 64, refused.stderr
+    assert lock.exists() and lock.stat().st_ino == inode
+
+
 def test_refresh_of_a_connection_rotates_its_token_in_the_store_and_records_the_run(db_job: JobFiles) -> None:
     grant = import_live_tokens(db_job, "acme")
     import_live_tokens(db_job, "globex")
