@@ -166,6 +166,24 @@ def test_import_keeps_a_lock_file_that_was_there_before(db_job: JobFiles) -> Non
     assert lock.exists() and lock.stat().st_ino == inode
 
 
+def test_list_shows_a_name_with_control_characters_escaped_and_json_keeps_it_exact(db_job: JobFiles) -> None:
+    """A name put in the table by hand is escaped (as repr writes it) in the table and the logs, exact in --json."""
+    import_live_tokens(db_job, "acme")
+    hostile = "ev\nil\r\x1b[2Jname"
+    with psycopg.connect(db_job.env()["AWEBER_STORE"], autocommit=True) as db:
+        db.execute("UPDATE aweber_job.connections SET name = %s WHERE name = 'acme'", (hostile,))
+    table = run_job(["connections", "list"], db_job.env())
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("NAME"), table.stdout
+    assert lines[1].split()[0] == "ev\\nil\\r\\x1b[2Jname", lines[1]
+    assert list(listing(db_job)) == [hostile]
+    fleet = run_job(["run", "--all", "--task", "noop"], db_job.env())
+    assert fleet.returncode == 0, fleet.stderr
+    assert all(line.startswith("aweber-job: ") for line in fleet.stderr.splitlines()), fleet.stderr
+    assert "connection 'ev\\nil\\r\\x1b[2Jname'" in fleet.stderr
+
+
 def test_refresh_of_a_connection_rotates_its_token_in_the_store_and_records_the_run(db_job: JobFiles) -> None:
     grant = import_live_tokens(db_job, "acme")
     import_live_tokens(db_job, "globex")
