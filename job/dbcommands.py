@@ -18,7 +18,7 @@ import requests
 
 from job.config import Settings
 from job.errors import EXIT_OK, JobError, StorageError, TokenFileError, TokenNotSavedError, UsageError
-from job.logs import REDACTOR
+from job.logs import REDACTOR, one_line
 from job.pgstore import ConnectionInfo, PostgresStore
 from job.store import TokenLock, _fsync_directory, load_token_file, resolve_target, tidy_temp_files
 from job.tokens import TokenFile, fingerprint, format_expiry
@@ -75,8 +75,9 @@ def _list(infos: list[ConnectionInfo], out: IO[str], *, as_json: bool) -> None:
         return
     columns = ("name", "account_id", "access_expires_at", "last_run_at", "last_exit_code", "next_run_at",
                "lease_holder")
+    # A name or holder written into the table by hand may hold a newline: escaped, each row stays one line.
     table = [[("revoked" if key == "lease_holder" and row["revoked"] and not row[key] else
-               "-" if row[key] is None else str(row[key])) for key in columns] for row in rows]
+               "-" if row[key] is None else one_line(str(row[key]))) for key in columns] for row in rows]
     widths = [max([len(c)] + [len(line[i]) for line in table]) for i, c in enumerate(columns)]
     out.write("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n")
     for line in table:
@@ -94,7 +95,8 @@ def _import(settings: Settings, store: PostgresStore, name: str, path: Path, *, 
     if not CONNECTION_NAME.match(name):
         raise UsageError(f"connections import: NAME must be a connection name of {CONNECTION_NAME_RULE}, got {name!r}")
     path = Path(os.path.abspath(path))
-    with TokenLock(path, settings.lock_timeout_seconds) as lock:
+    # Taken or refused, an import leaves no lock file of its own beside a file it was given.
+    with TokenLock(path, settings.lock_timeout_seconds, remove_if_created=True) as lock:
         tidy_temp_files(path, lock, settings.fallback_rescue_dir)
         tokens = load_token_file(path).tokens
         REDACTOR.add(*tokens.secrets())

@@ -31,11 +31,20 @@ MIN_SECRET_LENGTH = 6
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
+def one_line(text: str) -> str:
+    """``text`` with every character that is not printable (newlines, ``\\r``, escapes, ``\\u2028``...)
+    written as repr writes it, so whatever a message interpolates cannot split or restyle a line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class Redactor:
     """Replaces every registered secret value in a string with ``[redacted:<fingerprint>]``."""
 
     def __init__(self) -> None:
-        self._secrets: set[str] = set()
+        # Each form a secret may take in a line, with the fingerprint of the secret itself.
+        self._secrets: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def add(self, *values: str | None) -> None:
@@ -43,16 +52,18 @@ class Redactor:
         with self._lock:
             for value in values:
                 if value and len(value) >= MIN_SECRET_LENGTH:
-                    self._secrets.add(value)
+                    # A text log line shows the secret's control characters escaped: mask that form too.
+                    for shown in (value, one_line(value)):
+                        self._secrets[shown] = fingerprint(value)
 
     def redact(self, text: str) -> str:
         if not self._secrets:
             return text
         with self._lock:
-            secrets = sorted(self._secrets, key=len, reverse=True)
-        for secret in secrets:
+            secrets = sorted(self._secrets.items(), key=lambda item: len(item[0]), reverse=True)
+        for secret, secret_print in secrets:
             if secret in text:
-                text = text.replace(secret, f"[redacted:{fingerprint(secret)}]")
+                text = text.replace(secret, f"[redacted:{secret_print}]")
         return text
 
 
@@ -62,11 +73,12 @@ REDACTOR = Redactor()
 class TextFormatter(logging.Formatter):
     """``aweber-job: level: message`` — what cron mails and the journal show.
 
-    Structured fields are left to the JSON format: the messages already say them in words.
+    Structured fields are left to the JSON format: the messages already say them in words. One record is
+    one line (a traceback at -v excepted): a connection name or server text in a message is escaped.
     """
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"aweber-job: {record.levelname.lower()}: {record.getMessage()}"
+        line = f"aweber-job: {record.levelname.lower()}: {one_line(record.getMessage())}"
         if record.exc_info and record.levelno <= logging.DEBUG:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -86,7 +98,9 @@ class JsonFormatter(logging.Formatter):
         payload.update(_extra_fields(record))
         if record.exc_info and record.levelno <= logging.DEBUG:
             payload["exc"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=str, ensure_ascii=False)
+        # json escapes every C0 control; these three line breaks (to str.splitlines and others) it leaves.
+        line = json.dumps(payload, default=str, ensure_ascii=False)
+        return line.replace("\x85", "\\u0085").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
 def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:

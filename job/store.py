@@ -249,7 +249,8 @@ class TokenLock:
     The kernel releases the lock when the process dies, so there is no stale-lock eviction. The file
     holds one line: the holder's pid (so a waiting run can name it) and the record of the last refresh
     (:class:`Record`), which the next run reads under the lock to tell which file holds the live
-    refresh token. It is opened without following links and never deleted.
+    refresh token. It is opened without following links and, unless made with ``remove_if_created``
+    (:meth:`remove_if_created`), never deleted.
     """
 
     def __init__(
@@ -260,6 +261,7 @@ class TokenLock:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         wall_clock: Callable[[], float] = time.time,
+        remove_if_created: bool = False,
     ) -> None:
         self.path = lock_path_for(token_file)
         self._target = resolve_target(token_file)
@@ -273,13 +275,21 @@ class TokenLock:
         self.distrust: str | None = None
         self._current: Record | None = None
         self._before_refresh: Record | None = None
+        # Whether the file last opened (the one held, once acquired) was created by this lock.
+        self.created = False
+        self._remove_if_created = remove_if_created
 
     def _open(self) -> int:
         nofollow = os.O_NOFOLLOW | os.O_CLOEXEC
+        self.created = False
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | nofollow, 0o600)
         except FileExistsError:
-            fd = self._open_existing(nofollow)
+            existing = self._open_existing(nofollow)
+            if existing is None:
+                # Removed since it was seen (a holder that made it removes it on release): make it anew.
+                return self._open()
+            fd = existing
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 raise TokenFileError(
@@ -290,16 +300,20 @@ class TokenLock:
                 f"cannot create the lock file {self.path}: {_describe_os_error(exc)}; nothing was sent to AWeber"
             ) from exc
         else:
+            self.created = True
             _give_to(fd, _owner_for(self._target), self.path)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise StorageError(f"the lock file {self.path} is not a regular file; nothing was sent to AWeber")
         return fd
 
-    def _open_existing(self, flags: int) -> int:
+    def _open_existing(self, flags: int) -> int | None:
+        """The existing lock file opened, or None when it is gone."""
         try:
             return os.open(self.path, os.O_RDWR | flags)
         except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
             if exc.errno == errno.ELOOP:
                 raise StorageError(
                     f"the lock file {self.path} is a symbolic link; the job does not follow links for the files "
@@ -309,6 +323,8 @@ class TokenLock:
             # A read-only directory can still be locked through an existing lock file.
             try:
                 return os.open(self.path, os.O_RDONLY | flags)
+            except FileNotFoundError:
+                return None
             except OSError:
                 raise StorageError(
                     f"cannot open the lock file {self.path}: {_describe_os_error(exc)}; nothing was sent to AWeber"
@@ -434,6 +450,23 @@ class TokenLock:
         except OSError as exc:
             log.debug("cannot update the lock file %s: %s", self.path, exc)
 
+    def remove_if_created(self) -> None:
+        """Delete the lock file while still holding it, when this lock created it and it holds no record.
+
+        For commands that leave no lock file behind (``connections import``). A file that was there before
+        may be another program's, and a record tells the next run which file is live: both stay. Deleting
+        under the lock is safe: a run waiting on this file finds it gone once it gets the lock, and locks
+        whatever is at the path then. Best effort: a file left behind costs only a directory entry.
+        """
+        if self._fd is None or not self.created or self._current is not None:
+            return
+        try:
+            # Only the file held: one put there since (removed by hand, made again) is another run's lock.
+            if self._still_the_lock_file(self._fd):
+                os.unlink(self.path)
+        except OSError as exc:
+            log.debug("cannot remove the lock file %s: %s", self.path, exc)
+
     def release(self) -> None:
         """Release the lock (closing the descriptor releases the flock); the file stays."""
         if self._fd is not None:
@@ -450,6 +483,8 @@ class TokenLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._remove_if_created:
+            self.remove_if_created()
         self.release()
 
 

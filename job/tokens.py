@@ -262,6 +262,9 @@ def parse_token_file(data: bytes, where: str) -> TokenFile:
         raise TokenFileError(f"token file {where} is not a token file: its JSON nests too deeply") from None
     if not isinstance(document, dict):
         raise TokenFileError(f"token file {where} must hold a JSON object, found {json_kind(document)}")
+    # Decoded UTF-8 holds no surrogates; only a \uD800-\uDFFF escape without its pair makes one.
+    if "\\u" in text:
+        _refuse_lone_surrogates(document, where)
     if looks_like_oauth1(document):
         return TokenFile(document=document, nested=False, oauth1=parse_oauth1(document, where))
 
@@ -280,6 +283,46 @@ def parse_token_file(data: bytes, where: str) -> TokenFile:
         inner = document
     _validate_token_fields(inner, where, prefix)
     return TokenFile(document=document, nested=nested)
+
+
+def _refuse_lone_surrogates(document: dict[str, Any], where: str) -> None:
+    """Raise TokenFileError naming a field whose name or value holds a lone surrogate.
+
+    json reads such an escape into a string no UTF-8 file, hash, request or database can take; refused
+    here, every store and command gets one clear exit 65 instead of an encoding error later.
+    """
+    pending: list[tuple[str, object]] = [("", document)]  # a stack: json may nest near the recursion limit
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                inner = f"{path}.{_shown(key)}" if path else _shown(key)
+                if not _is_text(key):
+                    raise TokenFileError(
+                        f"token file {where}: the name of field '{inner}' is not valid text: {_LONE_SURROGATE}"
+                    )
+                pending.append((inner, item))
+        elif isinstance(value, list):
+            pending.extend((f"{path}[{index}]", item) for index, item in enumerate(value))
+        elif isinstance(value, str) and not _is_text(value):
+            raise TokenFileError(f"token file {where}: field '{path}' is not valid text: {_LONE_SURROGATE}")
+
+
+_LONE_SURROGATE = "it holds a \\uD800-\\uDFFF escape without its pair, which cannot be written as UTF-8"
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(name: str) -> str:
+    """A field name fit for a one-line message: escaped where not printable ASCII, and short."""
+    shown = name if name.isascii() and name.isprintable() else ascii(name)[1:-1]
+    return shown if len(shown) <= 40 else shown[:39] + "…"
 
 
 def _validate_token_fields(inner: Mapping[str, Any], where: str, prefix: str) -> None:

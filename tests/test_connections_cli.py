@@ -118,6 +118,72 @@ def test_import_renames_the_file_and_refuses_the_same_name_twice_without_force(d
     assert stored_refresh_token(db_job.env()["AWEBER_STORE"], "acme") == second["refresh_token"]
 
 
+def test_import_of_a_token_file_holding_a_lone_surrogate_exits_65_naming_file_and_field(db_job: JobFiles) -> None:
+    """A token file whose refresh token json reads with a lone surrogate is invalid: exit 65, one line, no value."""
+    db_job.token_file.parent.mkdir(parents=True, exist_ok=True)
+    db_job.token_file.write_bytes(b'{"access_token": "a", "refresh_token": "\\ud800abc-surrogate-secret"}')
+    before = db_job.token_file.read_bytes()
+    result = run_job(["connections", "import", "acme", str(db_job.token_file)], db_job.env())
+    assert result.returncode == 65, result.stderr
+    errors = [line for line in result.stderr.splitlines() if ": error:" in line]
+    assert len(errors) == 1, result.stderr
+    assert str(db_job.token_file) in errors[0] and "'refresh_token'" in errors[0], errors[0]
+    assert "abc-surrogate-secret" not in result.stderr + result.stdout
+    assert db_job.token_file.read_bytes() == before, "a refused import must leave the file where it was"
+    assert listing(db_job) == {}
+
+
+def test_import_leaves_no_lock_file_it_created_whether_the_file_went_in_or_was_refused(db_job: JobFiles) -> None:
+    """Each import, taken (0) or refused (64 name taken, 65 invalid file), removes the lock file it created."""
+    lock = db_job.token_file.with_name(db_job.token_file.name + ".lock")
+    import_live_tokens(db_job, "acme")
+    assert not lock.exists(), "a taken import left its lock file"
+
+    db_job.write_tokens()
+    taken = run_job(["connections", "import", "acme", str(db_job.token_file)], db_job.env())
+    assert taken.returncode == 64, taken.stderr
+    assert db_job.token_file.exists() and not lock.exists(), "an import refused for its name left its lock file"
+
+    db_job.token_file.write_text("{}\n", encoding="utf-8")
+    invalid = run_job(["connections", "import", "globex", str(db_job.token_file)], db_job.env())
+    assert invalid.returncode == 65, invalid.stderr
+    assert db_job.token_file.exists() and not lock.exists(), "an import refused for its file left its lock file"
+
+
+def test_import_keeps_a_lock_file_that_was_there_before(db_job: JobFiles) -> None:
+    """A lock file that existed before the import may be another program's: taken or refused, it stays as it was."""
+    lock = db_job.token_file.with_name(db_job.token_file.name + ".lock")
+    db_job.write_tokens()
+    lock.write_bytes(b"")
+    inode = lock.stat().st_ino
+    taken = run_job(["connections", "import", "acme", str(db_job.token_file)], db_job.env())
+    assert taken.returncode == 0, taken.stderr
+    assert lock.exists() and lock.stat().st_ino == inode
+
+    db_job.write_tokens()
+    refused = run_job(["connections", "import", "acme", str(db_job.token_file)], db_job.env())
+    assert refused.returncode == 64, refused.stderr
+    assert lock.exists() and lock.stat().st_ino == inode
+
+
+def test_list_shows_a_name_with_control_characters_escaped_and_json_keeps_it_exact(db_job: JobFiles) -> None:
+    """A name put in the table by hand is escaped (as repr writes it) in the table and the logs, exact in --json."""
+    import_live_tokens(db_job, "acme")
+    hostile = "ev\nil\r\x1b[2Jname"
+    with psycopg.connect(db_job.env()["AWEBER_STORE"], autocommit=True) as db:
+        db.execute("UPDATE aweber_job.connections SET name = %s WHERE name = 'acme'", (hostile,))
+    table = run_job(["connections", "list"], db_job.env())
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("NAME"), table.stdout
+    assert lines[1].split()[0] == "ev\\nil\\r\\x1b[2Jname", lines[1]
+    assert list(listing(db_job)) == [hostile]
+    fleet = run_job(["run", "--all", "--task", "noop"], db_job.env())
+    assert fleet.returncode == 0, fleet.stderr
+    assert all(line.startswith("aweber-job: ") for line in fleet.stderr.splitlines()), fleet.stderr
+    assert "connection 'ev\\nil\\r\\x1b[2Jname'" in fleet.stderr
+
+
 def test_refresh_of_a_connection_rotates_its_token_in_the_store_and_records_the_run(db_job: JobFiles) -> None:
     grant = import_live_tokens(db_job, "acme")
     import_live_tokens(db_job, "globex")

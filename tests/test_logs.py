@@ -65,3 +65,53 @@ def test_usage_errors_exit_64_with_one_line() -> None:
     assert result.returncode == 64
     assert len(result.stderr.strip().splitlines()) == 1
     assert "--format" in result.stderr
+
+
+# What a connection name inserted into the store by hand may hold: each character would split a line,
+# move the cursor or restyle a terminal if written as it is.
+HOSTILE = "acme\nwarning: forged\r\x1b[31m\x85\u2028\u2029\t\x7f"
+
+
+def test_a_text_log_line_stays_one_line_whatever_its_message_interpolates() -> None:
+    """Control characters in a text log message are written escaped, as repr writes them, so one record is one line."""
+    stream = io.StringIO()
+    configure_logging(stream=stream)
+    logging.getLogger("job.fleet").error("connection '%s' failed", HOSTILE)
+    text = stream.getvalue()
+    assert text.count("\n") == 1 and len(text.splitlines()) == 1, text
+    assert text == (
+        "aweber-job: error: connection 'acme\\nwarning: forged\\r\\x1b[31m\\x85\\u2028\\u2029\\t\\x7f' failed\n"
+    )
+
+
+def test_a_traceback_shown_with_verbose_keeps_its_lines_below_a_one_line_message() -> None:
+    """With -v an exception's traceback follows on lines of its own; the message line above it is still escaped."""
+    stream = io.StringIO()
+    configure_logging(verbosity=1, stream=stream)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("job").debug("where %s failed", "a\nb", exc_info=True)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "aweber-job: debug: where a\\nb failed"
+    assert lines[1] == "Traceback (most recent call last):" and lines[-1] == "ValueError: boom"
+
+
+def test_a_json_log_record_is_one_line_even_to_readers_that_split_on_unicode_line_breaks() -> None:
+    """Each JSON record is one line by str.splitlines too (U+0085, U+2028, U+2029 escaped) and keeps the exact text."""
+    stream = io.StringIO()
+    configure_logging(fmt="json", stream=stream)
+    logging.getLogger("job.fleet").error("connection '%s' failed", HOSTILE)
+    (line,) = stream.getvalue().splitlines()
+    assert json.loads(line)["msg"] == f"connection '{HOSTILE}' failed"
+
+
+def test_a_secret_holding_a_control_character_is_redacted_in_its_escaped_form_too() -> None:
+    """Escaping a text log line does not let a secret slip past the redactor."""
+    stream = io.StringIO()
+    configure_logging(stream=stream)
+    REDACTOR.add("secret-with\na-newline-987")
+    logging.getLogger("urllib3.connectionpool").warning("body refresh_token=secret-with\na-newline-987")
+    text = stream.getvalue()
+    assert "secret-with" not in text and "a-newline-987" not in text
+    assert text.count("[redacted:") == 1

@@ -281,6 +281,59 @@ def test_lock_file_is_0600_and_beside_the_real_file_of_a_symlink(tmp_path: Path)
             TokenLock(real / "tokens.json", 0).acquire()
 
 
+def test_a_lock_file_removed_between_two_opens_is_created_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock file deleted after the exclusive create saw it and before it was opened is made anew, not an error."""
+    token_file = tmp_path / "tokens.json"
+    lock_file = lock_path_for(token_file)
+    lock_file.write_bytes(b"")
+    real_open = os.open
+
+    def open_then_lose_it(path: Path, flags: int, mode: int = 0o777) -> int:
+        try:
+            return real_open(path, flags, mode)
+        except FileExistsError:
+            # As when the holder that made the lock file removes it on release, right after this check.
+            os.unlink(lock_file)
+            raise
+
+    monkeypatch.setattr(os, "open", open_then_lose_it)
+    with TokenLock(token_file, 0) as lock:
+        monkeypatch.setattr(os, "open", real_open)
+        assert lock_file.exists() and lock.created
+
+
+def test_a_run_waiting_on_a_lock_file_its_holder_removed_locks_the_one_at_the_path(tmp_path: Path) -> None:
+    """A holder that removes the lock file it made, then releases: the waiting run holds a file at the path."""
+    token_file = tmp_path / "tokens.json"
+    holder = TokenLock(token_file, 0, remove_if_created=True)
+    holder.acquire()
+    first = os.open(lock_path_for(token_file), os.O_RDONLY)  # open, so its inode number is not reused
+
+    def holder_finishes(_: float) -> None:
+        holder.__exit__(None, None, None)
+
+    waiter = TokenLock(token_file, 5, sleep=holder_finishes)
+    waiter.acquire()
+    try:
+        assert os.fstat(first).st_nlink == 0, "the holder removed the lock file it made"
+        assert lock_path_for(token_file).stat().st_ino != os.fstat(first).st_ino
+        with pytest.raises(Exception, match="holds the lock"):
+            TokenLock(token_file, 0).acquire()
+    finally:
+        waiter.release()
+        os.close(first)
+
+
+def test_a_lock_file_holding_a_record_is_kept_even_by_the_lock_that_made_it(tmp_path: Path) -> None:
+    """The record tells the next run which file holds the live tokens, so a lock file with one stays."""
+    token_file = tmp_path / "tokens.json"
+    with TokenLock(token_file, 0, remove_if_created=True) as lock:
+        lock.record_saved("0" * 64)
+    assert lock_path_for(token_file).exists()
+
+
 def test_save_replaces_a_symlinks_target_and_keeps_the_link(job: JobFiles, tmp_path: Path) -> None:
     """A symlinked token path: the target is replaced, the link stays a link, the file is 0600."""
     job.write_tokens()

@@ -45,6 +45,16 @@ BAD_FILES: list[tuple[str, bytes, str]] = [
         "'token.refresh_token'",
     ),
     ("too large", b"{" + b" " * (MAX_TOKEN_FILE_BYTES + 1) + b"}", "larger than any token file"),
+    # json reads a \uD800-\uDFFF escape without its pair into a lone surrogate, which no UTF-8 file can hold.
+    ("lone surrogate in refresh", b'{"access_token": "a", "refresh_token": "\\ud800' + SECRET_REFRESH.encode() + b'"}',
+     "field 'refresh_token' is not valid text"),
+    ("lone surrogate in nested access",
+     b'{"client_id": "x", "token": {"access_token": "\\udfff", "refresh_token": "r"}}',
+     "field 'token.access_token' is not valid text"),
+    ("lone surrogate in an unknown list", b'{"access_token": "a", "refresh_token": "r", "note": ["x", "\\udc00"]}',
+     "field 'note[1]' is not valid text"),
+    ("lone surrogate in a field name", b'{"access_token": "a", "refresh_token": "r", "\\udfff\\n": 1}',
+     "is not valid text"),
 ]
 
 
@@ -150,14 +160,18 @@ def test_arbitrary_bytes_either_parse_or_raise_token_file_error(data: bytes) -> 
         pass
 
 
-def test_a_lone_surrogate_anywhere_in_the_file_is_saved_and_read_back() -> None:
-    """A string json reads into a lone surrogate cannot be UTF-8: the file is written escaped, and loads the same."""
-    data = b'{"access_token": "a", "refresh_token": "r", "note": "\\ud800", "\\udfff": ["x\\udc00"]}'
+def test_escapes_that_make_valid_text_are_accepted() -> None:
+    """A surrogate pair escape is one character and an escaped backslash before "ud800" is plain text: both load."""
+    data = b'{"access_token": "a", "refresh_token": "r", "note": "\\ud83d\\ude00", "path": "\\\\ud800"}'
     tokens = parse_token_file(data, "t.json")
+    assert tokens.document["note"] == "\U0001F600" and tokens.document["path"] == "\\ud800"
+
+
+def test_a_document_holding_a_lone_surrogate_is_still_written_whole() -> None:
+    """Serialising a document with a lone surrogate escapes it rather than raising, so a save never fails on it."""
+    tokens = parse_token_file(json.dumps(flat()).encode(), "t.json")
     updated = tokens.with_answer({"access_token": "a2", "refresh_token": "r2", "scope": "s \ud800"}, received_at=0.0)
-    again = parse_token_file(updated.to_bytes(), "t.json")
-    assert again.document == updated.document
-    assert again.refresh_token == "r2"
+    assert json.loads(updated.to_bytes()) == updated.document
     assert fingerprint("r\ud800") != fingerprint("r")
 
 

@@ -1,7 +1,8 @@
 """The suite's own rules for what the job must accept, written out here so a broken loader or settings
 parser in the job cannot vouch for itself: the survival checks never ask the job's code what is valid.
 
-Token file (docs/design.md, the store): UTF-8 JSON, at most 1 MiB, holding an object. Flat shape:
+Token file (docs/design.md, the store): UTF-8 JSON, at most 1 MiB, holding an object whose every string,
+field names included, is valid text (no lone surrogate from a ``\\uD800``-``\\uDFFF`` escape). Flat shape:
 ``refresh_token`` a non-empty string; ``access_token`` a string; ``expires_at`` and ``expires_in``
 finite numbers (not booleans); ``token_type`` a string; ``scope`` a string or a list. Optional fields
 may be absent or null. Nested shape (``credentials.json``: ``token`` present, ``access_token`` not at
@@ -39,6 +40,15 @@ def _flat_problem(fields: dict[str, Any]) -> str | None:
     return None
 
 
+def _all_text(document: object) -> bool:
+    """Whether every string in ``document`` (names too) can be written as UTF-8."""
+    try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def token_document(data: bytes) -> dict[str, Any] | None:
     """The flat token fields of valid token-file bytes; None when the job must refuse them (exit 65)."""
     if len(data) > MAX_TOKEN_FILE_BYTES:
@@ -47,7 +57,7 @@ def token_document(data: bytes) -> dict[str, Any] | None:
         document = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
-    if not isinstance(document, dict):
+    if not isinstance(document, dict) or not _all_text(document):
         return None
     if "token" in document and "access_token" not in document:
         inner = document["token"]

@@ -26,6 +26,8 @@ from tests.survival.oracle import setting_refused, token_bytes_valid
 
 CLOSED_PORT = "http://127.0.0.1:9"
 REAL_LOOKING_TOKEN = "bad-input-refresh-token-7c1d9e"
+# ASCII JSON whose refresh token json reads with a lone surrogate in front: no UTF-8 file can hold that string.
+LONE_SURROGATE_TOKENS = b'{"access_token": "a", "refresh_token": "\\ud800' + REAL_LOOKING_TOKEN.encode() + b'"}'
 VALID_TOKENS = {"access_token": "bad-input-access-token-3a8f20", "refresh_token": REAL_LOOKING_TOKEN,
                 "token_type": "bearer", "expires_at": 4102444800}
 # Planted in every Home's token file: no output may show them (the tokens, not "bearer" or the expiry).
@@ -168,6 +170,7 @@ TOKEN_FILE_TABLE: dict[str, Callable[[Path], None]] = {
     "a symlink loop": lambda p: p.symlink_to(p),
     "just over 1 MiB": lambda p: p.write_bytes(
         b'{"access_token": "' + b"a" * (1024 * 1024) + b'", "refresh_token": "r"}'),
+    "refresh_token holds a lone surrogate": lambda p: p.write_bytes(LONE_SURROGATE_TOKENS),
 }
 
 
@@ -536,6 +539,8 @@ PROCESS_CASES = {
     "deeply nested token file": (["run"], {}, None, 65),
     "token file is a named pipe": (["refresh"], {}, None, 65),
     "token file is a named pipe, status": (["status"], {}, None, 65),
+    "lone surrogate in the refresh token": (["run"], {}, None, 65),
+    "lone surrogate in the refresh token, status": (["status"], {}, None, 65),
 }
 
 
@@ -552,6 +557,8 @@ def test_bad_input_to_a_real_process(case: str, tmp_path: Path, new_workspace: C
         # Opening a FIFO for reading would block until a writer came: the job must refuse it, not hang.
         ws.token_file.unlink()
         os.mkfifo(ws.token_file)
+    if case.startswith("lone surrogate"):
+        ws.token_file.write_bytes(LONE_SURROGATE_TOKENS)
     if env_file is not None:
         (REPO_ENV := ws.root / "job.env").write_bytes(env_file)
         argv = ["--env-file", str(REPO_ENV), *argv]
@@ -567,5 +574,8 @@ def test_bad_input_to_a_real_process(case: str, tmp_path: Path, new_workspace: C
         else:
             problems = error_lines(ran.stderr)
         assert len(problems) == 1, ran.stdout + ran.stderr
+        if case.startswith("lone surrogate"):
+            assert str(ws.token_file) in problems[0] and "'refresh_token'" in problems[0], problems[0]
+            assert REAL_LOOKING_TOKEN not in ran.stdout + ran.stderr
         assert file_hash(ws.token_file) == before
         assert ws.standin.token_requests() == 0
