@@ -171,8 +171,8 @@ def find(directories: list[Path], name: str) -> list[Found]:
     for directory in directories:
         try:
             entries = os.listdir(directory)
-        except FileNotFoundError:
-            continue
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # nothing there can hold a rescue file
         for entry in entries:
             left = LEFT_RESERVATION.match(entry)
             if left:
