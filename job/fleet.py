@@ -39,6 +39,7 @@ from job.errors import (
     EXIT_TEMPORARY,
     EXIT_TOKEN_FILE,
     JobError,
+    StoreKeyError,
     naming_the_connection,
 )
 from job.runner import RunOptions, RunOutcome, run_cycle
@@ -220,6 +221,13 @@ class FleetRun:
     # -- the run -------------------------------------------------------------------------------------
 
     def run(self) -> FleetOutcome:
+        try:
+            # Keys that open nothing are the store's trouble: found one connection at a time, they would set
+            # every connection waiting for a person. Stop before anything is claimed.
+            self._claimer.check_keys()
+        except JobError:
+            self._claimer.close()
+            raise
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -345,6 +353,7 @@ class FleetRun:
             log.error("connection '%s': cannot be run: %s", name, exc, extra={"connection": name})
             return outcome
         settings = dataclasses.replace(self.settings, connection=name)
+        record = True
         try:
             # LockedOutput is duck-typed: what tasks call on a stream is there, the rest is the stream's own.
             run_cycle(settings, session, self.options, stdout=self.output,  # type: ignore[arg-type]
@@ -352,6 +361,8 @@ class FleetRun:
         except JobError as exc:
             exc = naming_the_connection(exc, name)
             outcome.exit_code = exc.exit_code
+            # A key not given is not this connection's fault: left due, not waiting for a person.
+            record = not isinstance(exc, StoreKeyError)
             outcome.summary = {"error": str(exc)}
             level = logging.CRITICAL if type(exc).__name__ == "TokenNotSavedError" else logging.ERROR
             log.log(level, "connection '%s': %s", name, exc, extra={"exit_code": exc.exit_code, "connection": name})
@@ -363,7 +374,7 @@ class FleetRun:
         finally:
             # Recorded and released in one statement: released first, another process could find the
             # connection free and not yet run, and run it a second time.
-            connection.finish(outcome.exit_code, self.settings.run_interval_seconds)
+            connection.finish(outcome.exit_code if record else None, self.settings.run_interval_seconds)
         if outcome.exit_code == EXIT_OK:
             log.info("connection '%s': ok (%d refresh%s, %d API requests%s)", name, outcome.refreshes,
                      "" if outcome.refreshes == 1 else "es", outcome.api_requests,
