@@ -97,6 +97,15 @@ class ConfigError(JobError):
         super().__init__(message)
 
 
+class StoreKeyError(ConfigError):
+    """The store keys given do not fit a stored value: no key for an encrypted row, a row sealed with a key
+    not given, or an unencrypted row while a key is set.
+
+    The remedy is the keys (or ``store rotate-key``), not the connection: a fleet run leaves such a
+    connection due instead of recording it as waiting for a person.
+    """
+
+
 class TokenFileError(JobError):
     """The token file is missing, unreadable or not a valid token file."""
 

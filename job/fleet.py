@@ -40,6 +40,7 @@ from job.errors import (
     EXIT_TEMPORARY,
     EXIT_TOKEN_FILE,
     JobError,
+    StoreKeyError,
     naming_the_connection,
 )
 from job.runner import RunOptions, RunOutcome, run_cycle
@@ -220,6 +221,13 @@ class FleetRun:
     # -- the run -------------------------------------------------------------------------------------
 
     def run(self) -> FleetOutcome:
+        try:
+            # Keys that open nothing are the store's trouble: found one connection at a time, they would set
+            # every connection waiting for a person. Stop before anything is claimed.
+            self._claimer.check_keys()
+        except JobError:
+            self._claimer.close()
+            raise
         with self.shutdown.handling_signals():
             return self._run()
 
@@ -346,19 +354,21 @@ class FleetRun:
             log.error("connection '%s': cannot be run: %s", name, exc, extra={"connection": name})
             return outcome
         settings = dataclasses.replace(self.settings, connection=name)
-        unspent = False
+        record = True
         try:
             # LockedOutput is duck-typed: what tasks call on a stream is there, the rest is the stream's own.
             run_cycle(settings, session, self.options, stdout=self.output,  # type: ignore[arg-type]
                       outcome=outcome, store=connection, shutdown=self.shutdown, pacer_for=self.pacer_for)
         except StoppedError as exc:
             # Claimed just before the stop and not refreshed: given back as it was, due for the next run.
-            unspent = outcome.refreshes == 0
+            record = outcome.refreshes != 0
             outcome.exit_code = exc.exit_code
             log.warning("connection '%s': %s", name, exc, extra={"exit_code": exc.exit_code, "connection": name})
         except JobError as exc:
             exc = naming_the_connection(exc, name)
             outcome.exit_code = exc.exit_code
+            # A key not given is not this connection's fault: left due, not waiting for a person.
+            record = not isinstance(exc, StoreKeyError)
             outcome.summary = {"error": str(exc)}
             level = logging.CRITICAL if type(exc).__name__ == "TokenNotSavedError" else logging.ERROR
             log.log(level, "connection '%s': %s", name, exc, extra={"exit_code": exc.exit_code, "connection": name})
@@ -370,7 +380,7 @@ class FleetRun:
         finally:
             # Recorded and released in one statement: released first, another process could find the
             # connection free and not yet run, and run it a second time.
-            connection.finish(None if unspent else outcome.exit_code, self.settings.run_interval_seconds)
+            connection.finish(outcome.exit_code if record else None, self.settings.run_interval_seconds)
         if outcome.exit_code == EXIT_OK:
             log.info("connection '%s': ok (%d refresh%s, %d API requests%s)", name, outcome.refreshes,
                      "" if outcome.refreshes == 1 else "es", outcome.api_requests,

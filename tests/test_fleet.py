@@ -286,3 +286,70 @@ def test_run_all_puts_back_this_machines_rescue_file_even_for_a_connection_waiti
     after = run_job(["--connection", "c000", "run", "--task", "noop"], db_job.env())
     assert after.returncode == 0, after.stderr
     assert invalid_grants(db_job.standin) == 0
+
+
+def fleet_rows(url: str) -> dict[str, tuple[object, ...]]:
+    """Each connection's fence, last run, last exit code, waiting flag and lease holder (no tokens)."""
+    with psycopg.connect(url, autocommit=True) as db:
+        rows = db.execute("SELECT name, fence, last_run_at, last_exit_code, waiting_for_person, lease_holder "
+                          "FROM aweber_job.connections").fetchall()
+    return {name: tuple(rest) for name, *rest in rows}
+
+
+def test_a_wrong_or_missing_store_key_stops_run_all_before_it_claims_anything(db_job: JobFiles) -> None:
+    """A key that opens nothing is the store's problem: run --all exits 78 naming the store, and no connection is
+    claimed, run or set waiting for a person, so the right key runs them all."""
+    from cryptography.fernet import Fernet
+
+    from tests.test_connections_cli import KEY, PASSWORD
+
+    db_job.extra_env["AWEBER_STORE_KEY"] = KEY
+    names = import_connections(db_job, 3)
+    url = db_job.env()["AWEBER_STORE"]
+    before = fleet_rows(url)
+    other_key = Fernet.generate_key().decode()
+    no_key = db_job.env()
+    del no_key["AWEBER_STORE_KEY"]
+    dbname = url.rsplit("/", 1)[-1]
+    for env in (db_job.env(AWEBER_STORE_KEY=other_key), no_key):
+        result = run_job(["run", "--all", "--task", "noop"], env)
+        assert result.returncode == 78, result.stderr
+        assert f"postgresql://postgres@127.0.0.1:5432/{dbname}" in result.stderr
+        for secret in (KEY, other_key, PASSWORD):
+            assert secret not in result.stderr + result.stdout
+        assert fleet_rows(url) == before, "nothing claimed, recorded or parked"
+    assert token_requests(db_job.standin) == 0
+
+    right = run_job(["run", "--all", "--task", "noop"], db_job.env())
+    assert right.returncode == 0, right.stderr
+    assert token_requests(db_job.standin) == len(names)
+    assert {name: row[2] for name, row in fleet_rows(url).items()} == dict.fromkeys(names, 0)
+
+
+def test_a_connection_sealed_with_a_key_no_longer_given_is_left_due_not_parked(db_job: JobFiles) -> None:
+    """One row sealed with a key dropped from AWEBER_STORE_KEY: the run exits 78 naming it but records nothing for
+    it, so it runs as soon as the key is given again."""
+    from cryptography.fernet import Fernet
+
+    old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    db_job.extra_env["AWEBER_STORE_KEY"] = old_key
+    import_connections(db_job, 1, prefix="old")
+    db_job.extra_env["AWEBER_STORE_KEY"] = new_key
+    import_connections(db_job, 1, prefix="new")
+    url = db_job.env()["AWEBER_STORE"]
+
+    result = run_job(["run", "--all", "--task", "noop"], db_job.env())
+    assert result.returncode == 78, result.stderr
+    assert "connection 'old000'" in result.stderr
+    assert old_key not in result.stderr and new_key not in result.stderr
+    rows = fleet_rows(url)
+    assert rows["new000"][2] == 0
+    _, last_run, code, waiting, holder = rows["old000"]
+    assert (last_run, code, waiting, holder) == (None, None, False, None), "left due, not parked, released"
+    assert token_requests(db_job.standin) == 1
+
+    again = run_job(["run", "--all", "--task", "noop"], db_job.env(AWEBER_STORE_KEY=f"{new_key},{old_key}"))
+    assert again.returncode == 0, again.stderr
+    assert fleet_rows(url)["old000"][2] == 0
+    assert token_requests(db_job.standin) == 2
+    assert invalid_grants(db_job.standin) == 0

@@ -124,8 +124,10 @@ def test_store_init_upgrades_a_version_1_store_keeping_its_connections(stores: A
     store.import_tokens("acme", make_tokens(), force=False)
     # Back to what version 1 made.
     sql(pg_url, "DROP INDEX aweber_job.connections_due")
-    sql(pg_url, "ALTER TABLE aweber_job.connections DROP COLUMN waiting_for_person, DROP COLUMN temporary_failures")
+    sql(pg_url, "ALTER TABLE aweber_job.connections DROP COLUMN waiting_for_person, DROP COLUMN temporary_failures, "
+                "DROP COLUMN sealed_with")
+    sql(pg_url, "ALTER TABLE aweber_job.schema_version DROP COLUMN legacy_values")
     sql(pg_url, "UPDATE aweber_job.schema_version SET version = 1")
-    assert PostgresStore(pg_url, state_dir=Path("/nonexistent")).init_schema() == 2
-    assert sql(pg_url, "SELECT version FROM aweber_job.schema_version") == [(2,)]
+    assert PostgresStore(pg_url, state_dir=Path("/nonexistent")).init_schema() == 3
+    assert sql(pg_url, "SELECT version FROM aweber_job.schema_version") == [(3,)]
     assert [name for name, _ in stores().claim_due(10, DAY)] == ["acme"]

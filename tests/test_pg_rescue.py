@@ -141,7 +141,7 @@ def test_a_rescue_directory_open_to_others_is_closed_before_use(stores: Any, tmp
     stores().import_tokens("acme", make_tokens(), force=False)
     rescue = tmp_path / "state" / "rescue"
     rescue.mkdir(parents=True)
-    os.chmod(rescue, 0o777)
+    os.chmod(rescue, 0o777)  # noqa: S103 - the mistake under test
     connection = stores().connection("acme")
     pending = connection.begin_refresh(connection.open().tokens)
     assert stat.S_IMODE(os.lstat(rescue).st_mode) == 0o700

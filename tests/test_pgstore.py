@@ -94,9 +94,9 @@ def test_init_schema_is_idempotent_and_every_other_call_needs_it(pg_url: str, tm
         assert "has no schema: run aweber-job store init" in str(raised.value)
         with pytest.raises(ConfigError, match="store init"):
             store.connection("acme").open()
-        assert store.init_schema() == 2
-        assert store.init_schema() == 2
-        assert sql(pg_url, "SELECT version FROM aweber_job.schema_version") == [(2,)]
+        assert store.init_schema() == 3
+        assert store.init_schema() == 3
+        assert sql(pg_url, "SELECT version FROM aweber_job.schema_version") == [(3,)]
         assert store.list_connections() == []
     finally:
         store.close()
@@ -123,8 +123,8 @@ def test_init_schema_from_many_machines_at_once_on_an_empty_database(pg_url: str
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert results == [2] * count
-    assert sql(pg_url, "SELECT version FROM aweber_job.schema_version") == [(2,)]
+    assert results == [3] * count
+    assert sql(pg_url, "SELECT version FROM aweber_job.schema_version") == [(3,)]
 
 
 def test_a_schema_newer_than_the_code_is_refused_naming_both_versions(stores: Any, pg_url: str) -> None:
@@ -132,7 +132,7 @@ def test_a_schema_newer_than_the_code_is_refused_naming_both_versions(stores: An
     for call in (lambda s: s.list_connections(), lambda s: s.init_schema()):
         with pytest.raises(ConfigError) as raised:
             call(stores())
-        assert "schema version 7" in str(raised.value) and "version 2" in str(raised.value)
+        assert "schema version 7" in str(raised.value) and "version 3" in str(raised.value)
 
 
 # ---- leases: claim, wait, busy, dead holders ---------------------------------------------------------
@@ -581,6 +581,281 @@ def test_rotate_key_then_the_old_key_can_go(stores: Any, pg_url: str) -> None:
     connection.close()
     with pytest.raises(ConfigError, match="connection 'acme'"):
         stores(keys=[KEY_A]).read("acme")
+
+
+def fernet_raw(value: bytes) -> bytes:
+    """The bytes a Fernet token stands for (it is URL-safe base64 text)."""
+    import base64
+
+    return base64.urlsafe_b64decode(value)
+
+
+def as_fernet_text(raw: bytes) -> bytes:
+    import base64
+
+    return base64.urlsafe_b64encode(raw)
+
+
+def stored_value(url: str, name: str) -> bytes:
+    (data,) = sql(url, "SELECT tokens FROM aweber_job.connections WHERE name = %s", name)[0]
+    return bytes(data)
+
+
+def put_value(url: str, name: str, value: bytes, *, encrypted: bool = True) -> None:
+    sql(url, "UPDATE aweber_job.connections SET tokens = %s, encrypted = %s WHERE name = %s", value, encrypted, name)
+
+
+def make_version_2_store(url: str) -> None:
+    """The store as schema version 2 made it, before sealed values were bound to their connection."""
+    from job.pgstore.common import MIGRATIONS
+
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("DROP SCHEMA IF EXISTS aweber_job CASCADE")
+        db.execute("CREATE SCHEMA aweber_job")
+        db.execute("CREATE TABLE aweber_job.schema_version "
+                   "(version integer NOT NULL, upgraded_at timestamptz NOT NULL DEFAULT now())")
+        for version in (1, 2):
+            for statement in MIGRATIONS[version]:
+                db.execute(statement)
+        db.execute("INSERT INTO aweber_job.schema_version (version) VALUES (2)")
+
+
+def add_version_2_row(url: str, name: str, value: bytes, *, encrypted: bool) -> None:
+    """A row as aweber-job wrote it at schema version 2: plain, or the token file encrypted as it is."""
+    sql(url, "INSERT INTO aweber_job.connections (name, tokens, encrypted) VALUES (%s, %s, %s)",
+        name, value, encrypted)
+
+
+def assert_no_key(*texts: str) -> None:
+    for text in texts:
+        assert KEY_A not in text and KEY_B not in text
+
+
+def test_check_keys_proves_the_keys_open_the_store_and_names_only_fingerprints(stores: Any, pg_url: str) -> None:
+    """No key for an encrypted store, or keys that open none of it, is a ConfigError (78) naming the store."""
+    from job.tokens import fingerprint
+
+    empty = stores()
+    empty.check_keys()  # nothing stored: any keys, or none, will do
+    stores(keys=[KEY_B]).check_keys()
+    stores(keys=[KEY_A]).import_tokens("acme", make_tokens(), force=False)
+    ((fence_before,),) = sql(pg_url, "SELECT fence FROM aweber_job.connections")
+    for keys in ([], [KEY_B]):
+        store = stores(keys=keys)
+        with pytest.raises(ConfigError) as raised:
+            store.check_keys()
+        message = str(raised.value)
+        assert raised.value.exit_code == 78 and store.description in message
+        assert_no_key(message, repr(raised.value))
+        if keys:
+            assert fingerprint(KEY_B) in message
+    stores(keys=[KEY_A]).check_keys()
+    stores(keys=[KEY_B, KEY_A]).check_keys()
+    # Checking claims nothing.
+    assert sql(pg_url, "SELECT fence, lease_holder FROM aweber_job.connections") == [(fence_before, None)]
+
+
+def test_check_keys_refuses_a_key_for_a_store_that_holds_only_plain_rows(stores: Any) -> None:
+    """A key set before rotate-key encrypted the store would refuse every row: that is the store's problem too."""
+    stores().import_tokens("acme", make_tokens(), force=False)
+    stores().check_keys()
+    with pytest.raises(ConfigError) as raised:
+        stores(keys=[KEY_A]).check_keys()
+    assert raised.value.exit_code == 78 and "rotate-key" in str(raised.value)
+    assert stores(keys=[KEY_A]).rotate_key() == 1
+    stores(keys=[KEY_A]).check_keys()
+
+
+def test_a_damaged_newest_value_does_not_make_the_right_keys_look_wrong(stores: Any, pg_url: str) -> None:
+    """check_keys judges the keys, not one row: a newest value that is only damaged leaves them proved by the next."""
+    store = stores(keys=[KEY_A])
+    store.import_tokens("older", make_tokens(), force=False)
+    store.import_tokens("newest", make_tokens(), force=False)
+    raw = bytearray(fernet_raw(stored_value(pg_url, "newest")))
+    raw[40] ^= 0x01
+    put_value(pg_url, "newest", as_fernet_text(bytes(raw)))
+    sql(pg_url, "UPDATE aweber_job.connections SET updated_at = now() + interval '1 minute' WHERE name = 'newest'")
+    stores(keys=[KEY_A]).check_keys()
+    with pytest.raises(ConfigError):
+        stores(keys=[KEY_B]).check_keys()
+
+
+def test_a_value_copied_from_another_row_is_refused_naming_the_connection(stores: Any, pg_url: str) -> None:
+    """Sealed tokens are bound to their connection: copied into another row they open there for no one."""
+    store = stores(keys=[KEY_A])
+    store.import_tokens("acme", make_tokens(), force=False)
+    beta = make_tokens()
+    store.import_tokens("beta", beta, force=False)
+    put_value(pg_url, "acme", stored_value(pg_url, "beta"))
+    for call in (lambda s: s.connection("acme").open(), lambda s: s.read("acme"), lambda s: s.rotate_key()):
+        with pytest.raises(ConfigError) as raised:
+            call(stores(keys=[KEY_A]))
+        message = str(raised.value)
+        assert raised.value.exit_code == 78
+        assert "connection 'acme'" in message and "another connection" in message
+        assert beta.refresh_token not in message and beta.access_token not in message
+        assert_no_key(message)
+    assert stores(keys=[KEY_A]).read("beta").tokens.refresh_token == beta.refresh_token  # type: ignore[union-attr]
+    assert stores().list_connections()[0].lease_holder is None
+
+
+def test_an_unencrypted_row_is_refused_while_a_key_is_set_until_rotate_key_encrypts_it(
+    stores: Any, pg_url: str
+) -> None:
+    """With a store key, a plain row could have been written by anyone who can write the table: refused, as a
+    matter of the keys (a StoreKeyError: rotate-key is the remedy, not the connection)."""
+    from job.errors import StoreKeyError
+
+    stores(keys=[KEY_A]).import_tokens("sealed", make_tokens(), force=False)
+    plain = make_tokens()
+    stores().import_tokens("acme", plain, force=False)
+    assert stores().read("acme").tokens.refresh_token == plain.refresh_token  # type: ignore[union-attr]
+    for call in (lambda s: s.connection("acme").open(), lambda s: s.read("acme")):
+        with pytest.raises(StoreKeyError) as raised:
+            call(stores(keys=[KEY_A]))
+        message = str(raised.value)
+        assert raised.value.exit_code == 78 and "connection 'acme'" in message and "unencrypted" in message
+        assert "rotate-key" in message and plain.refresh_token not in message
+    assert stores(keys=[KEY_A]).rotate_key() == 2
+    assert stores(keys=[KEY_A]).read("acme").tokens.refresh_token == plain.refresh_token  # type: ignore[union-attr]
+
+
+def test_a_fresh_store_accepts_only_bound_values(stores: Any, pg_url: str, tmp_path: Path) -> None:
+    """A store that had no connections when it got schema version 3 never accepts an unbound value."""
+    tokens = make_tokens()
+    stores(keys=[KEY_A]).import_tokens("acme", tokens, force=False)
+    unbound = fernet.Fernet(KEY_A).encrypt(tokens.to_bytes())
+    put_value(pg_url, "acme", unbound)
+    with pytest.raises(ConfigError) as raised:
+        stores(keys=[KEY_A]).connection("acme").open()
+    assert raised.value.exit_code == 78 and "connection 'acme'" in str(raised.value)
+    assert "bound" in str(raised.value)
+    # Nor does a version 2 store that held no connection when it was upgraded.
+    make_version_2_store(pg_url)
+    assert stores().init_schema() == 3
+    add_version_2_row(pg_url, "acme", unbound, encrypted=True)
+    with pytest.raises(ConfigError, match="connection 'acme'"):
+        stores(keys=[KEY_A]).read("acme")
+
+
+def test_an_upgraded_store_accepts_its_old_values_until_rotate_key_binds_them(
+    stores: Any, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After the upgrade, unbound ciphertext and plain rows open with a warning to run rotate-key, which binds
+    them all; from then on such values are refused."""
+    make_version_2_store(pg_url)
+    sealed, plain = make_tokens(), make_tokens()
+    add_version_2_row(pg_url, "sealed", fernet.Fernet(KEY_A).encrypt(sealed.to_bytes()), encrypted=True)
+    add_version_2_row(pg_url, "plain", plain.to_bytes(), encrypted=False)
+    with pytest.raises(ConfigError, match="store init"):
+        stores(keys=[KEY_A]).read("sealed")
+    assert stores().init_schema() == 3
+    assert sql(pg_url, "SELECT version FROM aweber_job.schema_version") == [(3,)]
+    with caplog.at_level(logging.WARNING):
+        connection = stores(keys=[KEY_A]).connection("sealed")
+        assert connection.open().tokens.refresh_token == sealed.refresh_token
+        connection.close()
+        assert stores(keys=[KEY_A]).read("plain").tokens.refresh_token == plain.refresh_token  # type: ignore[union-attr]
+    for name in ("sealed", "plain"):
+        assert any(f"connection '{name}'" in record.message and "aweber-job store rotate-key" in record.message
+                   for record in caplog.records if record.levelno == logging.WARNING), name
+    assert stores(keys=[KEY_A]).rotate_key() == 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        for name, tokens in (("sealed", sealed), ("plain", plain)):
+            assert stores(keys=[KEY_A]).read(name).tokens.refresh_token == tokens.refresh_token  # type: ignore[union-attr]
+    assert "rotate-key" not in caplog.text
+    # The one-time allowance is spent: the same old values are refused now.
+    put_value(pg_url, "sealed", fernet.Fernet(KEY_A).encrypt(sealed.to_bytes()))
+    put_value(pg_url, "plain", plain.to_bytes(), encrypted=False)
+    for name in ("sealed", "plain"):
+        with pytest.raises(ConfigError) as raised:
+            stores(keys=[KEY_A]).connection(name).open()
+        assert raised.value.exit_code == 78 and f"connection '{name}'" in str(raised.value)
+    # Without a key, a plain row still opens as it always did.
+    assert stores().read("plain").tokens.refresh_token == plain.refresh_token  # type: ignore[union-attr]
+
+
+def test_a_damaged_value_is_called_damaged_not_a_wrong_key(stores: Any, pg_url: str) -> None:
+    """Broken Fernet structure, or a failed integrity check while the same keys open the store, is damage."""
+    store = stores(keys=[KEY_A])
+    store.import_tokens("acme", make_tokens(), force=False)
+    store.import_tokens("beta", make_tokens(), force=False)
+    good = stored_value(pg_url, "acme")
+    raw = fernet_raw(good)
+    flipped = bytearray(raw)
+    flipped[len(raw) // 2] ^= 0x04
+    wrong_version = bytearray(raw)
+    wrong_version[0] = 0x81
+    damages = {
+        "a flipped bit": as_fernet_text(bytes(flipped)),
+        "cut short": as_fernet_text(raw[:-5]),
+        "cut by a whole block": as_fernet_text(raw[:-48] + raw[-32:]),
+        "cut mid-text": good[:-3],
+        "not base64": good[:20] + b"*" + good[21:],
+        "a wrong version byte": as_fernet_text(bytes(wrong_version)),
+        "empty": b"",
+    }
+    for what, value in damages.items():
+        put_value(pg_url, "acme", value)
+        with pytest.raises(ConfigError) as raised:
+            stores(keys=[KEY_A]).connection("acme").open()
+        message = str(raised.value)
+        assert raised.value.exit_code == 78 and "connection 'acme'" in message, what
+        assert "damaged" in message and "not among" not in message, (what, message)
+        assert_no_key(message)
+    assert stores().list_connections()[0].lease_holder is None
+
+
+def test_a_value_sealed_with_a_key_not_given_says_so_and_is_a_store_key_error(stores: Any, pg_url: str) -> None:
+    """A whole value that no given key opens, where the keys are wrong for it, is a StoreKeyError naming the
+    connection and how many keys were given, never a key."""
+    from job.errors import StoreKeyError
+    from job.tokens import fingerprint
+
+    stores(keys=[KEY_A]).import_tokens("acme", make_tokens(), force=False)
+    with pytest.raises(StoreKeyError) as raised:
+        stores(keys=[KEY_B]).connection("acme").open()
+    message = str(raised.value)
+    assert raised.value.exit_code == 78 and "connection 'acme'" in message and "not among the 1 store key" in message
+    assert_no_key(message)
+    # Even while the given key opens other connections: the row was sealed with a key no longer given.
+    stores(keys=[KEY_B]).import_tokens("beta", make_tokens(), force=False)
+    with pytest.raises(StoreKeyError) as again:
+        stores(keys=[KEY_B]).read("acme")
+    assert "not among" in str(again.value) and fingerprint(KEY_A) in str(again.value)
+    assert_no_key(str(again.value))
+    with pytest.raises(StoreKeyError, match="no store key"):
+        stores().read("acme")
+
+
+def test_an_old_value_that_fails_its_check_is_damaged_only_when_the_keys_open_another_row(
+    stores: Any, pg_url: str
+) -> None:
+    """For values sealed before schema version 3 (which key sealed them is not recorded): damaged when the same
+    keys open another encrypted row of the store or it cannot be a Fernet token, else sealed with a key not
+    among those given."""
+    from job.errors import StoreKeyError
+
+    make_version_2_store(pg_url)
+    for name in ("acme", "beta"):
+        add_version_2_row(pg_url, name, fernet.Fernet(KEY_A).encrypt(make_tokens().to_bytes()), encrypted=True)
+    stores().init_schema()
+    raw = bytearray(fernet_raw(stored_value(pg_url, "acme")))
+    raw[len(raw) // 2] ^= 0x10
+    put_value(pg_url, "acme", as_fernet_text(bytes(raw)))
+    with pytest.raises(ConfigError) as damaged:
+        stores(keys=[KEY_A]).read("acme")
+    assert "damaged" in str(damaged.value) and not isinstance(damaged.value, StoreKeyError)
+    sql(pg_url, "DELETE FROM aweber_job.connections WHERE name = 'beta'")
+    with pytest.raises(StoreKeyError) as unknown:
+        stores(keys=[KEY_A]).read("acme")
+    assert "not among the 1 store key" in str(unknown.value)
+    # A value that cannot be a Fernet token at all is damaged whatever the keys.
+    put_value(pg_url, "acme", as_fernet_text(bytes(raw[:-5])))
+    with pytest.raises(ConfigError) as broken:
+        stores(keys=[KEY_A]).read("acme")
+    assert "damaged" in str(broken.value) and not isinstance(broken.value, StoreKeyError)
 
 
 # ---- the database URL's password ---------------------------------------------------------------------

@@ -9,7 +9,8 @@ which the next run of that connection on that machine puts in place when they fo
 token. Before a refresh token is spent, ``refreshing_from`` records its hash (the **marker**); a run that
 finds the marker still naming the stored token knows an earlier run died mid-refresh and says so.
 
-Tokens are stored as the token file's bytes, encrypted with ``MultiFernet`` when keys are given.
+Tokens are stored as the token file's bytes, encrypted with ``MultiFernet`` when keys are given and
+then bound to their connection, so ciphertext copied into another row opens for no one.
 psycopg and cryptography are imported here only, and only when a store is made: a token-file
 install never loads them. The database URL's password is a secret: it is registered with the
 redactor, and messages describe the store as the URL without it. See docs/design.md, "The PostgreSQL

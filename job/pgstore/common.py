@@ -3,9 +3,12 @@ and how connection names and lease holders are written."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import math
 import os
+import re
 import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,7 +19,7 @@ from job.errors import ConfigError, UsageError
 from job.tokens import TokenFile
 
 SCHEMA = "aweber_job"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # pg_advisory_xact_lock key serialising init_schema across machines ("aweberjb" in ASCII).
 ADVISORY_LOCK_KEY = 0x617765626572_6A62
 CONNECT_TIMEOUT_SECONDS = 10
@@ -82,13 +85,29 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         f"""CREATE INDEX connections_due ON {SCHEMA}.connections (last_run_at NULLS FIRST)
             WHERE revoked_at IS NULL AND NOT waiting_for_person""",
     ),
+    # Sealed values bound to their connection (see BOUND). ``sealed_with``: the fingerprint of the key
+    # that sealed a row, so a value that fails its check under that very key is known to be damaged,
+    # not sealed with a key that is not given. ``legacy_values``: whether values written before
+    # binding (unbound ciphertext, plain rows while a key is set) are still accepted: only in a store
+    # that held connections when it was upgraded, until `store rotate-key` has bound them all.
+    3: (
+        f"ALTER TABLE {SCHEMA}.connections ADD COLUMN sealed_with text",
+        f"ALTER TABLE {SCHEMA}.schema_version ADD COLUMN legacy_values boolean NOT NULL DEFAULT false",
+        f"""UPDATE {SCHEMA}.schema_version
+            SET legacy_values = EXISTS (SELECT FROM {SCHEMA}.connections WHERE tokens IS NOT NULL)""",
+    ),
 }
+
+# What a sealed value holds before it is encrypted: this line, naming the connection by the SHA-256 of
+# its name, then the token file. Without it, the ciphertext of one row copied into another would open
+# there, and that connection would run with another customer's account.
+BOUND = b"aweber-job/bound "
 
 INFO_COLUMNS = """name, account_id, extract(epoch FROM access_expires_at)::float8,
     extract(epoch FROM last_run_at)::float8, last_exit_code, extract(epoch FROM next_run_at)::float8,
     CASE WHEN lease_until > now() THEN lease_holder END, encrypted, revoked_at IS NOT NULL"""
 
-SEAL_COLUMNS = """tokens = %(tokens)s, encrypted = %(encrypted)s,
+SEAL_COLUMNS = """tokens = %(tokens)s, encrypted = %(encrypted)s, sealed_with = %(sealed_with)s,
     access_expires_at = to_timestamp(%(expires_at)s::float8),
     account_id = coalesce(%(account_id)s, account_id)"""
 
@@ -172,6 +191,32 @@ def name_from_file_safe(safe: str) -> str | None:
         return urllib.parse.unquote(safe, errors="strict")
     except UnicodeDecodeError:
         return None
+
+
+def binding(name: str) -> bytes:
+    """The line that binds a sealed value to connection ``name`` (see BOUND)."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+    return BOUND + digest.encode("ascii") + b"\n"
+
+
+# A Fernet token: version 0x80, 8-byte time, 16-byte IV, AES-CBC blocks of 16 bytes (one at least), 32-byte HMAC.
+FERNET_OVERHEAD = 1 + 8 + 16 + 32
+FERNET_TEXT = re.compile(rb"[A-Za-z0-9_-]*={0,2}")
+
+
+def fernet_damage(value: bytes) -> str | None:
+    """Why ``value`` cannot be a Fernet token at all (so no key could open it), or None when it may be one."""
+    if not FERNET_TEXT.fullmatch(value):
+        return "it is not URL-safe base64 text"
+    try:
+        raw = base64.urlsafe_b64decode(value)
+    except (binascii.Error, ValueError):
+        return "it is not URL-safe base64 text"
+    if not raw or raw[0] != 0x80:
+        return "it does not begin as a Fernet token does"
+    if len(raw) < FERNET_OVERHEAD + 16 or (len(raw) - FERNET_OVERHEAD) % 16:
+        return f"its length ({len(raw)} bytes) cannot be a Fernet token's"
+    return None
 
 
 def check_name(name: str) -> str:

@@ -180,7 +180,7 @@ class PostgresConnection:
         cannot keep the new tokens from their rescue file.
         """
         assert isinstance(pending, PendingRefresh)
-        sealed = self._store._seal(tokens)
+        sealed = self._store._seal(self.connection, tokens)
         began = time.monotonic()
         deadline = began + self._store.save_deadline_seconds
         pause = SAVE_RETRY_FIRST_SECONDS
@@ -386,7 +386,7 @@ class PostgresConnection:
                 # New tokens: a connection that waited for a person (another host spent the old one) is live again.
                 if not self._fenced_update(f"{SEAL_COLUMNS}, {NO_MARKER}, waiting_for_person = false, "
                                            "temporary_failures = 0", "cannot put the rescued tokens into",
-                                           **self._store._seal(rescued)):
+                                           **self._store._seal(self.connection, rescued)):
                     raise self._lease_lost("putting rescued tokens into")
                 self._unlink(path)
                 log.info("put the tokens of rescue file %s into %s (refresh token %s) and removed the file",

@@ -179,14 +179,18 @@ class PgJob:
                    None if holder == "-" else holder, whole)
 
     def decrypt(self, sealed: bytes) -> bytes | None:
-        """The plain bytes of an encrypted row (None when the key does not open it: a corrupt row)."""
+        """The token file an encrypted row holds (None when the key does not open it, or it is not bound to this
+        connection: a corrupt row). A sealed value is the line ``aweber-job/bound <sha256 of the name>``, then the
+        token file."""
         from cryptography.fernet import Fernet, InvalidToken
 
         assert self.key is not None, "an encrypted row but no key was given"
         try:
-            return Fernet(self.key.encode("ascii")).decrypt(sealed)
+            plain = Fernet(self.key.encode("ascii")).decrypt(sealed)
         except InvalidToken:
             return None
+        bound = b"aweber-job/bound " + hashlib.sha256(self.name.encode("utf-8")).hexdigest().encode("ascii") + b"\n"
+        return plain[len(bound):] if plain.startswith(bound) else None
 
     def stored_refresh_token(self) -> str:
         """The refresh token the row holds; AssertionError when the row does not load (a corrupt row)."""
