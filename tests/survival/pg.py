@@ -211,5 +211,15 @@ class PgJob:
         return self.ws.state_dir / "rescue"
 
     def rescue_files(self) -> list[Path]:
+        """The files in the rescue directory that hold anything: a reservation a killed run left holds only its
+        placeholder (spaces) and is not one; see :meth:`placeholders`."""
+        return [path for path in self._rescue_entries() if path not in self.placeholders()]
+
+    def placeholders(self) -> list[Path]:
+        """Reserved rescue files that hold nothing yet (a hidden temporary of spaces only)."""
+        return [path for path in self._rescue_entries()
+                if path.name.startswith(".") and not path.read_bytes().strip()]
+
+    def _rescue_entries(self) -> list[Path]:
         directory = self.rescue_dir()
         return sorted(directory.iterdir()) if directory.exists() else []
