@@ -62,12 +62,34 @@ class Background:
         return value
 
 
+Connect = Callable[[], Any]
+
+
 @pytest.fixture
 def proxy(pg_database: str) -> Iterator[DbProxy]:
     """A proxy to the test run's PostgreSQL server, closed after the test."""
     port = urlsplit(pg_database).port or 5432
     with DbProxy(port) as running:
         yield running
+
+
+@pytest.fixture
+def connect(proxy: DbProxy, pg_database: str) -> Iterator[Connect]:
+    """Make psycopg connections (autocommit) to the test run's database through the proxy.
+
+    Afterwards the proxy is closed before they are: a call still blocked on a held connection then fails
+    and lets go of it (psycopg's close() waits for a call in progress on another thread, here forever).
+    """
+    made: list[Any] = []
+
+    def make() -> Any:
+        made.append(psycopg.connect(proxy.route(pg_database), autocommit=True, connect_timeout=5))
+        return made[-1]
+
+    yield make
+    proxy.close()
+    for conn in made:
+        bounded(conn.close)
 
 
 @pytest.fixture
@@ -78,18 +100,24 @@ def table(pg_database: str) -> Iterator[str]:
         db.execute(f"CREATE TABLE {name} (id serial PRIMARY KEY, v text)")
     yield name
     with psycopg.connect(pg_database, autocommit=True, connect_timeout=5) as db:
+        db.execute("SET lock_timeout = '10s'")  # a bound, should a connection left behind still hold a lock
         db.execute(f"DROP TABLE IF EXISTS {name}")
-
-
-def through(proxy: DbProxy, url: str) -> Any:
-    """A psycopg connection (autocommit) to ``url``'s database through the proxy."""
-    return psycopg.connect(proxy.route(url), autocommit=True, connect_timeout=5)
 
 
 def values(url: str, table: str) -> list[str]:
     """The ``v`` column of ``table`` in insertion order, read over a direct connection (the server's view)."""
     with psycopg.connect(url, autocommit=True, connect_timeout=5) as db:
         return [row[0] for row in db.execute(f"SELECT v FROM {table} ORDER BY id")]  # noqa: S608 - a test table
+
+
+def bounded(call: Callable[[], Any]) -> Any:
+    """``call()``, failing after PROMPT seconds instead of hanging when the proxy holds what it should not."""
+    return Background(call).result()
+
+
+def ask(conn: Any, sql: str) -> Any:
+    """The first row of ``sql`` through ``conn``, bounded client-side."""
+    return bounded(lambda: conn.execute(sql).fetchone())
 
 
 def insert(conn: Any, table: str, value: str) -> Any:
@@ -143,43 +171,44 @@ def raw_session(proxy: DbProxy, url: str) -> socket.socket:
 
 # -- hold ------------------------------------------------------------------------------------------
 
-def test_a_held_link_blocks_a_statement_until_released(proxy: DbProxy, pg_database: str) -> None:
+def test_a_held_link_blocks_a_statement_until_released(proxy: DbProxy, connect: Connect) -> None:
     """While the link is held a statement gets no answer, and once released it completes."""
-    with through(proxy, pg_database) as conn:
-        proxy.hold()
-        query = Background(lambda: conn.execute("SELECT 1").fetchone())
-        assert query.blocked_after(BLOCKED)
-        proxy.release()
-        assert query.result() == (1,)
+    conn = connect()
+    proxy.hold()
+    query = Background(lambda: conn.execute("SELECT 1").fetchone())
+    assert query.blocked_after(BLOCKED)
+    proxy.release()
+    assert query.result() == (1,)
 
 
-def test_a_hold_of_answers_only_lets_the_statement_run(proxy: DbProxy, pg_database: str, table: str) -> None:
+def test_a_hold_of_answers_only_lets_the_statement_run(proxy: DbProxy, connect: Connect, pg_database: str,
+                                                       table: str) -> None:
     """Holding only the server-to-client direction lets the server run a statement whose answer never comes."""
-    with through(proxy, pg_database) as conn:
-        proxy.hold("to_client")
-        adding = Background(lambda: insert(conn, table, "one way"))
-        wait_until(lambda: values(pg_database, table) == ["one way"], "the server ran the statement")
-        assert adding.blocked_after(0.2)
-        proxy.release()
-        assert adding.result().rowcount == 1
+    conn = connect()
+    proxy.hold("to_client")
+    adding = Background(lambda: insert(conn, table, "one way"))
+    wait_until(lambda: values(pg_database, table) == ["one way"], "the server ran the statement")
+    assert adding.blocked_after(0.2)
+    proxy.release()
+    assert adding.result().rowcount == 1
 
 
-def test_a_pattern_holds_that_statement_and_not_the_ones_before(proxy: DbProxy, pg_database: str,
+def test_a_pattern_holds_that_statement_and_not_the_ones_before(proxy: DbProxy, connect: Connect, pg_database: str,
                                                                 table: str) -> None:
     """A statement whose text matches is held before the server sees it, while earlier statements pass."""
     trigger = proxy.arm(b"VALUES ('second')", action="hold")
-    with through(proxy, pg_database) as conn:
-        insert(conn, table, "first")
-        assert not proxy.wait_fired(0.1)
-        second = Background(lambda: insert(conn, table, "second"))
-        assert second.blocked_after(BLOCKED)
-        assert trigger.fired
-        assert values(pg_database, table) == ["first"]
-        assert proxy.seen(b"VALUES ('second')") == 1
-        assert proxy.seen(b"VALUES ('second')", delivered=True) == 0
-        proxy.release()
-        second.result()
-        assert values(pg_database, table) == ["first", "second"]
+    conn = connect()
+    bounded(lambda: insert(conn, table, "first"))
+    assert not proxy.wait_fired(0.1)
+    second = Background(lambda: insert(conn, table, "second"))
+    assert second.blocked_after(BLOCKED)
+    assert trigger.fired
+    assert values(pg_database, table) == ["first"]
+    assert proxy.seen(b"VALUES ('second')") == 1
+    assert proxy.seen(b"VALUES ('second')", delivered=True) == 0
+    proxy.release()
+    second.result()
+    assert values(pg_database, table) == ["first", "second"]
 
 
 def test_a_pattern_split_between_segments_still_fires(proxy: DbProxy, pg_database: str) -> None:
@@ -199,37 +228,36 @@ def test_a_pattern_split_between_segments_still_fires(proxy: DbProxy, pg_databas
         assert b"split here" in read_until_ready(sock, PROMPT)
 
 
-def test_the_nth_sighting_fires_on_the_connection_it_was_seen_on(proxy: DbProxy, pg_database: str) -> None:
+def test_the_nth_sighting_fires_on_the_connection_it_was_seen_on(proxy: DbProxy, connect: Connect) -> None:
     """The trigger counts sightings over all connections and cuts only the one carrying the nth."""
     proxy.arm(b"SELECT 'counted'", nth=3, action="cut")
-    with through(proxy, pg_database) as first, through(proxy, pg_database) as second:
-        assert first.execute("SELECT 'counted'").fetchone() == ("counted",)
-        assert first.execute("SELECT 'counted'").fetchone() == ("counted",)
-        with pytest.raises(psycopg.OperationalError):
-            second.execute("SELECT 'counted'")
-        assert first.execute("SELECT 'counted'").fetchone() == ("counted",)
-        assert first.execute("SELECT 2").fetchone() == (2,)
+    first, second = connect(), connect()
+    assert ask(first, "SELECT 'counted'") == ("counted",)
+    assert ask(first, "SELECT 'counted'") == ("counted",)
+    with pytest.raises(psycopg.OperationalError):
+        ask(second, "SELECT 'counted'")
+    assert ask(first, "SELECT 'counted'") == ("counted",)
+    assert ask(first, "SELECT 2") == (2,)
 
 
-def test_a_hold_on_every_connection_also_holds_new_ones(proxy: DbProxy, pg_database: str) -> None:
+def test_a_hold_on_every_connection_also_holds_new_ones(proxy: DbProxy, connect: Connect) -> None:
     """A cue on one connection with scope "all" holds every open connection and those made afterwards."""
     proxy.arm(b"SELECT 'everyone'", action="hold", scope="all")
-    with through(proxy, pg_database) as cue, through(proxy, pg_database) as other:
-        held = [
-            Background(lambda: cue.execute("SELECT 'everyone'").fetchone()),
-            Background(lambda: other.execute("SELECT 'other'").fetchone()),
-        ]
-        assert proxy.wait_fired(PROMPT)
+    cue, other = connect(), connect()
+    held = [
+        Background(lambda: cue.execute("SELECT 'everyone'").fetchone()),
+        Background(lambda: other.execute("SELECT 'other'").fetchone()),
+    ]
+    assert proxy.wait_fired(PROMPT)
 
-        def connect_and_select() -> Any:
-            with through(proxy, pg_database) as new:
-                return new.execute("SELECT 'new'").fetchone()
+    def connect_and_select() -> Any:
+        return connect().execute("SELECT 'new'").fetchone()
 
-        held.append(Background(connect_and_select))
-        time.sleep(BLOCKED)
-        assert [call.running for call in held] == [True, True, True]
-        proxy.release()
-        assert [call.result() for call in held] == [("everyone",), ("other",), ("new",)]
+    held.append(Background(connect_and_select))
+    time.sleep(BLOCKED)
+    assert [call.running for call in held] == [True, True, True]
+    proxy.release()
+    assert [call.result() for call in held] == [("everyone",), ("other",), ("new",)]
 
 
 def test_after_bytes_passes_exactly_that_many(proxy: DbProxy, pg_database: str) -> None:
@@ -248,41 +276,41 @@ def test_after_bytes_passes_exactly_that_many(proxy: DbProxy, pg_database: str) 
 
 # -- the statement forwarded, the answer not ---------------------------------------------------------
 
-def test_forward_runs_the_statement_and_holds_its_answer(proxy: DbProxy, pg_database: str, table: str) -> None:
+def test_forward_runs_the_statement_and_holds_its_answer(proxy: DbProxy, connect: Connect, pg_database: str,
+                                                         table: str) -> None:
     """With ``forward=True`` the server runs and commits the statement while its answer waits in the proxy."""
     trigger = proxy.arm(b"VALUES ('acted')", action="hold", forward=True)
-    with through(proxy, pg_database) as conn:
-        adding = Background(lambda: insert(conn, table, "acted"))
-        assert trigger.wait(PROMPT)
-        assert values(pg_database, table) == ["acted"]
-        assert adding.blocked_after(BLOCKED)
-        proxy.release()
-        assert adding.result().rowcount == 1
+    conn = connect()
+    adding = Background(lambda: insert(conn, table, "acted"))
+    assert trigger.wait(PROMPT)
+    assert values(pg_database, table) == ["acted"]
+    assert adding.blocked_after(BLOCKED)
+    proxy.release()
+    assert adding.result().rowcount == 1
 
 
-def test_forward_then_cut_commits_but_the_client_sees_a_lost_connection(proxy: DbProxy, pg_database: str,
-                                                                        table: str) -> None:
+def test_forward_then_cut_commits_but_the_client_sees_a_lost_connection(proxy: DbProxy, connect: Connect,
+                                                                        pg_database: str, table: str) -> None:
     """A forwarded statement cut at its answer is committed by the server while the client gets an error."""
     proxy.arm(b"VALUES ('lost answer')", action="cut", forward=True)
-    with through(proxy, pg_database) as conn:
-        with pytest.raises(psycopg.OperationalError):
-            insert(conn, table, "lost answer")
-        assert conn.broken
+    conn = connect()
+    with pytest.raises(psycopg.OperationalError):
+        bounded(lambda: insert(conn, table, "lost answer"))
+    assert conn.broken
     assert values(pg_database, table) == ["lost answer"]
 
 
 # -- cut -------------------------------------------------------------------------------------------
 
-def test_a_cut_fails_the_clients_next_statement(proxy: DbProxy, pg_database: str) -> None:
+def test_a_cut_fails_the_clients_next_statement(proxy: DbProxy, connect: Connect) -> None:
     """After a cut psycopg raises OperationalError and marks the connection broken, and a new one works."""
-    with through(proxy, pg_database) as conn:
-        assert conn.execute("SELECT 1").fetchone() == (1,)
-        proxy.cut_all()
-        with pytest.raises(psycopg.OperationalError):
-            conn.execute("SELECT 1")
-        assert conn.broken
-    with through(proxy, pg_database) as again:
-        assert again.execute("SELECT 1").fetchone() == (1,)
+    conn = connect()
+    assert ask(conn, "SELECT 1") == (1,)
+    proxy.cut_all()
+    with pytest.raises(psycopg.OperationalError):
+        ask(conn, "SELECT 1")
+    assert conn.broken
+    assert ask(connect(), "SELECT 1") == (1,)
 
 
 @pytest.mark.parametrize("rst", [False, True])
@@ -300,59 +328,58 @@ def test_a_cut_closes_with_a_fin_or_a_reset(proxy: DbProxy, pg_database: str, rs
 
 # -- pause -----------------------------------------------------------------------------------------
 
-def test_a_pause_delivers_a_large_statement_whole_and_in_order_afterwards(proxy: DbProxy, pg_database: str,
-                                                                          table: str) -> None:
+def test_a_pause_delivers_a_large_statement_whole_and_in_order_afterwards(proxy: DbProxy, connect: Connect,
+                                                                          pg_database: str, table: str) -> None:
     """A statement sent during a pause, larger than the proxy buffers, arrives intact once the pause ends."""
     payload = secrets.token_hex(1_500_000)  # 3 MB: many reads, and more than the proxy keeps before pushing back
-    with through(proxy, pg_database) as conn:
-        proxy.pause(1.0)
-        adding = Background(lambda: insert(conn, table, payload))
-        assert adding.blocked_after(0.5)
-        assert values(pg_database, table) == []
-        adding.result()
-        assert time.monotonic() - adding.started >= 1.0
+    conn = connect()
+    proxy.pause(1.0)
+    adding = Background(lambda: insert(conn, table, payload))
+    assert adding.blocked_after(0.5)
+    assert values(pg_database, table) == []
+    adding.result()
+    assert time.monotonic() - adding.started >= 1.0
     with psycopg.connect(pg_database, autocommit=True, connect_timeout=5) as db:
         stored = db.execute(f"SELECT md5(v) FROM {table}").fetchone()  # noqa: S608 - a test table
     assert stored == (hashlib.md5(payload.encode()).hexdigest(),)  # noqa: S324 - a checksum, as the server's
 
 
-def test_a_pause_on_a_pattern_delays_only_that_statement(proxy: DbProxy, pg_database: str) -> None:
+def test_a_pause_on_a_pattern_delays_only_that_statement(proxy: DbProxy, connect: Connect) -> None:
     """A pause cued by a statement delays it for the given seconds and then lets it complete."""
     proxy.arm(b"SELECT 'later'", action="pause", seconds=1.0)
-    with through(proxy, pg_database) as conn:
-        started = time.monotonic()
-        assert conn.execute("SELECT 'now'").fetchone() == ("now",)
-        assert time.monotonic() - started < 0.5
-        started = time.monotonic()
-        assert conn.execute("SELECT 'later'").fetchone() == ("later",)
-        assert 1.0 <= time.monotonic() - started < PROMPT
+    conn = connect()
+    started = time.monotonic()
+    assert ask(conn, "SELECT 'now'") == ("now",)
+    assert time.monotonic() - started < 0.5
+    started = time.monotonic()
+    assert ask(conn, "SELECT 'later'") == ("later",)
+    assert 1.0 <= time.monotonic() - started < PROMPT
 
 
 # -- refuse ----------------------------------------------------------------------------------------
 
-def test_refusing_fails_new_connections_until_accepting_again(proxy: DbProxy, pg_database: str) -> None:
+def test_refusing_fails_new_connections_until_accepting_again(proxy: DbProxy, connect: Connect) -> None:
     """While refusing, connecting fails (refused, or reset) and open connections go on; afterwards it works."""
-    with through(proxy, pg_database) as before:
-        proxy.refuse()
-        with pytest.raises(psycopg.OperationalError, match="refused"):
-            through(proxy, pg_database)
-        proxy.refuse(reset=True)
-        with pytest.raises(psycopg.OperationalError, match="reset"):
-            through(proxy, pg_database)
-        assert before.execute("SELECT 'still open'").fetchone() == ("still open",)
-        proxy.refuse(False)
-        with through(proxy, pg_database) as after:
-            assert after.execute("SELECT 1").fetchone() == (1,)
+    before = connect()
+    proxy.refuse()
+    with pytest.raises(psycopg.OperationalError, match="refused"):
+        connect()
+    proxy.refuse(reset=True)
+    with pytest.raises(psycopg.OperationalError, match="reset"):
+        connect()
+    assert ask(before, "SELECT 'still open'") == ("still open",)
+    proxy.refuse(False)
+    assert ask(connect(), "SELECT 1") == (1,)
 
 
-def test_a_cut_that_refuses_leaves_no_way_back(proxy: DbProxy, pg_database: str) -> None:
+def test_a_cut_that_refuses_leaves_no_way_back(proxy: DbProxy, connect: Connect) -> None:
     """A cue with ``refuse=True`` cuts the connection and refuses the reconnection that follows at once."""
     proxy.arm(b"SELECT 'last'", action="cut", refuse=True)
-    with through(proxy, pg_database) as conn:
-        with pytest.raises(psycopg.OperationalError):
-            conn.execute("SELECT 'last'")
+    conn = connect()
+    with pytest.raises(psycopg.OperationalError):
+        ask(conn, "SELECT 'last'")
     with pytest.raises(psycopg.OperationalError, match="refused"):
-        through(proxy, pg_database)
+        connect()
 
 
 # -- close -----------------------------------------------------------------------------------------
@@ -360,8 +387,7 @@ def test_a_cut_that_refuses_leaves_no_way_back(proxy: DbProxy, pg_database: str)
 def test_closing_the_proxy_ends_held_connections_and_its_thread(pg_database: str) -> None:
     """Closing the proxy closes a held connection (the client gets an error) and stops the proxy's thread."""
     proxy = DbProxy(urlsplit(pg_database).port or 5432)
-    conn = through(proxy, pg_database)
-    with conn:
+    with psycopg.connect(proxy.route(pg_database), autocommit=True, connect_timeout=5) as conn:
         proxy.hold()
         query = Background(lambda: conn.execute("SELECT 1"))
         assert query.blocked_after(0.3)
