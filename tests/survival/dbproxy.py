@@ -524,6 +524,8 @@ class DbProxy:
     def _fire(self, trigger: Trigger, link: _Link | None) -> None:
         """Apply ``trigger``'s action to ``link`` (or to every connection) and mark it fired."""
         trigger.connection = None if link is None else link.number
+        if trigger.refuse:  # first: a client that sees the cut must find the door already shut
+            self._set_refusing("refuse")
         targets = self._open_links() if link is None or trigger.scope == "all" else [link]
         if trigger.action == "cut":
             for target in targets:
@@ -537,8 +539,6 @@ class DbProxy:
             if link is None or trigger.scope == "all":
                 for direction in sides:
                     self._new_holds[direction] = max(self._new_holds.get(direction, end), end)
-        if trigger.refuse:
-            self._set_refusing("refuse")
         trigger._fired.set()
 
     def _flush(self, link: _Link, pipe: _Pipe) -> None:
