@@ -365,7 +365,7 @@ def test_refusing_fails_new_connections_until_accepting_again(proxy: DbProxy, co
     with pytest.raises(psycopg.OperationalError, match="refused"):
         connect()
     proxy.refuse(reset=True)
-    with pytest.raises(psycopg.OperationalError, match="reset"):
+    with pytest.raises(psycopg.OperationalError, match=r"reset|closed the connection"):  # which: a matter of timing
         connect()
     assert ask(before, "SELECT 'still open'") == ("still open",)
     proxy.refuse(False)
