@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.survival.dbproxy import DbProxy
+from tests.survival.dbproxy import Action, DbProxy
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -226,6 +226,24 @@ def test_a_pattern_split_between_segments_still_fires(proxy: DbProxy, pg_databas
             read_until_ready(sock, BLOCKED)
         proxy.release()
         assert b"split here" in read_until_ready(sock, PROMPT)
+
+
+@pytest.mark.parametrize("action", ["hold", "cut"])
+def test_a_statement_sent_in_the_same_segment_before_the_cue_still_runs(proxy: DbProxy, pg_database: str,
+                                                                         table: str, action: Action) -> None:
+    """Two statements in one TCP segment: the one before the pattern reaches the server, the one carrying it not."""
+    proxy.arm(b"VALUES ('second')", action=action)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=PROMPT) as sock:
+        sock.sendall(startup_message(pg_database))
+        read_until_ready(sock, PROMPT)
+        sock.sendall(query_message(f"INSERT INTO {table} (v) VALUES ('first')".encode())  # noqa: S608 - test table
+                     + query_message(f"INSERT INTO {table} (v) VALUES ('second')".encode()))  # noqa: S608
+        wait_until(lambda: values(pg_database, table) != [], "the first statement ran")
+        time.sleep(0.2)  # time enough for the second, had it been passed on
+        assert values(pg_database, table) == ["first"]
+        if action == "hold":
+            proxy.release()
+            wait_until(lambda: values(pg_database, table) == ["first", "second"], "the second ran once released")
 
 
 def test_the_nth_sighting_fires_on_the_connection_it_was_seen_on(proxy: DbProxy, connect: Connect) -> None:
