@@ -19,21 +19,29 @@ connection the cue was seen on (``scope="connection"``) or every connection (``s
 pause then also catches connections made while it lasts).
 
 Where the cut falls: with a pattern, everything from the pattern's first byte still in the proxy is held or
-dropped, so the message carrying it never arrives whole (the server never runs the statement); with
-``after_bytes``, the first N bytes pass. With ``forward=True`` the bytes carrying the cue flow on, and the
-action starts at the first bytes that come back the other way: the server acted, the client never hears
-(PostgreSQL sends nothing back for a statement until it has finished it, committed in autocommit).
+dropped, so the message carrying it never arrives whole (the server never runs the statement) while what
+came before it, even in the same TCP segment, goes on; with ``after_bytes``, the first N bytes pass. With
+``forward=True`` the bytes carrying the cue flow on, and the action starts at the first bytes that come back
+the other way: the server acted, the client never hears (PostgreSQL answers a statement once it has run it,
+committed in autocommit; only a NOTICE or a result larger than its output buffer comes earlier).
 
 The SQL text of a statement is in clear in PostgreSQL's Query and Parse messages as long as the link is not
-encrypted, which :meth:`DbProxy.route` sees to (``sslmode=disable``, ``gssencmode=disable``). A statement
-psycopg has prepared (the same SQL run ``prepare_threshold`` times on one connection, 5 by default) is then
-sent by name only: a pattern sees its text at most up to that point.
+encrypted, which :meth:`DbProxy.route` sees to (``sslmode=disable``, ``gssencmode=disable``). psycopg sends a
+statement without parameters as one Query, one with parameters as Parse/Bind/Execute (placeholders as
+``$1``); once the same SQL has run ``prepare_threshold`` times on one connection (5 by default) psycopg
+prepares it, and from the 7th run on sends only its name: a pattern no longer sees it there.
+
+What a hold cannot imitate: the proxy's kernel acknowledges every byte it reads, so for the client the link
+is a server that stopped answering, never a host that vanished; TCP keepalives and ``tcp_user_timeout`` on
+the client do not fire, and only a timeout of the client's own (psycopg's ``connect_timeout`` bounds the
+whole login) ends the wait.
 
 One thread per proxy moves every byte (non-blocking sockets and a selector); control calls from the test's
-thread are handed to it and wait for it. Everything binds 127.0.0.1. Typical use::
+thread are handed to it and wait for it. Everything binds 127.0.0.1. With ``PgJob`` (tests/survival/pg.py),
+whose ``store init`` has gone to the server directly::
 
-    with DbProxy(cluster.port) as proxy:
-        job.url = proxy.route(job.url)
+    with DbProxy(pg_server.cluster.port) as proxy:
+        job.url = proxy.route(job.url)  # every later process of this job goes through the proxy
         trigger = proxy.arm(b"UPDATE aweber_job.connections SET tokens", action="hold")
         started = job.start(["run"])
         assert trigger.wait(20)

@@ -324,11 +324,14 @@ def test_a_cut_fails_the_clients_next_statement(proxy: DbProxy, connect: Connect
     """After a cut psycopg raises OperationalError and marks the connection broken, and a new one works."""
     conn = connect()
     assert ask(conn, "SELECT 1") == (1,)
+    assert proxy.open_connections() == 1
     proxy.cut_all()
+    assert proxy.open_connections() == 0
     with pytest.raises(psycopg.OperationalError):
         ask(conn, "SELECT 1")
     assert conn.broken
     assert ask(connect(), "SELECT 1") == (1,)
+    assert (proxy.accepted, proxy.open_connections()) == (2, 1)
 
 
 @pytest.mark.parametrize("rst", [False, True])
