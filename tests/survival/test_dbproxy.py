@@ -11,7 +11,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import pytest
@@ -28,8 +28,11 @@ PROMPT = 5.0
 class Background:
     """A call on a daemon thread, so a test can see it blocked without blocking itself."""
 
+    started_calls: ClassVar[list[Background]] = []  # every call started, for the ``connect`` fixture's teardown
+
     def __init__(self, call: Callable[[], Any]) -> None:
         """Start ``call`` now."""
+        Background.started_calls.append(self)
         self._call = call
         self._outcome: list[Any] = []
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -77,10 +80,12 @@ def proxy(pg_database: str) -> Iterator[DbProxy]:
 def connect(proxy: DbProxy, pg_database: str) -> Iterator[Connect]:
     """Make psycopg connections (autocommit) to the test run's database through the proxy.
 
-    Afterwards the proxy is closed before they are: a call still blocked on a held connection then fails
-    and lets go of it (psycopg's close() waits for a call in progress on another thread, here forever).
+    Afterwards the proxy is closed first, which makes every call still blocked on a held connection fail,
+    and the connections are closed only once no call runs: psycopg's close() under a call in progress on
+    another thread crashes the process (the connection's memory is freed under it).
     """
     made: list[Any] = []
+    Background.started_calls.clear()
 
     def make() -> Any:
         made.append(psycopg.connect(proxy.route(pg_database), autocommit=True, connect_timeout=5))
@@ -88,8 +93,13 @@ def connect(proxy: DbProxy, pg_database: str) -> Iterator[Connect]:
 
     yield make
     proxy.close()
+    deadline = time.monotonic() + PROMPT
+    stuck = [call for call in Background.started_calls if call.blocked_after(max(0.0, deadline - time.monotonic()))]
+    Background.started_calls.clear()
+    if stuck:
+        pytest.fail(f"{len(stuck)} call(s) still blocked after the proxy closed; their connections are left open")
     for conn in made:
-        bounded(conn.close)
+        conn.close()
 
 
 @pytest.fixture
@@ -408,13 +418,14 @@ def test_a_cut_that_refuses_leaves_no_way_back(proxy: DbProxy, connect: Connect)
 def test_closing_the_proxy_ends_held_connections_and_its_thread(pg_database: str) -> None:
     """Closing the proxy closes a held connection (the client gets an error) and stops the proxy's thread."""
     proxy = DbProxy(urlsplit(pg_database).port or 5432)
-    with psycopg.connect(proxy.route(pg_database), autocommit=True, connect_timeout=5) as conn:
-        proxy.hold()
-        query = Background(lambda: conn.execute("SELECT 1"))
-        assert query.blocked_after(0.3)
-        proxy.close()
-        with pytest.raises(psycopg.OperationalError):
-            query.result()
+    conn = psycopg.connect(proxy.route(pg_database), autocommit=True, connect_timeout=5)
+    proxy.hold()
+    query = Background(lambda: conn.execute("SELECT 1"))
+    assert query.blocked_after(0.3)
+    proxy.close()
+    with pytest.raises(psycopg.OperationalError):
+        query.result()
+    conn.close()  # only now: closing under the call would crash
     assert not [thread for thread in threading.enumerate() if thread.name == f"dbproxy-{proxy.port}"]
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", proxy.port), timeout=PROMPT).close()
