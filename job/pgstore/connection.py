@@ -200,8 +200,11 @@ class PostgresConnection:
                 break
             except JobError as exc:
                 why = f"it could not be written for {time.monotonic() - began:.0f} s: {exc.message}"
+                cap = self._store.stop_cap() if self._store.stop_cap is not None else None
                 if cap is not None:
+                    # Asked to stop while this attempt waited: the rescue file now, while the grace leaves time.
                     why = f"the run was asked to stop and it could not be written before then: {exc.message}"
+                    deadline = min(deadline, max(cap, began + LAST_SAVE_TRY_SECONDS))
                 if time.monotonic() + pause >= deadline:
                     break
                 log.warning("%s; retrying", exc.message)

@@ -468,6 +468,11 @@ class PostgresStore:
         if self._db is None or self._db.closed or self._db.broken:
             self._drop_connection()
             left = CONNECT_TIMEOUT_SECONDS if deadline is None else deadline - time.monotonic()
+            cap = self.stop_cap() if self.stop_cap is not None else None
+            if cap is not None and time.monotonic() >= cap:
+                # The grace is nearly over: a new connection (2 s at least) would outlast it; what needed one
+                # (recording the outcome, releasing the lease) is left to the lease running out.
+                left = 0.0
             if left <= 0:
                 raise TemporaryError(f"{doing or f'cannot connect to the store {self.description}'}: no time was "
                                      "left to connect to the database")
