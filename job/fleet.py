@@ -43,6 +43,7 @@ from job.errors import (
     StoreKeyError,
     naming_the_connection,
 )
+from job.logs import REDACTOR
 from job.runner import RunOptions, RunOutcome, run_cycle
 from job.shutdown import Shutdown, StoppedError
 
@@ -345,6 +346,12 @@ class FleetRun:
 
         Never raises: whatever goes wrong is this connection's outcome, and the others run on.
         """
+        # This connection's tokens are forgotten by the log redactor once it is done: a line then costs the same
+        # for the last connection as for the first.
+        with REDACTOR.scope():
+            return self._run_connection(name, row)
+
+    def _run_connection(self, name: str, row: Any) -> RunOutcome:
         outcome = RunOutcome()
         try:
             store, session = self._worker()

@@ -9,6 +9,7 @@ secret, codes, verifiers) and replaces any occurrence with its fingerprint — t
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import sys
@@ -21,6 +22,7 @@ from job.tokens import fingerprint
 # typing costs start-up time and is needed for annotations only (strings here).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import IO, Any
 
 # Lines of log kept for the monitoring ping's failure body.
@@ -40,28 +42,76 @@ def one_line(text: str) -> str:
 
 
 class Redactor:
-    """Replaces every registered secret value in a string with ``[redacted:<fingerprint>]``."""
+    """Replaces every registered secret value in a string with ``[redacted:<fingerprint>]``.
+
+    A secret registered inside :meth:`scope` (one connection of a fleet run, in its worker thread) is
+    forgotten when the last scope that registered it ends, unless it was also registered outside any
+    scope: the cost of a line stays that of the connections in flight, not of every one done so far.
+    """
 
     def __init__(self) -> None:
         # Each form a secret may take in a line, with the fingerprint of the secret itself.
         self._secrets: dict[str, str] = {}
+        # The forms, longest first (a secret inside a longer one is masked by the longer), made on change.
+        self._ordered: list[tuple[str, str]] = []
         self._lock = threading.Lock()
+        self._permanent: set[str] = set()
+        self._scoped: dict[str, int] = {}
+        self._local = threading.local()
 
     def add(self, *values: str | None) -> None:
         """Register secret values; empty and very short ones are ignored."""
+        scope: set[str] | None = getattr(self._local, "scope", None)
         with self._lock:
+            changed = False
             for value in values:
-                if value and len(value) >= MIN_SECRET_LENGTH:
-                    # A text log line shows the secret's control characters escaped: mask that form too.
-                    for shown in (value, one_line(value)):
+                if not value or len(value) < MIN_SECRET_LENGTH:
+                    continue
+                if scope is None:
+                    self._permanent.add(value)
+                elif value not in scope:
+                    scope.add(value)
+                    self._scoped[value] = self._scoped.get(value, 0) + 1
+                # A text log line shows the secret's control characters escaped: mask that form too.
+                for shown in (value, one_line(value)):
+                    if shown not in self._secrets:
                         self._secrets[shown] = fingerprint(value)
+                        changed = True
+            if changed:
+                self._reorder()
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """Secrets registered by this thread inside the block are forgotten after it (see the class docstring)."""
+        outer = getattr(self._local, "scope", None)
+        mine: set[str] = set()
+        self._local.scope = mine
+        try:
+            yield
+        finally:
+            self._local.scope = outer
+            with self._lock:
+                for value in mine:
+                    left = self._scoped.get(value, 0) - 1
+                    if left > 0:
+                        self._scoped[value] = left
+                        continue
+                    self._scoped.pop(value, None)
+                    if value not in self._permanent:
+                        for shown in (value, one_line(value)):
+                            self._secrets.pop(shown, None)
+                self._reorder()
+
+    def known(self) -> int:
+        """How many forms of secrets are registered now."""
+        return len(self._secrets)
+
+    def _reorder(self) -> None:
+        self._ordered = sorted(self._secrets.items(), key=lambda item: len(item[0]), reverse=True)
 
     def redact(self, text: str) -> str:
-        if not self._secrets:
-            return text
-        with self._lock:
-            secrets = sorted(self._secrets.items(), key=lambda item: len(item[0]), reverse=True)
-        for secret, secret_print in secrets:
+        ordered = self._ordered
+        for secret, secret_print in ordered:
             if secret in text:
                 text = text.replace(secret, f"[redacted:{secret_print}]")
         return text

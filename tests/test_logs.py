@@ -115,3 +115,52 @@ def test_a_secret_holding_a_control_character_is_redacted_in_its_escaped_form_to
     text = stream.getvalue()
     assert "secret-with" not in text and "a-newline-987" not in text
     assert text.count("[redacted:") == 1
+
+
+def test_secrets_of_a_connection_are_forgotten_after_its_scope_but_not_others() -> None:
+    """A secret registered inside a scope is masked until the last scope holding it ends; one registered outside
+    any scope (the database password, a store key) stays masked for good."""
+    import threading
+
+    from job.logs import Redactor
+
+    redactor = Redactor()
+    redactor.add("the-permanent-password")
+    before = redactor.known()
+    with redactor.scope():
+        redactor.add("connection-one-token", "the-permanent-password", "shared-client-secret")
+        other_added = threading.Event()
+        other_may_end = threading.Event()
+
+        def other_connection() -> None:
+            with redactor.scope():
+                redactor.add("shared-client-secret", "connection-two-token")
+                other_added.set()
+                other_may_end.wait(5)
+
+        worker = threading.Thread(target=other_connection)
+        worker.start()
+        assert other_added.wait(5)
+        assert "connection-one-token" not in redactor.redact("a connection-one-token b")
+    # The first scope ended; the second still holds the shared secret.
+    assert "connection-one-token" in redactor.redact("a connection-one-token b")
+    assert "shared-client-secret" not in redactor.redact("shared-client-secret")
+    assert "connection-two-token" not in redactor.redact("connection-two-token")
+    other_may_end.set()
+    worker.join(5)
+    assert "shared-client-secret" in redactor.redact("shared-client-secret")
+    assert "the-permanent-password" not in redactor.redact("the-permanent-password")
+    assert redactor.known() == before
+
+
+def test_a_thousand_scoped_connections_leave_the_redactor_as_it_was() -> None:
+    """The secrets a fleet run registers connection by connection do not pile up: the work per line stays flat."""
+    from job.logs import Redactor
+
+    redactor = Redactor()
+    redactor.add("the-permanent-password")
+    for number in range(1000):
+        with redactor.scope():
+            redactor.add(f"access-token-{number:06d}", f"refresh-token-{number:06d}")
+            assert redactor.known() == 3
+    assert redactor.known() == 1

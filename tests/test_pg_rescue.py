@@ -142,12 +142,16 @@ def test_a_rescue_directory_open_to_others_is_closed_before_use(stores: Any, tmp
     rescue = tmp_path / "state" / "rescue"
     rescue.mkdir(parents=True)
     os.chmod(rescue, 0o777)  # noqa: S103 - the mistake under test
-    connection = stores().connection("acme")
+    store = stores()
+    connection = store.connection("acme")
     pending = connection.begin_refresh(connection.open().tokens)
     assert stat.S_IMODE(os.lstat(rescue).st_mode) == 0o700
+    (room,) = os.listdir(rescue)
+    assert room.startswith(".reserve-") and stat.S_IMODE(os.lstat(rescue / room).st_mode) == 0o600
     connection.refresh_failed(pending, refused=True)
-    assert [entry for entry in os.listdir(rescue)] == [], "the reservation was not given back"
     connection.close()
+    store.close()
+    assert os.listdir(rescue) == [], "the room held for rescue files was not given back"
 
 
 def test_a_long_connection_names_rescue_file_is_put_back_by_run_all(db_job: JobFiles) -> None:
@@ -174,3 +178,25 @@ def test_a_long_connection_names_rescue_file_is_put_back_by_run_all(db_job: JobF
     live = db_job.standin.live_refresh_tokens()
     assert stored_refresh_token(url, LONG_NAME) in live
     assert token_requests(db_job.standin) == 1 and invalid_grants(db_job.standin) == 0
+
+
+def test_room_a_killed_process_filled_but_did_not_rename_is_put_back(stores: Any, pg_url: str, tmp_path: Path) -> None:
+    """A process killed between writing the new tokens into its reserved room and the rename: the next run of
+    the connection finds them by what the file says inside, and puts them in place."""
+    import hashlib
+    import json
+
+    stored = make_tokens()
+    stores().import_tokens("acme", stored, force=False)
+    rotated = make_tokens()
+    follows = hashlib.sha256(stored.refresh_token.encode()).hexdigest()[:16]
+    room = tmp_path / "state" / "rescue" / ".reserve-0123456789ab"
+    room.parent.mkdir(parents=True, mode=0o700)
+    document = {**rotated.document, "aweber_job_connection": "acme", "aweber_job_follows": follows}
+    room.write_text(json.dumps(document))
+    os.chmod(room, 0o600)
+    connection = stores().connection("acme")
+    assert connection.open().tokens.refresh_token == rotated.refresh_token
+    connection.close()
+    assert stored_refresh_token(pg_url, "acme") == rotated.refresh_token
+    assert os.listdir(room.parent) == []

@@ -113,23 +113,19 @@ class PostgresConnection:
             raise
 
     def begin_refresh(self, tokens: TokenFile) -> PendingRefresh:
-        """Reserve a rescue file, then record the marker in one committed fenced UPDATE: the proof that both the
-        store and, should it fail after the refresh, a rescue file take writes now. StorageError (73) when no
-        rescue file can be reserved; nothing is sent then."""
+        """Hold room for a rescue file, then record the marker in one committed fenced UPDATE: the proof that both
+        the store and, should it fail after the refresh, a rescue file take writes now. StorageError (73) when no
+        rescue room can be held; nothing is sent then."""
         spent = token_hash(tokens.refresh_token)
-        slot = rescue.reserve(self._rescue_directories(), self.connection, tokens, spent, self._store._clock())
-        try:
-            started = self._monotonic()
-            done = self._fenced_update(
-                "refreshing_from = %(spent)s, refreshing_by = %(holder)s, refreshing_at = now(), "
-                f"lease_until = {LEASE}",
-                "cannot record the start of a refresh of", spent=spent,
-            )
-            if not done:
-                raise self._lease_lost("recording the start of a refresh of")
-        except BaseException:
-            slot.discard()
-            raise
+        slot = self._store.rescue_slot(self.connection, rescue.needed_bytes(tokens))
+        started = self._monotonic()
+        done = self._fenced_update(
+            "refreshing_from = %(spent)s, refreshing_by = %(holder)s, refreshing_at = now(), "
+            f"lease_until = {LEASE}",
+            "cannot record the start of a refresh of", spent=spent,
+        )
+        if not done:
+            raise self._lease_lost("recording the start of a refresh of")
         self._renewed_at = self._confirmed_at = started
         return PendingRefresh(spent=spent, slot=slot)
 
@@ -165,8 +161,6 @@ class PostgresConnection:
 
     def refresh_failed(self, pending: Any, *, refused: bool) -> None:
         """Clear the marker; a database that is gone is only logged (the marker then explains the next run)."""
-        if isinstance(pending, PendingRefresh) and pending.slot is not None:
-            pending.slot.discard()
         try:
             self._fenced_update(NO_MARKER, "cannot clear the refresh marker of")
         except JobError as exc:
@@ -192,8 +186,6 @@ class PostgresConnection:
                 if self._fenced_update(f"{SEAL_COLUMNS}, {NO_MARKER}, lease_until = {LEASE}",
                                        "cannot save the new tokens of", until=deadline, **sealed):
                     self._renewed_at = self._monotonic()
-                    if pending.slot is not None:
-                        pending.slot.discard()
                     log.info("saved refresh token %s for %s", fingerprint(tokens.refresh_token), self.where)
                     return
                 why = "its lease was lost: another run took the connection over, so its tokens were not overwritten"
@@ -227,13 +219,14 @@ class PostgresConnection:
         slot = pending.slot
         if slot is None:  # pragma: no cover - begin_refresh always reserves one
             raise RuntimeError("a save without a rescue reservation")
+        self._store.rescue_slot_used(slot)
         try:
-            path = slot.write(tokens, self.connection)
+            path = slot.write(tokens, self.connection, pending.spent, self._store._clock())
             self._give_to_the_state_directorys_owner(path.parent, path)
         except OSError as exc:
             return TokenNotSavedError(
                 f"the refresh of {self.where} succeeded but the store did not take the new tokens ({why}), and "
-                f"the rescue file {slot.path} could not be written ({exc.strerror or exc}): the new refresh token "
+                f"no rescue file could be written in {slot.directory} ({exc.strerror or exc}): the new refresh token "
                 f"is lost; authorize again: aweber-job --connection {self.connection} login"
             )
         in_memory = path.parent != self._rescue_directories()[0]

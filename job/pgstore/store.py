@@ -167,6 +167,8 @@ class PostgresStore:
         self._schema_checked = False
         # When set and it gives a time (monotonic), every database wait ends by then: a stop's grace (SIGTERM).
         self.stop_cap: Callable[[], float | None] | None = None
+        # Room held for rescue files, proven once and used by one refresh after another (job.pgstore.rescue).
+        self._rescue_slot: rescue.RescueSlot | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, holder: str | None = None) -> PostgresStore:
@@ -517,8 +519,28 @@ class PostgresStore:
             self._db = None
 
     def close(self) -> None:
-        """Close the database connection (a lease still held simply runs out)."""
+        """Close the database connection (a lease still held simply runs out) and give back the rescue room."""
         self._drop_connection()
+        if self._rescue_slot is not None:
+            self._rescue_slot.discard()
+            self._rescue_slot = None
+
+    def rescue_slot(self, name: str, size: int) -> rescue.RescueSlot:
+        """Room for a rescue file of ``size`` bytes, held already or reserved now; StorageError (73) when none can
+        be (the refresh of connection ``name`` is then not sent)."""
+        if self._rescue_slot is not None and self._rescue_slot.usable(size):
+            return self._rescue_slot
+        if self._rescue_slot is not None:
+            self._rescue_slot.discard()
+            self._rescue_slot = None
+        self._rescue_slot = rescue.reserve(rescue.rescue_directories(self.state_dir, self.fallback_rescue_dir),
+                                           name, size)
+        return self._rescue_slot
+
+    def rescue_slot_used(self, slot: rescue.RescueSlot) -> None:
+        """``slot`` is about to hold a rescue file: the next refresh needs new room."""
+        if self._rescue_slot is slot:
+            self._rescue_slot = None
 
     def _error(self, exc: BaseException, doing: str) -> JobError:
         """Map a psycopg error to the job's exit codes: one line, the reason without secrets."""

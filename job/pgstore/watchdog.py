@@ -52,11 +52,15 @@ class Watchdog:
         with self._condition:
             self._next_id += 1
             key = self._next_id
+            idle = not self._armed
             self._armed[key] = armed
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._watch, name="database-deadlines", daemon=True)
                 self._thread.start()
-            self._condition.notify()
+            if idle:
+                # Only an idle watch sleeps without a timeout; a busy one looks again within RECHECK_SECONDS,
+                # long before any deadline (a second at least), so waking it for each statement costs for nothing.
+                self._condition.notify()
         try:
             yield armed
         finally:
