@@ -401,27 +401,12 @@ def _dispatch(args: argparse.Namespace, command: str, out: IO[str], env_in: dict
         settings = _choose_connection(settings, args, command)
         if settings.store_url is not None and command in CONNECTION_COMMANDS:
             connection = settings.connection
-        if command in ("store", "connections"):
-            from job.dbcommands import run_store_command
+        from job.shutdown import Shutdown
 
-            store_code: int = run_store_command(settings, args, out)
-            return store_code
-        if command == "status":
-            return _cmd_status(settings, out, as_json=args.json)
-        if command == "login":
-            if settings.store_url is not None:
-                from job.dbcommands import login_connection as run_login
-            else:
-                from job.login import run_login
-
-            login_code: int = run_login(
-                settings, make_session(), code=args.code, redirect_uri=args.redirect_uri,
-                scope=args.scope, force=args.force, stdin=stdin or sys.stdin, stdout=out,
-            )
-            return login_code
-        if command == "revoke":
-            return _cmd_revoke(settings)
-        return _cmd_run(settings, args, out, origins, refresh_only=(command == "refresh"))
+        # From here on tokens may be spent or held: TERM, INT and HUP take the one graceful path (job/shutdown.py).
+        shutdown = Shutdown(settings.shutdown_grace_seconds)
+        with shutdown.handling_signals():
+            return _run_command(args, command, out, settings, origins, stdin, shutdown)
     except JobError as exc:
         _report(naming_the_connection(exc, connection))
         return exc.exit_code
@@ -432,6 +417,32 @@ def _dispatch(args: argparse.Namespace, command: str, out: IO[str], env_in: dict
         _log().error("unexpected error: %s: %s", type(exc).__name__, exc)
         _log().debug("where it happened", exc_info=True)
         return EXIT_TASK_FAILED
+
+
+def _run_command(args: argparse.Namespace, command: str, out: IO[str], settings: Settings, origins: _Origins,
+                 stdin: IO[str] | None, shutdown: Any) -> int:
+    """The commands that act on tokens, with the stop signals handled."""
+    if command in ("store", "connections"):
+        from job.dbcommands import run_store_command
+
+        store_code: int = run_store_command(settings, args, out)
+        return store_code
+    if command == "status":
+        return _cmd_status(settings, out, as_json=args.json)
+    if command == "login":
+        if settings.store_url is not None:
+            from job.dbcommands import login_connection as run_login
+        else:
+            from job.login import run_login
+
+        login_code: int = run_login(
+            settings, make_session(), code=args.code, redirect_uri=args.redirect_uri,
+            scope=args.scope, force=args.force, stdin=stdin or sys.stdin, stdout=out,
+        )
+        return login_code
+    if command == "revoke":
+        return _cmd_revoke(settings)
+    return _cmd_run(settings, args, out, origins, shutdown, refresh_only=(command == "refresh"))
 
 
 def _choose_connection(settings: Settings, args: argparse.Namespace, command: str) -> Settings:
@@ -569,12 +580,12 @@ def _cmd_revoke(settings: Settings) -> int:
 
 
 def _cmd_run(
-    settings: Settings, args: argparse.Namespace, out: IO[str], origins: _Origins, *, refresh_only: bool
+    settings: Settings, args: argparse.Namespace, out: IO[str], origins: _Origins, shutdown: Any, *,
+    refresh_only: bool,
 ) -> int:
     """The whole cycle of docs/design.md §1 (or steps 1–5 for ``refresh``), with monitoring around it."""
     from job.monitor import Monitor
     from job.runner import RunOptions, RunOutcome, run_cycle
-    from job.shutdown import Shutdown
 
     task_option = getattr(args, "task", None)
     if task_option:
@@ -592,8 +603,6 @@ def _cmd_run(
     )
     session = make_session()
     monitor = Monitor(settings, session)
-    # SIGTERM, SIGINT, SIGHUP and the time limit all take this one path (job/shutdown.py).
-    shutdown = Shutdown(settings.shutdown_grace_seconds)
     if getattr(args, "all", False) or getattr(args, "concurrency", None) is not None:
         return _cmd_run_all(settings, args, options, out, monitor, shutdown)
     outcome = RunOutcome()

@@ -17,7 +17,15 @@ from typing import IO, Any
 import requests
 
 from job.config import Settings
-from job.errors import EXIT_OK, JobError, StorageError, TokenFileError, TokenNotSavedError, UsageError
+from job.errors import (
+    EXIT_OK,
+    JobError,
+    StorageError,
+    TemporaryError,
+    TokenFileError,
+    TokenNotSavedError,
+    UsageError,
+)
 from job.logs import REDACTOR, one_line
 from job.pgstore import ConnectionInfo, PostgresStore
 from job.store import TokenLock, _fsync_directory, load_token_file, resolve_target, tidy_temp_files
@@ -100,9 +108,12 @@ def _import(settings: Settings, store: PostgresStore, name: str, path: Path, *, 
         tidy_temp_files(path, lock, settings.fallback_rescue_dir)
         tokens = load_token_file(path).tokens
         REDACTOR.add(*tokens.secrets())
-        store.import_tokens(name, tokens, force=force)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         target = resolve_target(path)
+        try:
+            store.import_tokens(name, tokens, force=force)
+        except (TemporaryError, StorageError) as exc:
+            _after_an_uncertain_import(store, name, tokens, target, stamp, exc)
         renamed = _unused_name(target, f"{target.name}.imported-{stamp}")
         try:
             os.rename(target, renamed)
@@ -115,6 +126,43 @@ def _import(settings: Settings, store: PostgresStore, name: str, path: Path, *, 
             ) from exc
     kind = "OAuth 1.0a" if tokens.oauth1 is not None else f"refresh token {fingerprint(tokens.refresh_token)}"
     out.write(f"imported {path} as the connection {name!r} ({kind}); the file is now {renamed}\n")
+
+
+def _after_an_uncertain_import(store: PostgresStore, name: str, tokens: TokenFile, target: Path, stamp: str,
+                               exc: JobError) -> None:
+    """The store's answer to the import never came (a link cut, a stop): it may have taken the tokens.
+
+    Returns when the store is seen to hold them (the import goes on: the file is renamed). Raises the
+    error as it is when the store is seen not to hold them (the file stays, live). When the store cannot
+    be asked, the file is renamed aside all the same: one refresh token live in two places would be spent
+    by one and presented again by the other, which can make AWeber revoke the grant.
+    """
+    try:
+        held = store.read(name).tokens
+    except TokenFileError:
+        raise exc from None  # the store answers, and has no such connection: nothing was imported
+    except JobError:
+        held = None  # the store cannot be asked
+    else:
+        if held is not None and held.refresh_token == tokens.refresh_token:
+            log.info("the store's answer to the import was lost, but connection '%s' holds the imported tokens", name)
+            return
+        raise exc
+    aside = _unused_name(target, f"{target.name}.import-uncertain-{stamp}")
+    try:
+        os.rename(target, aside)
+        _fsync_directory(target.parent)
+    except OSError as rename_error:
+        raise StorageError(
+            f"{exc.message}; the store may have taken the tokens of {target} as the connection {name!r}, and the file "
+            f"could not be moved aside ({rename_error.strerror or rename_error}): move it away now (mv {target} "
+            f"{aside}) so that the same refresh token is not used from two places"
+        ) from exc
+    raise StorageError(
+        f"{exc.message}; the store may or may not have taken the tokens of {target} as the connection {name!r}, so "
+        f"the file was moved aside to {aside}, where no run uses it",
+        hint=f"once the store answers: aweber-job connections import {name} {aside} --force",
+    ) from exc
 
 
 def _unused_name(target: Path, name: str) -> Path:

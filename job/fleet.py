@@ -222,14 +222,14 @@ class FleetRun:
     # -- the run -------------------------------------------------------------------------------------
 
     def run(self) -> FleetOutcome:
-        try:
-            # Keys that open nothing are the store's trouble: found one connection at a time, they would set
-            # every connection waiting for a person. Stop before anything is claimed.
-            self._claimer.check_keys()
-        except JobError:
-            self._claimer.close()
-            raise
         with self.shutdown.handling_signals():
+            try:
+                # Keys that open nothing are the store's trouble: found one connection at a time, they would set
+                # every connection waiting for a person. Stop before anything is claimed.
+                self._claimer.check_keys()
+            except JobError:
+                self._claimer.close()
+                raise
             return self._run()
 
     def _run(self) -> FleetOutcome:
@@ -256,6 +256,8 @@ class FleetRun:
                         futures[executor.submit(self._run_one, name, row)] = name
                 self._in_flight = len(futures)
                 if not futures:
+                    # Stopped before anything more could be claimed (a signal, the time limit): work may be left.
+                    self.outcome.stopped = self.outcome.stopped or self.shutdown.requested
                     break
                 if self.stop.is_set():
                     self._wait_for_the_rest(futures)

@@ -10,6 +10,7 @@ AWeber has accepted. Neither ever prints or logs a code, verifier or token: fing
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -48,6 +49,8 @@ from job.oauth import (
     revoke_token,
     warn_on_clock_skew,
 )
+from job.shutdown import Interrupted
+from job.shutdown import current as current_shutdown
 from job.store import (
     Reservation,
     TokenLock,
@@ -151,7 +154,13 @@ def obtain_code(
             code_challenge=challenge,
         )
         _print_instructions(stdout, url, redirect=request.redirect, public=client.is_public)
-        pasted = _read_pasted(stdin, stdout)
+        stopping = current_shutdown()
+        try:
+            # Nothing is spent while a person pastes: Ctrl-C, a closed terminal or SIGTERM end the wait at once.
+            with stopping.interruptible() if stopping is not None else contextlib.nullcontext():
+                pasted = _read_pasted(stdin, stdout)
+        except Interrupted:
+            raise KeyboardInterrupt from None
         REDACTOR.add(pasted)
         auth_code = parse_pasted_code(pasted, state)
     REDACTOR.add(auth_code)
@@ -351,11 +360,14 @@ def exchange_for_tokens(
 
     ProtocolError (76) when the answer holds no refresh token: the job could never refresh it.
     """
+    stopping = current_shutdown()
     call = TokenCall(
         session=session,
         url=settings.token_url,
         timeout_seconds=settings.http_timeout_seconds,
         deadline_seconds=settings.retry_deadline_seconds,
+        # After a stop the code is not sent (nor sent again); an exchange already sent is waited for and saved.
+        before_send=(lambda: stopping.check_may_send("the authorization code")) if stopping is not None else None,
     )
     answer = exchange_code(call, client, auth_code, redirect_uri=redirect, code_verifier=verifier)
     for key in ("access_token", "refresh_token"):

@@ -60,6 +60,14 @@ def boottime() -> float:
         return time.monotonic()
 
 
+_CURRENT: list[Shutdown] = []
+
+
+def current() -> Shutdown | None:
+    """The stop request whose signal handlers are installed now (innermost), or None."""
+    return _CURRENT[-1] if _CURRENT else None
+
+
 class Shutdown:
     """Whether, since when and why the run was asked to stop; installed as the handler of the stop signals."""
 
@@ -121,9 +129,11 @@ class Shutdown:
         previous: dict[signal.Signals, Any] = {}
         for stop_signal in STOP_SIGNALS:
             previous[stop_signal] = signal.signal(stop_signal, self._on_signal)
+        _CURRENT.append(self)
         try:
             yield self
         finally:
+            _CURRENT.remove(self)
             for stop_signal, handler in previous.items():
                 signal.signal(stop_signal, handler)
 

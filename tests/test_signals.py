@@ -257,3 +257,16 @@ def test_run_all_stops_at_its_time_limit_as_at_sigterm(db_job: JobFiles) -> None
     live = db_job.standin.live_refresh_tokens()
     assert all(stored(url)[name][0] in live for name in names)
     assert invalid_grants(db_job.standin) == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_stop_while_login_waits_for_the_pasted_code_ends_it_at_once(job: JobFiles, sig: signal.Signals) -> None:
+    """Ctrl-C (or SIGTERM) at login's prompt: nothing has been spent, so the wait ends at once (130), nothing sent."""
+    process = subprocess.Popen([sys.executable, "-m", "job", "login"], env=job.env(), cwd=REPO, text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1.5)  # started, printed the URL, waiting for the paste
+    took, _, stderr = signal_and_wait(process, [sig])
+    assert process.returncode == 130, stderr
+    assert took < EXIT_MARGIN
+    assert token_requests(job.standin) == 0
+    assert not job.token_file.exists()

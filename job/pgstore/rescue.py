@@ -156,6 +156,10 @@ class RescueSlot:
                 os.pwrite(fd, content, 0)
                 os.ftruncate(fd, len(content))
                 os.fsync(fd)
+                held, there = os.fstat(fd), os.lstat(self.path)
+                if (held.st_dev, held.st_ino) != (there.st_dev, there.st_ino):
+                    # Something else stands at the room's name now: renaming it would keep that, not the tokens.
+                    raise OSError(errno.ESTALE, "the reserved file was replaced", str(self.path))
                 os.rename(self.path, target)
                 fsync_directory(self.directory)
                 return target

@@ -58,6 +58,7 @@ from job.pgstore.common import (
 )
 from job.pgstore.connection import PostgresConnection
 from job.pgstore.watchdog import WATCHDOG
+from job.shutdown import current as current_shutdown
 from job.store import token_hash
 from job.tokens import TokenFile, fingerprint, parse_token_file
 
@@ -183,7 +184,7 @@ class PostgresStore:
         # One request: connect and read timeouts (each up to AWEBER_HTTP_TIMEOUT), then the save's retries.
         tail = 2 * settings.http_timeout_seconds + save_deadline + LEASE_MARGIN_SECONDS
         longest_refresh = settings.retry_deadline_seconds + tail
-        return cls(
+        store = cls(
             settings.store_url.reveal(),
             keys=[key.reveal() for key in settings.store_keys],
             state_dir=settings.state_dir,
@@ -196,6 +197,11 @@ class PostgresStore:
             fallback_rescue_dir=settings.fallback_rescue_dir,
             refresh_tail_seconds=tail,
         )
+        stopping = current_shutdown()
+        if stopping is not None:
+            # Whatever command made it (a login, an import...), its waits end within the stop's grace.
+            store.stop_cap = stopping.cap
+        return store
 
     # ---- the URL, and never its password --------------------------------------------------------
 

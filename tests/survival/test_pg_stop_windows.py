@@ -1,9 +1,11 @@
-"""Attacks on the promise: a refresh token AWeber handed over is saved where the next run finds it, no refresh
-token is sent twice, no secret reaches an output, every deadline holds, and the exit code says what happened.
+"""Stops in the windows around a command's database writes, for the promise: a refresh token AWeber handed over
+is saved where the next run finds it, no refresh token is sent twice, every deadline holds, and the exit code says
+what happened (`login` and `connections import` while the store's answer is held, `run --all` before its first
+claim and during its key check, a run whose committed claim is unanswered).
 
 Each test runs real ``aweber-job`` processes against the stand-in and a private PostgreSQL cluster (through the
 fault proxy where the link matters) and judges by the stand-in's record (live refresh tokens, invalid_grant
-answers), never by the job's words. A failing test here is a finding: nothing is marked expected to fail.
+answers), never by the job's words.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
