@@ -23,7 +23,7 @@ from pathlib import Path
 
 import requests
 
-from job.api import ApiClient
+from job.api.client import ApiClient
 from job.standin import StandInControl
 
 CLIENT_ID = "bench-client"

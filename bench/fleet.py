@@ -236,8 +236,8 @@ def job_env(root: Path, standin: StandInProcess, database: Database, key: str) -
 
 def import_connections(setup_env: dict[str, str], standin: StandInProcess, count: int) -> list[str]:
     """``count`` connections, each with tokens issued at the stand-in, put in the store by the job's own API."""
-    from job.pgstore import PostgresStore
-    from job.tokens import parse_token_file
+    from job.auth.tokens import parse_token_file
+    from job.stores.postgres import PostgresStore
 
     store = PostgresStore(setup_env["AWEBER_STORE"], keys=[setup_env["AWEBER_STORE_KEY"]],
                           state_dir=Path(setup_env["AWEBER_STATE_DIR"]))

@@ -534,10 +534,10 @@ def _rate_limit_scenario() -> Scenario:
 
 def measure_rate_limit_ours(workdir: Path) -> RateLimitRun:
     """Our ApiClient, built as the runner builds it but with the window scaled to 1 s, walking 600 pages."""
-    from job.api import ApiClient
+    from job.api.client import ApiClient
     from job.cli import make_session
     from job.config import load_settings
-    from job.cycle import TokenKeeper
+    from job.run.keeper import TokenKeeper
 
     with serving(_rate_limit_scenario(), delay_seconds=0.0, rate_limit_per_window=RATE_LIMIT_PER_WINDOW,
                  window_seconds=RATE_LIMIT_WINDOW_SECONDS) as served:

@@ -387,9 +387,10 @@ def _dispatch(args: argparse.Namespace, command: str, out: IO[str], env_in: dict
         if command == "example":
             return _cmd_example(args.kind, out)
         if command == "demo":
-            from job.demo import run_demo
+            from job.commands.demo import run_demo
 
-            demo_code: int = run_demo(out, keep=args.keep, verbose=args.verbose, quiet=args.quiet, oauth1=args.oauth1)
+            demo_code: int = run_demo(out, run_cli=main, keep=args.keep, verbose=args.verbose, quiet=args.quiet,
+                                     oauth1=args.oauth1)
             return demo_code
         env_file, file_values = read_env_file(args.env_file, env_in)
         origins = _Origins(env_file, env_in)
@@ -423,7 +424,7 @@ def _run_command(args: argparse.Namespace, command: str, out: IO[str], settings:
                  stdin: IO[str] | None, shutdown: Any) -> int:
     """The commands that act on tokens, with the stop signals handled."""
     if command in ("store", "connections"):
-        from job.dbcommands import run_store_command
+        from job.commands.connections import run_store_command
 
         store_code: int = run_store_command(settings, args, out)
         return store_code
@@ -431,9 +432,9 @@ def _run_command(args: argparse.Namespace, command: str, out: IO[str], settings:
         return _cmd_status(settings, out, as_json=args.json)
     if command == "login":
         if settings.store_url is not None:
-            from job.dbcommands import login_connection as run_login
+            from job.commands.connections import login_connection as run_login
         else:
-            from job.login import run_login
+            from job.commands.login import run_login
 
         login_code: int = run_login(
             settings, make_session(), code=args.code, redirect_uri=args.redirect_uri,
@@ -520,8 +521,8 @@ def _cmd_example(kind: str, out: IO[str]) -> int:
 
 def _cmd_run_all(settings: Settings, args: argparse.Namespace, options: Any, out: IO[str], monitor: Any,
                  shutdown: Any) -> int:
-    """``run --all``: every due connection, once (job/fleet.py), with one start and one end ping."""
-    from job.fleet import DEFAULT_CONCURRENCY, MAX_CONCURRENCY, FleetOutcome, run_all
+    """``run --all``: every due connection, once (job/run/fleet.py), with one start and one end ping."""
+    from job.run.fleet import DEFAULT_CONCURRENCY, MAX_CONCURRENCY, FleetOutcome, run_all
 
     if not getattr(args, "all", False):
         raise UsageError("--concurrency goes with run --all")
@@ -535,7 +536,7 @@ def _cmd_run_all(settings: Settings, args: argparse.Namespace, options: Any, out
     try:
         if settings.store_url is None:
             # The token file is the one connection: --all runs it, as a plain run would.
-            from job.runner import run_cycle
+            from job.run.single import run_cycle
 
             with shutdown.handling_signals():
                 run_cycle(settings, make_session(), options, stdout=out, outcome=outcome, shutdown=shutdown)
@@ -555,11 +556,11 @@ def _cmd_run_all(settings: Settings, args: argparse.Namespace, options: Any, out
 
 def _cmd_status(settings: Settings, out: IO[str], *, as_json: bool) -> int:
     if settings.store_url is not None:
-        from job.dbcommands import connection_status
+        from job.commands.connections import connection_status
 
         db_code: int = connection_status(settings, out, as_json=as_json)
         return db_code
-    from job.status import collect_status, render_status
+    from job.commands.status import collect_status, render_status
 
     report = collect_status(settings)
     out.write(render_status(report, as_json=as_json))
@@ -569,11 +570,11 @@ def _cmd_status(settings: Settings, out: IO[str], *, as_json: bool) -> int:
 
 def _cmd_revoke(settings: Settings) -> int:
     if settings.store_url is not None:
-        from job.dbcommands import revoke_connection
+        from job.commands.connections import revoke_connection
 
         db_code: int = revoke_connection(settings, make_session())
         return db_code
-    from job.login import run_revoke
+    from job.commands.login import run_revoke
 
     revoke_code: int = run_revoke(settings, make_session())
     return revoke_code
@@ -584,8 +585,8 @@ def _cmd_run(
     refresh_only: bool,
 ) -> int:
     """The whole cycle of docs/design.md §1 (or steps 1–5 for ``refresh``), with monitoring around it."""
-    from job.monitor import Monitor
-    from job.runner import RunOptions, RunOutcome, run_cycle
+    from job.run.monitor import Monitor
+    from job.run.single import RunOptions, RunOutcome, run_cycle
 
     task_option = getattr(args, "task", None)
     if task_option:
@@ -608,7 +609,7 @@ def _cmd_run(
     outcome = RunOutcome()
     store = None
     if settings.store_url is not None:
-        from job.backend import connection_store
+        from job.stores import connection_store
 
         # The outcome is recorded and the lease released in one statement after the run (finish).
         store = connection_store(settings, finish_on_close=True, shutdown=shutdown)

@@ -17,7 +17,6 @@ import threading
 import time
 
 from job import progress
-from job.tokens import fingerprint
 
 # typing costs start-up time and is needed for annotations only (strings here).
 TYPE_CHECKING = False
@@ -31,6 +30,14 @@ TAIL_LINES = 40
 MIN_SECRET_LENGTH = 6
 
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+def fingerprint(secret: str) -> str:
+    """Return the first 8 hex digits of the SHA-256 of ``secret``: safe to log, enough to compare."""
+    import hashlib  # on use: status and --help start faster without it
+
+    # surrogatepass: a token that is not valid text still gets a fingerprint instead of an exception.
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
 def one_line(text: str) -> str:

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import requests
 
-from job.api import ApiClient, format_origin, origin_of
+from job.api.client import ApiClient, format_origin, origin_of
 from job.config import load_settings
-from job.cycle import TokenKeeper
 from job.errors import EXIT_AUTH, EXIT_TEMPORARY, ApiError, AuthError, RunTimeoutError, TemporaryError
+from job.run.keeper import TokenKeeper
 from job.standin import RETRY_LATER_403_MESSAGES, Fault, StandIn
 from tests.conftest import FakeTime, JobFiles
 
@@ -873,7 +873,7 @@ def test_no_token_in_logs_or_errors_through_retries_and_refresh(
 def test_clients_of_one_account_share_its_pacer_and_other_requests_do_not(standin: StandIn) -> None:
     """Requests under /accounts/<id> from two connections' clients count against one window for that
     account (AWeber's limit is per account); a request outside any account uses the client's own."""
-    from job.api import Pacer
+    from job.api.client import Pacer
 
     _add_list(standin, 10)
     fake_time = FakeTime()

@@ -299,7 +299,7 @@ def test_an_unknown_store_scheme_is_a_configuration_error_without_the_password(j
 
 def test_a_run_turned_away_by_a_held_lease_exits_75_and_records_nothing(db_job: JobFiles) -> None:
     """Another run holds the connection: this one waits AWEBER_LOCK_TIMEOUT, exits 75, spends and records nothing."""
-    from job.pgstore import PostgresStore
+    from job.stores.postgres import PostgresStore
 
     import_live_tokens(db_job, "acme")
     store = PostgresStore(db_job.env()["AWEBER_STORE"], state_dir=db_job.root / "holder")

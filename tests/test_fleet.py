@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from job.fleet import fleet_exit_code
+from job.run.fleet import fleet_exit_code
 from job.standin import Fault
 from tests.conftest import REPO, JobFiles, invalid_grants, run_job, token_requests
 
@@ -262,8 +262,8 @@ def test_run_all_puts_back_this_machines_rescue_file_even_for_a_connection_waiti
 ) -> None:
     """Another machine spent the stored token (77, waiting for a person) while this one holds its successor in
     a rescue file: the fleet run here puts it back and the connection is live again."""
-    from job.pgstore import PostgresStore
-    from job.store import token_hash
+    from job.stores.file.tokenfile import token_hash
+    from job.stores.postgres import PostgresStore
 
     import_connections(db_job, 1)
     url = db_job.env()["AWEBER_STORE"]

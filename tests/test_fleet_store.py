@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from job.pgstore import PostgresStore
+from job.stores.postgres import PostgresStore
 
 # The fixture `stores` is imported to be used by name, which ruff reads as unused, then redefined.
 from tests.test_pgstore import make_tokens, sql, stores  # noqa: F401

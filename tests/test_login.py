@@ -20,11 +20,11 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import pytest
 import requests
 
+from job.auth.oauth import make_pkce_pair
+from job.auth.tokens import parse_token_file
 from job.cli import main
-from job.oauth import make_pkce_pair
 from job.standin import Fault, StandIn
-from job.store import TokenLock
-from job.tokens import parse_token_file
+from job.stores.file.tokenfile import TokenLock
 from tests.conftest import (
     CONFIDENTIAL_ID,
     CONFIDENTIAL_SECRET,

@@ -76,7 +76,7 @@ def test_a_text_log_line_stays_one_line_whatever_its_message_interpolates() -> N
     """Control characters in a text log message are written escaped, as repr writes them, so one record is one line."""
     stream = io.StringIO()
     configure_logging(stream=stream)
-    logging.getLogger("job.fleet").error("connection '%s' failed", HOSTILE)
+    logging.getLogger("job.run.fleet").error("connection '%s' failed", HOSTILE)
     text = stream.getvalue()
     assert text.count("\n") == 1 and len(text.splitlines()) == 1, text
     assert text == (
@@ -101,7 +101,7 @@ def test_a_json_log_record_is_one_line_even_to_readers_that_split_on_unicode_lin
     """Each JSON record is one line by str.splitlines too (U+0085, U+2028, U+2029 escaped) and keeps the exact text."""
     stream = io.StringIO()
     configure_logging(fmt="json", stream=stream)
-    logging.getLogger("job.fleet").error("connection '%s' failed", HOSTILE)
+    logging.getLogger("job.run.fleet").error("connection '%s' failed", HOSTILE)
     (line,) = stream.getvalue().splitlines()
     assert json.loads(line)["msg"] == f"connection '{HOSTILE}' failed"
 

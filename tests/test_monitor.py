@@ -22,8 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from job.config import Settings
 from job.errors import EXIT_MEANINGS
 from job.logs import REDACTOR
-from job.monitor import MAX_PING_BODY_BYTES, PING_ATTEMPTS, Monitor, ping_url_for, read_last_success
-from job.runner import RunOutcome
+from job.run.monitor import MAX_PING_BODY_BYTES, PING_ATTEMPTS, Monitor, ping_url_for, read_last_success
+from job.run.single import RunOutcome
 from tests.conftest import CONFIDENTIAL_SECRET, JobFiles, run_job
 from tests.recorder import Request, recording_server
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from job.cli import main, make_session
 from job.config import Settings, load_settings
 from job.errors import EXIT_TEMPORARY, ApiError, RunTimeoutError
-from job.runner import RunOptions, RunOutcome, run_cycle
+from job.run.single import RunOptions, RunOutcome, run_cycle
 from job.standin import Fault, StandIn
 from job.standin.days import format_timestamp
 from job.tasks import TaskContext

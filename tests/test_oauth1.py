@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import requests
 
+from job.auth.tokens import parse_token_file
 from job.errors import TokenFileError
 from job.standin import StandIn
-from job.tokens import parse_token_file
 from tests.conftest import JobFiles, run_job, token_requests
 
 ACCOUNT = 100

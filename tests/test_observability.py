@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from job.monitor import METRICS
+from job.run.monitor import METRICS
 from tests.conftest import REPO
 
 DASHBOARD = REPO / "deploy" / "grafana" / "aweber-job.json"

@@ -83,7 +83,7 @@ def test_a_run_stopped_longer_than_its_lease_allows_gives_the_claim_up(stores: A
 def test_the_lease_outlasts_the_longest_refresh_request_and_its_save_by_construction(db_job: JobFiles) -> None:
     """Whatever the HTTP timeout and retry deadline, a lease is longer than a request, its save and a margin."""
     from job.config import load_settings
-    from job.pgstore import PostgresStore
+    from job.stores.postgres import PostgresStore
 
     for timeout, deadline in (("30", "300"), ("600", "60"), ("5", "3600")):
         settings = load_settings(db_job.env(AWEBER_HTTP_TIMEOUT=timeout, AWEBER_RETRY_DEADLINE=deadline))

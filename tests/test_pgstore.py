@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from job.auth.tokens import TokenFile, parse_token_file
 from job.errors import (
     AuthError,
     ConfigError,
@@ -29,13 +30,12 @@ from job.errors import (
     UsageError,
 )
 from job.logs import REDACTOR
-from job.tokens import TokenFile, parse_token_file
 from tests.conftest import PG_SERVER_URL, REPO
 
 psycopg = pytest.importorskip("psycopg")
 fernet = pytest.importorskip("cryptography.fernet")
 
-from job.pgstore import PostgresStore  # noqa: E402 - only once psycopg is known to be there
+from job.stores.postgres import PostgresStore  # noqa: E402 - only once psycopg is known to be there
 
 KEY_A = fernet.Fernet.generate_key().decode()
 KEY_B = fernet.Fernet.generate_key().decode()
@@ -140,7 +140,7 @@ def test_a_schema_newer_than_the_code_is_refused_naming_both_versions(stores: An
 HOLDER_SCRIPT = textwrap.dedent("""
     import os, sys
     from pathlib import Path
-    from job.pgstore import PostgresStore
+    from job.stores.postgres import PostgresStore
     store = PostgresStore(sys.argv[1], state_dir=Path(sys.argv[2]))
     connection = store.connection(sys.argv[3], wait=False)
     connection.open()
@@ -607,7 +607,7 @@ def put_value(url: str, name: str, value: bytes, *, encrypted: bool = True) -> N
 
 def make_version_2_store(url: str) -> None:
     """The store as schema version 2 made it, before sealed values were bound to their connection."""
-    from job.pgstore.common import MIGRATIONS
+    from job.stores.postgres.common import MIGRATIONS
 
     with psycopg.connect(url, autocommit=True) as db:
         db.execute("DROP SCHEMA IF EXISTS aweber_job CASCADE")
@@ -633,7 +633,7 @@ def assert_no_key(*texts: str) -> None:
 
 def test_check_keys_proves_the_keys_open_the_store_and_names_only_fingerprints(stores: Any, pg_url: str) -> None:
     """No key for an encrypted store, or keys that open none of it, is a ConfigError (78) naming the store."""
-    from job.tokens import fingerprint
+    from job.auth.tokens import fingerprint
 
     empty = stores()
     empty.check_keys()  # nothing stored: any keys, or none, will do
@@ -810,8 +810,8 @@ def test_a_damaged_value_is_called_damaged_not_a_wrong_key(stores: Any, pg_url: 
 def test_a_value_sealed_with_a_key_not_given_says_so_and_is_a_store_key_error(stores: Any, pg_url: str) -> None:
     """A whole value that no given key opens, where the keys are wrong for it, is a StoreKeyError naming the
     connection and how many keys were given, never a key."""
+    from job.auth.tokens import fingerprint
     from job.errors import StoreKeyError
-    from job.tokens import fingerprint
 
     stores(keys=[KEY_A]).import_tokens("acme", make_tokens(), force=False)
     with pytest.raises(StoreKeyError) as raised:
@@ -887,10 +887,10 @@ def test_the_password_never_shows(tmp_path: Path, pg_database: str, caplog: pyte
 def test_psycopg_loads_only_with_a_store_and_its_absence_is_a_config_error(tmp_path: Path) -> None:
     script = textwrap.dedent("""
         import sys
-        import job.pgstore
+        import job.stores.postgres
         print("psycopg" in sys.modules, "cryptography" in sys.modules)
         sys.modules["psycopg"] = None
-        from job.pgstore import PostgresStore
+        from job.stores.postgres import PostgresStore
         from job.errors import ConfigError
         try:
             PostgresStore("postgresql://u@127.0.0.1/db", state_dir=".")
@@ -972,7 +972,7 @@ def test_a_name_of_many_dots_still_gets_a_rescue_file_that_the_next_run_puts_bac
 def test_a_rescue_file_this_run_cannot_use_stops_it_before_the_spent_token_is_sent(
     stores: Any, tmp_path: Path
 ) -> None:
-    from job.store import token_hash
+    from job.stores.file.tokenfile import token_hash
 
     tokens = make_tokens()
     stores().import_tokens("acme", tokens, force=False)

@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from job.cli import make_session
 from job.config import load_settings
 from job.errors import ConfigError
-from job.monitor import metric_samples, render_metrics
-from job.runner import RunOptions, RunOutcome, run_cycle
+from job.run.monitor import metric_samples, render_metrics
+from job.run.single import RunOptions, RunOutcome, run_cycle
 from job.standin import Fault
 from tests.conftest import FakeTime, JobFiles, run_job
 from tests.recorder import Request, recording_server

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from job.auth.oauth import OOB_REDIRECT_URI
 from job.cli import build_parser
 from job.deployment import EXAMPLES
 from job.errors import UsageError
-from job.oauth import OOB_REDIRECT_URI
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")

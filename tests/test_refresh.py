@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from job.auth.oauth import Client, TokenCall, refresh_tokens
 from job.config import load_settings
-from job.cycle import TokenKeeper
 from job.errors import JobError
-from job.oauth import Client, TokenCall, refresh_tokens
+from job.run.keeper import TokenKeeper
 from job.standin import Fault, StandIn
-from job.store import load_token_file
+from job.stores.file.tokenfile import load_token_file
 from tests.conftest import (
     CONFIDENTIAL_ID,
     CONFIDENTIAL_SECRET,

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from job.tokens import fingerprint
+from job.auth.tokens import fingerprint
 from tests.conftest import CONFIDENTIAL_SECRET, run_job
 from tests.test_store import lock_held_by_another_process
 

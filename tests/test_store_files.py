@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from job.config import load_settings
-from job.cycle import TokenKeeper
+from job.run.keeper import TokenKeeper
 from tests.conftest import JobFiles, invalid_grants, run_job, token_requests
 from tests.mounts import mounted
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from job.token_answer import MAX_MEMBER_NESTING, clean_answer, read_members
-from job.tokens import new_token_file, parse_token_file
+from job.auth.answer import MAX_MEMBER_NESTING, clean_answer, read_members
+from job.auth.tokens import new_token_file, parse_token_file
 
 REFRESH = "refresh-SECRET-0123456789"
 ACCESS = "access-SECRET-0123456789"

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from job.auth.tokens import MAX_TOKEN_FILE_BYTES, fingerprint, new_token_file, parse_token_file
 from job.errors import TokenFileError
-from job.tokens import MAX_TOKEN_FILE_BYTES, fingerprint, new_token_file, parse_token_file
 
 SECRET_ACCESS = "access-SECRET-value-123"
 SECRET_REFRESH = "refresh-SECRET-value-456"

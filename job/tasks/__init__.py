@@ -25,7 +25,7 @@ from typing import IO, TYPE_CHECKING, Any
 from job.errors import UsageError
 
 if TYPE_CHECKING:
-    from job.api import ApiClient
+    from job.api.client import ApiClient
     from job.config import Settings
 
 ENTRY_POINT_GROUP = "aweber_job.tasks"

@@ -20,7 +20,7 @@ next run (at least once), never loses them. A list with nothing new on its first
 ``--since`` instant as its watermark, so the next run looks back to there however long it comes after.
 
 A wrong clock must hide nobody, so the watermark never passes the newest ``subscribed_at`` the API
-returned, nor the server's ``Date`` (:attr:`job.api.ApiClient.server_date`) when that is earlier:
+returned, nor the server's ``Date`` (:attr:`job.api.client.ApiClient.server_date`) when that is earlier:
 a first run looks back from min(local now, server Date); a look-back with nothing new is pulled back
 to the server's Date; a subscriber dated past it is reported but kept in ``ahead`` rather than
 moving the watermark (with one warning per list); a saved watermark far past the server's Date

@@ -21,10 +21,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
 
+from job.auth.answer import clean_answer, read_members
+from job.auth.tokens import MAX_TOKEN_ANSWER_BYTES
 from job.errors import AuthError, JobError, ProtocolError, TemporaryError, shorten
 from job.retries import call_with_retries, parse_retry_after
-from job.token_answer import clean_answer, read_members
-from job.tokens import MAX_TOKEN_ANSWER_BYTES
 
 log = logging.getLogger(__name__)
 

@@ -24,19 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 
-from job.config import Settings
-from job.cycle import resolve_client
-from job.errors import (
-    EXIT_OK,
-    ConfigError,
-    JobError,
-    ProtocolError,
-    StorageError,
-    TokenFileError,
-    UsageError,
-)
-from job.logs import REDACTOR
-from job.oauth import (
+from job.auth.oauth import (
     DEFAULT_SCOPE,
     OOB_REDIRECT_URI,
     Client,
@@ -49,9 +37,22 @@ from job.oauth import (
     revoke_token,
     warn_on_clock_skew,
 )
+from job.auth.tokens import TokenFile, fingerprint, format_expiry, new_token_file
+from job.config import Settings
+from job.errors import (
+    EXIT_OK,
+    ConfigError,
+    JobError,
+    ProtocolError,
+    StorageError,
+    TokenFileError,
+    UsageError,
+)
+from job.logs import REDACTOR
+from job.run.keeper import resolve_client
 from job.shutdown import Interrupted
 from job.shutdown import current as current_shutdown
-from job.store import (
+from job.stores.file.tokenfile import (
     Reservation,
     TokenLock,
     _fsync_directory,
@@ -61,7 +62,6 @@ from job.store import (
     save_rotated_tokens,
     tidy_temp_files,
 )
-from job.tokens import TokenFile, fingerprint, format_expiry, new_token_file
 
 log = logging.getLogger(__name__)
 

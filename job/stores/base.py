@@ -1,8 +1,8 @@
 """The seam between the run cycle and whatever holds a connection's tokens and task state.
 
-The cycle (:mod:`job.cycle`, :mod:`job.runner`) speaks only to a :class:`ConnectionStore`; which one
-is behind it is decided once, from ``AWEBER_STORE``: the token file (:class:`job.filestore.FileStore`,
-the default) or a PostgreSQL database (:mod:`job.pgstore`). Like a storage driver behind a
+The cycle (:mod:`job.run.keeper`, :mod:`job.run.single`) speaks only to a :class:`ConnectionStore`; which one
+is behind it is decided once, from ``AWEBER_STORE``: the token file (:class:`job.stores.file.store.FileStore`,
+the default) or a PostgreSQL database (:mod:`job.stores.postgres`). Like a storage driver behind a
 repository interface, each store keeps its own guarantees inside these few calls, in the order the
 cycle makes them::
 
@@ -23,12 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from job.tokens import TokenFile
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from job.config import Settings
-    from job.shutdown import Shutdown
+from job.auth.tokens import TokenFile
 
 DEFAULT_CONNECTION = "default"
 
@@ -83,30 +78,3 @@ class ConnectionStore(Protocol[PendingSave]):
         ...
 
     def close(self) -> None: ...
-
-
-def connection_store(
-    settings: Settings, *, connection: str | None = None, wait: bool = True, finish_on_close: bool = False,
-    shutdown: Shutdown | None = None,
-) -> ConnectionStore[Any]:
-    """The store ``AWEBER_STORE`` names, for ``connection`` (default: the configured one).
-
-    The PostgreSQL store is imported only here, so a token-file install never loads its driver. With
-    ``shutdown``, the database store's waits end within its grace once a stop is asked for.
-    """
-    if settings.store_url is None:
-        from job.filestore import FileStore
-
-        return FileStore(
-            settings.token_file, settings.state_dir, lock_timeout_seconds=settings.lock_timeout_seconds,
-            fallback_rescue_dir=settings.fallback_rescue_dir,
-        )
-    from job.pgstore import PostgresStore
-
-    database = PostgresStore.from_settings(settings)
-    if shutdown is not None:
-        database.stop_cap = shutdown.cap
-    store: ConnectionStore[Any] = database.connection(
-        connection or settings.connection, wait=wait, owns_store=True, finish_on_close=finish_on_close
-    )
-    return store

@@ -17,14 +17,15 @@ from typing import Any
 
 import requests
 
-from job.backend import ConnectionStore, connection_store
+from job.auth.oauth import Client, TokenAnswer, TokenCall, refresh_tokens, warn_on_clock_skew
+from job.auth.oauth1 import DISCONNECTED_HINT
+from job.auth.tokens import TokenFile, assumed_lifetime, fingerprint, format_expiry, refresh_margin
 from job.config import Settings
 from job.errors import AuthError, ConfigError, ProtocolError
 from job.logs import REDACTOR
-from job.oauth import Client, TokenAnswer, TokenCall, refresh_tokens, warn_on_clock_skew
-from job.oauth1 import DISCONNECTED_HINT
 from job.shutdown import Interrupted, Shutdown, StoppedError
-from job.tokens import TokenFile, assumed_lifetime, fingerprint, format_expiry, refresh_margin
+from job.stores import connection_store
+from job.stores.base import ConnectionStore
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +261,7 @@ class TokenKeeper:
         Before this run has refreshed, the token file's expiry decides (unknown: refresh). After a
         refresh, at most one more per access-token lifetime: an answer without a usable lifetime,
         or with one shorter than the leeway, is taken to live AWeber's documented two hours, and
-        each token is used for half its lifetime at least (see job.tokens.assumed_lifetime).
+        each token is used for half its lifetime at least (see job.auth.tokens.assumed_lifetime).
         """
         now = self.clock()
         if self._refreshed_at is None:

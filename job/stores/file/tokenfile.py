@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from job.auth.tokens import MAX_TOKEN_ANSWER_BYTES, MAX_TOKEN_FILE_BYTES, TokenFile, parse_token_file
 from job.errors import LockBusyError, StorageError, TokenFileError, TokenNotSavedError
-from job.tokens import MAX_TOKEN_ANSWER_BYTES, MAX_TOKEN_FILE_BYTES, TokenFile, parse_token_file
 
 log = logging.getLogger(__name__)
 

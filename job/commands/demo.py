@@ -19,14 +19,17 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from job.auth.tokens import fingerprint, new_token_file
 from job.errors import EXIT_OK, EXIT_TASK_FAILED
 from job.logs import REDACTOR
-from job.tokens import fingerprint, new_token_file
+
+# The command line's entry point: main(argv, environ=..., stdout=...) -> exit code.
+RunCli = Callable[..., int]
 
 if TYPE_CHECKING:
     from job.standin import StandIn
@@ -78,13 +81,14 @@ class RunReport:
 
 
 def run_demo(
-    out: IO[str], *, keep: bool = False, verbose: int = 0, quiet: bool = False, oauth1: bool = False
+    out: IO[str], *, run_cli: RunCli, keep: bool = False, verbose: int = 0, quiet: bool = False, oauth1: bool = False
 ) -> int:
     """Run the demo (``oauth1``: the legacy OAuth 1.0a one), print what happened to ``out``; 0 when
     every check passed, non-zero otherwise.
 
     ``quiet`` keeps only the one-line result (and, with ``keep``, where the files are): the inner
-    runs log warnings and errors only, and the step-by-step report is not printed.
+    runs log warnings and errors only, and the step-by-step report is not printed. ``run_cli`` is the
+    command line's own entry point (``job.cli.main``), passed in so the demo runs exactly what a user runs.
     """
     from job.standin import StandIn
 
@@ -95,7 +99,7 @@ def run_demo(
     try:
         server.start()
         demo = _demo_oauth1 if oauth1 else _demo
-        code = demo(server, workdir, report, verbose=verbose, quiet=quiet)
+        code = demo(server, workdir, report, verbose=verbose, quiet=quiet, run_cli=run_cli)
         # The demo checked that run 1 reported exactly the recent subscribers, so RESULT's count holds.
         out.write(("\n" if not quiet else "") + f"demo OK: {RESULT_OAUTH1 if oauth1 else RESULT}\n")
     except DemoFailure as failure:
@@ -132,7 +136,7 @@ def _environment(server: StandIn, workdir: Path, token_file: Path) -> dict[str, 
     }
 
 
-def _demo(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, quiet: bool) -> int:
+def _demo(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, quiet: bool, run_cli: RunCli) -> int:
     now = time.time()
     expected = _populate(server, now)
     token_file = workdir / "tokens.json"
@@ -149,7 +153,7 @@ def _demo(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, quiet: 
         f"{len(LISTS)} lists)\n\n"
     )
 
-    first = _run_once(server, token_file, environ, flags)
+    first = _run_once(server, token_file, environ, flags, run_cli)
     _check_rotation(server, first, 1)
     _check_mode(token_file)
     want = [(row["list_id"], row["email"]) for row in expected]
@@ -160,7 +164,7 @@ def _demo(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, quiet: 
     _write_run(out, first, token_file)
     _write_table(out, first.rows)
 
-    second = _run_once(server, token_file, environ, flags)
+    second = _run_once(server, token_file, environ, flags, run_cli)
     _check_rotation(server, second, 2)
     if second.fingerprint_before != first.fingerprint_after:
         raise DemoFailure("run 2 did not start from the refresh token that run 1 saved")
@@ -177,7 +181,8 @@ def _demo(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, quiet: 
     return EXIT_OK
 
 
-def _demo_oauth1(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, quiet: bool) -> int:
+def _demo_oauth1(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, quiet: bool,
+                 run_cli: RunCli) -> int:
     """Two runs with legacy OAuth 1.0a credentials: signed requests, no token request, file untouched."""
     now = time.time()
     expected = _populate(server, now)
@@ -199,7 +204,7 @@ def _demo_oauth1(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, 
     )
     want = sorted((row["list_id"], row["email"]) for row in expected)
     for number, wanted in ((1, want), (2, [])):
-        report = _run_once(server, token_file, environ, flags, legacy=True)
+        report = _run_once(server, token_file, environ, flags, run_cli, legacy=True)
         got = sorted((row.get("list_id"), row.get("email")) for row in report.rows)
         if got != wanted:
             raise DemoFailure(f"run {number} reported {got}, expected {wanted}")
@@ -234,14 +239,13 @@ def _populate(server: StandIn, now: float) -> list[dict[str, Any]]:
 
 
 def _run_once(
-    server: StandIn, token_file: Path, environ: dict[str, str], flags: list[str], *, legacy: bool = False
+    server: StandIn, token_file: Path, environ: dict[str, str], flags: list[str], run_cli: RunCli, *,
+    legacy: bool = False,
 ) -> RunReport:
     """``aweber-job run`` in this process, exactly as the console script runs it.
 
     ``legacy``: the token file holds OAuth 1.0a credentials, fingerprinted whole (no refresh token).
     """
-    from job.cli import main
-
     def token_fingerprint() -> str:
         if legacy:
             return fingerprint(token_file.read_text(encoding="utf-8"))
@@ -250,7 +254,7 @@ def _run_once(
     before = token_fingerprint()
     counts_before = _request_counts(server)
     buffer = io.StringIO()
-    exit_code = main([*flags, "run"], environ=environ, stdout=buffer)
+    exit_code = run_cli([*flags, "run"], environ=environ, stdout=buffer)
     counts_after = _request_counts(server)
     if exit_code != EXIT_OK:
         raise DemoFailure(f"aweber-job run exited {exit_code} (its log lines above say why)")

@@ -5,7 +5,7 @@ Pure: no I/O. Three shapes are accepted and each is kept when saved again (docs/
 - flat: ``{"access_token", "refresh_token", "token_type"?, "expires_in"?, "expires_at"?, ...}``,
   what requests-oauthlib and Authlib write;
 - AWeber's example ``credentials.json``: ``{"client_id", "client_secret", "token": {flat}}``;
-- legacy OAuth 1.0a credentials, which never change (:mod:`job.oauth1`).
+- legacy OAuth 1.0a credentials, which never change (:mod:`job.auth.oauth1`).
 
 Error messages name the field and the file, never a value.
 """
@@ -18,8 +18,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from job.auth.oauth1 import OAuth1Credentials, looks_like_oauth1, parse_oauth1
 from job.errors import TokenFileError
-from job.oauth1 import OAuth1Credentials, looks_like_oauth1, parse_oauth1
+from job.logs import fingerprint as fingerprint  # what the job logs of a secret; kept here beside the tokens
 
 # typing costs start-up time and is needed for annotations only (strings here).
 TYPE_CHECKING = False
@@ -43,14 +44,6 @@ ASSUMED_LIFETIME_SECONDS = 7200
 # No access token lives longer than this; a longer lifetime in an answer (even 1e999, which json
 # reads as infinity) is clamped to it, so expires_at is always a date the job can print.
 LONGEST_LIFETIME_SECONDS = 365 * 86400
-
-
-def fingerprint(secret: str) -> str:
-    """Return the first 8 hex digits of the SHA-256 of ``secret``: safe to log, enough to compare."""
-    import hashlib  # on use: status and --help start faster without it
-
-    # surrogatepass: a token that is not valid text still gets a fingerprint instead of an exception.
-    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
 def assumed_lifetime(expires_in: float | None, leeway_seconds: float) -> float:

@@ -10,14 +10,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from job.backend import Opened
+from job.auth.tokens import TokenFile, fingerprint
 from job.errors import JobError, StorageError, TemporaryError, TokenFileError, TokenNotSavedError
 from job.logs import REDACTOR
-from job.pgstore import rescue
-from job.pgstore.common import (
+from job.shutdown import LAST_SAVE_TRY_SECONDS, boottime
+from job.stores.base import Opened
+from job.stores.file.tokenfile import token_hash
+from job.stores.postgres import rescue
+from job.stores.postgres.common import (
+    BACKOFF_FIRST_SECONDS,
     FENCED,
     LEASE,
     NO_MARKER,
+    RECORD_RUN,
     SAVE_RETRY_FIRST_SECONDS,
     SAVE_RETRY_MAX_SECONDS,
     SCHEMA,
@@ -27,18 +32,15 @@ from job.pgstore.common import (
     fsync_directory,
     utc,
 )
-from job.shutdown import LAST_SAVE_TRY_SECONDS, boottime
-from job.store import token_hash
-from job.tokens import TokenFile, fingerprint
 
 if TYPE_CHECKING:
-    from job.pgstore.store import PostgresStore
+    from job.stores.postgres.store import PostgresStore
 
 log = logging.getLogger(__name__)
 
 
 class PostgresConnection:
-    """One connection as a :class:`job.backend.ConnectionStore`: lease, fenced writes, marker, rescue files."""
+    """One connection as a :class:`job.stores.base.ConnectionStore`: lease, fenced writes, marker, rescue files."""
 
     def __init__(
         self, store: PostgresStore, name: str, *, wait: bool = True, owns_store: bool = False,
@@ -170,7 +172,7 @@ class PostgresConnection:
         """Write the new tokens (fenced), retrying until the save deadline — or, after a stop was asked for, until
         the grace leaves just time for a rescue file; then the rescue file reserved for it and exit 73.
 
-        Every attempt is bounded (job.pgstore.watchdog), so a database that holds a statement without answering
+        Every attempt is bounded (job.stores.postgres.watchdog), so a database that holds a statement without answering
         cannot keep the new tokens from their rescue file.
         """
         assert isinstance(pending, PendingRefresh)
@@ -311,8 +313,6 @@ class PostgresConnection:
         fence = self._fence
         if fence is not None and exit_code is not None:
             try:
-                from job.pgstore.store import BACKOFF_FIRST_SECONDS, RECORD_RUN
-
                 recorded = self._fenced_update(
                     f"{RECORD_RUN}, lease_holder = NULL, lease_until = NULL", "cannot record the run of",
                     code=exit_code, interval=float(interval_seconds), backoff=BACKOFF_FIRST_SECONDS,

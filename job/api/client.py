@@ -67,7 +67,7 @@ REAUTHORIZE_HINT = "authorize again: aweber-job login"
 
 
 class TokenSource(Protocol):
-    """Where the client gets each request's authorization; :class:`job.cycle.TokenKeeper` is one."""
+    """Where the client gets each request's authorization; :class:`job.run.keeper.TokenKeeper` is one."""
 
     def authorize(
         self, method: str, url: str, params: Mapping[str, str | int] | None, *, leeway_seconds: float

@@ -21,7 +21,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from job.tokens import LONGEST_LIFETIME_SECONDS, json_kind
+from job.auth.tokens import LONGEST_LIFETIME_SECONDS, json_kind
 
 # typing costs start-up time and is needed for annotations only (strings here).
 TYPE_CHECKING = False

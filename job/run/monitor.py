@@ -40,15 +40,15 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import requests
 
 from job import __version__
+from job.auth.tokens import format_expiry
 from job.config import Settings
 from job.errors import EXIT_MEANINGS, EXIT_OK, JobError, TemporaryError
 from job.logs import LOG_TAIL, REDACTOR
 from job.retries import call_with_retries, parse_retry_after
-from job.store import write_file_atomically
-from job.tokens import format_expiry
+from job.stores.file.tokenfile import write_file_atomically
 
 if TYPE_CHECKING:
-    from job.runner import RunOutcome
+    from job.run.single import RunOutcome
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ class Monitor:
     # -- metrics ----------------------------------------------------------------------------------
 
     def _write_metrics(self, path: Path, outcome: RunOutcome, now: float, duration: float | None) -> None:
-        from job.runner import own_file_collision  # the run has imported it already
+        from job.run.single import own_file_collision  # the run has imported it already
 
         collision = own_file_collision(path, self._settings, outcome.task)
         if collision is not None:

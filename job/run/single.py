@@ -20,10 +20,8 @@ from typing import IO, Any
 import requests
 
 from job import progress
-from job.api import ApiClient, Pacer
-from job.backend import ConnectionStore, connection_store
+from job.api.client import ApiClient, Pacer
 from job.config import DURATION_UNITS, Settings
-from job.cycle import TokenKeeper
 from job.errors import (
     EXIT_OK,
     ConfigError,
@@ -33,9 +31,12 @@ from job.errors import (
     TaskError,
     UsageError,
 )
-from job.filestore import state_file_for
+from job.run.keeper import TokenKeeper
 from job.shutdown import Shutdown
-from job.store import lock_path_for
+from job.stores import connection_store
+from job.stores.base import ConnectionStore
+from job.stores.file.store import state_file_for
+from job.stores.file.tokenfile import lock_path_for
 from job.tasks import TaskContext, resolve_task
 
 log = logging.getLogger(__name__)

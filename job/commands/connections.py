@@ -1,6 +1,6 @@
 """The commands of the PostgreSQL store: ``store``, ``connections``, and ``status``/``revoke`` on one connection.
 
-Imported only when ``AWEBER_STORE`` is a database URL; the store itself is :mod:`job.pgstore`.
+Imported only when ``AWEBER_STORE`` is a database URL; the store itself is :mod:`job.stores.postgres`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import IO, Any
 
 import requests
 
+from job.auth.tokens import TokenFile, fingerprint, format_expiry
 from job.config import Settings
 from job.errors import (
     EXIT_OK,
@@ -27,9 +28,8 @@ from job.errors import (
     UsageError,
 )
 from job.logs import REDACTOR, one_line
-from job.pgstore import ConnectionInfo, PostgresStore
-from job.store import TokenLock, _fsync_directory, load_token_file, resolve_target, tidy_temp_files
-from job.tokens import TokenFile, fingerprint, format_expiry
+from job.stores.file.tokenfile import TokenLock, _fsync_directory, load_token_file, resolve_target, tidy_temp_files
+from job.stores.postgres import ConnectionInfo, PostgresStore
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def revoke_connection(settings: Settings, session: requests.Session) -> int:
     that held it before cannot write the revoked tokens back. The access token is revoked afterwards,
     best effort, as for the token file.
     """
-    from job.login import revoke_access_token, revoke_refresh_token
+    from job.commands.login import revoke_access_token, revoke_refresh_token
 
     name = settings.connection
     store = PostgresStore.from_settings(settings)
@@ -281,7 +281,7 @@ def login_connection(
     always), the store must take writes before the code is spent, and tokens the store then refuses
     go to a 0600 rescue file that ``connections import`` puts in place.
     """
-    from job.login import LoginRequest, _login_client, exchange_for_tokens, obtain_code
+    from job.commands.login import LoginRequest, _login_client, exchange_for_tokens, obtain_code
 
     name = settings.connection
     store = PostgresStore.from_settings(settings)
@@ -330,8 +330,8 @@ def login_connection(
 
 def _login_rescue(settings: Settings, name: str, tokens: TokenFile, cause: JobError) -> TokenNotSavedError:
     """Keep the tokens of an authorization the store refused in a 0600 rescue file, and say how to import it."""
-    from job.pgstore import RESCUE_DIRECTORY, file_safe
-    from job.store import write_file_atomically
+    from job.stores.file.tokenfile import write_file_atomically
+    from job.stores.postgres import RESCUE_DIRECTORY, file_safe
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = settings.state_dir / RESCUE_DIRECTORY / f"{file_safe(name)}.{stamp}.login.json"

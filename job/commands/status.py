@@ -14,11 +14,11 @@ import pwd
 import time
 from dataclasses import asdict, dataclass, field
 
+from job.auth.oauth1 import MIGRATE_HINT
+from job.auth.tokens import fingerprint, format_expiry
 from job.config import Settings
 from job.errors import EXIT_OK, EXIT_TOKEN_FILE, JobError
-from job.oauth1 import MIGRATE_HINT
-from job.store import LoadedTokens, load_token_file, lock_path_for, read_record, survey_token_directory
-from job.tokens import fingerprint, format_expiry
+from job.stores.file.tokenfile import LoadedTokens, load_token_file, lock_path_for, read_record, survey_token_directory
 
 # typing costs start-up time and is needed for annotations only (strings here).
 TYPE_CHECKING = False

@@ -17,7 +17,7 @@ redactor, and messages describe the store as the URL without it. See docs/design
 store".
 """
 
-from job.pgstore.common import (
+from job.stores.postgres.common import (
     RESCUE_DIRECTORY,
     SCHEMA,
     SCHEMA_VERSION,
@@ -27,8 +27,8 @@ from job.pgstore.common import (
     check_name,
     file_safe,
 )
-from job.pgstore.connection import PostgresConnection
-from job.pgstore.store import PostgresStore
+from job.stores.postgres.connection import PostgresConnection
+from job.stores.postgres.store import PostgresStore
 
 __all__ = [
     "RESCUE_DIRECTORY",

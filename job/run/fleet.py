@@ -3,7 +3,7 @@
 The main thread claims due connections in batches, only as many as there are free workers, so no
 lease waits on a queue; each worker runs the same cycle as ``--connection NAME run`` on a connection
 already claimed, records its outcome, and frees it. Processes on other machines claim the rest
-(``FOR UPDATE SKIP LOCKED``; see :meth:`job.pgstore.PostgresStore.claim_due`). The run ends when
+(``FOR UPDATE SKIP LOCKED``; see :meth:`job.stores.postgres.PostgresStore.claim_due`). The run ends when
 nothing is due that this run has not done.
 
 SIGTERM, SIGINT or SIGHUP (a Kubernetes pod being stopped, systemd stopping the unit, Ctrl-C, a closed
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from job import progress
-from job.api import Pacer
+from job.api.client import Pacer
 from job.config import Settings
 from job.errors import (
     EXIT_AUTH,
@@ -44,7 +44,7 @@ from job.errors import (
     naming_the_connection,
 )
 from job.logs import REDACTOR
-from job.runner import RunOptions, RunOutcome, run_cycle
+from job.run.single import RunOptions, RunOutcome, run_cycle
 from job.shutdown import Shutdown, StoppedError
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class FleetRun:
         outcome: FleetOutcome,
         shutdown: Shutdown | None = None,
     ) -> None:
-        from job.pgstore import PostgresStore
+        from job.stores.postgres import PostgresStore
 
         self.settings = settings
         self.options = options

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from job.auth.tokens import MAX_TOKEN_ANSWER_BYTES, TokenFile, parse_token_file
 from job.errors import StorageError, TokenFileError
-from job.pgstore.common import RESCUE_DIRECTORY, file_safe, fsync_directory, name_from_file_safe
-from job.store import write_file_atomically
-from job.tokens import MAX_TOKEN_ANSWER_BYTES, TokenFile, parse_token_file
+from job.stores.file.tokenfile import write_file_atomically
+from job.stores.postgres.common import RESCUE_DIRECTORY, file_safe, fsync_directory, name_from_file_safe
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from job.auth.tokens import TokenFile, fingerprint, parse_token_file
 from job.errors import (
     AuthError,
     ConfigError,
@@ -26,12 +27,16 @@ from job.errors import (
     shorten,
 )
 from job.logs import REDACTOR
-from job.pgstore import rescue
-from job.pgstore.common import (
+from job.shutdown import current as current_shutdown
+from job.stores.file.tokenfile import token_hash
+from job.stores.postgres import rescue
+from job.stores.postgres.common import (
     ADVISORY_LOCK_KEY,
     APPLICATION_NAME,
+    BACKOFF_FIRST_SECONDS,
     BOUND,
     CONNECT_TIMEOUT_SECONDS,
+    DUE_AFTER,
     FENCED,
     INFO_COLUMNS,
     LAST_TRY_SECONDS,
@@ -41,6 +46,7 @@ from job.pgstore.common import (
     MIGRATIONS,
     NO_MARKER,
     NO_SCHEMA_HINT,
+    RECORD_RUN,
     SCHEMA,
     SCHEMA_VERSION,
     SEAL_COLUMNS,
@@ -56,11 +62,8 @@ from job.pgstore.common import (
     split_holder,
     utc,
 )
-from job.pgstore.connection import PostgresConnection
-from job.pgstore.watchdog import WATCHDOG
-from job.shutdown import current as current_shutdown
-from job.store import token_hash
-from job.tokens import TokenFile, fingerprint, parse_token_file
+from job.stores.postgres.connection import PostgresConnection
+from job.stores.postgres.watchdog import WATCHDOG
 
 if TYPE_CHECKING:
     import psycopg
@@ -73,16 +76,6 @@ log = logging.getLogger(__name__)
 # A lease lasts at least this long (and longer when a refresh may take longer: see from_settings).
 DEFAULT_LEASE_SECONDS = 900.0
 LEASE_MARGIN_SECONDS = 60.0
-# A temporary failure is due again after 5 min, then 10, 20 … (doubling) but never later than the interval.
-BACKOFF_FIRST_SECONDS = 300.0
-DUE_AFTER = "LEAST(%(interval)s, %(backoff)s * power(2, LEAST(GREATEST({failures} - 1, 0), 16)))"
-# What a finished run records: when, how it ended, when it is due again (see PostgresStore.record_run).
-RECORD_RUN = f"""last_run_at = now(), last_exit_code = %(code)s,
-    waiting_for_person = %(code)s IN (77, 78),
-    temporary_failures = CASE WHEN %(code)s = 75 THEN temporary_failures + 1 ELSE 0 END,
-    next_run_at = now() + make_interval(secs => CASE
-        WHEN %(code)s = 75 THEN {DUE_AFTER.format(failures="temporary_failures + 1")}
-        ELSE %(interval)s END)"""
 # A connection a fleet run may claim now: live, not waiting for a person, free (or held by a process
 # on this host that no longer exists: %(dead)s, see PostgresStore.claim_due), and due.
 DUE = (
@@ -168,7 +161,7 @@ class PostgresStore:
         self._schema_checked = False
         # When set and it gives a time (monotonic), every database wait ends by then: a stop's grace (SIGTERM).
         self.stop_cap: Callable[[], float | None] | None = None
-        # Room held for rescue files, proven once and used by one refresh after another (job.pgstore.rescue).
+        # Room held for rescue files, proven once and used by one refresh after another (job.stores.postgres.rescue).
         self._rescue_slot: rescue.RescueSlot | None = None
 
     @classmethod
@@ -773,7 +766,7 @@ class PostgresStore:
         self, name: str, *, wait: bool = True, owns_store: bool = False, claimed: tuple[Any, ...] | None = None,
         finish_on_close: bool = False,
     ) -> PostgresConnection:
-        """The :class:`job.backend.ConnectionStore` of one connection; nothing happens until ``open()``.
+        """The :class:`job.stores.base.ConnectionStore` of one connection; nothing happens until ``open()``.
 
         ``owns_store``: closing the connection closes this store too (a run that made the store for it).
         ``claimed``: the row :meth:`claim_due` claimed for it, so ``open()`` does not claim again.

@@ -15,15 +15,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from job.auth.tokens import TokenFile
 from job.errors import ConfigError, UsageError
-from job.tokens import TokenFile
 
 SCHEMA = "aweber_job"
 SCHEMA_VERSION = 3
 # pg_advisory_xact_lock key serialising init_schema across machines ("aweberjb" in ASCII).
 ADVISORY_LOCK_KEY = 0x617765626572_6A62
 CONNECT_TIMEOUT_SECONDS = 10
-# The longest any one statement may wait for its answer before its connection is cut (job.pgstore.watchdog).
+# The longest any one statement may wait for its answer before its connection is cut (job.stores.postgres.watchdog).
 # Every statement the job sends is a short one on a few rows; a wait this long means the link or the
 # server is in trouble, and the save after a refresh must keep time to write its rescue file.
 STATEMENT_TIMEOUT_SECONDS = 10.0
@@ -117,6 +117,17 @@ FENCED = "name = %(name)s AND fence = %(fence)s AND lease_holder = %(holder)s"
 
 LEASE = "now() + make_interval(secs => %(lease)s)"
 
+# A temporary failure is due again after 5 min, then 10, 20 … (doubling) but never later than the interval.
+BACKOFF_FIRST_SECONDS = 300.0
+DUE_AFTER = "LEAST(%(interval)s, %(backoff)s * power(2, LEAST(GREATEST({failures} - 1, 0), 16)))"
+# What a finished run records: when, how it ended, when it is due again (see PostgresStore.record_run).
+RECORD_RUN = f"""last_run_at = now(), last_exit_code = %(code)s,
+    waiting_for_person = %(code)s IN (77, 78),
+    temporary_failures = CASE WHEN %(code)s = 75 THEN temporary_failures + 1 ELSE 0 END,
+    next_run_at = now() + make_interval(secs => CASE
+        WHEN %(code)s = 75 THEN {DUE_AFTER.format(failures="temporary_failures + 1")}
+        ELSE %(interval)s END)"""
+
 
 @dataclass(frozen=True)
 class ConnectionInfo:
@@ -145,7 +156,7 @@ class ConnectionView:
 @dataclass(frozen=True)
 class PendingRefresh:
     """What begin_refresh recorded: the hash of the refresh token being spent, and the room reserved for a
-    rescue file of its successor (job.pgstore.rescue.RescueSlot)."""
+    rescue file of its successor (job.stores.postgres.rescue.RescueSlot)."""
 
     spent: str
     slot: Any = None

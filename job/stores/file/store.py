@@ -1,6 +1,6 @@
-"""The token file behind the store seam (:mod:`job.backend`): the default, one connection, ``default``.
+"""The token file behind the store seam (:mod:`job.stores.base`): the default, one connection, ``default``.
 
-Everything that keeps the token file safe lives in :mod:`job.store`; this class only says, in the
+Everything that keeps the token file safe lives in :mod:`job.stores.file.tokenfile`; this class only says, in the
 seam's words, which of its steps the cycle takes when: the lock and the tidy-up on open, the
 reservation and the lock file's record before a refresh, the careful save after it.
 """
@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from job.backend import DEFAULT_CONNECTION, Opened
+from job.auth.tokens import TokenFile
 from job.errors import StorageError, TaskError, TokenFileError
-from job.store import (
+from job.stores.base import DEFAULT_CONNECTION, Opened
+from job.stores.file.tokenfile import (
     Reservation,
     TokenLock,
     load_token_file,
@@ -29,7 +30,6 @@ from job.store import (
     token_hash,
     write_file_atomically,
 )
-from job.tokens import TokenFile
 
 log = logging.getLogger(__name__)
 
