@@ -41,6 +41,10 @@ class FixedTokens:
     def ensure_fresh(self, leeway_seconds: float) -> str:
         return self.access_token
 
+    def authorize(self, method: str, url: str, params: object, *, leeway_seconds: float) -> dict[str, str]:
+        """The bearer header for every request (the token outlives the benchmark)."""
+        return {"Authorization": f"Bearer {self.ensure_fresh(leeway_seconds)}"}
+
     def refresh(self, reason: str) -> object:
         raise RuntimeError(f"unexpected refresh during the benchmark ({reason})")
 
