@@ -183,7 +183,8 @@ def is_token_store_file(path: Path) -> bool:
     name = path.name
     if path.parent.name == "rescue" and name.endswith(".json"):
         return True
-    return name == "tokens.json" or ".tokens.json.tmp-" in name or ".rescue-" in name or ".imported-" in name
+    return (name == "tokens.json" or ".tokens.json.tmp-" in name or ".rescue-" in name or ".imported-" in name
+            or ".import-uncertain-" in name)
 
 
 def fingerprint(value: str) -> str:
