@@ -1,6 +1,6 @@
 """Walk a large stand-in list with ApiClient and show that the client's memory stays flat.
 
-The stand-in runs as its own process (``python -m job.standin``), so the figures printed are the
+The stand-in runs as its own process (``python -m tests.support.standin``), so the figures printed are the
 client's alone: requests made, wall time, and peak RSS (``resource.getrusage``) and current RSS
 (``/proc/self/statm``) after 10 %, 50 % and 100 % of the entries. A walk that buffered the
 collection would grow by the size of the list; a generator stays at one page.
@@ -24,7 +24,12 @@ from pathlib import Path
 import requests
 
 from job.api.client import ApiClient
-from job.standin import StandInControl
+
+# The stand-in's process mode and its control client live with the tests, not in the package.
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support.standin import StandInControl  # noqa: E402
 
 CLIENT_ID = "bench-client"
 ACCOUNT_ID = 1
@@ -64,7 +69,7 @@ def current_rss_mib() -> float:
 
 
 def start_standin(directory: Path, size: int) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``python -m job.standin`` with one list of ``size`` subscribers; return it and its base URL."""
+    """Start ``python -m tests.support.standin`` with one list of ``size`` subscribers; return it and its base URL."""
     config = {
         "clients": {CLIENT_ID: None},
         "accounts": [{"id": ACCOUNT_ID, "lists": [{"id": LIST_ID, "name": "Bench", "size": size, "seed": 1}]}],
@@ -73,7 +78,8 @@ def start_standin(directory: Path, size: int) -> tuple[subprocess.Popen[bytes], 
     config_file.write_text(json.dumps(config), encoding="utf-8")
     port_file = directory / "port"
     process = subprocess.Popen(
-        [sys.executable, "-m", "job.standin", "--port-file", str(port_file), "--config", str(config_file)]
+        [sys.executable, "-m", "tests.support.standin", "--port-file", str(port_file), "--config", str(config_file)],
+        cwd=REPO,
     )
     deadline = time.monotonic() + PORT_FILE_WAIT_SECONDS
     while not port_file.exists():

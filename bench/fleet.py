@@ -8,7 +8,7 @@
 
 Needs a PostgreSQL server (``--server``, default ``postgresql://postgres@127.0.0.1:5432/postgres``,
 trust auth): a throwaway database is created on it and dropped at the end. The stand-in AWeber runs
-as its own process (``python -m job.standin``) and answers every request after a fixed latency
+as its own process (``python -m tests.support.standin``) and answers every request after a fixed latency
 (``--latency``, default 50 ms: a stand-in for the network and AWeber's own time). The markdown
 report goes to stdout and ``bench/results/fleet.md``; progress to stderr. Exit status 0 when every
 goal held, 1 when one did not (the report is written either way), 2 when something is missing.
@@ -81,10 +81,13 @@ def progress(message: str) -> None:
 
 
 class StandInProcess:
-    """``python -m job.standin`` with a per-request latency, driven through its control endpoints."""
+    """``python -m tests.support.standin`` with a per-request latency, driven through its control endpoints."""
 
     def __init__(self, directory: Path, latency: float) -> None:
-        from job.standin import StandInControl
+        # The stand-in's process mode lives with the tests, not in the package; run from the repository.
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from tests.support.standin import StandInControl
 
         config = {"clients": {CLIENT_ID: CLIENT_SECRET}, "request_delay_seconds": latency}
         config_file = directory / "standin.json"
@@ -92,7 +95,8 @@ class StandInProcess:
         port_file = directory / "standin.port"
         self._log = open(directory / "standin.log", "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "job.standin", "--port-file", str(port_file), "--config", str(config_file)],
+            [sys.executable, "-m", "tests.support.standin",
+             "--port-file", str(port_file), "--config", str(config_file)],
             cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20

@@ -873,7 +873,7 @@ def test_no_token_in_logs_or_errors_through_retries_and_refresh(
 def test_clients_of_one_account_share_its_pacer_and_other_requests_do_not(standin: StandIn) -> None:
     """Requests under /accounts/<id> from two connections' clients count against one window for that
     account (AWeber's limit is per account); a request outside any account uses the client's own."""
-    from job.api.client import Pacer
+    from job.api.pacing import Pacer
 
     _add_list(standin, 10)
     fake_time = FakeTime()

@@ -46,6 +46,17 @@ def test_the_project_is_mit_licensed_in_the_repository_and_the_wheel(wheel: Path
         assert archive.read(packaged).decode("utf-8") == license_text
 
 
+def test_the_wheel_carries_the_stand_in_but_not_its_control_plane(wheel: Path) -> None:
+    """The demo's in-thread stand-in ships; its process mode and ``/_control/`` endpoints, which only tests and
+    benchmarks use (tests/support/standin), do not, and nothing of tests/ does."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    assert "job/standin/server.py" in names
+    shipped = [name for name in names if re.fullmatch(r"job/standin/(control[^/]*|__main__|config)\.py", name)]
+    assert shipped == []
+    assert [name for name in names if name.startswith("tests/")] == []
+
+
 @pytest.mark.slow
 def test_a_wheel_installed_elsewhere_prints_every_example(tmp_path: Path, wheel: Path) -> None:
     """A wheel installed into a fresh environment prints every example with that environment's program path:

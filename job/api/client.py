@@ -17,11 +17,9 @@ permission) must not be retried. An expired or disconnected access token answers
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -29,14 +27,16 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from http.client import HTTPException
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
 
 from job import progress
+from job.api.pacing import DEFAULT_WINDOW_SECONDS, Pacer, account_of
+from job.api.pages import CollectionWalk
 from job.config import format_duration
-from job.errors import ApiError, AuthError, CollectionShiftedError, JobError, RunTimeoutError, TemporaryError, shorten
+from job.errors import ApiError, AuthError, JobError, RunTimeoutError, TemporaryError, shorten
 from job.retries import call_with_retries, parse_retry_after
 from job.shutdown import Interrupted, Shutdown
 
@@ -45,13 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# AWeber's documented page size limit (docs/aweber-api.md §2.2): 1–100, default 100.
-PAGE_SIZE = 100
-_ACCOUNT_PATH = re.compile(r"^/accounts/(\d+)(?:/|$)")
-# How often a client waits to re-check a pacer whose every slot is a request still in flight.
-PACER_POLL_SECONDS = 0.05
-# AWeber blocks a rate-limited account for 60 s (docs/aweber-api.md §3); the rolling window is a minute.
-DEFAULT_WINDOW_SECONDS = 60.0
 # A page of 100 subscribers is about 100 KB; anything near this is not an AWeber answer.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 # Only the error envelope is wanted from a refusal; the rest of a large body is not read.
@@ -153,38 +146,6 @@ def _error_fields(body: bytes) -> tuple[str | None, str | None]:
     )
 
 
-# The parameters that say which page of a collection: a next link's own are kept, the rest put back.
-_PAGE_PARAMS = frozenset({"ws.start", "ws.size"})
-
-
-def _ws_start(pairs: list[tuple[str, str]]) -> int | None:
-    """The last ``ws.start`` among query pairs as a number; None when absent or not a whole number."""
-    values = [value for key, value in pairs if key == "ws.start"]
-    return int(values[-1]) if values and values[-1].isdigit() else None
-
-
-def _with_start(link: str, start: int) -> str:
-    """``link`` with its ``ws.start`` set to ``start``."""
-    parts = urlsplit(link)
-    pairs = [(key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True) if key != "ws.start"]
-    return urlunsplit(parts._replace(query=urlencode([("ws.start", str(start)), *pairs])))
-
-
-def _held_to(link: str, asked: list[tuple[str, str]]) -> str:
-    """``link`` with every non-page parameter of ``asked`` set as asked; the link's page parameters kept.
-
-    AWeber's next links are documented as the way to the next page, not as keeping the find's
-    filters and sort; one that lost or changed them would walk another collection.
-    """
-    parts = urlsplit(link)
-    wanted = {key: value for key, value in asked if key not in _PAGE_PARAMS}
-    pairs = [(key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True) if key not in wanted]
-    present = {key for key, _ in pairs}
-    pairs += [(key, value) for key, value in asked if key == "ws.size" and key not in present]
-    pairs += list(wanted.items())
-    return urlunsplit(parts._replace(query=urlencode(pairs)))
-
-
 def _describe(status: int, kind: str | None, message: str | None) -> str:
     text = f"HTTP {status}"
     if kind:
@@ -210,49 +171,6 @@ def is_retry_later_answer(status: int, message: str | None) -> bool:
         return False
     words = " ".join(message.lower().split())
     return any(phrase in words for phrase in _RETRY_LATER_PHRASES)
-
-
-class Pacer:
-    """At most ``limit`` requests in any rolling ``window``: one client's, or shared by the clients of one
-    AWeber account (its rate limit is per account, whatever the integration), across threads.
-
-    A request takes a slot before it is sent and gives it back, stamped, when it finished: times are
-    taken when a request *finished*, which is no earlier than the server saw it, so the server never
-    counts more than the limit in any window either; requests in flight count too, so clients that
-    share the pacer cannot all pass the check at once.
-    """
-
-    def __init__(self, limit: int, window_seconds: float, monotonic: Callable[[], float] = time.monotonic) -> None:
-        if limit < 1:
-            raise ValueError("rate_limit_per_minute must be at least 1")
-        if window_seconds <= 0:
-            raise ValueError("window_seconds must be positive")
-        self.limit = limit
-        self.window_seconds = window_seconds
-        self._monotonic = monotonic
-        self._lock = threading.Lock()
-        # When each of the last ``limit`` requests finished: O(limit) memory whatever the run.
-        self._finished: collections.deque[float] = collections.deque(maxlen=limit)
-        self._in_flight = 0
-
-    def try_take(self) -> float:
-        """Take a slot and return 0, or return how long to wait before trying again."""
-        with self._lock:
-            now = self._monotonic()
-            while self._finished and self._finished[0] + self.window_seconds <= now:
-                self._finished.popleft()
-            if len(self._finished) + self._in_flight < self.limit:
-                self._in_flight += 1
-                return 0.0
-            if self._finished:
-                return max(self._finished[0] + self.window_seconds - now, 0.001)
-            return PACER_POLL_SECONDS  # every slot is a request in flight: one ends soon
-
-    def give_back(self) -> None:
-        """The request that took a slot has finished (answered or failed)."""
-        with self._lock:
-            self._in_flight = max(0, self._in_flight - 1)
-            self._finished.append(self._monotonic())
 
 
 class ApiClient:
@@ -385,54 +303,21 @@ class ApiClient:
         forward (a loop, or a walk that would never end); errors name the path, never the query.
         """
         url = self.resolve(url_or_path)
-        query: dict[str, str | int] = dict(params or {})
-        if "ws.size" not in query and not any(key == "ws.size" for key, _ in parse_qsl(urlsplit(url).query)):
-            query["ws.size"] = PAGE_SIZE
-        asked = [(key, value) for key, value in parse_qsl(urlsplit(url).query, keep_blank_values=True)
-                 if key not in query]
-        asked += [(key, str(value)) for key, value in query.items()]
         path = self._path(url)
-        start = _ws_start(asked) or 0
-        page = self._get_json(url, query)
-        last_id: object = None
-        overlapping = False
+        walk = CollectionWalk(url, params, path, overlap=overlap)
+        page = self._get_json(url, walk.query)
         while True:
-            entries = page.get("entries") if isinstance(page, dict) else None
-            if not isinstance(entries, list):
-                raise ApiError(f"GET {path}: the answer is not a collection (no entries list)")
-            if overlapping:
-                first = entries[0] if entries else None
-                if not isinstance(first, dict) or first.get("id") != last_id:
-                    raise CollectionShiftedError(
-                        f"GET {path}: the collection changed while it was read (the page at ws.start={start} does "
-                        "not begin where the one before ended)"
-                    )
-                entries = entries[1:]
-            for entry in entries:
+            for entry in walk.entries(page):
                 if not isinstance(entry, dict):
                     raise ApiError(f"GET {path}: a collection entry is not an object")
-                last_id = entry.get("id")
+                walk.last_id = entry.get("id")
                 yield entry
-            following = page.get("next_collection_link")
-            if not following:
+            following = walk.next_url(page, self.resolve)
+            if following is None:
                 return
-            if not isinstance(following, str):
-                raise ApiError(f"GET {path}: next_collection_link is not a string")
-            url = _held_to(self.resolve(following), asked)
-            following_start = _ws_start(parse_qsl(urlsplit(url).query, keep_blank_values=True))
-            if following_start is None or following_start <= start:
-                shown = "no ws.start" if following_start is None else f"ws.start={following_start}"
-                raise ApiError(
-                    f"GET {path}: next_collection_link goes to {shown} after ws.start={start}, "
-                    "so the collection would never end; stopped"
-                )
-            start = following_start
-            overlapping = overlap and last_id is not None and start > 0
-            if overlapping:
-                start -= 1
-                url = _with_start(url, start)
-            del page, entries
-            page = self._get_json(url, None)
+            # Only one page is held at a time.
+            del page
+            page = self._get_json(following, None)
 
     def resolve(self, url_or_path: str) -> str:
         """An absolute URL on the API's own origin; ApiError for any other origin, before anything is sent.
@@ -633,9 +518,9 @@ class ApiClient:
     def _pacer_of(self, path: str) -> Pacer:
         """The pacer a request to ``path`` counts against: its account's when shared, else this client's."""
         if self._pacer_for is not None:
-            match = _ACCOUNT_PATH.match(path[len(self._base_path):] if path.startswith(self._base_path) else path)
-            if match:
-                return self._pacer_for(f"account {match.group(1)}")
+            account = account_of(path[len(self._base_path):] if path.startswith(self._base_path) else path)
+            if account is not None:
+                return self._pacer_for(account)
         return self.pacer
 
     def _pace(self, path: str, pacer: Pacer) -> None:

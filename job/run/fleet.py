@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from job import progress
-from job.api.client import Pacer
+from job.api.pacing import Pacer
 from job.config import Settings
 from job.errors import (
     EXIT_AUTH,

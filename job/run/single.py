@@ -20,7 +20,8 @@ from typing import IO, Any
 import requests
 
 from job import progress
-from job.api.client import ApiClient, Pacer
+from job.api.client import ApiClient
+from job.api.pacing import Pacer
 from job.config import DURATION_UNITS, Settings
 from job.errors import (
     EXIT_OK,

@@ -23,7 +23,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from job.standin.api import DEFAULT_FILTER_DAY_OFFSET_HOURS, Api, ApiBehaviour
-from job.standin.control_endpoints import handle_control
 from job.standin.endpoints import Endpoints
 from job.standin.faults import Fault, FaultQueue
 from job.standin.ledger import Description, Ledger, describe
@@ -44,6 +43,9 @@ MAX_REQUEST_BODY_BYTES = 1024 * 1024
 # An idle keep-alive connection is closed after this long, so handler threads do not pile up.
 IDLE_CONNECTION_SECONDS = 120.0
 DEFAULT_LIST_SPAN_SECONDS = 30 * 86_400
+# What answers ``/_control/`` requests in process mode: given the stand-in, the request and the
+# client's host. A hook rather than an import, so the control plane stays out of the package.
+ControlHandler = Callable[["StandIn", Request, str], Answer]
 
 
 class _Server(ThreadingHTTPServer):
@@ -121,8 +123,8 @@ class _Handler(BaseHTTPRequestHandler):
         if request is None:
             return
         if request.path.startswith("/_control/"):
-            if standin.enable_control:
-                self._send(handle_control(standin, request, self.client_address[0]))
+            if standin.control_handler is not None:
+                self._send(standin.control_handler(standin, request, self.client_address[0]))
             else:
                 self._send(envelope(404, "Not Found", "NotFoundError"))
             return
@@ -244,7 +246,9 @@ class StandIn(Endpoints):
     ``rate_limit_per_minute`` API requests are admitted per account in any rolling
     ``rate_limit_window_seconds`` (None: no limit); ``request_delay_seconds`` is added to every
     request. ``verbose`` prints method, path and status of each request to stderr.
-    ``enable_control`` serves the JSON ``/_control/`` endpoints used in process mode.
+    ``control_handler``, when given, answers every ``/_control/`` request (given the stand-in, the
+    request and the client's address); without it those paths do not exist. Process mode passes
+    the JSON control plane (``tests/support/standin``), which the demo never needs.
     ``reuse_detection`` makes a spent refresh token, presented again, revoke its whole grant.
     ``filter_day_offset_hours``, ``exclusive_day_filters`` and ``next_links_drop_filters``, the
     :class:`ApiBehaviour` switches (also settable later with :meth:`configure_api`), choose among
@@ -261,7 +265,7 @@ class StandIn(Endpoints):
         request_delay_seconds: float = 0.0,
         clock: Callable[[], float] = time.time,
         verbose: bool = False,
-        enable_control: bool = False,
+        control_handler: ControlHandler | None = None,
         port: int = 0,
         reuse_detection: bool = False,
         filter_day_offset_hours: float = DEFAULT_FILTER_DAY_OFFSET_HOURS,
@@ -273,7 +277,7 @@ class StandIn(Endpoints):
         self.clock = clock
         self.request_delay_seconds = request_delay_seconds
         self.verbose = verbose
-        self.enable_control = enable_control
+        self.control_handler = control_handler
         self.state = State(
             DEFAULT_CLIENTS if clients is None else clients,
             access_token_lifetime_seconds=access_token_lifetime_seconds,

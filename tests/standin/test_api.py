@@ -246,7 +246,7 @@ def test_keep_alive_serves_several_requests_on_one_connection(server: StandIn, t
 
 
 def test_control_endpoints_are_off_by_default(server: StandIn, http: requests.Session) -> None:
-    """Without enable_control, /_control/ paths do not exist."""
+    """Without a control handler, /_control/ paths do not exist."""
     assert http.get(f"{server.base_url}/_control/stats", timeout=5).status_code == 404
 
 

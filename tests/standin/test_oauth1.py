@@ -11,10 +11,9 @@ import requests
 from oauthlib.oauth1 import SIGNATURE_HMAC_SHA1, Client
 
 from job.standin import StandIn
-from job.standin.config import standin_from_config
-from job.standin.control import StandInControl
 from job.standin.oauth1 import OAuth1Grant
 from tests.standin.test_process import start_process, wait_for_port
+from tests.support.standin import StandInControl, standin_from_config
 
 ACCOUNT = 123
 LIST = 456

@@ -1,4 +1,4 @@
-"""Process mode: ``python -m job.standin`` serves until SIGTERM and is driven through StandInControl."""
+"""Process mode: ``python -m tests.support.standin`` serves until SIGTERM and is driven through StandInControl."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from job.standin import Fault, StandIn, StandInControl
+from job.standin import Fault, StandIn
 from tests.standin.conftest import CONF_ID, CONF_SECRET, PUBLIC_ID, bearer
+from tests.support.standin import StandInControl, handle_control
 
 REPO = Path(__file__).resolve().parents[2]
 START = 1_790_000_000
@@ -24,7 +25,7 @@ START = 1_790_000_000
 def start_process(tmp_path: Path, config: dict[str, object] | None) -> tuple[subprocess.Popen[bytes], Path]:
     """Start the stand-in as a child process; return it and its port-file path."""
     port_file = tmp_path / "standin.port"
-    command = [sys.executable, "-m", "job.standin", "--port-file", str(port_file)]
+    command = [sys.executable, "-m", "tests.support.standin", "--port-file", str(port_file)]
     if config is not None:
         config_file = tmp_path / "standin.json"
         config_file.write_text(json.dumps(config), encoding="utf-8")
@@ -138,8 +139,8 @@ def test_bad_config_exits_2(tmp_path: Path) -> None:
 
 
 def test_control_client_drives_an_in_thread_stand_in_too() -> None:
-    """StandInControl works against a StandIn started in-thread with enable_control."""
-    with StandIn(clients={CONF_ID: CONF_SECRET}, enable_control=True) as server:
+    """StandInControl works against a StandIn started in-thread with the control handler installed."""
+    with StandIn(clients={CONF_ID: CONF_SECRET}, control_handler=handle_control) as server:
         control = StandInControl(server.base_url)
         control.add_account(7, company="Seven")
         control.add_list(7, 8, "Eight", size=3, start=START, end=START + 10, seed=1)
@@ -234,7 +235,7 @@ def test_api_behaviour_comes_from_the_config_file_and_the_control_endpoint(tmp_p
 
 def test_the_request_delay_can_be_switched_while_running_and_spares_the_control_endpoints() -> None:
     """A slow AWeber on demand (a fleet run with work in flight); the control endpoints stay quick."""
-    with StandIn(clients={CONF_ID: CONF_SECRET}, enable_control=True) as server:
+    with StandIn(clients={CONF_ID: CONF_SECRET}, control_handler=handle_control) as server:
         control = StandInControl(server.base_url)
         url = f"{server.api_url}/accounts"
 

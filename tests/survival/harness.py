@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 import pytest
 import requests
 
-from job.standin import StandInControl
+from tests.support.standin import StandInControl
 from tests.survival.oracle import refresh_token_in, refresh_token_or_none
 
 REPO = Path(__file__).resolve().parents[2]
@@ -307,7 +307,7 @@ def standin_config(
 
 
 class StandInProcess:
-    """``python -m job.standin`` started with a config file, driven through StandInControl."""
+    """``python -m tests.support.standin`` started with a config file, driven through StandInControl."""
 
     def __init__(self, directory: Path, config: Mapping[str, Any]) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -317,7 +317,8 @@ class StandInProcess:
         port_file = directory / "port"
         self._log = open(directory / "standin.log", "wb")  # closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "job.standin", "--port-file", str(port_file), "--config", str(config_file)],
+            [sys.executable, "-m", "tests.support.standin",
+             "--port-file", str(port_file), "--config", str(config_file)],
             cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20

@@ -1,9 +1,10 @@
 """The ``/_control/`` JSON endpoints that let a test drive a stand-in running in another process.
 
-They exist only with ``enable_control=True`` (process mode), answer loopback clients only, and
-pass through no fault and no counter. ``GET /_control/live-refresh-tokens`` returns live refresh
-tokens: it is the test hook that lets a crash test check that the job's token file holds the one
-live token, and it is served on 127.0.0.1 only.
+They exist only where installed, as ``StandIn(control_handler=handle_control)`` (process mode),
+answer loopback clients only, and pass through no fault and no counter.
+``GET /_control/live-refresh-tokens`` returns live refresh tokens: it is the test hook that lets a
+crash test check that the job's token file holds the one live token, and it is served on
+127.0.0.1 only.
 
 Endpoints (JSON bodies and answers):
 

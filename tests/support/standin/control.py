@@ -1,4 +1,4 @@
-"""Drive a stand-in running in another process (``python -m job.standin``) through ``/_control/``.
+"""Drive a stand-in running in another process (``python -m tests.support.standin``) through ``/_control/``.
 
 :class:`StandInControl` has the same method names as :class:`job.standin.StandIn`, so a test can
 be written once for either. Bad input raises ValueError, as it does in-process.

@@ -1,4 +1,4 @@
-"""Process mode: ``python -m job.standin --port-file PATH [--config FILE]``.
+"""Process mode: ``python -m tests.support.standin --port-file PATH [--config FILE]`` (from the repository root).
 
 Starts the stand-in with its ``/_control/`` endpoints on 127.0.0.1, writes the port to PATH once
 it is listening (atomically: a reader never sees a half-written file), and serves until SIGTERM
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from job.standin.config import load_config, standin_from_config
+from tests.support.standin.config import load_config, standin_from_config
 
 
 def write_port_file(path: Path, port: int) -> None:
@@ -28,7 +28,7 @@ def write_port_file(path: Path, port: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the stand-in until a signal asks it to stop; return the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m job.standin", description="Serve the stand-in AWeber.")
+    parser = argparse.ArgumentParser(prog="python -m tests.support.standin", description="Serve the stand-in AWeber.")
     parser.add_argument("--port-file", type=Path, required=True, help="where to write the port once listening")
     parser.add_argument("--config", type=Path, help="JSON file with clients, limits, accounts and lists")
     parser.add_argument("--port", type=int, default=0, help="port to bind (default: an ephemeral one)")

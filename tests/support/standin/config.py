@@ -1,4 +1,4 @@
-"""Build a stand-in from a JSON-ready mapping: what ``python -m job.standin --config FILE`` reads.
+"""Build a stand-in from a JSON-ready mapping: what ``python -m tests.support.standin --config FILE`` reads.
 
 Example (every key optional)::
 
@@ -32,6 +32,7 @@ from pathlib import Path
 from job.standin.api import DEFAULT_FILTER_DAY_OFFSET_HOURS
 from job.standin.oauth1 import grant_from_mapping
 from job.standin.server import StandIn
+from tests.support.standin.control_endpoints import handle_control
 
 _TOP_KEYS = frozenset(
     {
@@ -58,7 +59,10 @@ def load_config(path: Path) -> dict[str, object]:
 def standin_from_config(
     config: Mapping[str, object], *, enable_control: bool = False, port: int = 0
 ) -> StandIn:
-    """Return a (not yet started) stand-in set up as ``config`` says; raise ValueError on bad config."""
+    """Return a (not yet started) stand-in set up as ``config`` says; raise ValueError on bad config.
+
+    ``enable_control`` installs the ``/_control/`` endpoints that process mode is driven through.
+    """
     _check_keys(config, _TOP_KEYS, "config")
     clients = config.get("clients")
     if clients is not None and not (
@@ -74,7 +78,7 @@ def standin_from_config(
         request_delay_seconds=_number(config, "request_delay_seconds", 0.0),
         verbose=bool(config.get("verbose", False)),
         reuse_detection=_boolean(config, "reuse_detection"),
-        enable_control=enable_control,
+        control_handler=handle_control if enable_control else None,
         port=port,
         filter_day_offset_hours=_number(config, "filter_day_offset_hours", DEFAULT_FILTER_DAY_OFFSET_HOURS),
         exclusive_day_filters=_boolean(config, "exclusive_day_filters"),

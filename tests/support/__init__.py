@@ -1,0 +1,1 @@
+"""What tests and benchmarks need that the installed package must not carry."""
