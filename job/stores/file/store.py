@@ -20,16 +20,10 @@ from typing import Any
 from job.auth.tokens import TokenFile
 from job.errors import StorageError, TaskError, TokenFileError
 from job.stores.base import DEFAULT_CONNECTION, Opened
-from job.stores.file.tokenfile import (
-    Reservation,
-    TokenLock,
-    load_token_file,
-    reserve_size_for,
-    save_rotated_tokens,
-    tidy_temp_files,
-    token_hash,
-    write_file_atomically,
-)
+from job.stores.durable import token_hash, write_file_atomically
+from job.stores.file.lock import TokenLock
+from job.stores.file.recovery import tidy_temp_files
+from job.stores.file.tokenfile import Reservation, load_token_file, reserve_size_for, save_rotated_tokens
 
 log = logging.getLogger(__name__)
 
