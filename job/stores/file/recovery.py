@@ -198,6 +198,27 @@ def survey_token_directory(token_file: Path, record: Record | None, fallback: Pa
     """
     target = resolve_target(token_file)
     survey = Survey(target=target, record=record, current=_read_current(target))
+    temps = _gather(survey, fallback)
+    if _settled_by_record(survey, temps) or _settled_by_lineage(survey, temps):
+        return survey
+    _decide_by_content(survey, temps)
+    _tell_what_the_record_says(survey)
+    return survey
+
+
+def _kind_of(target: Path, name: str) -> str | None:
+    """Which of the job's files beside ``target`` the name ``name`` is, or None when it is none of them."""
+    if name.startswith(f".{target.name}{TEMP_MARK}"):
+        return "temporary"
+    if name.startswith(f"{target.name}{RESCUE_MARK}"):
+        return "rescue file"
+    return None
+
+
+def _gather(survey: Survey, fallback: Path | None) -> list[FoundFile]:
+    """Sort what lies beside the token file (and in the fallback directory) into the survey; return the whole
+    temporaries."""
+    target = survey.target
     try:
         survey.directory_mode = stat.S_IMODE(os.stat(target.parent).st_mode)
         names = sorted(os.listdir(target.parent))
@@ -206,11 +227,8 @@ def survey_token_directory(token_file: Path, record: Record | None, fallback: Pa
     owners = trusted_owners(target)
     temps: list[FoundFile] = []
     for name in names:
-        if name.startswith(f".{target.name}{TEMP_MARK}"):
-            kind = "temporary"
-        elif name.startswith(f"{target.name}{RESCUE_MARK}"):
-            kind = "rescue file"
-        else:
+        kind = _kind_of(target, name)
+        if kind is None:
             continue
         found = _read_found(target.parent / name, kind, owners)
         if isinstance(found, Untrusted):
@@ -227,63 +245,94 @@ def survey_token_directory(token_file: Path, record: Record | None, fallback: Pa
             survey.untrusted.append(found)
         elif found.tokens is not None:
             survey.rescues.append(found)
+    return temps
 
-    current = survey.current
-    current_hash = current.refresh_hash if current is not None else None
-    whole = [*temps, *survey.rescues]
-    if record is not None and record.state in ("received", "saved"):
-        readable = (current,) if current is not None and current.tokens is not None else ()
-        holders = [f for f in (*readable, *whole) if f.refresh_hash == record.live]
-        if holders:
-            live = holders[0]
-            survey.recover = None if live is current else live
-            survey.stale = [t for t in temps if t is not live]
-            survey.rescues = [r for r in survey.rescues if r is not live]
-            survey.resolved = True
-            return survey
 
-    # A reservation or rescue file names the refresh token its content replaced: when the token file still
-    # holds that one, or the record says it was being spent, the file holds its successor — whatever the
-    # record could (not) say, and even if the same failing disk left the token file empty.
+def _current_hash(survey: Survey) -> str | None:
+    """The hash of the token file's refresh token, None when it is missing or unreadable."""
+    return survey.current.refresh_hash if survey.current is not None else None
+
+
+def _settled_by_record(survey: Survey, temps: list[FoundFile]) -> bool:
+    """Whether the record names the live refresh token and a file here holds it (the survey then says so)."""
+    record, current = survey.record, survey.current
+    if record is None or record.state not in ("received", "saved"):
+        return False
+    readable = (current,) if current is not None and current.tokens is not None else ()
+    holders = [f for f in (*readable, *temps, *survey.rescues) if f.refresh_hash == record.live]
+    if not holders:
+        return False
+    live = holders[0]
+    survey.recover = None if live is current else live
+    survey.stale = [t for t in temps if t is not live]
+    survey.rescues = [r for r in survey.rescues if r is not live]
+    survey.resolved = True
+    return True
+
+
+def _settled_by_lineage(survey: Survey, temps: list[FoundFile]) -> bool:
+    """Whether a reservation or rescue file names a refresh token known to be spent (the survey then puts it in
+    place).
+
+    A reservation or rescue file names the refresh token its content replaced: when the token file still
+    holds that one, or the record says it was being spent, the file holds its successor — whatever the
+    record could (not) say, and even if the same failing disk left the token file empty.
+    """
+    record, current_hash = survey.record, _current_hash(survey)
     spent_known = {h[:16] for h in (current_hash, record.spent if record is not None else None) if h}
-    children = [f for f in whole if f.parent in spent_known and f.refresh_hash != current_hash]
-    if children:
-        survey.recover = children[-1]
-        survey.rescues = [r for r in survey.rescues if r is not survey.recover]
-        survey.kept = [(t, "another file holds the successor of the token file's tokens") for t in temps
-                       if t is not survey.recover]
-        return survey
+    children = [f for f in (*temps, *survey.rescues) if f.parent in spent_known and f.refresh_hash != current_hash]
+    if not children:
+        return False
+    survey.recover = children[-1]
+    survey.rescues = [r for r in survey.rescues if r is not survey.recover]
+    survey.kept = [(t, "another file holds the successor of the token file's tokens") for t in temps
+                   if t is not survey.recover]
+    return True
 
-    # No record names a file that is here: decide by content, and delete nothing whole.
+
+def _newer(found: FoundFile, current: FoundFile) -> bool:
+    """Whether a temporary an older version left (no lineage in its name) holds other, newer tokens than the
+    token file's."""
+    return (
+        found.parent is None and found.refresh_hash != current.refresh_hash and found.expires_at is not None
+        and current.expires_at is not None and found.expires_at > current.expires_at
+    )
+
+
+def _decide_by_content(survey: Survey, temps: list[FoundFile]) -> None:
+    """No record names a file that is here: decide by content, and delete nothing whole."""
+    current, record = survey.current, survey.record
     if current is None:
         survey.kept = [(t, "the token file does not exist") for t in temps]
-    elif current.tokens is None:
+        return
+    if current.tokens is None:
         survey.kept = [(t, "the token file cannot be read; it may be all that is left") for t in temps]
-    else:
-        # Temporaries an older version left carry no lineage in their names: newer content wins.
-        newer = [
-            t for t in temps
-            if t.parent is None and t.refresh_hash != current_hash and t.expires_at is not None
-            and current.expires_at is not None and t.expires_at > current.expires_at
-        ]
-        survey.recover = max(newer, key=lambda t: t.expires_at or 0.0) if newer else None
-        survey.kept = [
-            (t, "it is not newer than the token file, and no record in the lock file says which is live")
-            for t in temps if t is not survey.recover
-        ]
-        # Whole files with other tokens that nothing places: older, if the record agrees that the token file
-        # holds the tokens last saved; otherwise (no record, or one the token file contradicts: a restore
-        # from a backup) one of them may be the live one, and refreshing with the token file's could spend
-        # a dead token — which a server may answer by revoking the whole grant.
-        agrees = record is not None and current_hash is not None and current_hash in (record.spent, record.live)
-        if survey.recover is None and not agrees:
-            survey.undecided = [f for f in whole if f.refresh_hash != current_hash]
+        return
+    current_hash = current.refresh_hash
+    # Temporaries an older version left carry no lineage in their names: newer content wins.
+    newer = [t for t in temps if _newer(t, current)]
+    survey.recover = max(newer, key=lambda t: t.expires_at or 0.0) if newer else None
+    survey.kept = [
+        (t, "it is not newer than the token file, and no record in the lock file says which is live")
+        for t in temps if t is not survey.recover
+    ]
+    # Whole files with other tokens that nothing places: older, if the record agrees that the token file
+    # holds the tokens last saved; otherwise (no record, or one the token file contradicts: a restore
+    # from a backup) one of them may be the live one, and refreshing with the token file's could spend
+    # a dead token — which a server may answer by revoking the whole grant.
+    agrees = record is not None and current_hash is not None and current_hash in (record.spent, record.live)
+    if survey.recover is None and not agrees:
+        survey.undecided = [f for f in (*temps, *survey.rescues) if f.refresh_hash != current_hash]
+
+
+def _tell_what_the_record_says(survey: Survey) -> None:
+    """With nothing to put in place, note what the record says went wrong with the token file's refresh token."""
+    current, record = survey.current, survey.record
     if survey.recover is None and current is not None and current.tokens is not None and record is not None:
         survey.note, survey.explanation = _what_the_record_tells(record, current)
         survey.spent_for_sure = (
-            record.state == "received" and record.spent is not None and record.spent == current_hash
+            record.state == "received" and record.spent is not None and record.spent == current.refresh_hash
         )
-    return survey
 
 
 def _what_the_record_tells(record: Record, current: FoundFile) -> tuple[str | None, str | None]:
@@ -346,76 +395,14 @@ def tidy_temp_files(token_file: Path, lock: TokenLock, fallback: Path | None = N
     if lock.distrust:
         log.warning("%s: its record is not used (another user could have written it)", lock.distrust)
     survey = survey_token_directory(token_file, lock.found, fallback)
-    for path in (*survey.blank, *(f.path for f in (*survey.stale, *(k for k, _ in survey.kept))),
-                 *((survey.recover.path,) if survey.recover is not None else ())):
-        if _in_use(path):
-            raise LockBusyError(
-                f"another aweber-job run is saving tokens beside {survey.target} ({path} is in use), although this "
-                f"run holds the lock {lock.path}: was the lock file removed while that run held it? Nothing was sent",
-                hint="try again when that run has ended; never remove the lock file",
-            )
-    target = survey.target
-    warning = survey.directory_warning()
-    if warning:
-        log.warning("%s", warning)
-    for untrusted in survey.untrusted:
-        log.warning(
-            "ignored %s: %s; the job neither uses nor removes files it did not make: look at it, then remove it",
-            untrusted.path, untrusted.reason,
-        )
-    if survey.undecided:
-        names = ", ".join(f"{f.path} (refresh token {f.fingerprint})" for f in survey.undecided)
-        current = survey.current.fingerprint if survey.current is not None else "none"
-        raise StorageError(
-            f"cannot tell which file holds the live refresh token: {target} (refresh token {current}) or {names}; "
-            "the lock file's record that would say is missing or does not match the token file (deleted, or the "
-            "token file restored from a backup?). Nothing was sent to AWeber",
-            hint=f"move the newest into place (mv FILE {target}) or remove the ones you know are stale, then run "
-            "again; aweber-job status shows each",
-        )
+    _refuse_files_in_use(survey, lock)
+    _warn_about_strangers(survey)
+    _refuse_undecided(survey)
     recovered = survey.recover
     if recovered is not None:
-        try:
-            if recovered.path.parent == target.parent:
-                os.replace(recovered.path, target)
-                fsync_directory(target.parent)
-            else:
-                # A fallback rescue file lives on another file system: copy it in, then remove it.
-                assert recovered.tokens is not None
-                write_file_atomically(target, recovered.tokens.to_bytes())
-                unlink_quietly(recovered.path)
-        except OSError as exc:
-            raise StorageError(
-                f"{recovered.path} holds newer tokens than {target}, saved by an interrupted run, and cannot be "
-                f"moved into place: {describe_os_error(exc)}; the refresh token was not used",
-                hint=f"fix the problem and run again, or move it by hand: mv {recovered.path} {target}",
-            ) from exc
-        log.warning(
-            "put the tokens an interrupted run saved in %s in place of %s (refresh token %s)",
-            recovered.path, target, recovered.fingerprint,
-        )
-        if recovered.refresh_hash is not None:
-            lock.record_saved(recovered.refresh_hash)
-    live = recovered or survey.current
-    for stale in survey.stale:
-        try:
-            os.unlink(stale.path)
-        except OSError as exc:
-            log.warning("cannot remove %s: %s", stale.path, exc.strerror or exc)
-            continue
-        log.warning(
-            "removed %s: it held refresh token %s, older than the live one (%s) in %s",
-            stale.path, stale.fingerprint, live.fingerprint if live else "unknown", target,
-        )
-    removed = 0
-    for blank in survey.blank:
-        try:
-            os.unlink(blank)
-            removed += 1
-        except OSError:
-            pass
-    if removed:
-        log.info("removed %d temporary file(s) left beside %s by an interrupted run", removed, target)
+        _put_in_place(recovered, survey.target, lock)
+    _remove_stale(survey, recovered or survey.current)
+    removed = _remove_blanks(survey)
     for kept, reason in survey.kept:
         log.warning(
             "kept %s: it holds a whole token file (refresh token %s) and %s; remove it once you know it is stale",
@@ -425,3 +412,95 @@ def tidy_temp_files(token_file: Path, lock: TokenLock, fallback: Path | None = N
         log.warning("%s", survey.note)
     return TempCleanup(recovered.path if recovered else None, removed, survey.explanation, survey.spent_for_sure)
 
+
+def _refuse_files_in_use(survey: Survey, lock: TokenLock) -> None:
+    """Raise LockBusyError when a live run still holds a file the tidy-up would move or remove."""
+    for path in (*survey.blank, *(f.path for f in (*survey.stale, *(k for k, _ in survey.kept))),
+                 *((survey.recover.path,) if survey.recover is not None else ())):
+        if _in_use(path):
+            raise LockBusyError(
+                f"another aweber-job run is saving tokens beside {survey.target} ({path} is in use), although this "
+                f"run holds the lock {lock.path}: was the lock file removed while that run held it? Nothing was sent",
+                hint="try again when that run has ended; never remove the lock file",
+            )
+
+
+def _warn_about_strangers(survey: Survey) -> None:
+    """Warn about a directory others may write to and about files under the job's names it did not make."""
+    warning = survey.directory_warning()
+    if warning:
+        log.warning("%s", warning)
+    for untrusted in survey.untrusted:
+        log.warning(
+            "ignored %s: %s; the job neither uses nor removes files it did not make: look at it, then remove it",
+            untrusted.path, untrusted.reason,
+        )
+
+
+def _refuse_undecided(survey: Survey) -> None:
+    """Raise StorageError when whole files with other tokens than the token file's cannot be placed."""
+    if not survey.undecided:
+        return
+    target = survey.target
+    names = ", ".join(f"{f.path} (refresh token {f.fingerprint})" for f in survey.undecided)
+    current = survey.current.fingerprint if survey.current is not None else "none"
+    raise StorageError(
+        f"cannot tell which file holds the live refresh token: {target} (refresh token {current}) or {names}; "
+        "the lock file's record that would say is missing or does not match the token file (deleted, or the "
+        "token file restored from a backup?). Nothing was sent to AWeber",
+        hint=f"move the newest into place (mv FILE {target}) or remove the ones you know are stale, then run "
+        "again; aweber-job status shows each",
+    )
+
+
+def _put_in_place(recovered: FoundFile, target: Path, lock: TokenLock) -> None:
+    """Put the file holding the live tokens in place of the token file and record it; StorageError when it cannot."""
+    try:
+        if recovered.path.parent == target.parent:
+            os.replace(recovered.path, target)
+            fsync_directory(target.parent)
+        else:
+            # A fallback rescue file lives on another file system: copy it in, then remove it.
+            assert recovered.tokens is not None
+            write_file_atomically(target, recovered.tokens.to_bytes())
+            unlink_quietly(recovered.path)
+    except OSError as exc:
+        raise StorageError(
+            f"{recovered.path} holds newer tokens than {target}, saved by an interrupted run, and cannot be "
+            f"moved into place: {describe_os_error(exc)}; the refresh token was not used",
+            hint=f"fix the problem and run again, or move it by hand: mv {recovered.path} {target}",
+        ) from exc
+    log.warning(
+        "put the tokens an interrupted run saved in %s in place of %s (refresh token %s)",
+        recovered.path, target, recovered.fingerprint,
+    )
+    if recovered.refresh_hash is not None:
+        lock.record_saved(recovered.refresh_hash)
+
+
+def _remove_stale(survey: Survey, live: FoundFile | None) -> None:
+    """Remove whole temporaries older than the ``live`` file, naming each."""
+    for stale in survey.stale:
+        try:
+            os.unlink(stale.path)
+        except OSError as exc:
+            log.warning("cannot remove %s: %s", stale.path, exc.strerror or exc)
+            continue
+        log.warning(
+            "removed %s: it held refresh token %s, older than the live one (%s) in %s",
+            stale.path, stale.fingerprint, live.fingerprint if live else "unknown", survey.target,
+        )
+
+
+def _remove_blanks(survey: Survey) -> int:
+    """Remove the blank and half-written temporaries quietly; return how many went."""
+    removed = 0
+    for blank in survey.blank:
+        try:
+            os.unlink(blank)
+            removed += 1
+        except OSError:
+            pass
+    if removed:
+        log.info("removed %d temporary file(s) left beside %s by an interrupted run", removed, survey.target)
+    return removed

@@ -1,8 +1,9 @@
 """The token file behind the store seam (:mod:`job.stores.base`): the default, one connection, ``default``.
 
-Everything that keeps the token file safe lives in :mod:`job.stores.file.tokenfile`; this class only says, in the
-seam's words, which of its steps the cycle takes when: the lock and the tidy-up on open, the
-reservation and the lock file's record before a refresh, the careful save after it.
+Everything that keeps the token file safe lives in :mod:`job.stores.file.lock`, :mod:`job.stores.file.recovery`
+and :mod:`job.stores.file.tokenfile`; this class only says, in the seam's words, which of their steps the cycle
+takes when: the lock and the tidy-up on open, the reservation and the lock file's record before a refresh, the
+careful save after it.
 """
 
 from __future__ import annotations
