@@ -262,7 +262,7 @@ def test_run_all_puts_back_this_machines_rescue_file_even_for_a_connection_waiti
 ) -> None:
     """Another machine spent the stored token (77, waiting for a person) while this one holds its successor in
     a rescue file: the fleet run here puts it back and the connection is live again."""
-    from job.stores.file.tokenfile import token_hash
+    from job.stores.durable import token_hash
     from job.stores.postgres import PostgresStore
 
     import_connections(db_job, 1)

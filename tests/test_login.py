@@ -24,7 +24,7 @@ from job.auth.oauth import make_pkce_pair
 from job.auth.tokens import parse_token_file
 from job.cli import main
 from job.standin import Fault, StandIn
-from job.stores.file.tokenfile import TokenLock
+from job.stores.file.lock import TokenLock
 from tests.conftest import (
     CONFIDENTIAL_ID,
     CONFIDENTIAL_SECRET,

@@ -972,7 +972,7 @@ def test_a_name_of_many_dots_still_gets_a_rescue_file_that_the_next_run_puts_bac
 def test_a_rescue_file_this_run_cannot_use_stops_it_before_the_spent_token_is_sent(
     stores: Any, tmp_path: Path
 ) -> None:
-    from job.stores.file.tokenfile import token_hash
+    from job.stores.durable import token_hash
 
     tokens = make_tokens()
     stores().import_tokens("acme", tokens, force=False)

@@ -20,14 +20,10 @@ from pathlib import Path
 import pytest
 
 from job.errors import StorageError
-from job.stores.file.tokenfile import (
-    Reservation,
-    TempCleanup,
-    TokenLock,
-    lock_path_for,
-    tidy_temp_files,
-    write_file_atomically,
-)
+from job.stores.durable import write_file_atomically
+from job.stores.file.lock import TokenLock, lock_path_for
+from job.stores.file.recovery import TempCleanup, tidy_temp_files
+from job.stores.file.tokenfile import Reservation
 from tests.conftest import REPO, JobFiles, invalid_grants, run_job, token_requests
 from tests.mounts import mounted, read_only
 from tests.test_store_recovery import rotate_at_the_standin
@@ -107,7 +103,8 @@ KILL_WRITER = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from job.stores.file.tokenfile import Reservation, token_hash, write_file_atomically
+    from job.stores.durable import token_hash, write_file_atomically
+    from job.stores.file.tokenfile import Reservation
     path = Path(sys.argv[1])
     n = json.loads(path.read_text())["n"]
     print("ready", flush=True)
@@ -226,7 +223,7 @@ HOLDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from job.stores.file.tokenfile import TokenLock
+    from job.stores.file.lock import TokenLock
     lock = TokenLock(Path(sys.argv[1]), 0)
     lock.acquire()
     print("locked", flush=True)

@@ -28,7 +28,11 @@ from job.errors import (
     UsageError,
 )
 from job.logs import REDACTOR, one_line
-from job.stores.file.tokenfile import TokenLock, _fsync_directory, load_token_file, resolve_target, tidy_temp_files
+from job.stores.durable import fsync_directory as _fsync_directory
+from job.stores.durable import resolve_target
+from job.stores.file.lock import TokenLock
+from job.stores.file.recovery import tidy_temp_files
+from job.stores.file.tokenfile import load_token_file
 from job.stores.postgres import ConnectionInfo, PostgresStore
 
 log = logging.getLogger(__name__)
@@ -330,7 +334,7 @@ def login_connection(
 
 def _login_rescue(settings: Settings, name: str, tokens: TokenFile, cause: JobError) -> TokenNotSavedError:
     """Keep the tokens of an authorization the store refused in a 0600 rescue file, and say how to import it."""
-    from job.stores.file.tokenfile import write_file_atomically
+    from job.stores.durable import write_file_atomically
     from job.stores.postgres import RESCUE_DIRECTORY, file_safe
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")

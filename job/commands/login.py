@@ -52,16 +52,11 @@ from job.logs import REDACTOR
 from job.run.keeper import resolve_client
 from job.shutdown import Interrupted
 from job.shutdown import current as current_shutdown
-from job.stores.file.tokenfile import (
-    Reservation,
-    TokenLock,
-    _fsync_directory,
-    load_token_file,
-    reserve_size_for,
-    resolve_target,
-    save_rotated_tokens,
-    tidy_temp_files,
-)
+from job.stores.durable import fsync_directory as _fsync_directory
+from job.stores.durable import resolve_target
+from job.stores.file.lock import TokenLock
+from job.stores.file.recovery import tidy_temp_files
+from job.stores.file.tokenfile import Reservation, load_token_file, reserve_size_for, save_rotated_tokens
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,9 @@ from job.auth.oauth1 import MIGRATE_HINT
 from job.auth.tokens import fingerprint, format_expiry
 from job.config import Settings
 from job.errors import EXIT_OK, EXIT_TOKEN_FILE, JobError
-from job.stores.file.tokenfile import LoadedTokens, load_token_file, lock_path_for, read_record, survey_token_directory
+from job.stores.file.lock import lock_path_for, read_record
+from job.stores.file.recovery import survey_token_directory
+from job.stores.file.tokenfile import LoadedTokens, load_token_file
 
 # typing costs start-up time and is needed for annotations only (strings here).
 TYPE_CHECKING = False

@@ -45,7 +45,7 @@ from job.config import Settings
 from job.errors import EXIT_MEANINGS, EXIT_OK, JobError, TemporaryError
 from job.logs import LOG_TAIL, REDACTOR
 from job.retries import call_with_retries, parse_retry_after
-from job.stores.file.tokenfile import write_file_atomically
+from job.stores.durable import write_file_atomically
 
 if TYPE_CHECKING:
     from job.run.single import RunOutcome

@@ -36,8 +36,8 @@ from job.run.keeper import TokenKeeper
 from job.shutdown import Shutdown
 from job.stores import connection_store
 from job.stores.base import ConnectionStore
+from job.stores.file.lock import lock_path_for
 from job.stores.file.store import state_file_for
-from job.stores.file.tokenfile import lock_path_for
 from job.tasks import TaskContext, resolve_task
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,9 @@
 """The token file behind the store seam (:mod:`job.stores.base`): the default, one connection, ``default``.
 
-Everything that keeps the token file safe lives in :mod:`job.stores.file.tokenfile`; this class only says, in the
-seam's words, which of its steps the cycle takes when: the lock and the tidy-up on open, the
-reservation and the lock file's record before a refresh, the careful save after it.
+Everything that keeps the token file safe lives in :mod:`job.stores.file.lock`, :mod:`job.stores.file.recovery`
+and :mod:`job.stores.file.tokenfile`; this class only says, in the seam's words, which of their steps the cycle
+takes when: the lock and the tidy-up on open, the reservation and the lock file's record before a refresh, the
+careful save after it.
 """
 
 from __future__ import annotations
@@ -20,16 +21,10 @@ from typing import Any
 from job.auth.tokens import TokenFile
 from job.errors import StorageError, TaskError, TokenFileError
 from job.stores.base import DEFAULT_CONNECTION, Opened
-from job.stores.file.tokenfile import (
-    Reservation,
-    TokenLock,
-    load_token_file,
-    reserve_size_for,
-    save_rotated_tokens,
-    tidy_temp_files,
-    token_hash,
-    write_file_atomically,
-)
+from job.stores.durable import token_hash, write_file_atomically
+from job.stores.file.lock import TokenLock
+from job.stores.file.recovery import tidy_temp_files
+from job.stores.file.tokenfile import Reservation, load_token_file, reserve_size_for, save_rotated_tokens
 
 log = logging.getLogger(__name__)
 

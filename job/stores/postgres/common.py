@@ -7,12 +7,10 @@ import base64
 import binascii
 import hashlib
 import math
-import os
 import re
 import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from job.auth.tokens import TokenFile
@@ -259,14 +257,4 @@ def import_psycopg() -> Any:
     except ImportError:
         raise ConfigError([PSYCOPG_MISSING]) from None
     return psycopg
-
-
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # a file system that cannot fsync a directory: the unlink stands
-    finally:
-        os.close(fd)
 

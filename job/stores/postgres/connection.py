@@ -15,7 +15,7 @@ from job.errors import JobError, StorageError, TemporaryError, TokenFileError, T
 from job.logs import REDACTOR
 from job.shutdown import LAST_SAVE_TRY_SECONDS, boottime
 from job.stores.base import Opened
-from job.stores.file.tokenfile import token_hash
+from job.stores.durable import fsync_directory, token_hash
 from job.stores.postgres import rescue
 from job.stores.postgres.common import (
     BACKOFF_FIRST_SECONDS,
@@ -29,7 +29,6 @@ from job.stores.postgres.common import (
     SEAL_COLUMNS,
     PendingRefresh,
     describe_holder,
-    fsync_directory,
     utc,
 )
 

@@ -32,8 +32,8 @@ from pathlib import Path
 
 from job.auth.tokens import MAX_TOKEN_ANSWER_BYTES, TokenFile, parse_token_file
 from job.errors import StorageError, TokenFileError
-from job.stores.file.tokenfile import write_file_atomically
-from job.stores.postgres.common import RESCUE_DIRECTORY, file_safe, fsync_directory, name_from_file_safe
+from job.stores.durable import fsync_directory, write_file_atomically
+from job.stores.postgres.common import RESCUE_DIRECTORY, file_safe, name_from_file_safe
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from job.errors import (
 )
 from job.logs import REDACTOR
 from job.shutdown import current as current_shutdown
-from job.stores.file.tokenfile import token_hash
+from job.stores.durable import token_hash
 from job.stores.postgres import rescue
 from job.stores.postgres.common import (
     ADVISORY_LOCK_KEY,
