@@ -1,4 +1,4 @@
-"""What the PostgreSQL store's parts share: the schema and its SQL fragments, the records it returns,
+"""What the PostgreSQL store's parts share: the schema's name and version, the limits, the records it returns,
 and how connection names and lease holders are written."""
 
 from __future__ import annotations
@@ -55,10 +55,6 @@ NO_SCHEMA_HINT = "run aweber-job store init"
 # its name, then the token file. Without it, the ciphertext of one row copied into another would open
 # there, and that connection would run with another customer's account.
 BOUND = b"aweber-job/bound "
-
-INFO_COLUMNS = """name, account_id, extract(epoch FROM access_expires_at)::float8,
-    extract(epoch FROM last_run_at)::float8, last_exit_code, extract(epoch FROM next_run_at)::float8,
-    CASE WHEN lease_until > now() THEN lease_holder END, encrypted, revoked_at IS NOT NULL"""
 
 # A temporary failure is due again after 5 min, then 10, 20 … (doubling) but never later than the interval
 # (sql/record_run.sql, sql/claim_due.sql).

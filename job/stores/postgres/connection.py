@@ -21,7 +21,6 @@ from job.stores.postgres.common import (
     BACKOFF_FIRST_SECONDS,
     SAVE_RETRY_FIRST_SECONDS,
     SAVE_RETRY_MAX_SECONDS,
-    SCHEMA,
     PendingRefresh,
     describe_holder,
     fsync_directory,
@@ -244,9 +243,8 @@ class PostgresConnection:
             os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
 
     def load_state(self, task_name: str) -> dict[str, Any]:
-        rows = self._store.database.run(
-            f"SELECT task_state -> %(task)s, task_state FROM {SCHEMA}.connections WHERE name = %(name)s",
-            {"name": self.connection, "task": task_name},
+        rows = self._store.database.run_named(
+            "load_task_state", {"name": self.connection, "task": task_name},
             doing=f"cannot read the state of task {task_name} of {self.where}",
         )
         state = rows[0][0] if rows else None

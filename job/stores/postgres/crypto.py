@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 from job.auth.tokens import TokenFile, fingerprint, parse_token_file
 from job.errors import ConfigError, JobError, StoreKeyError
 from job.logs import REDACTOR
-from job.stores.postgres.common import BOUND, SCHEMA, binding, fernet_damage
+from job.stores.postgres.common import BOUND, binding, fernet_damage
 from job.stores.postgres.database import Database
 from job.stores.postgres.schema import Schema
+from job.stores.postgres.sql import load
 from job.stores.postgres.watchdog import WATCHDOG
 
 if TYPE_CHECKING:
@@ -157,8 +158,7 @@ class Crypto:
     def _legacy_accepted(self) -> bool:
         """Whether the store still accepts values from before binding (read when one is met: rotate-key, on
         any machine, may have just ended it)."""
-        rows = self._database.run(f"SELECT coalesce(bool_or(legacy_values), false) FROM {SCHEMA}.schema_version",
-                         doing=f"cannot read the store {self.description}")
+        rows = self._database.run_named("legacy_accepted", doing=f"cannot read the store {self.description}")
         return bool(rows and rows[0][0])
 
     def _unopened(self, name: str, data: bytes) -> JobError:
@@ -193,8 +193,8 @@ class Crypto:
 
     def _sealed_with(self, name: str) -> str | None:
         """The fingerprint of the key that sealed ``name`` (None: not recorded, sealed before schema version 3)."""
-        rows = self._database.run(f"SELECT sealed_with FROM {SCHEMA}.connections WHERE name = %(name)s", {"name": name},
-                         doing=f"cannot read connection '{name}' in the store {self.description}")
+        rows = self._database.run_named("sealed_with", {"name": name},
+                                        doing=f"cannot read connection '{name}' in the store {self.description}")
         value = rows[0][0] if rows else None
         return value if isinstance(value, str) and KEY_FINGERPRINT.fullmatch(value) else None
 
@@ -212,10 +212,9 @@ class Crypto:
 
     def _another_opens(self, name: str) -> bool:
         """Whether the keys open another of the most recently updated encrypted rows: then they are right."""
-        rows = self._database.run(
-            f"""SELECT tokens FROM {SCHEMA}.connections WHERE encrypted AND tokens IS NOT NULL AND name <> %(name)s
-                ORDER BY updated_at DESC, name LIMIT {ROWS_TO_TRY}""",
-            {"name": name}, doing=f"cannot read the store {self.description}",
+        rows = self._database.run_named(
+            "recent_sealed_others", {"name": name, "rows": ROWS_TO_TRY},
+            doing=f"cannot read the store {self.description}",
         )
         return any(self._opens(row[0]) for row in rows)
 
@@ -229,15 +228,12 @@ class Crypto:
         is passed over. Only fingerprints of keys are named.
         """
         self._schema.ready()
-        rows = self._database.run(
-            f"""SELECT name, tokens, sealed_with FROM {SCHEMA}.connections WHERE encrypted AND tokens IS NOT NULL
-                ORDER BY updated_at DESC, name LIMIT {ROWS_TO_TRY}""",
-            doing=f"cannot read the store {self.description}",
+        rows = self._database.run_named(
+            "recent_sealed", {"rows": ROWS_TO_TRY}, doing=f"cannot read the store {self.description}",
         )
         if not rows:
-            if self._multi is not None and not self._legacy_accepted() and self._database.run(
-                f"SELECT EXISTS (SELECT FROM {SCHEMA}.connections WHERE tokens IS NOT NULL)",
-                doing=f"cannot read the store {self.description}",
+            if self._multi is not None and not self._legacy_accepted() and self._database.run_named(
+                "any_tokens", doing=f"cannot read the store {self.description}",
             )[0][0]:
                 raise StoreKeyError([
                     f"the store {self.description} holds only unencrypted connections but a store key is given: "
@@ -282,9 +278,8 @@ class Crypto:
         if self._multi is None:
             raise ConfigError(["rotating the store key needs at least one store key (the new one first)"])
         self._schema.ready()
-        names = [row[0] for row in self._database.run(
-            f"SELECT name FROM {SCHEMA}.connections WHERE tokens IS NOT NULL ORDER BY name",
-            doing=f"cannot list the store {self.description}")]
+        names = [row[0] for row in self._database.run_named(
+            "names_with_tokens", doing=f"cannot list the store {self.description}")]
         count = 0
         plain: list[str] = []
         for name in names:
@@ -298,8 +293,8 @@ class Crypto:
                                                                    else "")
             log.warning("%d connection(s) in the store %s were stored unencrypted and are now encrypted: %s",
                         len(plain), self.description, shown)
-        self._database.run(f"UPDATE {SCHEMA}.schema_version SET legacy_values = false WHERE legacy_values",
-                  doing=f"cannot record in the store {self.description} that its values are bound")
+        self._database.run_named(
+            "end_legacy", doing=f"cannot record in the store {self.description} that its values are bound")
         log.info("sealed %d connection(s) in the store %s with the first store key, each bound to its connection",
                  count, self.description)
         return count
@@ -310,16 +305,13 @@ class Crypto:
         began = time.monotonic()
         try:
             with WATCHDOG.bounded(db.pgconn.socket, self._database.statement_deadline(began, None)), db.transaction():
-                row = db.execute(
-                    f"SELECT tokens, encrypted FROM {SCHEMA}.connections WHERE name = %s FOR UPDATE",
-                    (name,)).fetchone()
+                row = db.execute(load("rotate_read"), {"name": name}).fetchone()
                 if row is None or row[0] is None:
                     return 0, False
                 content = self.opened(name, bytes(row[0]), row[1], rotating=True)
                 parse_token_file(content, f"connection '{name}' in the store")  # never seal what no run can use
-                db.execute(f"UPDATE {SCHEMA}.connections SET tokens = %s, encrypted = true, sealed_with = %s, "
-                           "updated_at = now() WHERE name = %s",
-                           (self.sealed(name, content), self._fingerprints[0], name))
+                db.execute(load("rotate_write"), {"name": name, "tokens": self.sealed(name, content),
+                                                  "sealed_with": self._fingerprints[0]})
         except self._database.psycopg.Error as exc:
             raise self._database.error(
                 exc, f"cannot re-encrypt connection '{name}' in the store {self.description}") from None

@@ -7,7 +7,7 @@ import logging
 import time
 
 from job.errors import ConfigError
-from job.stores.postgres.common import ADVISORY_LOCK_KEY, NO_SCHEMA_HINT, SCHEMA, SCHEMA_VERSION
+from job.stores.postgres.common import ADVISORY_LOCK_KEY, NO_SCHEMA_HINT, SCHEMA_VERSION
 from job.stores.postgres.database import Database
 from job.stores.postgres.sql import load
 from job.stores.postgres.watchdog import WATCHDOG
@@ -40,13 +40,9 @@ class Schema:
         # Another machine's init may hold the advisory lock for a while; a link that holds bytes may not.
         with self._database.transaction(f"cannot set up the schema of the store {description}",
                                         ADMIN_TIMEOUT_SECONDS) as db:
-            db.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
-            db.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-            db.execute(
-                f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_version "
-                "(version integer NOT NULL, upgraded_at timestamptz NOT NULL DEFAULT now())"
-            )
-            row = db.execute(f"SELECT max(version) FROM {SCHEMA}.schema_version").fetchone()
+            db.execute(load("schema_lock"), {"key": ADVISORY_LOCK_KEY})
+            db.execute(load("schema_create"))
+            row = db.execute(load("schema_version")).fetchone()
             current = int(row[0]) if row and row[0] is not None else 0
             self._refuse_newer(current)
             for version in range(current + 1, SCHEMA_VERSION + 1):
@@ -55,10 +51,9 @@ class Schema:
             legacy = False
             if current < SCHEMA_VERSION:
                 # Updated in place, not replaced: a migration records in that row (legacy_values).
-                if not db.execute(f"UPDATE {SCHEMA}.schema_version SET version = %s, upgraded_at = now()",
-                                  (SCHEMA_VERSION,)).rowcount:
-                    db.execute(f"INSERT INTO {SCHEMA}.schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
-                legacy_row = db.execute(f"SELECT bool_or(legacy_values) FROM {SCHEMA}.schema_version").fetchone()
+                if not db.execute(load("schema_version_set"), {"version": SCHEMA_VERSION}).rowcount:
+                    db.execute(load("schema_version_add"), {"version": SCHEMA_VERSION})
+                legacy_row = db.execute(load("schema_legacy")).fetchone()
                 legacy = bool(legacy_row and legacy_row[0])
         if current < SCHEMA_VERSION:
             log.info("the store %s now has schema version %d (it had %s)", description, SCHEMA_VERSION,
@@ -87,7 +82,7 @@ class Schema:
             db = database.connection()
             began = time.monotonic()
             with WATCHDOG.bounded(db.pgconn.socket, database.statement_deadline(began, None)):
-                rows = db.execute(f"SELECT max(version) FROM {SCHEMA}.schema_version").fetchall()
+                rows = db.execute(load("schema_version")).fetchall()
         except undefined:
             raise ConfigError([f"the store {database.description} has no schema: {NO_SCHEMA_HINT}"]) from None
         except psycopg.Error as exc:

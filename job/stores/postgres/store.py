@@ -22,8 +22,6 @@ from job.stores.file.tokenfile import token_hash
 from job.stores.postgres import rescue
 from job.stores.postgres.common import (
     BACKOFF_FIRST_SECONDS,
-    INFO_COLUMNS,
-    SCHEMA,
     ConnectionInfo,
     ConnectionView,
     check_name,
@@ -223,19 +221,15 @@ class PostgresStore:
 
     def list_connections(self) -> list[ConnectionInfo]:
         self.schema.ready()
-        rows = self.database.run(f"SELECT {INFO_COLUMNS} FROM {SCHEMA}.connections ORDER BY name",
-                         doing=f"cannot list the store {self.description}")
+        rows = self.database.run_named("list_connections", doing=f"cannot list the store {self.description}")
         return [ConnectionInfo(*row) for row in rows]
 
     def read(self, name: str) -> ConnectionView:
         """The connection's info, tokens and refresh marker, without taking its lease (for ``status``)."""
         check_name(name)
         self.schema.ready()
-        rows = self.database.run(
-            f"""SELECT {INFO_COLUMNS}, tokens, refreshing_from, refreshing_by,
-                       extract(epoch FROM refreshing_at)::float8
-                FROM {SCHEMA}.connections WHERE name = %(name)s""",
-            {"name": name}, doing=f"cannot read connection '{name}' in the store {self.description}",
+        rows = self.database.run_named(
+            "read_connection", {"name": name}, doing=f"cannot read connection '{name}' in the store {self.description}",
         )
         if not rows:
             raise not_found(self.description, name)
@@ -257,8 +251,7 @@ class PostgresStore:
         An UPDATE that matches no row is refused all the same by a read-only transaction or a standby.
         """
         self.schema.ready()
-        self.database.run(f"UPDATE {SCHEMA}.schema_version SET version = version WHERE false",
-                  doing=f"cannot write to the store {self.description}")
+        self.database.run_named("check_writable", doing=f"cannot write to the store {self.description}")
 
     def import_tokens(self, name: str, tokens: TokenFile, *, force: bool) -> None:
         """Put a token file's tokens in the store as connection ``name``; an existing one only with ``force``."""
@@ -299,8 +292,8 @@ class PostgresStore:
         """Delete a revoked connection (any, with ``force``), never one a live run holds."""
         check_name(name)
         self.schema.ready()
-        rows = self.database.run(f"SELECT revoked_at IS NOT NULL FROM {SCHEMA}.connections WHERE name = %(name)s",
-                         {"name": name}, doing=f"cannot read connection '{name}' in the store {self.description}")
+        rows = self.database.run_named("is_revoked", {"name": name},
+                                       doing=f"cannot read connection '{name}' in the store {self.description}")
         if not rows:
             raise not_found(self.description, name)
         if not rows[0][0] and not force:
@@ -310,7 +303,7 @@ class PostgresStore:
             )
         fence = self.leases.claim(name, wait=False, allow_revoked=True)[0]
         self.database.run_named("remove_connection", {"name": name, "fence": fence, "holder": self.holder},
-                  doing=f"cannot remove connection '{name}' from the store {self.description}")
+                                doing=f"cannot remove connection '{name}' from the store {self.description}")
         log.info("connection '%s' removed from the store %s", name, self.description)
 
     def mark_revoked(self, name: str) -> None:
