@@ -66,7 +66,7 @@ def test_many_processes_claiming_at_once_never_take_one_connection_twice(stores:
     def claim() -> None:
         store = PostgresStore(pg_url, state_dir=Path("/nonexistent"))
         try:
-            store._connection()
+            store.database.connection()
             barrier.wait()
             mine: list[str] = []
             while batch := store.claim_due(4, DAY, skip=mine):

@@ -57,6 +57,19 @@ def test_the_wheel_carries_the_stand_in_but_not_its_control_plane(wheel: Path) -
     assert [name for name in names if name.startswith("tests/")] == []
 
 
+def test_the_wheel_carries_the_postgres_stores_sql(wheel: Path) -> None:
+    """The PostgreSQL store's statements are package data: every .sql file of the checkout is in the wheel, as is."""
+    sql = REPO / "job" / "stores" / "postgres" / "sql"
+    files = sorted(sql.glob("*.sql"))
+    assert files and "job/stores/postgres/sql/claim.sql" in {f"job/stores/postgres/sql/{path.name}" for path in files}
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        for path in files:
+            packaged = f"job/stores/postgres/sql/{path.name}"
+            assert packaged in names
+            assert archive.read(packaged) == path.read_bytes()
+
+
 @pytest.mark.slow
 def test_a_wheel_installed_elsewhere_prints_every_example(tmp_path: Path, wheel: Path) -> None:
     """A wheel installed into a fresh environment prints every example with that environment's program path:

@@ -32,7 +32,7 @@ def test_a_statement_whose_answer_does_not_come_is_cut_at_its_deadline(stores: A
     store = stores()
     started = time.monotonic()
     with pytest.raises(TemporaryError, match="did not answer within") as raised:
-        store._run("SELECT pg_sleep(30)", doing="waiting on purpose", until=time.monotonic() + 1.5)
+        store.database.run("SELECT pg_sleep(30)", doing="waiting on purpose", until=time.monotonic() + 1.5)
     took = time.monotonic() - started
     assert raised.value.exit_code == 75
     assert 1.0 <= took < 5.0, f"cut after {took:.1f} s"
@@ -49,7 +49,7 @@ def test_a_stop_shortens_the_wait_of_a_statement_already_waiting(stores: Any) ->
     threading.Timer(0.5, lambda: cap.append(time.monotonic())).start()
     started = time.monotonic()
     with pytest.raises(TemporaryError, match="did not answer within"):
-        store._run("SELECT pg_sleep(30)", doing="waiting on purpose")
+        store.database.run("SELECT pg_sleep(30)", doing="waiting on purpose")
     took = time.monotonic() - started
     assert took < 3.0, f"the stop did not shorten the wait ({took:.1f} s)"
 

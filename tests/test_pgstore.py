@@ -110,7 +110,7 @@ def test_init_schema_from_many_machines_at_once_on_an_empty_database(pg_url: str
     def init() -> None:
         store = PostgresStore(pg_url, state_dir=tmp_path)
         try:
-            store._connection()  # connected before the race starts
+            store.database.connection()  # connected before the race starts
             barrier.wait()
             results.append(store.init_schema())
         except Exception as exc:  # noqa: BLE001 - the test reports any failure below
@@ -385,7 +385,7 @@ def test_read_only_database_refuses_before_anything_is_sent(stores: Any, pg_url:
     dbname = pg_url.rsplit("/", 1)[-1]
     sql(PG_SERVER_URL, f"ALTER DATABASE {dbname} SET default_transaction_read_only = on")
     # The store's connection is cut (a failover): it connects again, and the new connection is read-only.
-    sql(PG_SERVER_URL, "SELECT pg_terminate_backend(%s)", store._db.info.backend_pid)
+    sql(PG_SERVER_URL, "SELECT pg_terminate_backend(%s)", store.database.current.info.backend_pid)
     with pytest.raises(StorageError) as raised:
         connection.begin_refresh(opened.tokens)
     assert raised.value.exit_code == 73 and "read-only" in str(raised.value)
@@ -411,7 +411,7 @@ def test_a_save_that_cannot_be_written_before_the_deadline_is_rescued_then_put_b
     pending = connection.begin_refresh(connection.open().tokens)
     dbname = pg_url.rsplit("/", 1)[-1]
     sql(PG_SERVER_URL, f"ALTER DATABASE {dbname} SET default_transaction_read_only = on")
-    sql(PG_SERVER_URL, "SELECT pg_terminate_backend(%s)", store._db.info.backend_pid)
+    sql(PG_SERVER_URL, "SELECT pg_terminate_backend(%s)", store.database.current.info.backend_pid)
     rotated = make_tokens()
     started = time.monotonic()
     with pytest.raises(TokenNotSavedError) as raised:
@@ -452,12 +452,12 @@ def test_keep_alive_renews_only_past_half_the_lease(stores: Any, pg_url: str) ->
     connection = store.connection("acme")
     connection.open()
     (until,) = sql(pg_url, "SELECT lease_until FROM aweber_job.connections")[0]
-    backend = store._db.info.backend_pid
+    backend = store.database.current.info.backend_pid
     connection.keep_alive()
-    assert store._db.info.backend_pid == backend
+    assert store.database.current.info.backend_pid == backend
     sql(PG_SERVER_URL, "SELECT pg_terminate_backend(%s)", backend)
     connection.keep_alive()  # no database trip: the cut connection is not even noticed
-    assert store._db.info.backend_pid == backend
+    assert store.database.current.info.backend_pid == backend
     assert sql(pg_url, "SELECT lease_until FROM aweber_job.connections") == [(until,)]
     time.sleep(1.1)
     connection.keep_alive()
@@ -480,7 +480,7 @@ def test_record_run_and_list(stores: Any, pg_url: str) -> None:
     assert 3590 < acme.next_run_at - acme.last_run_at < 3610
     assert beta.lease_holder == store.holder and beta.last_run_at is None
     assert sql(pg_url, "SELECT application_name FROM pg_stat_activity WHERE pid = %s",
-               store._db.info.backend_pid) == [("aweber-job",)]
+               store.database.current.info.backend_pid) == [("aweber-job",)]
     connection.close()
     assert store.list_connections()[1].lease_holder is None
 
@@ -607,7 +607,7 @@ def put_value(url: str, name: str, value: bytes, *, encrypted: bool = True) -> N
 
 def make_version_2_store(url: str) -> None:
     """The store as schema version 2 made it, before sealed values were bound to their connection."""
-    from job.stores.postgres.common import MIGRATIONS
+    from job.stores.postgres.schema import MIGRATIONS
 
     with psycopg.connect(url, autocommit=True) as db:
         db.execute("DROP SCHEMA IF EXISTS aweber_job CASCADE")
@@ -908,7 +908,8 @@ def test_psycopg_loads_only_with_a_store_and_its_absence_is_a_config_error(tmp_p
 def test_the_database_words_lose_even_a_short_password(tmp_path: Path) -> None:
     """The redactor skips secrets under 6 characters; the store's own reason line still removes its password."""
     store = PostgresStore("postgresql://postgres:pw9@127.0.0.1:1/db", state_dir=tmp_path)
-    reason = store._reason(RuntimeError('connection to "127.0.0.1" failed: password "pw9" rejected\nDETAIL: more'))
+    reason = store.database.reason(
+        RuntimeError('connection to "127.0.0.1" failed: password "pw9" rejected\nDETAIL: more'))
     assert "pw9" not in reason and "[redacted]" in reason and "DETAIL" not in reason
 
 
@@ -932,7 +933,7 @@ def test_a_database_gone_mid_run_is_temporary_and_sends_nothing(
     pending = connection.begin_refresh(opened.tokens)
     dbname = pg_url.rsplit("/", 1)[-1]
     sql(PG_SERVER_URL, f"ALTER DATABASE {dbname} ALLOW_CONNECTIONS false")
-    sql(PG_SERVER_URL, "SELECT pg_terminate_backend(%s)", store._db.info.backend_pid)
+    sql(PG_SERVER_URL, "SELECT pg_terminate_backend(%s)", store.database.current.info.backend_pid)
     with caplog.at_level(logging.DEBUG):
         connection.refresh_failed(pending, refused=False)  # logged, not raised
         with pytest.raises(TemporaryError) as raised:

@@ -1,4 +1,4 @@
-"""What the PostgreSQL store's parts share: the schema and its SQL fragments, the records it returns,
+"""What the PostgreSQL store's parts share: the schema's name and version, the limits, the records it returns,
 and how connection names and lease holders are written."""
 
 from __future__ import annotations
@@ -49,82 +49,14 @@ PSYCOPG_MISSING = (
 )
 NO_SCHEMA_HINT = "run aweber-job store init"
 
-# Each version's statements, applied in order inside init_schema's one transaction.
-MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: (
-        f"""CREATE TABLE {SCHEMA}.connections (
-            name text PRIMARY KEY,
-            tokens bytea,
-            encrypted boolean NOT NULL DEFAULT false,
-            access_expires_at timestamptz,
-            account_id bigint,
-            task_state jsonb NOT NULL DEFAULT '{{}}'::jsonb,
-            last_run_at timestamptz,
-            last_exit_code integer,
-            next_run_at timestamptz,
-            lease_holder text,
-            lease_until timestamptz,
-            fence bigint NOT NULL DEFAULT 0,
-            refreshing_from text,
-            refreshing_by text,
-            refreshing_at timestamptz,
-            revoked_at timestamptz,
-            created_at timestamptz NOT NULL DEFAULT now(),
-            updated_at timestamptz NOT NULL DEFAULT now(),
-            CHECK (tokens IS NOT NULL OR revoked_at IS NOT NULL)
-        )""",
-    ),
-    # Fleet runs (run --all): which connections wait for a person (77, 78: not retried until their
-    # tokens change), how many temporary failures in a row (for the backoff), and an index for the
-    # query that finds the due ones.
-    2: (
-        f"ALTER TABLE {SCHEMA}.connections ADD COLUMN waiting_for_person boolean NOT NULL DEFAULT false",
-        f"ALTER TABLE {SCHEMA}.connections ADD COLUMN temporary_failures integer NOT NULL DEFAULT 0",
-        f"""CREATE INDEX connections_due ON {SCHEMA}.connections (last_run_at NULLS FIRST)
-            WHERE revoked_at IS NULL AND NOT waiting_for_person""",
-    ),
-    # Sealed values bound to their connection (see BOUND). ``sealed_with``: the fingerprint of the key
-    # that sealed a row, so a value that fails its check under that very key is known to be damaged,
-    # not sealed with a key that is not given. ``legacy_values``: whether values written before
-    # binding (unbound ciphertext, plain rows while a key is set) are still accepted: only in a store
-    # that held connections when it was upgraded, until `store rotate-key` has bound them all.
-    3: (
-        f"ALTER TABLE {SCHEMA}.connections ADD COLUMN sealed_with text",
-        f"ALTER TABLE {SCHEMA}.schema_version ADD COLUMN legacy_values boolean NOT NULL DEFAULT false",
-        f"""UPDATE {SCHEMA}.schema_version
-            SET legacy_values = EXISTS (SELECT FROM {SCHEMA}.connections WHERE tokens IS NOT NULL)""",
-    ),
-}
-
 # What a sealed value holds before it is encrypted: this line, naming the connection by the SHA-256 of
 # its name, then the token file. Without it, the ciphertext of one row copied into another would open
 # there, and that connection would run with another customer's account.
 BOUND = b"aweber-job/bound "
 
-INFO_COLUMNS = """name, account_id, extract(epoch FROM access_expires_at)::float8,
-    extract(epoch FROM last_run_at)::float8, last_exit_code, extract(epoch FROM next_run_at)::float8,
-    CASE WHEN lease_until > now() THEN lease_holder END, encrypted, revoked_at IS NOT NULL"""
-
-SEAL_COLUMNS = """tokens = %(tokens)s, encrypted = %(encrypted)s, sealed_with = %(sealed_with)s,
-    access_expires_at = to_timestamp(%(expires_at)s::float8),
-    account_id = coalesce(%(account_id)s, account_id)"""
-
-NO_MARKER = "refreshing_from = NULL, refreshing_by = NULL, refreshing_at = NULL"
-
-FENCED = "name = %(name)s AND fence = %(fence)s AND lease_holder = %(holder)s"
-
-LEASE = "now() + make_interval(secs => %(lease)s)"
-
-# A temporary failure is due again after 5 min, then 10, 20 … (doubling) but never later than the interval.
+# A temporary failure is due again after 5 min, then 10, 20 … (doubling) but never later than the interval
+# (sql/record_run.sql, sql/claim_due.sql).
 BACKOFF_FIRST_SECONDS = 300.0
-DUE_AFTER = "LEAST(%(interval)s, %(backoff)s * power(2, LEAST(GREATEST({failures} - 1, 0), 16)))"
-# What a finished run records: when, how it ended, when it is due again (see PostgresStore.record_run).
-RECORD_RUN = f"""last_run_at = now(), last_exit_code = %(code)s,
-    waiting_for_person = %(code)s IN (77, 78),
-    temporary_failures = CASE WHEN %(code)s = 75 THEN temporary_failures + 1 ELSE 0 END,
-    next_run_at = now() + make_interval(secs => CASE
-        WHEN %(code)s = 75 THEN {DUE_AFTER.format(failures="temporary_failures + 1")}
-        ELSE %(interval)s END)"""
 
 
 @dataclass(frozen=True)

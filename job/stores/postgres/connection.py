@@ -19,14 +19,8 @@ from job.stores.durable import fsync_directory, token_hash
 from job.stores.postgres import rescue
 from job.stores.postgres.common import (
     BACKOFF_FIRST_SECONDS,
-    FENCED,
-    LEASE,
-    NO_MARKER,
-    RECORD_RUN,
     SAVE_RETRY_FIRST_SECONDS,
     SAVE_RETRY_MAX_SECONDS,
-    SCHEMA,
-    SEAL_COLUMNS,
     PendingRefresh,
     describe_holder,
     utc,
@@ -70,14 +64,14 @@ class PostgresConnection:
         return {"name": self.connection, "fence": self._fence, "holder": self._store.holder,
                 "lease": self._store.lease_seconds, **extra}
 
-    def _fenced_update(self, assignments: str, doing: str, *, until: float | None = None, **params: Any) -> bool:
-        """One fenced UPDATE; whether it matched (False: the lease was lost to another holder).
+    def _fenced_update(self, statement: str, doing: str, *, until: float | None = None, **params: Any) -> bool:
+        """One fenced UPDATE (``sql/<statement>.sql``); whether it matched (False: the lease was lost to another
+        holder).
 
         ``until``: a monotonic time by which the answer must have come (else TemporaryError, 75).
         """
-        rows = self._store._run(
-            f"UPDATE {SCHEMA}.connections SET {assignments}, updated_at = now() WHERE {FENCED}",
-            self._params(**params), doing=f"{doing} {self.where}", until=until,
+        rows = self._store.database.run_named(
+            statement, self._params(**params), doing=f"{doing} {self.where}", until=until,
         )
         return bool(rows[0][0])
 
@@ -92,11 +86,11 @@ class PostgresConnection:
 
     def open(self) -> Opened:
         """Claim the lease, load the tokens, put back this machine's rescue files, and read the marker."""
-        row, self._claimed = self._claimed or self._store._claim(self.connection, wait=self._wait), None
+        row, self._claimed = self._claimed or self._store.leases.claim(self.connection, wait=self._wait), None
         self._fence, data, encrypted, spent, by, at = row
         self._renewed_at = self._monotonic()
         try:
-            tokens = self._store._unseal(self.connection, data, encrypted)
+            tokens = self._store.crypto.unseal(self.connection, data, encrypted)
             tokens, put_back = self._put_back_rescues(tokens)
             explanation = None
             if spent and not put_back and spent == token_hash(tokens.refresh_token):
@@ -121,9 +115,7 @@ class PostgresConnection:
         slot = self._store.rescue_slot(self.connection, rescue.needed_bytes(tokens))
         started = self._monotonic()
         done = self._fenced_update(
-            "refreshing_from = %(spent)s, refreshing_by = %(holder)s, refreshing_at = now(), "
-            f"lease_until = {LEASE}",
-            "cannot record the start of a refresh of", spent=spent,
+            "begin_refresh", "cannot record the start of a refresh of", spent=spent,
         )
         if not done:
             raise self._lease_lost("recording the start of a refresh of")
@@ -144,7 +136,7 @@ class PostgresConnection:
         TemporaryError (75), and the refresh token is not sent.
         """
         started = self._monotonic()
-        if not self._fenced_update(f"lease_until = {LEASE}", "cannot confirm the lease of"):
+        if not self._fenced_update("renew_lease", "cannot confirm the lease of"):
             raise self._lease_lost("confirming the lease before sending the refresh of")
         self._renewed_at = self._confirmed_at = started
         self._check_confirmation_fresh()
@@ -163,7 +155,7 @@ class PostgresConnection:
     def refresh_failed(self, pending: Any, *, refused: bool) -> None:
         """Clear the marker; a database that is gone is only logged (the marker then explains the next run)."""
         try:
-            self._fenced_update(NO_MARKER, "cannot clear the refresh marker of")
+            self._fenced_update("clear_marker", "cannot clear the refresh marker of")
         except JobError as exc:
             log.warning("%s", exc)
 
@@ -175,7 +167,7 @@ class PostgresConnection:
         cannot keep the new tokens from their rescue file.
         """
         assert isinstance(pending, PendingRefresh)
-        sealed = self._store._seal(self.connection, tokens)
+        sealed = self._store.crypto.seal(self.connection, tokens)
         began = time.monotonic()
         deadline = began + self._store.save_deadline_seconds
         pause = SAVE_RETRY_FIRST_SECONDS
@@ -184,7 +176,7 @@ class PostgresConnection:
             if cap is not None:
                 deadline = min(deadline, max(cap, began + LAST_SAVE_TRY_SECONDS))
             try:
-                if self._fenced_update(f"{SEAL_COLUMNS}, {NO_MARKER}, lease_until = {LEASE}",
+                if self._fenced_update("save_tokens",
                                        "cannot save the new tokens of", until=deadline, **sealed):
                     self._renewed_at = self._monotonic()
                     log.info("saved refresh token %s for %s", fingerprint(tokens.refresh_token), self.where)
@@ -211,7 +203,7 @@ class PostgresConnection:
         while (left := end - time.monotonic()) > 0:
             if self._store.stop_cap is not None and self._store.stop_cap() is not None:
                 return
-            self._store._sleep(min(left, 0.1))
+            self._store.sleep(min(left, 0.1))
 
     def _rescue_directories(self) -> list[Path]:
         return rescue.rescue_directories(self._store.state_dir, self._store.fallback_rescue_dir)
@@ -222,7 +214,7 @@ class PostgresConnection:
             raise RuntimeError("a save without a rescue reservation")
         self._store.rescue_slot_used(slot)
         try:
-            path = slot.write(tokens, self.connection, pending.spent, self._store._clock())
+            path = slot.write(tokens, self.connection, pending.spent, self._store.clock())
             self._give_to_the_state_directorys_owner(path.parent, path)
         except OSError as exc:
             return TokenNotSavedError(
@@ -250,9 +242,8 @@ class PostgresConnection:
             os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
 
     def load_state(self, task_name: str) -> dict[str, Any]:
-        rows = self._store._run(
-            f"SELECT task_state -> %(task)s, task_state FROM {SCHEMA}.connections WHERE name = %(name)s",
-            {"name": self.connection, "task": task_name},
+        rows = self._store.database.run_named(
+            "load_task_state", {"name": self.connection, "task": task_name},
             doing=f"cannot read the state of task {task_name} of {self.where}",
         )
         state = rows[0][0] if rows else None
@@ -268,7 +259,7 @@ class PostgresConnection:
 
     def save_state(self, task_name: str, state: dict[str, Any]) -> None:
         done = self._fenced_update(
-            "task_state = task_state || jsonb_build_object(%(task)s::text, %(state)s::jsonb)",
+            "save_task_state",
             f"cannot save the state of task {task_name} of", task=task_name, state=json.dumps(state),
         )
         if not done:
@@ -288,7 +279,7 @@ class PostgresConnection:
         if now - self._renewed_at <= self._store.lease_seconds / 2:
             return
         try:
-            if self._fenced_update(f"lease_until = {LEASE}", "cannot renew the lease of"):
+            if self._fenced_update("renew_lease", "cannot renew the lease of"):
                 self._renewed_at = now
             else:
                 log.debug("the lease of %s was lost; the next write will be refused", self.where)
@@ -313,7 +304,7 @@ class PostgresConnection:
         if fence is not None and exit_code is not None:
             try:
                 recorded = self._fenced_update(
-                    f"{RECORD_RUN}, lease_holder = NULL, lease_until = NULL", "cannot record the run of",
+                    "finish", "cannot record the run of",
                     code=exit_code, interval=float(interval_seconds), backoff=BACKOFF_FIRST_SECONDS,
                 )
                 if recorded:
@@ -330,7 +321,7 @@ class PostgresConnection:
         if self._fence is not None:
             fence, self._fence = self._fence, None
             try:
-                self._store._release(self.connection, fence)
+                self._store.leases.release(self.connection, fence)
             except JobError as exc:
                 log.debug("%s", exc)
         if self._owns_store:
@@ -379,9 +370,8 @@ class PostgresConnection:
                 log.info("removed rescue file %s: the store already holds its tokens", path)
             elif from16 == stored[:16]:
                 # New tokens: a connection that waited for a person (another host spent the old one) is live again.
-                if not self._fenced_update(f"{SEAL_COLUMNS}, {NO_MARKER}, waiting_for_person = false, "
-                                           "temporary_failures = 0", "cannot put the rescued tokens into",
-                                           **self._store._seal(self.connection, rescued)):
+                if not self._fenced_update("put_rescued", "cannot put the rescued tokens into",
+                                           **self._store.crypto.seal(self.connection, rescued)):
                     raise self._lease_lost("putting rescued tokens into")
                 self._unlink(path)
                 log.info("put the tokens of rescue file %s into %s (refresh token %s) and removed the file",

@@ -1,0 +1,2 @@
+-- Whether any connection holds tokens.
+SELECT EXISTS (SELECT FROM aweber_job.connections WHERE tokens IS NOT NULL)
