@@ -160,6 +160,12 @@ class Settings:
     source: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
+    def named_connection(self) -> str | None:
+        """The connection's name where messages and metrics must say which one: None for the token file,
+        which holds only one."""
+        return self.connection if self.store_url is not None else None
+
+    @property
     def is_public_client(self) -> bool:
         """A client without a secret authenticates with PKCE and ``client_id`` in the body."""
         return self.client_secret is None

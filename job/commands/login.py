@@ -1,11 +1,11 @@
-"""``aweber-job login`` (first authorization) and ``aweber-job revoke`` (docs/design.md §5).
+"""``aweber-job login``: the first authorization (docs/design.md §5).
 
 ``login`` runs AWeber's authorization-code flow from a terminal: it prints the authorize URL
 (PKCE S256 for a public client, none for a confidential one, as AWeber demands), reads the code
 or the whole redirect URL from the prompt, and exchanges it under the token file's lock. The
 token file is reserved before the code is spent, so an unwritable directory costs nothing.
-``revoke`` posts the refresh token to the revoke endpoint and removes the token file only once
-AWeber has accepted. Neither ever prints or logs a code, verifier or token: fingerprints only.
+It never prints or logs a code, verifier or token: fingerprints only. ``revoke`` is
+:mod:`job.commands.revoke`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import secrets
 import stat
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
@@ -34,7 +35,6 @@ from job.auth.oauth import (
     exchange_code,
     make_pkce_pair,
     parse_pasted_code,
-    revoke_token,
     warn_on_clock_skew,
 )
 from job.auth.tokens import TokenFile, fingerprint, format_expiry, new_token_file
@@ -46,6 +46,7 @@ from job.errors import (
     ProtocolError,
     StorageError,
     TokenFileError,
+    TokenNotSavedError,
     UsageError,
 )
 from job.logs import REDACTOR
@@ -55,22 +56,36 @@ from job.shutdown import current as current_shutdown
 from job.stores.file.tokenfile import (
     Reservation,
     TokenLock,
-    _fsync_directory,
     load_token_file,
     reserve_size_for,
     resolve_target,
     save_rotated_tokens,
-    tidy_temp_files,
 )
 
 log = logging.getLogger(__name__)
 
-# The best-effort revocation of the access token (after the refresh token is gone) must not keep
-# an operator waiting for the whole retry deadline: the access token dies within two hours anyway.
-ACCESS_TOKEN_REVOKE_DEADLINE_SECONDS = 15.0
-
 
 # ---- login --------------------------------------------------------------------------------------
+
+def login(
+    settings: Settings,
+    session: requests.Session,
+    *,
+    code: str | None,
+    redirect_uri: str | None,
+    scope: str | None,
+    force: bool,
+    stdin: IO[str],
+    stdout: IO[str],
+) -> int:
+    """``login``: authorize once and put the tokens where AWEBER_STORE keeps them; return the exit code (0)."""
+    if settings.store_url is not None:
+        # Not yet over the store's protocol: the database store's login is its own (login_connection).
+        return login_connection(settings, session, code=code, redirect_uri=redirect_uri, scope=scope, force=force,
+                                stdin=stdin, stdout=stdout)
+    return run_login(settings, session, code=code, redirect_uri=redirect_uri, scope=scope, force=force,
+                     stdin=stdin, stdout=stdout)
+
 
 def run_login(
     settings: Settings,
@@ -431,101 +446,90 @@ def _print_result(out: IO[str], path: Path, tokens: TokenFile) -> None:
     out.flush()
 
 
-# ---- revoke -------------------------------------------------------------------------------------
+# ---- login of a connection in the PostgreSQL store ---------------------------------------------
 
-def run_revoke(settings: Settings, session: requests.Session) -> int:
-    """Revoke the refresh token at AWeber, then remove the token file; return the exit code (0).
+def login_connection(
+    settings: Settings,
+    session: requests.Session,
+    *,
+    code: str | None,
+    redirect_uri: str | None,
+    scope: str | None,
+    force: bool,
+    stdin: IO[str],
+    stdout: IO[str],
+) -> int:
+    """``--connection NAME login``: authorize once and put the tokens in the store as NAME.
 
-    The file is removed only after AWeber accepted (2xx); any error keeps it and raises the
-    token-call error (75, 76, 77). The access token is revoked too, best effort, afterwards.
-    A legacy OAuth 1.0a token file is a UsageError (64): those tokens cannot be revoked by the job.
+    As for the token file: an existing connection is replaced only with ``force`` (a revoked one
+    always), the store must take writes before the code is spent, and tokens the store then refuses
+    go to a 0600 rescue file that ``connections import`` puts in place.
     """
-    path = settings.token_file
-    with TokenLock(path, settings.lock_timeout_seconds) as lock:
-        # A save an earlier run could not finish holds the live refresh token: revoke that one, not the spent.
-        tidy_temp_files(path, lock, settings.fallback_rescue_dir)
-        tokens = load_token_file(path).tokens
-        REDACTOR.add(*tokens.secrets())
-        client = revoke_refresh_token(
-            settings, session, tokens, where=f"token file {path}", kept=f"the token file {path} was kept"
+    from job.stores.postgres import PostgresStore
+
+    name = settings.connection
+    store = PostgresStore.from_settings(settings)
+    try:
+        try:
+            view = store.read(name)
+        except TokenFileError:
+            view = None
+        if view is not None and not view.info.revoked and not force:
+            raise UsageError(
+                f"connection '{name}' is already in the store {store.description}; use --force to replace it "
+                f"(that does not revoke its refresh token: aweber-job --connection {name} revoke first ends it)"
+            )
+        existing = view.tokens if view is not None and force else None
+        if existing is not None:
+            REDACTOR.add(*existing.secrets())
+        client = _login_client(settings, existing)
+        request = LoginRequest.parse(client, code=code, redirect_uri=redirect_uri, scope=scope)
+        store.check_writable()
+        auth_code, verifier = obtain_code(settings, client, request, code=code, stdin=stdin, stdout=stdout)
+        _, tokens = exchange_for_tokens(
+            settings, session, client, auth_code, redirect=request.redirect, verifier=verifier,
+            scope=request.scope, existing=existing,
         )
-        refresh_fp = fingerprint(tokens.refresh_token)
-        _remove_token_file(path, refresh_fp)
-    access_note = revoke_access_token(settings, session, client, tokens)
+        try:
+            store.put_tokens(name, tokens, replace=view is not None)
+        except JobError as exc:
+            raise _login_rescue(settings, name, tokens, exc) from exc
+    finally:
+        store.close()
     log.info(
-        "revoked the refresh token %s at AWeber%s and removed the token file %s",
-        refresh_fp, access_note, path, extra={"refresh_token": refresh_fp},
+        "authorized: connection '%s' in the store %s; refresh token %s, access token expires %s",
+        name, store.description, fingerprint(tokens.refresh_token), format_expiry(tokens.expires_at, time.time()),
+        extra={"refresh_token_after": fingerprint(tokens.refresh_token), "expires_at": tokens.expires_at},
     )
+    stdout.write(
+        f"\nAuthorized. Connection '{name}' in {store.description} ({tokens.shape} shape, "
+        f"{'encrypted' if settings.store_keys else 'NOT encrypted: set AWEBER_STORE_KEY'}).\n"
+        f"  refresh token {fingerprint(tokens.refresh_token)}, access token {fingerprint(tokens.access_token)} "
+        f"expires {format_expiry(tokens.expires_at, time.time())}\n"
+        f"Next: aweber-job --connection {name} run   (or run --all for every due connection)\n"
+    )
+    stdout.flush()
     return EXIT_OK
 
 
-def revoke_refresh_token(
-    settings: Settings, session: requests.Session, tokens: TokenFile, *, where: str, kept: str
-) -> Client:
-    """Revoke ``tokens``' refresh token at AWeber; return the client, for the access token after.
+def _login_rescue(settings: Settings, name: str, tokens: TokenFile, cause: JobError) -> TokenNotSavedError:
+    """Keep the tokens of an authorization the store refused in a 0600 rescue file, and say how to import it."""
+    from job.stores.file.tokenfile import write_file_atomically
+    from job.stores.postgres import RESCUE_DIRECTORY, file_safe
 
-    ``where`` names the tokens and ``kept`` says they were kept, in the messages of a refusal. A
-    legacy OAuth 1.0a token is a UsageError (64): those tokens cannot be revoked by the job.
-    """
-    if tokens.oauth1 is not None:
-        raise UsageError(
-            f"{where} holds OAuth 1.0a tokens, which the job cannot revoke (AWeber offers no "
-            f"endpoint for it); {kept}",
-            hint="disconnect the integration in the AWeber account to end them",
-        )
-    client = resolve_client(settings, tokens)
-    call = TokenCall(
-        session=session,
-        url=settings.revoke_url,
-        timeout_seconds=settings.http_timeout_seconds,
-        deadline_seconds=settings.retry_deadline_seconds,
-    )
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = settings.state_dir / RESCUE_DIRECTORY / f"{file_safe(name)}.{stamp}.login.json"
     try:
-        revoke_token(call, client, tokens.refresh_token, hint="refresh_token")
-    except JobError as exc:
-        # oauth.py words its messages for the token endpoint; this answer came from the revoke endpoint.
-        message = exc.message.replace("the token endpoint", "the revoke endpoint")
-        raise type(exc)(f"{message}; {kept}", hint=exc.hint) from None
-    return client
-
-
-def _remove_token_file(path: Path, refresh_fp: str) -> None:
-    """Remove the token file (a symlink's target; the link stays) and make the removal durable."""
-    target = resolve_target(path)
-    try:
-        os.unlink(target)
-        _fsync_directory(target.parent)
-    except FileNotFoundError:
-        pass
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_file_atomically(path, tokens.to_bytes())
     except OSError as exc:
-        raise StorageError(
-            f"the refresh token {refresh_fp} was revoked at AWeber, but the token file {target} could not be "
-            f"removed: {exc.strerror or exc}; its tokens no longer work, remove it by hand"
-        ) from exc
-
-
-def revoke_access_token(settings: Settings, session: requests.Session, client: Client, tokens: TokenFile) -> str:
-    """Revoke the access token too, when it may still be alive; return a note for the log line.
-
-    AWeber's revoke endpoint takes either token; whether revoking the refresh token also ends its
-    access tokens is not documented (docs/aweber-api.md §1.1), so an operator's "revoke" asks for both.
-    """
-    access = tokens.access_token
-    expired = tokens.expires_at is not None and tokens.expires_at <= time.time()
-    if not access or expired:
-        return ""
-    call = TokenCall(
-        session=session,
-        url=settings.revoke_url,
-        timeout_seconds=settings.http_timeout_seconds,
-        deadline_seconds=min(settings.retry_deadline_seconds, ACCESS_TOKEN_REVOKE_DEADLINE_SECONDS),
-    )
-    try:
-        revoke_token(call, client, access, hint="access_token")
-    except JobError as exc:
-        log.warning(
-            "the access token %s could not be revoked (%s); it stops working when it expires",
-            fingerprint(access), exc,
+        return TokenNotSavedError(
+            f"authorized, but the store did not take the tokens of connection '{name}' ({cause.message}) and the "
+            f"rescue file {path} could not be written ({exc.strerror or exc}); run the login again once the store "
+            "takes writes"
         )
-        return ""
-    return f" (and the access token {fingerprint(access)})"
+    return TokenNotSavedError(
+        f"authorized, but the store did not take the tokens of connection '{name}' ({cause.message}); they were "
+        f"saved to the rescue file {path}. Once the store takes writes: aweber-job connections import {name} {path}"
+        + " (with --force if the connection is there)"
+    )

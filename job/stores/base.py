@@ -14,18 +14,26 @@ cycle makes them::
     keep_alive()                 called before each API request: renew the hold when it nears its end
     load_state(task) / save_state(task, state)
     close()                      release the hold
+    finish(exit_code, interval)  after a run: record how it ended (the database store) and release the hold
+
+The commands that act on one connection outside a run use the same store:
+
+    status()                     what is kept, read without taking the hold and without the network
+    open_for_revoke()            the hold and the live tokens, with the words a refused revoke uses
+    mark_revoked()               after AWeber accepted the revoke: end the tokens in the store
 
 A store raises only :class:`job.errors.JobError` subclasses, so the exit codes stay the cycle's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from job.auth.tokens import TokenFile
+from job.config import DEFAULT_CONNECTION
 
-DEFAULT_CONNECTION = "default"
+__all__ = ["DEFAULT_CONNECTION", "ConnectionStore", "Opened", "Revocable", "Revoked", "StatusView"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,39 @@ class Opened:
     tokens: TokenFile
     explanation: str | None = None
     spent_for_sure: bool = False
+
+
+@dataclass(frozen=True)
+class Revocable:
+    """What :meth:`ConnectionStore.open_for_revoke` found: the live tokens, and how a refused revoke names them.
+
+    ``where`` names the tokens (``token file PATH``) and ``kept`` says they were kept, in the message
+    of a revoke AWeber refused.
+    """
+
+    tokens: TokenFile
+    where: str
+    kept: str
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """What :meth:`ConnectionStore.mark_revoked` did, for the last words of the revoke's log line."""
+
+    done: str
+    #: Fields the log line carries for machines (``--log-format json``).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class StatusView(Protocol):
+    """What ``status`` shows of a store, and the exit code it ends with."""
+
+    @property
+    def exit_code(self) -> int: ...
+
+    def render(self, *, as_json: bool) -> str:
+        """Human lines, or one JSON object with ``as_json``; ends with a newline."""
+        ...
 
 
 # What begin_refresh prepared for one refresh (a reservation, a claim), handed back to save or
@@ -78,3 +119,19 @@ class ConnectionStore(Protocol[PendingSave]):
         ...
 
     def close(self) -> None: ...
+
+    def finish(self, exit_code: int | None, interval_seconds: float) -> None:
+        """After a run: record how it ended (``exit_code`` None: it never held the connection), then close."""
+        ...
+
+    def status(self) -> StatusView:
+        """What the store keeps for this connection, read without taking the hold; never contacts AWeber."""
+        ...
+
+    def open_for_revoke(self) -> Revocable:
+        """Take the hold and load the live tokens to revoke (close() releases them)."""
+        ...
+
+    def mark_revoked(self) -> Revoked:
+        """AWeber accepted the revoke of the refresh token: end the tokens in the store, under the hold."""
+        ...

@@ -14,7 +14,7 @@ from job.auth.tokens import TokenFile, fingerprint
 from job.errors import JobError, StorageError, TemporaryError, TokenFileError, TokenNotSavedError
 from job.logs import REDACTOR
 from job.shutdown import LAST_SAVE_TRY_SECONDS, boottime
-from job.stores.base import Opened
+from job.stores.base import Opened, Revocable, Revoked
 from job.stores.file.tokenfile import token_hash
 from job.stores.postgres import rescue
 from job.stores.postgres.common import (
@@ -34,6 +34,7 @@ from job.stores.postgres.common import (
 )
 
 if TYPE_CHECKING:
+    from job.stores.postgres.status import ConnectionStatus
     from job.stores.postgres.store import PostgresStore
 
 log = logging.getLogger(__name__)
@@ -401,3 +402,24 @@ class PostgresConnection:
     def _unlink(path: Path) -> None:
         os.unlink(path)
         fsync_directory(path.parent)
+
+    # -- the commands on one connection outside a run (status, revoke) --
+
+    def status(self) -> ConnectionStatus:
+        """The connection as the store keeps it, read without claiming the lease; never contacts AWeber."""
+        from job.stores.postgres.status import ConnectionStatus
+
+        return ConnectionStatus(self._store.read(self.connection), self._store.description)
+
+    def open_for_revoke(self) -> Revocable:
+        """Claim the lease and load the tokens, as for a run: no run refreshes them while they are revoked."""
+        tokens = self.open().tokens
+        where = f"connection '{self.connection}'"
+        return Revocable(tokens=tokens, where=where, kept=f"{where} was kept in the store")
+
+    def mark_revoked(self) -> Revoked:
+        """Mark the connection revoked (its tokens wiped); the mark moves the fence, so a run that held it before
+        cannot write the revoked tokens back."""
+        self._store.mark_revoked(self.connection)
+        name = self.connection
+        return Revoked(done=f"marked the connection '{name}' revoked (aweber-job connections remove {name} deletes it)")
