@@ -9,7 +9,7 @@ import argparse
 import json
 import logging
 import os
-from datetime import datetime, timezone
+import time
 from pathlib import Path
 from typing import IO
 
@@ -23,7 +23,7 @@ from job.errors import (
     TokenFileError,
     UsageError,
 )
-from job.logs import REDACTOR, one_line
+from job.logs import REDACTOR, one_line, utc_stamp
 from job.stores.file.tokenfile import TokenLock, _fsync_directory, load_token_file, resolve_target, tidy_temp_files
 from job.stores.postgres import ConnectionInfo, PostgresStore
 from job.stores.postgres.status import row_of
@@ -87,7 +87,7 @@ def _import(settings: Settings, store: PostgresStore, name: str, path: Path, *, 
         tidy_temp_files(path, lock, settings.fallback_rescue_dir)
         tokens = load_token_file(path).tokens
         REDACTOR.add(*tokens.secrets())
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = utc_stamp(time.time())
         target = resolve_target(path)
         try:
             store.import_tokens(name, tokens, force=force)

@@ -18,7 +18,6 @@ import secrets
 import stat
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
@@ -49,7 +48,7 @@ from job.errors import (
     TokenNotSavedError,
     UsageError,
 )
-from job.logs import REDACTOR
+from job.logs import REDACTOR, utc_stamp
 from job.run.keeper import resolve_client
 from job.shutdown import Interrupted
 from job.shutdown import current as current_shutdown
@@ -517,7 +516,7 @@ def _login_rescue(settings: Settings, name: str, tokens: TokenFile, cause: JobEr
     from job.stores.file.tokenfile import write_file_atomically
     from job.stores.postgres import RESCUE_DIRECTORY, file_safe
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp(time.time())
     path = settings.state_dir / RESCUE_DIRECTORY / f"{file_safe(name)}.{stamp}.login.json"
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

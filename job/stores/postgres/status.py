@@ -5,18 +5,17 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from job.auth.tokens import fingerprint, format_expiry
 from job.errors import EXIT_OK
-from job.logs import REDACTOR
+from job.logs import REDACTOR, utc_time
 from job.stores.postgres.common import ConnectionInfo, ConnectionView
 
 
 def iso(at: float | None) -> str | None:
     """A database time as ``connections list`` and ``status`` show it; None stays None (JSON null)."""
-    return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if at is not None else None
+    return utc_time(at) if at is not None else None
 
 
 def row_of(info: ConnectionInfo) -> dict[str, Any]:
