@@ -21,19 +21,32 @@ The commands that act on one connection outside a run use the same store:
     status()                     what is kept, read without taking the hold and without the network
     open_for_revoke()            the hold and the live tokens, with the words a refused revoke uses
     mark_revoked()               after AWeber accepted the revoke: end the tokens in the store
+    existing_for_login(force)    refuse to replace tokens without --force; the tokens --force replaces
+    check_login_writable()       prove the save can happen before a person approves the app
+    save_login(exchange, force)  spend the code (exchange) and keep what it brought, durably or in a rescue file
+    report_login(tokens, out)    say what was kept where, and what to do next
 
 A store raises only :class:`job.errors.JobError` subclasses, so the exit codes stay the cycle's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 from job.auth.tokens import TokenFile
 from job.config import DEFAULT_CONNECTION
 
-__all__ = ["DEFAULT_CONNECTION", "ConnectionStore", "Opened", "Revocable", "Revoked", "StatusView"]
+if TYPE_CHECKING:
+    # requests comes with it: the stores that never log in (status, a run) need not load it.
+    from job.auth.oauth import TokenAnswer
+
+__all__ = ["DEFAULT_CONNECTION", "ConnectionStore", "Exchange", "Opened", "Revocable", "Revoked", "StatusView"]
+
+# login's exchange of the authorization code, given the tokens it replaces (their shape is kept): AWeber's
+# answer and the tokens to keep. A store calls it once it is ready to keep them (under its lock).
+Exchange = Callable[["TokenFile | None"], "tuple[TokenAnswer, TokenFile]"]
 
 
 @dataclass(frozen=True)
@@ -134,4 +147,24 @@ class ConnectionStore(Protocol[PendingSave]):
 
     def mark_revoked(self) -> Revoked:
         """AWeber accepted the revoke of the refresh token: end the tokens in the store, under the hold."""
+        ...
+
+    def existing_for_login(self, *, force: bool) -> TokenFile | None:
+        """UsageError (64) when the store holds live tokens and ``force`` is not given; else the tokens
+        ``force`` replaces (None when there are none worth keeping the shape of)."""
+        ...
+
+    def check_login_writable(self) -> None:
+        """StorageError (73) unless the store takes writes now: nothing has been asked of AWeber yet."""
+        ...
+
+    def save_login(self, exchange: Exchange, *, force: bool) -> TokenFile:
+        """Spend the code (``exchange``) when the tokens can be kept, and keep them; the tokens kept.
+
+        When the store refuses them after all, they go to a rescue file (TokenNotSavedError, 73).
+        """
+        ...
+
+    def report_login(self, tokens: TokenFile, out: IO[str]) -> None:
+        """Log and print what the login kept where, and what to run next."""
         ...

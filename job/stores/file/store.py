@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from job.auth.tokens import TokenFile, fingerprint
+from job.auth.tokens import TokenFile, fingerprint, format_expiry
 from job.config import DEFAULT_CONNECTION
 from job.errors import StorageError, TaskError, TokenFileError
 from job.stores.base import Opened, Revocable, Revoked
@@ -36,6 +36,7 @@ from job.stores.file.tokenfile import (
 
 if TYPE_CHECKING:
     from job.config import Settings
+    from job.stores.base import Exchange
     from job.stores.file.status import StatusReport
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,41 @@ class FileStore:
                 f"removed: {exc.strerror or exc}; its tokens no longer work, remove it by hand"
             ) from exc
         return Revoked(done=f"removed the token file {self.path}", extra={"refresh_token": refresh_fp})
+
+    def existing_for_login(self, *, force: bool) -> TokenFile | None:
+        """UsageError (64) for a token file already there without ``force``; else the one ``force`` replaces."""
+        from job.stores.file.login import load_existing, refuse_to_overwrite
+
+        refuse_to_overwrite(self.path, force=force)
+        return load_existing(self.path, warn=True) if force else None
+
+    def check_login_writable(self) -> None:
+        """Create the token file's directory (0700) when missing, then take the lock and reserve a token file once."""
+        from job.stores.file.login import check_writable, prepare_directory
+
+        prepare_directory(self.path)
+        check_writable(self.path, self._lock_timeout)
+
+    def save_login(self, exchange: Exchange, *, force: bool) -> TokenFile:
+        """Under the lock: look again, reserve, spend the code, save the new token file."""
+        from job.auth.oauth import warn_on_clock_skew
+        from job.stores.file.login import save_login
+
+        answer, tokens = save_login(
+            self.path, exchange, lock_timeout_seconds=self._lock_timeout, fallback=self._fallback, force=force
+        )
+        warn_on_clock_skew(answer)
+        return tokens
+
+    def report_login(self, tokens: TokenFile, out: IO[str]) -> None:
+        from job.stores.file.login import print_result
+
+        log.info(
+            "authorized: wrote %s; refresh token %s, access token expires %s",
+            self.path, fingerprint(tokens.refresh_token), format_expiry(tokens.expires_at, time.time()),
+            extra={"refresh_token_after": fingerprint(tokens.refresh_token), "expires_at": tokens.expires_at},
+        )
+        print_result(out, self.path, tokens)
 
     def _held(self) -> TokenLock:
         if self._lock is None:
