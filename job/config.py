@@ -9,21 +9,35 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 from urllib.parse import urlsplit
 
+from job.credentials import (
+    CREDENTIAL_NAME,
+    STORE_CREDENTIAL_NAME,
+    STORE_KEY_CREDENTIAL_NAME,
+    Secret,
+    client_secret,
+    describe_store_url,
+    is_loopback_host,
+    pushgateway_url,
+)
+from job.credentials import store_keys as read_store_keys
+from job.credentials import store_url as store_url_from
 from job.errors import ConfigError
+
+# Also the settings' words for the secrets: job.credentials reads them.
+__all__ = ["CREDENTIAL_NAME", "STORE_CREDENTIAL_NAME", "STORE_KEY_CREDENTIAL_NAME", "Secret", "Settings",
+           "describe_store_url", "is_loopback_host", "load_settings"]
 
 DEFAULT_TOKEN_URL = "https://auth.aweber.com/oauth2/token"  # noqa: S105 - a URL, not a password
 DEFAULT_AUTHORIZE_URL = "https://auth.aweber.com/oauth2/authorize"
 DEFAULT_REVOKE_URL = "https://auth.aweber.com/oauth2/revoke"
 DEFAULT_API_URL = "https://api.aweber.com/1.0"
 DEFAULT_TASK = "new-subscribers"
-CREDENTIAL_NAME = "aweber-client-secret"
-STORE_CREDENTIAL_NAME = "aweber-store"
-STORE_KEY_CREDENTIAL_NAME = "aweber-store-key"
 DEFAULT_CONNECTION = "default"
 # A connection's name appears in file names (rescue files), metric labels and log lines: a plain word.
 CONNECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$")
@@ -38,7 +52,8 @@ DEFAULT_RATE_LIMIT_PER_MINUTE = 100
 DEFAULT_RUN_TIMEOUT_SECONDS = 6 * 3600.0
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+# The one duration syntax: a number, then a unit or none. Each caller says what a bare number means.
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
 
 # Every variable the job reads, with a one-line meaning; `.env.example` documents exactly these.
 VARIABLES: dict[str, str] = {
@@ -97,29 +112,6 @@ def misspelled_variables(names: Iterable[str]) -> list[tuple[str, str | None]]:
     return found
 
 
-class Secret:
-    """A string that never shows itself in ``repr`` or ``str``."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret(***)"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
 @dataclass(frozen=True)
 class Settings:
     """Everything the job is configured with; secrets hidden from ``repr``."""
@@ -160,17 +152,42 @@ class Settings:
     source: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
+    def named_connection(self) -> str | None:
+        """The connection's name where messages and metrics must say which one: None for the token file,
+        which holds only one."""
+        return self.connection if self.store_url is not None else None
+
+    @property
     def is_public_client(self) -> bool:
         """A client without a secret authenticates with PKCE and ``client_id`` in the body."""
         return self.client_secret is None
 
 
-def parse_duration_seconds(text: str) -> float | None:
-    """Seconds from ``3600``, ``45s``, ``90m``, ``6h``, ``1d`` or ``2w``; None when ``text`` is none of these."""
+def _duration_seconds(text: str, *, bare_number_is_seconds: bool, ascii_digits: bool) -> float | None:
+    """The seconds ``text`` (a number and a unit of DURATION_UNITS) stands for; None when it is no duration."""
     match = _DURATION.match(text)
-    if not match:
+    if not match or (ascii_digits and not match.group(1).isascii()):
         return None
-    return float(match.group(1)) * DURATION_UNITS[(match.group(2) or "s").lower()]
+    unit = match.group(2).lower()
+    if not unit and not bare_number_is_seconds:
+        return None
+    return float(match.group(1)) * DURATION_UNITS[unit or "s"]
+
+
+def parse_duration_seconds(text: str) -> float | None:
+    """Seconds from ``3600``, ``45s``, ``90m``, ``6h``, ``1d`` or ``2w``; None when ``text`` is none of these.
+
+    The variables' syntax: a bare number is seconds; digits are ASCII.
+    """
+    return _duration_seconds(text, bare_number_is_seconds=True, ascii_digits=True)
+
+
+def parse_look_back_seconds(text: str) -> float | None:
+    """Seconds from ``45s``, ``90m``, ``24h``, ``7d`` or ``2w`` (``--since``); None when ``text`` is none of these.
+
+    A unit is required: a bare number may be a date (``20261101``), which ``--since`` also takes.
+    """
+    return _duration_seconds(text, bare_number_is_seconds=False, ascii_digits=False)
 
 
 def format_duration(seconds: float) -> str:
@@ -180,18 +197,6 @@ def format_duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds / size:g}{unit}"
     return f"{seconds:g}s"
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` is localhost or an address in 127.0.0.0/8 or ::1."""
-    if host.lower() == "localhost":
-        return True
-    import ipaddress  # on use: most hosts are names, and every command loads the settings
-
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_url(value: str) -> str | None:
@@ -234,340 +239,217 @@ def _default_token_file(env: Mapping[str, str]) -> Path:
     return Path(home) / ".local" / "state" / "aweber-job" / "tokens.json"
 
 
-class _EmptySecretFile(ValueError):
-    """The secret file holds nothing but blank space."""
+class _Reader:
+    """The variables as ``load_settings`` reads them: an empty value counts as unset, as in a copied
+    ``.env.example``, and every problem is collected (each naming its variable) so all are reported at once."""
 
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.values = {k: v.strip() for k, v in env.items() if isinstance(v, str)}
+        self.problems: list[str] = []
 
-def _read_secret_file(path: str) -> str:
-    """Return the first line of ``path``, stripped; raise OSError or ValueError on trouble.
-
-    _EmptySecretFile when the file is blank throughout: usually one created for a public client.
-    """
-    with open(path, "rb") as handle:
-        data = handle.read(65536)
-    # "utf-8-sig": editors on Windows save a byte order mark, which is not part of the secret.
-    text = data.decode("utf-8-sig")
-    if not text.strip():
-        raise _EmptySecretFile("is empty")
-    line = text.splitlines()[0].strip()
-    if not line:
-        raise ValueError("its first line is blank: the secret must be on the first line")
-    return line
-
-
-def _empty_secret_problem(variable: str, path: str) -> str:
-    """What to do about an empty secret file: a public client drops it, a confidential one fills it."""
-    public = "for a public client (PKCE, no secret) remove"
-    if variable == "CREDENTIALS_DIRECTORY":
-        return (
-            f"the systemd credential {CREDENTIAL_NAME} ({path}) is empty: {public} its LoadCredential= (the drop-in "
-            "aweber-job.service.d/client-secret.conf); for a confidential one put the secret on the first line of "
-            "the file it loads"
-        )
-    return f"{variable}: {path} is empty: {public} {variable}; for a confidential one put the secret on its first line"
-
-
-def load_settings(env: Mapping[str, str]) -> Settings:
-    """Build Settings from ``env``; raise ConfigError listing every problem, each with its variable."""
-    problems: list[str] = []
-    values = {k: v.strip() for k, v in env.items() if isinstance(v, str)}
-
-    def get(name: str) -> str | None:
-        # An empty value counts as unset, as in a copied `.env.example`.
-        value = values.get(name)
+    def get(self, name: str) -> str | None:
+        value = self.values.get(name)
         return value if value else None
 
-    def number(name: str, default: float, *, minimum: float, integer: bool = False) -> float:
-        raw = get(name)
+    def number(self, name: str, default: float, *, minimum: float, integer: bool = False) -> float:
+        raw = self.get(name)
         if raw is None:
             return default
         try:
             value = int(raw) if integer else float(raw)
         except ValueError:
             kind = "a whole number" if integer else "a number of seconds"
-            problems.append(f"{name} must be {kind}, got {raw!r}")
+            self.problems.append(f"{name} must be {kind}, got {raw!r}")
             return default
         if value != value or value in (float("inf"), float("-inf")):
-            problems.append(f"{name} must be a finite number of seconds, got {raw!r}")
+            self.problems.append(f"{name} must be a finite number of seconds, got {raw!r}")
             return default
         if value < minimum:
-            problems.append(f"{name} must be at least {minimum:g}, got {raw!r}")
+            self.problems.append(f"{name} must be at least {minimum:g}, got {raw!r}")
             return default
         return value
 
-    def duration(name: str, default: float) -> float:
-        raw = get(name)
+    def duration(self, name: str, default: float) -> float:
+        raw = self.get(name)
         if raw is None:
             return default
         seconds = parse_duration_seconds(raw)
         if seconds is None or seconds <= 0:
-            problems.append(f"{name} must be a positive duration such as 6h, 90m or 3600 (seconds), got {raw!r}")
+            self.problems.append(
+                f"{name} must be a positive duration such as 6h, 90m or 3600 (seconds), got {raw!r}"
+            )
             return default
         return seconds
 
-    def url(name: str, default: str) -> str:
-        raw = get(name) or default
+    def url(self, name: str, default: str) -> str:
+        raw = self.get(name) or default
         why = check_url(raw)
         if why:
-            problems.append(f"{name} {why}")
+            self.problems.append(f"{name} {why}")
         return raw
 
-    client_id = get("AWEBER_CLIENT_ID")
 
-    secret: Secret | None = None
-    secret_source: str | None = None
-    inline = values.get("AWEBER_CLIENT_SECRET") or None
-    secret_file = get("AWEBER_CLIENT_SECRET_FILE")
-    credentials_dir = get("CREDENTIALS_DIRECTORY")
-    if inline and secret_file:
-        problems.append("AWEBER_CLIENT_SECRET and AWEBER_CLIENT_SECRET_FILE are both set; set only one")
-    elif inline:
-        secret, secret_source = Secret(inline), "AWEBER_CLIENT_SECRET"
-    else:
-        candidates: list[tuple[str, str]] = []
-        if secret_file:
-            candidates.append((secret_file, "AWEBER_CLIENT_SECRET_FILE"))
-        elif credentials_dir and os.path.exists(os.path.join(credentials_dir, CREDENTIAL_NAME)):
-            candidates.append((os.path.join(credentials_dir, CREDENTIAL_NAME), "CREDENTIALS_DIRECTORY"))
-        for path, variable in candidates:
-            try:
-                secret, secret_source = Secret(_read_secret_file(path)), f"{variable} ({path})"
-            except _EmptySecretFile:
-                problems.append(_empty_secret_problem(variable, path))
-            except (OSError, ValueError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                if isinstance(exc, UnicodeDecodeError):
-                    reason = "is not UTF-8 text"
-                problems.append(f"{variable}: cannot read the client secret from {path}: {reason}")
-
-    token_file_raw = get("AWEBER_TOKEN_FILE")
-    token_file = Path(token_file_raw).expanduser() if token_file_raw else _default_token_file(values)
-    if not token_file.is_absolute():
-        token_file = Path(os.path.abspath(token_file))
-    state_dir_raw = get("AWEBER_STATE_DIR")
-    state_dir = Path(os.path.abspath(Path(state_dir_raw).expanduser())) if state_dir_raw else token_file.parent
-
-    token_url = url("AWEBER_TOKEN_URL", DEFAULT_TOKEN_URL)
-    authorize_url = url("AWEBER_AUTHORIZE_URL", DEFAULT_AUTHORIZE_URL)
-    revoke_url = url("AWEBER_REVOKE_URL", DEFAULT_REVOKE_URL)
-    api_url = url("AWEBER_API_URL", DEFAULT_API_URL).rstrip("/")
-
-    account_id: int | None = None
-    raw_account = get("AWEBER_ACCOUNT_ID")
-    if raw_account is not None:
-        if raw_account.isdecimal() and int(raw_account) > 0:
-            account_id = int(raw_account)
-        else:
-            problems.append(f"AWEBER_ACCOUNT_ID must be a positive whole number, got {raw_account!r}")
-
-    list_ids: list[int] = []
-    raw_lists = get("AWEBER_LIST_IDS")
-    if raw_lists is not None:
-        for item in raw_lists.split(","):
-            item = item.strip()
-            if item.isdecimal() and int(item) > 0:
-                if int(item) not in list_ids:
-                    list_ids.append(int(item))
-            else:
-                problems.append(f"AWEBER_LIST_IDS must be comma-separated list ids, got {item!r} in it")
-                break
-
-    ping_url: str | None = None
-    if get("AWEBER_PING_URL"):
-        ping_url = url("AWEBER_PING_URL", "").rstrip("/")
-
-    metrics_raw = get("AWEBER_METRICS_FILE")
-    metrics_file = Path(os.path.abspath(Path(metrics_raw).expanduser())) if metrics_raw else None
-
-    pushgateway_url = _pushgateway_url(get, problems)
-
-    store_url, store_source = _store(values, get, problems)
-    store_keys = _store_keys(values, get, problems)
-    connection = get("AWEBER_CONNECTION") or DEFAULT_CONNECTION
-    if not CONNECTION_NAME.match(connection):
-        problems.append(f"AWEBER_CONNECTION must be a connection name of {CONNECTION_NAME_RULE}, got {connection!r}")
-        connection = DEFAULT_CONNECTION
-    run_interval = DEFAULT_RUN_INTERVAL_SECONDS
-    raw_interval = get("AWEBER_RUN_INTERVAL")
-    if raw_interval is not None:
-        parsed_interval = parse_duration_seconds(raw_interval)
-        if parsed_interval is None:
-            problems.append(
-                "AWEBER_RUN_INTERVAL must be a duration such as 24h, 90m or 3600 (seconds; 0: always due), "
-                f"got {raw_interval!r}"
-            )
-        else:
-            run_interval = parsed_interval
-
-    log_format = (get("AWEBER_LOG_FORMAT") or "text").lower()
-    if log_format not in ("text", "json"):
-        problems.append(f"AWEBER_LOG_FORMAT must be 'text' or 'json', got {get('AWEBER_LOG_FORMAT')!r}")
-        log_format = "text"
-
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Build Settings from ``env``; raise ConfigError listing every problem, each with its variable."""
+    read = _Reader(env)
+    # Read in this order, so the problems are listed in it.
+    secret, secret_source = client_secret(read.values, read.get, read.problems)
+    token_file, state_dir = _paths(read)
+    endpoints = _endpoints(read)
+    account_id, list_ids = _account_id(read), _list_ids(read)
+    monitoring = _monitoring(read)
+    store_url, store_source = store_url_from(read.values, read.get, read.problems)
+    store_keys = read_store_keys(read.values, read.get, read.problems)
+    connection, run_interval, log_format = _connection(read), _run_interval(read), _log_format(read)
     settings = Settings(
-        client_id=client_id,
+        client_id=read.get("AWEBER_CLIENT_ID"),
         client_secret=secret,
         client_secret_source=secret_source,
         token_file=token_file,
         state_dir=state_dir,
-        fallback_rescue_dir=_fallback_rescue_dir(values),
-        token_url=token_url,
-        authorize_url=authorize_url,
-        revoke_url=revoke_url,
-        api_url=api_url,
-        task=get("AWEBER_TASK") or DEFAULT_TASK,
+        fallback_rescue_dir=_fallback_rescue_dir(read.values),
+        **endpoints,
+        task=read.get("AWEBER_TASK") or DEFAULT_TASK,
         account_id=account_id,
-        list_ids=tuple(list_ids),
-        lock_timeout_seconds=number("AWEBER_LOCK_TIMEOUT", 60.0, minimum=0),
-        http_timeout_seconds=number("AWEBER_HTTP_TIMEOUT", 30.0, minimum=0.001),
-        retry_deadline_seconds=number("AWEBER_RETRY_DEADLINE", 300.0, minimum=0),
-        rate_limit_per_minute=int(
-            number("AWEBER_RATE_LIMIT", DEFAULT_RATE_LIMIT_PER_MINUTE, minimum=1, integer=True)
-        ),
-        refresh_leeway_seconds=number("AWEBER_REFRESH_LEEWAY", 300.0, minimum=0),
-        run_timeout_seconds=duration("AWEBER_RUN_TIMEOUT", DEFAULT_RUN_TIMEOUT_SECONDS),
-        ping_url=ping_url,
-        metrics_file=metrics_file,
-        pushgateway_url=pushgateway_url,
+        list_ids=list_ids,
+        **_limits(read),
+        **monitoring,
         log_format=log_format,
         store_url=store_url,
         store_source=store_source,
         connection=connection,
         store_keys=store_keys,
         run_interval_seconds=run_interval,
-        shutdown_grace_seconds=number("AWEBER_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE_SECONDS, minimum=0),
-        source=dict(values),
+        shutdown_grace_seconds=read.number("AWEBER_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE_SECONDS, minimum=0),
+        source=dict(read.values),
     )
-    if problems:
-        raise ConfigError(problems)
+    if read.problems:
+        raise ConfigError(read.problems)
     return settings
 
 
-def describe_store_url(url: str) -> str:
-    """A PostgreSQL URL as it may be shown: without its password (nor any query options, which may hold one)."""
-    parts = urlsplit(url)
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        port = ""
-    user = f"{parts.username}@" if parts.username else ""
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+def _paths(read: _Reader) -> tuple[Path, Path]:
+    """The token file and the state directory (beside the token file unless AWEBER_STATE_DIR says), absolute."""
+    token_file_raw = read.get("AWEBER_TOKEN_FILE")
+    token_file = Path(token_file_raw).expanduser() if token_file_raw else _default_token_file(read.values)
+    if not token_file.is_absolute():
+        token_file = Path(os.path.abspath(token_file))
+    state_dir_raw = read.get("AWEBER_STATE_DIR")
+    state_dir = Path(os.path.abspath(Path(state_dir_raw).expanduser())) if state_dir_raw else token_file.parent
+    return token_file, state_dir
 
 
-def _credential(values: Mapping[str, str], name: str) -> str | None:
-    """The path of systemd credential ``name`` when the service was given it, else None."""
-    directory = values.get("CREDENTIALS_DIRECTORY")
-    if directory and os.path.exists(os.path.join(directory, name)):
-        return os.path.join(directory, name)
+class _Endpoints(TypedDict):
+    token_url: str
+    authorize_url: str
+    revoke_url: str
+    api_url: str
+
+
+class _Monitoring(TypedDict):
+    ping_url: str | None
+    metrics_file: Path | None
+    pushgateway_url: Secret | None
+
+
+class _Limits(TypedDict):
+    lock_timeout_seconds: float
+    http_timeout_seconds: float
+    retry_deadline_seconds: float
+    rate_limit_per_minute: int
+    refresh_leeway_seconds: float
+    run_timeout_seconds: float
+
+
+def _endpoints(read: _Reader) -> _Endpoints:
+    """AWeber's OAuth endpoints and API base URL, each checked (https, or http to a loopback host)."""
+    return {
+        "token_url": read.url("AWEBER_TOKEN_URL", DEFAULT_TOKEN_URL),
+        "authorize_url": read.url("AWEBER_AUTHORIZE_URL", DEFAULT_AUTHORIZE_URL),
+        "revoke_url": read.url("AWEBER_REVOKE_URL", DEFAULT_REVOKE_URL),
+        "api_url": read.url("AWEBER_API_URL", DEFAULT_API_URL).rstrip("/"),
+    }
+
+
+def _account_id(read: _Reader) -> int | None:
+    raw = read.get("AWEBER_ACCOUNT_ID")
+    if raw is None:
+        return None
+    if raw.isdecimal() and int(raw) > 0:
+        return int(raw)
+    read.problems.append(f"AWEBER_ACCOUNT_ID must be a positive whole number, got {raw!r}")
     return None
 
 
-_Get = Callable[[str], "str | None"]
+def _list_ids(read: _Reader) -> tuple[int, ...]:
+    """AWEBER_LIST_IDS, in order, each once; the first id that is not one is the problem named."""
+    list_ids: list[int] = []
+    raw = read.get("AWEBER_LIST_IDS")
+    for item in raw.split(",") if raw is not None else ():
+        item = item.strip()
+        if not (item.isdecimal() and int(item) > 0):
+            read.problems.append(f"AWEBER_LIST_IDS must be comma-separated list ids, got {item!r} in it")
+            break
+        if int(item) not in list_ids:
+            list_ids.append(int(item))
+    return tuple(list_ids)
 
 
-def _store(values: Mapping[str, str], get: _Get, problems: list[str]) -> tuple[Secret | None, str | None]:
-    """AWEBER_STORE (else the credential aweber-store): None for the token file, else the database URL."""
-    raw, source = get("AWEBER_STORE"), "AWEBER_STORE"
-    if raw is None:
-        path = _credential(values, STORE_CREDENTIAL_NAME)
-        if path is not None:
-            source = f"the credential {STORE_CREDENTIAL_NAME} ({path})"
-            try:
-                raw = _read_secret_file(path)
-            except (OSError, ValueError, UnicodeDecodeError):
-                problems.append(f"cannot read the store URL from {source}: it must hold the URL on its first line")
-                return None, None
-    if raw is None or raw.lower() == "file":
-        return None, None
-    # The password is a secret from the moment it is read: no message below may show it.
-    from job.logs import REDACTOR
-
-    try:
-        parts = urlsplit(raw)
-        REDACTOR.add(parts.password)
-    except ValueError:
-        # The password cannot be told apart in a URL that does not parse: show none of it.
-        problems.append(f"{source} is not a valid URL (such as postgresql://user@host/db)")
-        return None, None
-    if parts.scheme not in ("postgresql", "postgres") or not (parts.hostname or parts.path.strip("/")):
-        shown = describe_store_url(raw) if "://" in raw else "a value that is not a URL"
-        problems.append(f"{source} must be 'file' or a PostgreSQL URL such as postgresql://user@host/db, got {shown}")
-        return None, None
-    return Secret(raw), source
+def _monitoring(read: _Reader) -> _Monitoring:
+    """Where a run reports: the ping URL, the metrics file and the Pushgateway."""
+    ping_url = read.url("AWEBER_PING_URL", "").rstrip("/") if read.get("AWEBER_PING_URL") else None
+    metrics_raw = read.get("AWEBER_METRICS_FILE")
+    return {
+        "ping_url": ping_url,
+        "metrics_file": Path(os.path.abspath(Path(metrics_raw).expanduser())) if metrics_raw else None,
+        "pushgateway_url": pushgateway_url(read.get, read.problems),
+    }
 
 
-def _pushgateway_url(get: _Get, problems: list[str]) -> Secret | None:
-    """AWEBER_PUSHGATEWAY_URL: an http(s) URL; credentials in it only over https or to loopback.
-
-    The metrics themselves hold no secret, so plain http to a cluster-internal Pushgateway is fine;
-    a user and password are, so those travel only over https or never leave the machine.
-    """
-    raw = get("AWEBER_PUSHGATEWAY_URL")
-    if not raw:
-        return None
-    from job.logs import REDACTOR
-
-    try:
-        parts = urlsplit(raw)
-        # The credentials are secrets from the moment they are read: no message below may show them.
-        REDACTOR.add(parts.password, parts.username)
-        host = parts.hostname or ""
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        problems.append("AWEBER_PUSHGATEWAY_URL is not a valid URL")
-        return None
-    if parts.scheme not in ("http", "https") or not host:
-        problems.append("AWEBER_PUSHGATEWAY_URL must be an http(s) URL with a host, such as https://pushgateway.example.com")
-        return None
-    if parts.query or parts.fragment:
-        problems.append("AWEBER_PUSHGATEWAY_URL must not have a query or fragment: the job adds /metrics/job/… to it")
-        return None
-    if (parts.username or parts.password) and parts.scheme == "http" and not is_loopback_host(host):
-        problems.append(
-            f"AWEBER_PUSHGATEWAY_URL carries credentials over plain http to {host}: use https "
-            "(plain http is accepted for a URL without credentials, or a loopback host)"
+def _connection(read: _Reader) -> str:
+    connection = read.get("AWEBER_CONNECTION") or DEFAULT_CONNECTION
+    if not CONNECTION_NAME.match(connection):
+        read.problems.append(
+            f"AWEBER_CONNECTION must be a connection name of {CONNECTION_NAME_RULE}, got {connection!r}"
         )
-        return None
-    return Secret(raw.rstrip("/"))
+        return DEFAULT_CONNECTION
+    return connection
 
 
-def _store_keys(values: Mapping[str, str], get: _Get, problems: list[str]) -> tuple[Secret, ...]:
-    """The Fernet keys from AWEBER_STORE_KEY, AWEBER_STORE_KEY_FILE or the credential aweber-store-key."""
-    inline, key_file = get("AWEBER_STORE_KEY"), get("AWEBER_STORE_KEY_FILE")
-    if inline and key_file:
-        problems.append("AWEBER_STORE_KEY and AWEBER_STORE_KEY_FILE are both set; set only one")
-        return ()
-    source, raw = "AWEBER_STORE_KEY", inline
-    path = key_file or (None if inline else _credential(values, STORE_KEY_CREDENTIAL_NAME))
-    if path is not None:
-        source = "AWEBER_STORE_KEY_FILE" if key_file else f"the credential {STORE_KEY_CREDENTIAL_NAME}"
-        try:
-            raw = _read_secret_file(path)
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            reason = "it must hold the keys on its first line"
-            if isinstance(exc, OSError) and exc.strerror:
-                reason = exc.strerror
-            problems.append(f"{source}: cannot read the store keys from {path}: {reason}")
-            return ()
-    if not raw:
-        return ()
-    import base64
-    import binascii
+def _run_interval(read: _Reader) -> float:
+    """AWEBER_RUN_INTERVAL: unlike the other durations it may be 0 (every connection always due)."""
+    raw = read.get("AWEBER_RUN_INTERVAL")
+    if raw is None:
+        return DEFAULT_RUN_INTERVAL_SECONDS
+    seconds = parse_duration_seconds(raw)
+    if seconds is None:
+        read.problems.append(
+            "AWEBER_RUN_INTERVAL must be a duration such as 24h, 90m or 3600 (seconds; 0: always due), "
+            f"got {raw!r}"
+        )
+        return DEFAULT_RUN_INTERVAL_SECONDS
+    return seconds
 
-    from job.logs import REDACTOR
 
-    keys = [part.strip() for part in raw.split(",") if part.strip()]
-    REDACTOR.add(*keys)
-    for number, key in enumerate(keys, 1):
-        try:
-            decoded = base64.urlsafe_b64decode(key.encode("ascii"))
-        except (binascii.Error, ValueError, UnicodeEncodeError):
-            decoded = b""
-        if len(decoded) != 32:
-            problems.append(
-                f"{source}: key {number} of {len(keys)} is not a Fernet key (32 bytes in url-safe base64, as "
-                "cryptography's Fernet.generate_key() makes)"
-            )
-    return tuple(Secret(key) for key in keys)
+def _log_format(read: _Reader) -> str:
+    log_format = (read.get("AWEBER_LOG_FORMAT") or "text").lower()
+    if log_format not in ("text", "json"):
+        read.problems.append(f"AWEBER_LOG_FORMAT must be 'text' or 'json', got {read.get('AWEBER_LOG_FORMAT')!r}")
+        return "text"
+    return log_format
+
+
+def _limits(read: _Reader) -> _Limits:
+    """How long the job waits and how fast it may go: timeouts, deadlines, the rate limit, the leeway."""
+    return {
+        "lock_timeout_seconds": read.number("AWEBER_LOCK_TIMEOUT", 60.0, minimum=0),
+        "http_timeout_seconds": read.number("AWEBER_HTTP_TIMEOUT", 30.0, minimum=0.001),
+        "retry_deadline_seconds": read.number("AWEBER_RETRY_DEADLINE", 300.0, minimum=0),
+        "rate_limit_per_minute": int(
+            read.number("AWEBER_RATE_LIMIT", DEFAULT_RATE_LIMIT_PER_MINUTE, minimum=1, integer=True)
+        ),
+        "refresh_leeway_seconds": read.number("AWEBER_REFRESH_LEEWAY", 300.0, minimum=0),
+        "run_timeout_seconds": read.duration("AWEBER_RUN_TIMEOUT", DEFAULT_RUN_TIMEOUT_SECONDS),
+    }
+
+

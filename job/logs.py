@@ -15,14 +15,12 @@ import logging
 import sys
 import threading
 import time
+from typing import IO, TYPE_CHECKING, Any
 
 from job import progress
 
-# typing costs start-up time and is needed for annotations only (strings here).
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from typing import IO, Any
 
 # Lines of log kept for the monitoring ping's failure body.
 TAIL_LINES = 40
@@ -38,6 +36,20 @@ def fingerprint(secret: str) -> str:
 
     # surrogatepass: a token that is not valid text still gets a fingerprint instead of an exception.
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def utc_time(at: float) -> str:
+    """A moment as the job shows it to people and in JSON: ``2026-11-28T19:40:00Z``."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def utc_stamp(at: float) -> str:
+    """A moment in a file name the job makes: ``20261128T194000Z`` (no colons, sorts by time)."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
 def one_line(text: str) -> str:

@@ -17,15 +17,12 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from job.auth.oauth1 import OAuth1Credentials, looks_like_oauth1, parse_oauth1
 from job.errors import TokenFileError
 from job.logs import fingerprint as fingerprint  # what the job logs of a secret; kept here beside the tokens
-
-# typing costs start-up time and is needed for annotations only (strings here).
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
+from job.logs import utc_time
 
 # Token fields a refresh answer replaces; anything else in the file is kept as it was.
 TOKEN_FIELDS = ("access_token", "refresh_token", "token_type", "expires_in", "expires_at", "scope")
@@ -73,9 +70,7 @@ def format_expiry(expires_at: float | None, now: float) -> str:
     """``2026-11-28T19:40:00Z (in 7199 s)``, or ``unknown``."""
     if expires_at is None:
         return "unknown"
-    from datetime import datetime, timezone
-
-    stamp = datetime.fromtimestamp(expires_at, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = utc_time(expires_at)
     left = expires_at - now
     relative = f"in {left:.0f} s" if left >= 0 else f"{-left:.0f} s ago"
     return f"{stamp} ({relative})"

@@ -1,4 +1,4 @@
-"""The commands of the PostgreSQL store: ``store``, ``connections``, and ``status``/``revoke`` on one connection.
+"""The commands of the PostgreSQL store: ``store`` and ``connections``.
 
 Imported only when ``AWEBER_STORE`` is a database URL; the store itself is :mod:`job.stores.postgres`.
 """
@@ -10,13 +10,10 @@ import json
 import logging
 import os
 import time
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-import requests
-
-from job.auth.tokens import TokenFile, fingerprint, format_expiry
+from job.auth.tokens import TokenFile, fingerprint
 from job.config import Settings
 from job.errors import (
     EXIT_OK,
@@ -24,16 +21,15 @@ from job.errors import (
     StorageError,
     TemporaryError,
     TokenFileError,
-    TokenNotSavedError,
     UsageError,
 )
-from job.logs import REDACTOR, one_line
-from job.stores.durable import fsync_directory as _fsync_directory
-from job.stores.durable import resolve_target
+from job.logs import REDACTOR, one_line, utc_stamp
+from job.stores.durable import fsync_directory, resolve_target
 from job.stores.file.lock import TokenLock
 from job.stores.file.recovery import tidy_temp_files
 from job.stores.file.tokenfile import load_token_file
 from job.stores.postgres import ConnectionInfo, PostgresStore
+from job.stores.postgres.status import row_of
 
 log = logging.getLogger(__name__)
 
@@ -62,26 +58,8 @@ def run_store_command(settings: Settings, args: argparse.Namespace, out: IO[str]
     return EXIT_OK
 
 
-def _iso(at: float | None) -> str | None:
-    return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if at is not None else None
-
-
-def _row(info: ConnectionInfo) -> dict[str, Any]:
-    return {
-        "name": info.name,
-        "account_id": info.account_id,
-        "access_expires_at": _iso(info.access_expires_at),
-        "last_run_at": _iso(info.last_run_at),
-        "last_exit_code": info.last_exit_code,
-        "next_run_at": _iso(info.next_run_at),
-        "lease_holder": info.lease_holder,
-        "encrypted": info.encrypted,
-        "revoked": info.revoked,
-    }
-
-
 def _list(infos: list[ConnectionInfo], out: IO[str], *, as_json: bool) -> None:
-    rows = [_row(info) for info in infos]
+    rows = [row_of(info) for info in infos]
     if as_json:
         out.write(json.dumps(rows) + "\n")
         return
@@ -112,7 +90,7 @@ def _import(settings: Settings, store: PostgresStore, name: str, path: Path, *, 
         tidy_temp_files(path, lock, settings.fallback_rescue_dir)
         tokens = load_token_file(path).tokens
         REDACTOR.add(*tokens.secrets())
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = utc_stamp(time.time())
         target = resolve_target(path)
         try:
             store.import_tokens(name, tokens, force=force)
@@ -121,7 +99,7 @@ def _import(settings: Settings, store: PostgresStore, name: str, path: Path, *, 
         renamed = _unused_name(target, f"{target.name}.imported-{stamp}")
         try:
             os.rename(target, renamed)
-            _fsync_directory(target.parent)
+            fsync_directory(target.parent)
         except OSError as exc:
             raise StorageError(
                 f"imported {path} as the connection {name!r}, but could not rename the file ({exc.strerror or exc}): "
@@ -155,7 +133,7 @@ def _after_an_uncertain_import(store: PostgresStore, name: str, tokens: TokenFil
     aside = _unused_name(target, f"{target.name}.import-uncertain-{stamp}")
     try:
         os.rename(target, aside)
-        _fsync_directory(target.parent)
+        fsync_directory(target.parent)
     except OSError as rename_error:
         raise StorageError(
             f"{exc.message}; the store may have taken the tokens of {target} as the connection {name!r}, and the file "
@@ -180,176 +158,3 @@ def _unused_name(target: Path, name: str) -> Path:
         number += 1
         candidate = target.with_name(f"{name}-{number}")
     return candidate
-
-
-def connection_status(settings: Settings, out: IO[str], *, as_json: bool) -> int:
-    """``status`` for a connection in the store: fingerprints, expiry, lease and marker; no network to AWeber."""
-    store = PostgresStore.from_settings(settings)
-    try:
-        view = store.read(settings.connection)
-    finally:
-        store.close()
-    now = time.time()
-    info = view.info
-    report: dict[str, Any] = {"connection": info.name, "store": store.description, **_row(info)}
-    warnings: list[str] = []
-    tokens = view.tokens
-    if tokens is not None:
-        REDACTOR.add(*tokens.secrets())
-        report["shape"] = tokens.shape
-        report["oauth1"] = tokens.oauth1 is not None
-        report["access_token_fingerprint"] = fingerprint(tokens.access_token) if tokens.access_token else None
-        if tokens.oauth1 is None:
-            report["refresh_token_fingerprint"] = fingerprint(tokens.refresh_token)
-            report["expires_in_seconds"] = (
-                round(tokens.expires_at - now, 1) if tokens.expires_at is not None else None
-            )
-            report["scope"] = tokens.scope
-    if not info.encrypted and not info.revoked:
-        warnings.append("the tokens are stored unencrypted: set AWEBER_STORE_KEY, then run aweber-job store rotate-key")
-    if view.marker:
-        warnings.append(view.marker)
-    report["warnings"] = warnings
-    if as_json:
-        out.write(json.dumps(report, sort_keys=True) + "\n")
-    else:
-        lines = [f"{'connection:':<15} {info.name} in {store.description}"]
-        if tokens is not None and tokens.oauth1 is None:
-            lines += [
-                f"{'shape:':<15} {tokens.shape}",
-                f"{'access token:':<15} sha256:{report['access_token_fingerprint']}",
-                f"{'refresh token:':<15} sha256:{report['refresh_token_fingerprint']}",
-                f"{'access expires:':<15} "
-                + (format_expiry(tokens.expires_at, now) if tokens.expires_at is not None else "unknown"),
-            ]
-        elif tokens is not None:
-            lines.append(f"{'shape:':<15} OAuth 1.0a: the tokens do not expire")
-        for key in ("account_id", "last_run_at", "last_exit_code", "next_run_at", "lease_holder"):
-            if report.get(key) is not None:
-                lines.append(f"{key.replace('_', ' ') + ':':<15} {report[key]}")
-        lines.append(f"{'encrypted:':<15} {'yes' if info.encrypted else 'no'}")
-        if info.revoked:
-            lines.append(f"{'revoked:':<15} yes (aweber-job connections remove {info.name})")
-        lines += [f"warning:        {w}" for w in warnings]
-        out.write("\n".join(lines) + "\n")
-    out.flush()
-    return EXIT_OK
-
-
-def revoke_connection(settings: Settings, session: requests.Session) -> int:
-    """Revoke the connection's refresh token at AWeber, then mark it revoked in the store (its tokens wiped).
-
-    Under the connection's lease, so no run refreshes it meanwhile; the mark moves the fence, so a run
-    that held it before cannot write the revoked tokens back. The access token is revoked afterwards,
-    best effort, as for the token file.
-    """
-    from job.commands.login import revoke_access_token, revoke_refresh_token
-
-    name = settings.connection
-    store = PostgresStore.from_settings(settings)
-    try:
-        connection = store.connection(name)
-        tokens = connection.open().tokens
-        try:
-            REDACTOR.add(*tokens.secrets())
-            where = f"connection '{name}'"
-            client = revoke_refresh_token(settings, session, tokens, where=where, kept=f"{where} was kept in the store")
-            store.mark_revoked(name)
-        finally:
-            connection.close()
-    finally:
-        store.close()
-    note = revoke_access_token(settings, session, client, tokens)
-    log.info(
-        "revoked the refresh token %s at AWeber%s and marked the connection '%s' revoked "
-        "(aweber-job connections remove %s deletes it)",
-        fingerprint(tokens.refresh_token), note, name, name,
-    )
-    return EXIT_OK
-
-
-def login_connection(
-    settings: Settings,
-    session: requests.Session,
-    *,
-    code: str | None,
-    redirect_uri: str | None,
-    scope: str | None,
-    force: bool,
-    stdin: IO[str],
-    stdout: IO[str],
-) -> int:
-    """``--connection NAME login``: authorize once and put the tokens in the store as NAME.
-
-    As for the token file: an existing connection is replaced only with ``force`` (a revoked one
-    always), the store must take writes before the code is spent, and tokens the store then refuses
-    go to a 0600 rescue file that ``connections import`` puts in place.
-    """
-    from job.commands.login import LoginRequest, _login_client, exchange_for_tokens, obtain_code
-
-    name = settings.connection
-    store = PostgresStore.from_settings(settings)
-    try:
-        try:
-            view = store.read(name)
-        except TokenFileError:
-            view = None
-        if view is not None and not view.info.revoked and not force:
-            raise UsageError(
-                f"connection '{name}' is already in the store {store.description}; use --force to replace it "
-                f"(that does not revoke its refresh token: aweber-job --connection {name} revoke first ends it)"
-            )
-        existing = view.tokens if view is not None and force else None
-        if existing is not None:
-            REDACTOR.add(*existing.secrets())
-        client = _login_client(settings, existing)
-        request = LoginRequest.parse(client, code=code, redirect_uri=redirect_uri, scope=scope)
-        store.check_writable()
-        auth_code, verifier = obtain_code(settings, client, request, code=code, stdin=stdin, stdout=stdout)
-        _, tokens = exchange_for_tokens(
-            settings, session, client, auth_code, redirect=request.redirect, verifier=verifier,
-            scope=request.scope, existing=existing,
-        )
-        try:
-            store.put_tokens(name, tokens, replace=view is not None)
-        except JobError as exc:
-            raise _login_rescue(settings, name, tokens, exc) from exc
-    finally:
-        store.close()
-    log.info(
-        "authorized: connection '%s' in the store %s; refresh token %s, access token expires %s",
-        name, store.description, fingerprint(tokens.refresh_token), format_expiry(tokens.expires_at, time.time()),
-        extra={"refresh_token_after": fingerprint(tokens.refresh_token), "expires_at": tokens.expires_at},
-    )
-    stdout.write(
-        f"\nAuthorized. Connection '{name}' in {store.description} ({tokens.shape} shape, "
-        f"{'encrypted' if settings.store_keys else 'NOT encrypted: set AWEBER_STORE_KEY'}).\n"
-        f"  refresh token {fingerprint(tokens.refresh_token)}, access token {fingerprint(tokens.access_token)} "
-        f"expires {format_expiry(tokens.expires_at, time.time())}\n"
-        f"Next: aweber-job --connection {name} run   (or run --all for every due connection)\n"
-    )
-    stdout.flush()
-    return EXIT_OK
-
-
-def _login_rescue(settings: Settings, name: str, tokens: TokenFile, cause: JobError) -> TokenNotSavedError:
-    """Keep the tokens of an authorization the store refused in a 0600 rescue file, and say how to import it."""
-    from job.stores.durable import write_file_atomically
-    from job.stores.postgres import RESCUE_DIRECTORY, file_safe
-
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = settings.state_dir / RESCUE_DIRECTORY / f"{file_safe(name)}.{stamp}.login.json"
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_file_atomically(path, tokens.to_bytes())
-    except OSError as exc:
-        return TokenNotSavedError(
-            f"authorized, but the store did not take the tokens of connection '{name}' ({cause.message}) and the "
-            f"rescue file {path} could not be written ({exc.strerror or exc}); run the login again once the store "
-            "takes writes"
-        )
-    return TokenNotSavedError(
-        f"authorized, but the store did not take the tokens of connection '{name}' ({cause.message}); they were "
-        f"saved to the rescue file {path}. Once the store takes writes: aweber-job connections import {name} {path}"
-        + " (with --force if the connection is there)"
-    )

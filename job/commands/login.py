@@ -1,11 +1,11 @@
-"""``aweber-job login`` (first authorization) and ``aweber-job revoke`` (docs/design.md §5).
+"""``aweber-job login``: the first authorization (docs/design.md §5), one command for every store.
 
 ``login`` runs AWeber's authorization-code flow from a terminal: it prints the authorize URL
 (PKCE S256 for a public client, none for a confidential one, as AWeber demands), reads the code
-or the whole redirect URL from the prompt, and exchanges it under the token file's lock. The
-token file is reserved before the code is spent, so an unwritable directory costs nothing.
-``revoke`` posts the refresh token to the revoke endpoint and removes the token file only once
-AWeber has accepted. Neither ever prints or logs a code, verifier or token: fingerprints only.
+or the whole redirect URL from the prompt, and exchanges it when the store is ready to keep the
+tokens (the token file: under its lock, reserved before the code is spent, so an unwritable
+directory costs nothing; see :mod:`job.stores.base`). It never prints or logs a code, verifier or
+token: fingerprints only. ``revoke`` is :mod:`job.commands.revoke`.
 """
 
 from __future__ import annotations
@@ -13,12 +13,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 import secrets
-import stat
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -34,40 +30,27 @@ from job.auth.oauth import (
     exchange_code,
     make_pkce_pair,
     parse_pasted_code,
-    revoke_token,
-    warn_on_clock_skew,
 )
-from job.auth.tokens import TokenFile, fingerprint, format_expiry, new_token_file
+from job.auth.tokens import TokenFile, new_token_file
 from job.config import Settings
 from job.errors import (
     EXIT_OK,
     ConfigError,
-    JobError,
     ProtocolError,
-    StorageError,
-    TokenFileError,
     UsageError,
 )
 from job.logs import REDACTOR
 from job.run.keeper import resolve_client
 from job.shutdown import Interrupted
 from job.shutdown import current as current_shutdown
-from job.stores.durable import fsync_directory as _fsync_directory
-from job.stores.durable import resolve_target
-from job.stores.file.lock import TokenLock
-from job.stores.file.recovery import tidy_temp_files
-from job.stores.file.tokenfile import Reservation, load_token_file, reserve_size_for, save_rotated_tokens
+from job.stores import connection_store
 
 log = logging.getLogger(__name__)
-
-# The best-effort revocation of the access token (after the refresh token is gone) must not keep
-# an operator waiting for the whole retry deadline: the access token dies within two hours anyway.
-ACCESS_TOKEN_REVOKE_DEADLINE_SECONDS = 15.0
 
 
 # ---- login --------------------------------------------------------------------------------------
 
-def run_login(
+def login(
     settings: Settings,
     session: requests.Session,
     *,
@@ -78,33 +61,31 @@ def run_login(
     stdin: IO[str],
     stdout: IO[str],
 ) -> int:
-    """Authorize once and write the token file; return the exit code (0).
+    """Authorize once and put the tokens where AWEBER_STORE keeps them; return the exit code (0).
 
-    Raises UsageError (64) for an existing token file without ``force``, a blank option, or a
-    closed prompt; ConfigError (78) without a client id; StorageError (73) when the token file
-    cannot be written (before the code is spent); the token-call errors (75, 76, 77) with no
-    token file written.
+    Raises UsageError (64) for tokens already there without ``force``, a blank option, or a closed
+    prompt; ConfigError (78) without a client id; StorageError (73) when the store cannot take the
+    tokens (found before the code is spent); the token-call errors (75, 76, 77) with nothing saved.
     """
-    path = settings.token_file
-    _refuse_to_overwrite(path, force=force)
-    existing = _load_existing(path, warn=True) if force else None
-    client = _login_client(settings, existing)
-    request = LoginRequest.parse(client, code=code, redirect_uri=redirect_uri, scope=scope)
-    _prepare_directory(path)
-    _check_writable(settings)
-    auth_code, verifier = obtain_code(settings, client, request, code=code, stdin=stdin, stdout=stdout)
-    redirect, scopes = request.redirect, request.scope
+    store = connection_store(settings)
+    try:
+        existing = store.existing_for_login(force=force)
+        client = _login_client(settings, existing)
+        request = LoginRequest.parse(client, code=code, redirect_uri=redirect_uri, scope=scope)
+        # Before a person approves the app: a store that cannot keep the tokens costs nothing yet.
+        store.check_login_writable()
+        auth_code, verifier = obtain_code(settings, client, request, code=code, stdin=stdin, stdout=stdout)
 
-    answer, tokens = _exchange_and_save(
-        settings, session, client, auth_code, redirect=redirect, verifier=verifier, scope=scopes, force=force
-    )
-    warn_on_clock_skew(answer)
-    log.info(
-        "authorized: wrote %s; refresh token %s, access token expires %s",
-        path, fingerprint(tokens.refresh_token), format_expiry(tokens.expires_at, time.time()),
-        extra={"refresh_token_after": fingerprint(tokens.refresh_token), "expires_at": tokens.expires_at},
-    )
-    _print_result(stdout, path, tokens)
+        def exchange(current: TokenFile | None) -> tuple[TokenAnswer, TokenFile]:
+            return exchange_for_tokens(
+                settings, session, client, auth_code, redirect=request.redirect, verifier=verifier,
+                scope=request.scope, existing=current,
+            )
+
+        tokens = store.save_login(exchange, force=force)
+    finally:
+        store.close()
+    store.report_login(tokens, stdout)
     return EXIT_OK
 
 
@@ -171,70 +152,11 @@ def _option(value: str | None, name: str) -> str | None:
     return value.strip()
 
 
-def _refuse_to_overwrite(path: Path, *, force: bool) -> None:
-    """Raise UsageError (64) when a token file is already there and ``force`` was not given."""
-    if path.is_dir():
-        raise TokenFileError(
-            f"token file {path} is a directory, not a file", hint="set AWEBER_TOKEN_FILE to a file path"
-        )
-    if path.exists() and not force:
-        existing = _load_existing(path, warn=False)
-        if existing is not None and existing.oauth1 is not None:
-            raise UsageError(
-                f"token file {path} holds legacy OAuth 1.0a tokens; use --force to replace them with OAuth 2 "
-                "tokens. The job cannot revoke OAuth 1.0a tokens: disconnect the old integration in AWeber"
-            )
-        raise UsageError(
-            f"token file {path} exists; use --force to replace it. --force does not revoke its refresh token, "
-            "which may still work: to end it, run aweber-job revoke first (that removes the file too)"
-        )
-
-
-def _load_existing(path: Path, *, warn: bool) -> TokenFile | None:
-    """The token file ``--force`` replaces, when it is a valid one (its shape and client are kept)."""
-    if not path.exists():
-        return None
-    try:
-        tokens = load_token_file(path).tokens
-    except TokenFileError as exc:
-        if warn:
-            log.warning("the token file will be replaced although it is not valid: %s", exc)
-        return None
-    REDACTOR.add(*tokens.secrets())
-    return tokens
-
-
 def _login_client(settings: Settings, existing: TokenFile | None) -> Client:
     """The client to authorize: the environment's, else the one a credentials.json file names."""
     if settings.client_id is None and (existing is None or existing.client_id is None):
         raise ConfigError(["AWEBER_CLIENT_ID is not set; login needs the app's client id (labs.aweber.com)"])
     return resolve_client(settings, existing)
-
-
-def _prepare_directory(path: Path) -> None:
-    """Create the token file's directory (0700) when it is missing; StorageError (73) when it cannot."""
-    directory = resolve_target(path).parent
-    try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise StorageError(
-            f"cannot create the token file's directory {directory}: {exc.strerror or exc}",
-            hint="check AWEBER_TOKEN_FILE; nothing was sent to AWeber",
-        ) from exc
-
-
-def _check_writable(settings: Settings) -> None:
-    """Take the lock and reserve a token file once, so a person does not approve the app in vain.
-
-    The real reservation is made again under the lock right before the code is exchanged.
-    """
-    with TokenLock(settings.token_file, settings.lock_timeout_seconds):
-        try:
-            Reservation.create(settings.token_file, reserve_size_for(0)).discard()
-        except StorageError as exc:
-            # The store speaks of a refresh token; here nothing at all has been asked of AWeber yet.
-            message = exc.message.replace("the refresh token was not used", "nothing was sent to AWeber")
-            raise StorageError(message, hint=exc.hint) from exc.__cause__
 
 
 def _state_in(pasted: str) -> str | None:
@@ -282,62 +204,6 @@ def _read_pasted(stdin: IO[str], out: IO[str]) -> str:
             return line.strip()
         out.write("Authorization code or redirect URL: ")
         out.flush()
-
-
-def _exchange_and_save(
-    settings: Settings,
-    session: requests.Session,
-    client: Client,
-    auth_code: str,
-    *,
-    redirect: str,
-    verifier: str | None,
-    scope: str,
-    force: bool,
-) -> tuple[TokenAnswer, TokenFile]:
-    """Under the lock: reserve, exchange the code, save the new token file."""
-    path = settings.token_file
-    with TokenLock(path, settings.lock_timeout_seconds) as lock:
-        # Looked at again under the lock: a file that appeared while the person was approving is
-        # not overwritten silently, and --force keeps the shape of the file as it is now.
-        _refuse_to_overwrite(path, force=force)
-        existing = _load_existing(path, warn=False) if force else None
-        current_size = len(existing.to_bytes()) if existing is not None else 0
-        try:
-            reservation = Reservation.create(path, reserve_size_for(current_size))
-        except StorageError as exc:
-            message = exc.message.replace("the refresh token was not used", "the code was not spent")
-            raise StorageError(message, hint=exc.hint) from exc.__cause__
-        try:
-            answer, tokens = exchange_for_tokens(
-                settings, session, client, auth_code, redirect=redirect, verifier=verifier, scope=scope,
-                existing=existing,
-            )
-        except BaseException:
-            reservation.discard()
-            raise
-        # Recorded in the lock file, so a temporary an earlier run left never wins over this authorization.
-        save_rotated_tokens(path, tokens, reservation, lock=lock, fallback=settings.fallback_rescue_dir)
-        if existing is not None and existing.oauth1 is not None:
-            log.warning(
-                "replaced the OAuth 1.0a token file with OAuth 2 tokens; the job cannot revoke OAuth 1.0a "
-                "tokens: they stay valid until the old integration is disconnected in AWeber"
-            )
-        elif existing is not None:
-            log.warning(
-                # Whether AWeber ends the old grant when the app is authorized again is not documented
-                # (docs/aweber-api.md), so the message promises neither way.
-                "replaced the token file; its old refresh token %s was not revoked and may still work "
-                "(AWeber may also end it by itself)",
-                fingerprint(existing.refresh_token),
-            )
-        if answer.unusable:
-            raise ProtocolError(
-                f"the token endpoint's answer to the authorization code {answer.unusable}; the new refresh token "
-                f"was saved ({fingerprint(tokens.refresh_token)}) in {path}, and the next run will refresh it "
-                "(or now: aweber-job refresh)"
-            )
-    return answer, tokens
 
 
 def exchange_for_tokens(
@@ -402,125 +268,3 @@ def _build_token_file(answer: TokenAnswer, existing: TokenFile | None, client: C
     return TokenFile(document=document, nested=True)
 
 
-def _print_result(out: IO[str], path: Path, tokens: TokenFile) -> None:
-    """Say what was written and what to do next."""
-    try:
-        mode = f"mode {stat.S_IMODE(os.stat(path).st_mode):04o}"
-    except OSError:
-        mode = "mode unknown"
-    scope = tokens.scope or "not stated"
-    out.write(
-        "\n"
-        f"Authorized. Token file {path} ({tokens.shape} shape, {mode}).\n"
-        f"  refresh token {fingerprint(tokens.refresh_token)}, access token {fingerprint(tokens.access_token)} "
-        f"expires {format_expiry(tokens.expires_at, time.time())}\n"
-        f"  scope: {scope}\n"
-        "\n"
-        "Next, with the same configuration:\n"
-        "  aweber-job run                           one run now, to check (or: aweber-job refresh)\n"
-        "  systemctl enable --now aweber-job.timer  a daily run under systemd, or\n"
-        "  the line in crontab.example              a daily run from cron (use one, not both)\n"
-        "Each run rotates the refresh token and saves it in the token file: keep that file, and do not "
-        "copy it to a second machine that also runs the job.\n"
-    )
-    out.flush()
-
-
-# ---- revoke -------------------------------------------------------------------------------------
-
-def run_revoke(settings: Settings, session: requests.Session) -> int:
-    """Revoke the refresh token at AWeber, then remove the token file; return the exit code (0).
-
-    The file is removed only after AWeber accepted (2xx); any error keeps it and raises the
-    token-call error (75, 76, 77). The access token is revoked too, best effort, afterwards.
-    A legacy OAuth 1.0a token file is a UsageError (64): those tokens cannot be revoked by the job.
-    """
-    path = settings.token_file
-    with TokenLock(path, settings.lock_timeout_seconds) as lock:
-        # A save an earlier run could not finish holds the live refresh token: revoke that one, not the spent.
-        tidy_temp_files(path, lock, settings.fallback_rescue_dir)
-        tokens = load_token_file(path).tokens
-        REDACTOR.add(*tokens.secrets())
-        client = revoke_refresh_token(
-            settings, session, tokens, where=f"token file {path}", kept=f"the token file {path} was kept"
-        )
-        refresh_fp = fingerprint(tokens.refresh_token)
-        _remove_token_file(path, refresh_fp)
-    access_note = revoke_access_token(settings, session, client, tokens)
-    log.info(
-        "revoked the refresh token %s at AWeber%s and removed the token file %s",
-        refresh_fp, access_note, path, extra={"refresh_token": refresh_fp},
-    )
-    return EXIT_OK
-
-
-def revoke_refresh_token(
-    settings: Settings, session: requests.Session, tokens: TokenFile, *, where: str, kept: str
-) -> Client:
-    """Revoke ``tokens``' refresh token at AWeber; return the client, for the access token after.
-
-    ``where`` names the tokens and ``kept`` says they were kept, in the messages of a refusal. A
-    legacy OAuth 1.0a token is a UsageError (64): those tokens cannot be revoked by the job.
-    """
-    if tokens.oauth1 is not None:
-        raise UsageError(
-            f"{where} holds OAuth 1.0a tokens, which the job cannot revoke (AWeber offers no "
-            f"endpoint for it); {kept}",
-            hint="disconnect the integration in the AWeber account to end them",
-        )
-    client = resolve_client(settings, tokens)
-    call = TokenCall(
-        session=session,
-        url=settings.revoke_url,
-        timeout_seconds=settings.http_timeout_seconds,
-        deadline_seconds=settings.retry_deadline_seconds,
-    )
-    try:
-        revoke_token(call, client, tokens.refresh_token, hint="refresh_token")
-    except JobError as exc:
-        # oauth.py words its messages for the token endpoint; this answer came from the revoke endpoint.
-        message = exc.message.replace("the token endpoint", "the revoke endpoint")
-        raise type(exc)(f"{message}; {kept}", hint=exc.hint) from None
-    return client
-
-
-def _remove_token_file(path: Path, refresh_fp: str) -> None:
-    """Remove the token file (a symlink's target; the link stays) and make the removal durable."""
-    target = resolve_target(path)
-    try:
-        os.unlink(target)
-        _fsync_directory(target.parent)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise StorageError(
-            f"the refresh token {refresh_fp} was revoked at AWeber, but the token file {target} could not be "
-            f"removed: {exc.strerror or exc}; its tokens no longer work, remove it by hand"
-        ) from exc
-
-
-def revoke_access_token(settings: Settings, session: requests.Session, client: Client, tokens: TokenFile) -> str:
-    """Revoke the access token too, when it may still be alive; return a note for the log line.
-
-    AWeber's revoke endpoint takes either token; whether revoking the refresh token also ends its
-    access tokens is not documented (docs/aweber-api.md §1.1), so an operator's "revoke" asks for both.
-    """
-    access = tokens.access_token
-    expired = tokens.expires_at is not None and tokens.expires_at <= time.time()
-    if not access or expired:
-        return ""
-    call = TokenCall(
-        session=session,
-        url=settings.revoke_url,
-        timeout_seconds=settings.http_timeout_seconds,
-        deadline_seconds=min(settings.retry_deadline_seconds, ACCESS_TOKEN_REVOKE_DEADLINE_SECONDS),
-    )
-    try:
-        revoke_token(call, client, access, hint="access_token")
-    except JobError as exc:
-        log.warning(
-            "the access token %s could not be revoked (%s); it stops working when it expires",
-            fingerprint(access), exc,
-        )
-        return ""
-    return f" (and the access token {fingerprint(access)})"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import requests
 from job import progress
 from job.api.client import ApiClient
 from job.api.pacing import Pacer
-from job.config import DURATION_UNITS, Settings
+from job.config import Settings, parse_look_back_seconds
 from job.errors import (
     EXIT_OK,
     ConfigError,
@@ -42,7 +41,6 @@ from job.tasks import TaskContext, resolve_task
 
 log = logging.getLogger(__name__)
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 
 
 DEFAULT_SINCE = "24h"
@@ -90,10 +88,8 @@ class RunOutcome:
 
 def since_duration(value: str) -> timedelta | None:
     """The ``--since`` value as a duration (``24h``, ``7d``...), or None when it is a date."""
-    match = _DURATION.match(value)
-    if not match:
-        return None
-    return timedelta(seconds=float(match.group(1)) * DURATION_UNITS[match.group(2).lower()])
+    seconds = parse_look_back_seconds(value)
+    return timedelta(seconds=seconds) if seconds is not None else None
 
 
 def parse_since(value: str, now: datetime) -> datetime:

@@ -28,7 +28,7 @@ def connection_store(
 
         return FileStore(
             settings.token_file, settings.state_dir, lock_timeout_seconds=settings.lock_timeout_seconds,
-            fallback_rescue_dir=settings.fallback_rescue_dir,
+            fallback_rescue_dir=settings.fallback_rescue_dir, settings=settings,
         )
     from job.stores.postgres import PostgresStore
 

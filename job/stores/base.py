@@ -14,18 +14,39 @@ cycle makes them::
     keep_alive()                 called before each API request: renew the hold when it nears its end
     load_state(task) / save_state(task, state)
     close()                      release the hold
+    finish(exit_code, interval)  after a run: record how it ended (the database store) and release the hold
+
+The commands that act on one connection outside a run use the same store:
+
+    status()                     what is kept, read without taking the hold and without the network
+    open_for_revoke()            the hold and the live tokens, with the words a refused revoke uses
+    mark_revoked()               after AWeber accepted the revoke: end the tokens in the store
+    existing_for_login(force)    refuse to replace tokens without --force; the tokens --force replaces
+    check_login_writable()       prove the save can happen before a person approves the app
+    save_login(exchange, force)  spend the code (exchange) and keep what it brought, durably or in a rescue file
+    report_login(tokens, out)    say what was kept where, and what to do next
 
 A store raises only :class:`job.errors.JobError` subclasses, so the exit codes stay the cycle's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 from job.auth.tokens import TokenFile
+from job.config import DEFAULT_CONNECTION
 
-DEFAULT_CONNECTION = "default"
+if TYPE_CHECKING:
+    # requests comes with it: the stores that never log in (status, a run) need not load it.
+    from job.auth.oauth import TokenAnswer
+
+__all__ = ["DEFAULT_CONNECTION", "ConnectionStore", "Exchange", "Opened", "Revocable", "Revoked", "StatusView"]
+
+# login's exchange of the authorization code, given the tokens it replaces (their shape is kept): AWeber's
+# answer and the tokens to keep. A store calls it once it is ready to keep them (under its lock).
+Exchange = Callable[["TokenFile | None"], "tuple[TokenAnswer, TokenFile]"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +61,39 @@ class Opened:
     tokens: TokenFile
     explanation: str | None = None
     spent_for_sure: bool = False
+
+
+@dataclass(frozen=True)
+class Revocable:
+    """What :meth:`ConnectionStore.open_for_revoke` found: the live tokens, and how a refused revoke names them.
+
+    ``where`` names the tokens (``token file PATH``) and ``kept`` says they were kept, in the message
+    of a revoke AWeber refused.
+    """
+
+    tokens: TokenFile
+    where: str
+    kept: str
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """What :meth:`ConnectionStore.mark_revoked` did, for the last words of the revoke's log line."""
+
+    done: str
+    #: Fields the log line carries for machines (``--log-format json``).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class StatusView(Protocol):
+    """What ``status`` shows of a store, and the exit code it ends with."""
+
+    @property
+    def exit_code(self) -> int: ...
+
+    def render(self, *, as_json: bool) -> str:
+        """Human lines, or one JSON object with ``as_json``; ends with a newline."""
+        ...
 
 
 # What begin_refresh prepared for one refresh (a reservation, a claim), handed back to save or
@@ -78,3 +132,39 @@ class ConnectionStore(Protocol[PendingSave]):
         ...
 
     def close(self) -> None: ...
+
+    def finish(self, exit_code: int | None, interval_seconds: float) -> None:
+        """After a run: record how it ended (``exit_code`` None: it never held the connection), then close."""
+        ...
+
+    def status(self) -> StatusView:
+        """What the store keeps for this connection, read without taking the hold; never contacts AWeber."""
+        ...
+
+    def open_for_revoke(self) -> Revocable:
+        """Take the hold and load the live tokens to revoke (close() releases them)."""
+        ...
+
+    def mark_revoked(self) -> Revoked:
+        """AWeber accepted the revoke of the refresh token: end the tokens in the store, under the hold."""
+        ...
+
+    def existing_for_login(self, *, force: bool) -> TokenFile | None:
+        """UsageError (64) when the store holds live tokens and ``force`` is not given; else the tokens
+        ``force`` replaces (None when there are none worth keeping the shape of)."""
+        ...
+
+    def check_login_writable(self) -> None:
+        """StorageError (73) unless the store takes writes now: nothing has been asked of AWeber yet."""
+        ...
+
+    def save_login(self, exchange: Exchange, *, force: bool) -> TokenFile:
+        """Spend the code (``exchange``) when the tokens can be kept, and keep them; the tokens kept.
+
+        When the store refuses them after all, they go to a rescue file (TokenNotSavedError, 73).
+        """
+        ...
+
+    def report_login(self, tokens: TokenFile, out: IO[str]) -> None:
+        """Log and print what the login kept where, and what to run next."""
+        ...

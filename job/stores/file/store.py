@@ -16,15 +16,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
-from job.auth.tokens import TokenFile
+from job.auth.tokens import TokenFile, fingerprint, format_expiry
+from job.config import DEFAULT_CONNECTION
 from job.errors import StorageError, TaskError, TokenFileError
-from job.stores.base import DEFAULT_CONNECTION, Opened
-from job.stores.durable import token_hash, write_file_atomically
+from job.stores.base import Opened, Revocable, Revoked
+from job.stores.durable import fsync_directory, resolve_target, token_hash, write_file_atomically
 from job.stores.file.lock import TokenLock
 from job.stores.file.recovery import tidy_temp_files
 from job.stores.file.tokenfile import Reservation, load_token_file, reserve_size_for, save_rotated_tokens
+
+if TYPE_CHECKING:
+    from job.config import Settings
+    from job.stores.base import Exchange
+    from job.stores.file.status import StatusReport
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +62,18 @@ class FileStore:
         lock_timeout_seconds: float,
         fallback_rescue_dir: Path | None = None,
         clock: Callable[[], float] = time.time,
+        settings: Settings | None = None,
     ) -> None:
         self.path = token_file
+        # Only status reads it: where the client id and secret come from.
+        self._settings = settings
         self.state_dir = state_dir
         self.where = str(token_file)
         self._lock_timeout = lock_timeout_seconds
         self._fallback = fallback_rescue_dir
         self._clock = clock
         self._lock: TokenLock | None = None
+        self._revoking: TokenFile | None = None
 
     def open(self) -> Opened:
         """Take the lock, put in place what an earlier run could not finish, load the token file."""
@@ -124,6 +134,85 @@ class FileStore:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    def finish(self, exit_code: int | None, interval_seconds: float) -> None:
+        """Nothing to record: the token file keeps no history of runs, and the timer or cron says when to run."""
+        self.close()
+
+    def status(self) -> StatusReport:
+        """The token file, its lock and what lies beside it, read without the lock (job.stores.file.status)."""
+        from job.stores.file.status import collect_status
+
+        if self._settings is None:
+            raise RuntimeError("status needs the store made from the settings (job.stores.connection_store)")
+        return collect_status(self._settings)
+
+    def open_for_revoke(self) -> Revocable:
+        """Under the lock, the live tokens: a save an earlier run could not finish is put in place first."""
+        self._lock = TokenLock(self.path, self._lock_timeout)
+        self._lock.acquire()
+        try:
+            tidy_temp_files(self.path, self._lock, self._fallback)
+            tokens = load_token_file(self.path).tokens
+        except BaseException:
+            self.close()
+            raise
+        self._revoking = tokens
+        return Revocable(tokens=tokens, where=f"token file {self.path}", kept=f"the token file {self.path} was kept")
+
+    def mark_revoked(self) -> Revoked:
+        """Remove the token file (a symlink's target; the link stays) and make the removal durable."""
+        self._held()
+        if self._revoking is None:
+            raise RuntimeError("open_for_revoke() the store first")
+        refresh_fp = fingerprint(self._revoking.refresh_token)
+        target = resolve_target(self.path)
+        try:
+            os.unlink(target)
+            fsync_directory(target.parent)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(
+                f"the refresh token {refresh_fp} was revoked at AWeber, but the token file {target} could not be "
+                f"removed: {exc.strerror or exc}; its tokens no longer work, remove it by hand"
+            ) from exc
+        return Revoked(done=f"removed the token file {self.path}", extra={"refresh_token": refresh_fp})
+
+    def existing_for_login(self, *, force: bool) -> TokenFile | None:
+        """UsageError (64) for a token file already there without ``force``; else the one ``force`` replaces."""
+        from job.stores.file.login import load_existing, refuse_to_overwrite
+
+        refuse_to_overwrite(self.path, force=force)
+        return load_existing(self.path, warn=True) if force else None
+
+    def check_login_writable(self) -> None:
+        """Create the token file's directory (0700) when missing, then take the lock and reserve a token file once."""
+        from job.stores.file.login import check_writable, prepare_directory
+
+        prepare_directory(self.path)
+        check_writable(self.path, self._lock_timeout)
+
+    def save_login(self, exchange: Exchange, *, force: bool) -> TokenFile:
+        """Under the lock: look again, reserve, spend the code, save the new token file."""
+        from job.auth.oauth import warn_on_clock_skew
+        from job.stores.file.login import save_login
+
+        answer, tokens = save_login(
+            self.path, exchange, lock_timeout_seconds=self._lock_timeout, fallback=self._fallback, force=force
+        )
+        warn_on_clock_skew(answer)
+        return tokens
+
+    def report_login(self, tokens: TokenFile, out: IO[str]) -> None:
+        from job.stores.file.login import print_result
+
+        log.info(
+            "authorized: wrote %s; refresh token %s, access token expires %s",
+            self.path, fingerprint(tokens.refresh_token), format_expiry(tokens.expires_at, time.time()),
+            extra={"refresh_token_after": fingerprint(tokens.refresh_token), "expires_at": tokens.expires_at},
+        )
+        print_result(out, self.path, tokens)
 
     def _held(self) -> TokenLock:
         if self._lock is None:

@@ -8,13 +8,13 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from job.auth.tokens import TokenFile, fingerprint
-from job.errors import JobError, StorageError, TemporaryError, TokenFileError, TokenNotSavedError
-from job.logs import REDACTOR
+from job.auth.tokens import TokenFile, fingerprint, format_expiry
+from job.errors import JobError, StorageError, TemporaryError, TokenFileError, TokenNotSavedError, UsageError
+from job.logs import REDACTOR, utc_stamp
 from job.shutdown import LAST_SAVE_TRY_SECONDS, boottime
-from job.stores.base import Opened
+from job.stores.base import Opened, Revocable, Revoked
 from job.stores.durable import fsync_directory, token_hash
 from job.stores.postgres import rescue
 from job.stores.postgres.common import (
@@ -27,6 +27,8 @@ from job.stores.postgres.common import (
 )
 
 if TYPE_CHECKING:
+    from job.stores.base import Exchange
+    from job.stores.postgres.status import ConnectionStatus
     from job.stores.postgres.store import PostgresStore
 
 log = logging.getLogger(__name__)
@@ -390,3 +392,102 @@ class PostgresConnection:
     def _unlink(path: Path) -> None:
         os.unlink(path)
         fsync_directory(path.parent)
+
+    # -- the commands on one connection outside a run (status, revoke) --
+
+    def status(self) -> ConnectionStatus:
+        """The connection as the store keeps it, read without claiming the lease; never contacts AWeber."""
+        from job.stores.postgres.status import ConnectionStatus
+
+        return ConnectionStatus(self._store.read(self.connection), self._store.description)
+
+    def open_for_revoke(self) -> Revocable:
+        """Claim the lease and load the tokens, as for a run: no run refreshes them while they are revoked."""
+        tokens = self.open().tokens
+        where = f"connection '{self.connection}'"
+        return Revocable(tokens=tokens, where=where, kept=f"{where} was kept in the store")
+
+    def mark_revoked(self) -> Revoked:
+        """Mark the connection revoked (its tokens wiped); the mark moves the fence, so a run that held it before
+        cannot write the revoked tokens back."""
+        self._store.mark_revoked(self.connection)
+        name = self.connection
+        return Revoked(done=f"marked the connection '{name}' revoked (aweber-job connections remove {name} deletes it)")
+
+    # -- login of this connection --
+
+    # What existing_for_login found, for save_login: whether a row is replaced, and the tokens --force replaces.
+    _login_replaces = False
+    _login_existing: TokenFile | None = None
+
+    def existing_for_login(self, *, force: bool) -> TokenFile | None:
+        """UsageError (64) for a live connection of this name without ``force`` (a revoked one is always replaced);
+        else the tokens ``force`` replaces."""
+        try:
+            view = self._store.read(self.connection)
+        except TokenFileError:
+            view = None
+        self._login_replaces = view is not None
+        if view is not None and not view.info.revoked and not force:
+            raise UsageError(
+                f"connection '{self.connection}' is already in the store {self._store.description}; use --force to "
+                f"replace it (that does not revoke its refresh token: aweber-job --connection {self.connection} "
+                "revoke first ends it)"
+            )
+        existing = view.tokens if view is not None and force else None
+        if existing is not None:
+            REDACTOR.add(*existing.secrets())
+        self._login_existing = existing
+        return existing
+
+    def check_login_writable(self) -> None:
+        self._store.check_writable()
+
+    def save_login(self, exchange: Exchange, *, force: bool) -> TokenFile:
+        """Spend the code, then put the tokens in the store; tokens the store then refuses go to a 0600 rescue file
+        that ``connections import`` puts in place."""
+        _, tokens = exchange(self._login_existing)
+        try:
+            self._store.put_tokens(self.connection, tokens, replace=self._login_replaces)
+        except JobError as exc:
+            raise self._login_rescue(tokens, exc) from exc
+        return tokens
+
+    def _login_rescue(self, tokens: TokenFile, cause: JobError) -> TokenNotSavedError:
+        """Keep the tokens of an authorization the store refused in a 0600 rescue file, and say how to import it."""
+        from job.stores.durable import write_file_atomically
+        from job.stores.postgres.common import RESCUE_DIRECTORY, file_safe
+
+        name = self.connection
+        stamp = utc_stamp(time.time())
+        path = self._store.state_dir / RESCUE_DIRECTORY / f"{file_safe(name)}.{stamp}.login.json"
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_file_atomically(path, tokens.to_bytes())
+        except OSError as exc:
+            return TokenNotSavedError(
+                f"authorized, but the store did not take the tokens of connection '{name}' ({cause.message}) and "
+                f"the rescue file {path} could not be written ({exc.strerror or exc}); run the login again once the "
+                "store takes writes"
+            )
+        return TokenNotSavedError(
+            f"authorized, but the store did not take the tokens of connection '{name}' ({cause.message}); they "
+            f"were saved to the rescue file {path}. Once the store takes writes: aweber-job connections import "
+            f"{name} {path}" + " (with --force if the connection is there)"
+        )
+
+    def report_login(self, tokens: TokenFile, out: IO[str]) -> None:
+        name, description = self.connection, self._store.description
+        log.info(
+            "authorized: connection '%s' in the store %s; refresh token %s, access token expires %s",
+            name, description, fingerprint(tokens.refresh_token), format_expiry(tokens.expires_at, time.time()),
+            extra={"refresh_token_after": fingerprint(tokens.refresh_token), "expires_at": tokens.expires_at},
+        )
+        out.write(
+            f"\nAuthorized. Connection '{name}' in {description} ({tokens.shape} shape, "
+            f"{'encrypted' if self._store.crypto.encrypts else 'NOT encrypted: set AWEBER_STORE_KEY'}).\n"
+            f"  refresh token {fingerprint(tokens.refresh_token)}, access token {fingerprint(tokens.access_token)} "
+            f"expires {format_expiry(tokens.expires_at, time.time())}\n"
+            f"Next: aweber-job --connection {name} run   (or run --all for every due connection)\n"
+        )
+        out.flush()

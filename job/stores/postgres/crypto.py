@@ -49,6 +49,11 @@ class Crypto:
         """The store as messages name it (its URL without the password)."""
         return self._database.description
 
+    @property
+    def encrypts(self) -> bool:
+        """Whether tokens are sealed with a key (at least one store key is given)."""
+        return bool(self._keys)
+
     def _make_fernet(self) -> MultiFernet | None:
         if not self._keys:
             return None

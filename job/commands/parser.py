@@ -1,0 +1,163 @@
+"""The command line's words: the parser of every command and option, and the checks of what was given together.
+
+Kept apart from :mod:`job.cli` (the wiring and exit codes), which imports it first thing; it
+imports nothing heavy, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from job import __version__
+from job.config import CONNECTION_NAME, CONNECTION_NAME_RULE, DEFAULT_CONNECTION
+from job.deployment import EXAMPLES
+from job.errors import UsageError
+
+if TYPE_CHECKING:
+    from job.config import Settings
+
+COMMANDS = ("run", "refresh", "status", "login", "revoke", "tasks", "demo", "example", "store", "connections")
+# The commands that act on one connection, and so take --connection.
+CONNECTION_COMMANDS = ("run", "refresh", "status", "login", "revoke")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (exit 64) instead of exiting 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # On subcommands the defaults are suppressed so `aweber-job -q run` and `aweber-job run -q` agree.
+    default: Any = None if top else argparse.SUPPRESS
+    parser.add_argument("--env-file", metavar="PATH", default=default,
+                        help="read variables from this file (default: .env in the working directory; "
+                             "also AWEBER_ENV_FILE); the real environment wins")
+    parser.add_argument("-v", "--verbose", action="count", default=0 if top else argparse.SUPPRESS,
+                        help="more detail (-vv also shows HTTP connection lines); never shows secrets")
+    parser.add_argument("-q", "--quiet", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="only warnings and errors: nothing on success, so cron mails only on trouble")
+    parser.add_argument("--log-format", choices=("text", "json"), default=default,
+                        help="log lines as text or one JSON object a line (default: AWEBER_LOG_FORMAT or text)")
+    parser.add_argument("--connection", metavar="NAME", default=default,
+                        help="the connection in the store to act on (default: AWEBER_CONNECTION or 'default'; "
+                             "other names need AWEBER_STORE set to a PostgreSQL URL)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, as docs/design.md §2 describes it."""
+    parser = _Parser(
+        prog="aweber-job",
+        description="Keep an AWeber OAuth 2 integration authorized and run its daily task.",
+        epilog="Exit codes: 0 ok, 1 task failed, 64 usage, 65 token file invalid, 73 cannot write, "
+               "75 temporary (try later), 76 bad token answer, 77 authorize again, 78 configuration.",
+    )
+    _add_global_options(parser, top=True)
+    parser.add_argument("--version", action="version", version=f"aweber-job {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _add_global_options(p, top=False)
+        return p
+
+    run = command("run", "refresh the tokens, run the task, save its state (the default)")
+    _add_run_options(run)
+    fleet = run.add_argument_group("many connections (AWEBER_STORE is a PostgreSQL URL)")
+    fleet.add_argument("--all", action="store_true",
+                       help="run every due connection once (AWEBER_RUN_INTERVAL); other processes share the work")
+    fleet.add_argument("--concurrency", type=int, metavar="N", default=None,
+                       help="with --all: connections run at once in this process (default 4)")
+    command("refresh", "refresh and save the tokens only")
+    status = command("status", "show the token file and lock without contacting AWeber")
+    status.add_argument("--json", action="store_true", help="print one JSON object for machines")
+    login = command("login", "authorize once and write the token file")
+    login.add_argument("--code", help="the authorization code or the whole redirect URL (else prompted)")
+    login.add_argument("--redirect-uri", default=None,
+                       help="redirect URI registered for the app (default: urn:ietf:wg:oauth:2.0:oob)")
+    login.add_argument("--scope", default=None,
+                       help="space-separated scopes (default: account.read list.read subscriber.read)")
+    login.add_argument("--force", action="store_true", help="overwrite an existing token file")
+    command("revoke", "revoke the refresh token at AWeber and remove the token file")
+    command("tasks", "list the tasks that --task accepts")
+    demo = command("demo", "run the whole cycle against a built-in AWeber stand-in on loopback")
+    demo.add_argument("--keep", action="store_true", help="keep the demo's temporary directory")
+    demo.add_argument("--oauth1", action="store_true",
+                      help="show a legacy OAuth 1.0a integration (signed requests, nothing to refresh)")
+    example = command("example", "print a deployment file with this installation's program path filled in")
+    example.add_argument("kind", choices=list(EXAMPLES),
+                         help="service and timer (systemd units), credential (the client-secret drop-in for "
+                              "the service), instance-service, instance-timer and instance-credential (the same "
+                              "as templates, one instance per connection: aweber-job@NAME), crontab (a cron "
+                              "line) or env (every variable, documented)")
+    store = command("store", "set up the PostgreSQL store (AWEBER_STORE) or re-encrypt it")
+    store_sub = store.add_subparsers(dest="store_action", metavar="ACTION", parser_class=_Parser, required=True)
+    store_sub.add_parser("init", help="create or upgrade the schema (idempotent); prints its version")
+    store_sub.add_parser("rotate-key", help="re-encrypt every connection with the first AWEBER_STORE_KEY")
+    connections = command("connections", "list, import or remove the connections in the PostgreSQL store")
+    conn_sub = connections.add_subparsers(dest="connections_action", metavar="ACTION", parser_class=_Parser,
+                                          required=True)
+    listing = conn_sub.add_parser("list", help="one line per connection (no network)")
+    listing.add_argument("--json", action="store_true", help="one JSON array of objects")
+    importing = conn_sub.add_parser("import", help="put a token file into the store as NAME, then rename the file")
+    importing.add_argument("name", metavar="NAME")
+    importing.add_argument("file", metavar="FILE")
+    importing.add_argument("--force", action="store_true", help="replace a connection of that name")
+    removing = conn_sub.add_parser("remove", help="remove a connection that revoke revoked")
+    removing.add_argument("name", metavar="NAME")
+    removing.add_argument("--force", action="store_true", help="remove it even if it was not revoked")
+    _add_run_options(parser, top_level=True)
+    return parser
+
+
+# The options of run that the top level also takes, for `aweber-job --task X` with no command.
+RUN_OPTIONS = ("--task", "--output", "--format", "--since")
+
+
+def _add_run_options(parser: argparse.ArgumentParser, *, top_level: bool = False) -> None:
+    # Suppressed on `run` so that `aweber-job --task X run` is not undone by the subcommand's defaults.
+    default: Any = None if top_level else argparse.SUPPRESS
+    group = parser.add_argument_group("run options" + (" (when no command is given)" if top_level else ""))
+    group.add_argument("--task", default=default, help="task name or package.module:callable (AWEBER_TASK)")
+    group.add_argument("--output", metavar="PATH", default=default,
+                       help="append task output to this file instead of stdout")
+    group.add_argument("--format", choices=("jsonl", "csv"), default=default, help="output format (jsonl)")
+    group.add_argument("--since", default=default, metavar="DURATION|DATE",
+                       help="first-run look-back, e.g. 24h, 7d, 2026-11-01 (default 24h)")
+
+
+def refuse_misplaced_run_options(args: argparse.Namespace, command: str) -> None:
+    """UsageError (64) for a run option given to another command, which would silently ignore it."""
+    if command == "run":
+        return
+    for flag in RUN_OPTIONS:
+        if getattr(args, flag.lstrip("-"), None) is not None:
+            raise UsageError(f"{flag} is an option of run, not of {command} (see: aweber-job run --help)")
+
+
+def choose_connection(settings: Settings, args: argparse.Namespace, command: str) -> Settings:
+    """The settings for the connection ``--connection`` (else AWEBER_CONNECTION) names.
+
+    UsageError (64) for a name that cannot be one, for --connection on a command that acts on no
+    single connection, and for any connection but ``default`` when the store is the token file.
+    """
+    name = getattr(args, "connection", None)
+    if name is not None:
+        if not CONNECTION_NAME.match(name):
+            raise UsageError(f"--connection must be a connection name of {CONNECTION_NAME_RULE}, got {name!r}")
+        settings = dataclasses.replace(settings, connection=name)
+    if settings.store_url is None and settings.connection != DEFAULT_CONNECTION and command in CONNECTION_COMMANDS:
+        given = "--connection" if name is not None else "AWEBER_CONNECTION"
+        raise UsageError(
+            f"{given} {settings.connection}: the store is the token file (AWEBER_STORE=file), which holds one "
+            f"connection, '{DEFAULT_CONNECTION}'; set AWEBER_STORE to a PostgreSQL URL to keep many"
+        )
+    if settings.store_url is None and command in ("store", "connections"):
+        raise UsageError(
+            f"{command} acts on a PostgreSQL store, and AWEBER_STORE is 'file' (the token file); set AWEBER_STORE "
+            "to a postgresql:// URL"
+        )
+    return settings
