@@ -200,3 +200,17 @@ def test_room_a_killed_process_filled_but_did_not_rename_is_put_back(stores: Any
     connection.close()
     assert stored_refresh_token(pg_url, "acme") == rotated.refresh_token
     assert os.listdir(room.parent) == []
+
+
+def test_the_count_of_due_connections_is_what_a_fleet_run_would_claim(stores: Any, pg_url: str) -> None:
+    """count_due (the live line's total on a terminal) counts the connections due now: three new ones, then one
+    fewer once one has run, none while a live process holds the others' leases."""
+    for name in ("acme", "bolt", "coda"):
+        stores().import_tokens(name, make_tokens(), force=False)
+    store = stores()
+    assert store.count_due(86_400.0) == 3
+    sql(pg_url, "UPDATE aweber_job.connections SET last_run_at = now(), last_exit_code = 0 WHERE name = 'acme'")
+    assert store.count_due(86_400.0) == 2
+    sql(pg_url, "UPDATE aweber_job.connections SET lease_holder = 'elsewhere:1:x', lease_until = now() + "
+                "interval '1 hour' WHERE name <> 'acme'")
+    assert store.count_due(86_400.0) == 0

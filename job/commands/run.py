@@ -11,13 +11,13 @@ import logging
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING
 
-import requests
-
 from job import __version__
 from job.config import Settings
 from job.errors import EXIT_TASK_FAILED, JobError, TokenNotSavedError, UsageError, naming_the_connection
 
 if TYPE_CHECKING:
+    import requests
+
     from job.run.monitor import Monitor
     from job.run.single import RunOptions
     from job.shutdown import Shutdown
@@ -27,6 +27,8 @@ log = logging.getLogger("job")
 
 def make_session() -> requests.Session:
     """One HTTP session for the run, naming the job in its User-Agent."""
+    import requests  # on use: help, status and the examples start (and work) without it
+
     session = requests.Session()
     session.headers["User-Agent"] = f"aweber-job/{__version__} (+python-requests {requests.__version__})"
     return session

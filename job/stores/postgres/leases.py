@@ -132,7 +132,8 @@ class Leases:
         """How many connections are due now (for the live line of a fleet run on a terminal)."""
         self._schema.ready()
         rows = self._database.run_named(
-            "count_due", {"interval": float(interval_seconds), "backoff": BACKOFF_FIRST_SECONDS},
+            "count_due", {"interval": float(interval_seconds), "backoff": BACKOFF_FIRST_SECONDS,
+                          "dead": self._dead_holders()},
             doing=f"cannot count the due connections in the store {self._database.description}",
         )
         return int(rows[0][0])
