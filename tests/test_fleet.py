@@ -46,6 +46,21 @@ def stored(url: str) -> dict[str, tuple[str, int | None]]:
     return {name: (json.loads(bytes(data))["refresh_token"], code) for name, data, code in rows}
 
 
+def add_failover(url: str) -> None:
+    """Make the database refuse every write of new tokens, as in a failover."""
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("""CREATE FUNCTION aweber_job.failover() RETURNS trigger LANGUAGE plpgsql AS $$
+                      BEGIN IF NEW.tokens IS DISTINCT FROM OLD.tokens THEN
+                        RAISE EXCEPTION 'failover in progress' USING ERRCODE = '57P01'; END IF; RETURN NEW; END $$""")
+        db.execute("CREATE TRIGGER failover BEFORE UPDATE ON aweber_job.connections FOR EACH ROW "
+                   "EXECUTE FUNCTION aweber_job.failover()")
+
+
+def drop_failover(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("DROP TRIGGER failover ON aweber_job.connections")
+
+
 def test_the_exit_code_is_the_failure_that_most_needs_a_person() -> None:
     assert fleet_exit_code([]) == 0
     assert fleet_exit_code([0, 0]) == 0
@@ -228,12 +243,7 @@ def test_sigterm_while_a_save_retries_writes_the_rescue_file_before_the_grace_en
 
     import_connections(db_job, 1)
     url = db_job.env()["AWEBER_STORE"]
-    with psycopg.connect(url, autocommit=True) as db:
-        db.execute("""CREATE FUNCTION aweber_job.failover() RETURNS trigger LANGUAGE plpgsql AS $$
-                      BEGIN IF NEW.tokens IS DISTINCT FROM OLD.tokens THEN
-                        RAISE EXCEPTION 'failover in progress' USING ERRCODE = '57P01'; END IF; RETURN NEW; END $$""")
-        db.execute("CREATE TRIGGER failover BEFORE UPDATE ON aweber_job.connections FOR EACH ROW "
-                   "EXECUTE FUNCTION aweber_job.failover()")
+    add_failover(url)
     env = db_job.env(AWEBER_SHUTDOWN_GRACE="5")
     process = subprocess.Popen([sys.executable, "-m", "job", "run", "--all", "--task", "noop"], env=env, cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

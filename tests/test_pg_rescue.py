@@ -21,8 +21,9 @@ import pytest
 from job.errors import StorageError, TemporaryError, TokenNotSavedError
 from tests.conftest import JobFiles, invalid_grants, run_job, token_requests
 from tests.test_connections_cli import db_job  # noqa: F401 - the fixture is used by name
+from tests.test_fleet import add_failover, drop_failover
 from tests.test_pgstore import make_tokens, sql, stored_refresh_token, stores  # noqa: F401 - fixtures by name
-from tests.test_signals import add_failover, drop_failover, signal_and_wait, start, wait_for
+from tests.test_signals import signal_and_wait, start, wait_for
 
 LONG_NAME = "customer-" + "x" * 91  # 100 characters: a valid name whose file-name part would not fit whole
 

@@ -23,7 +23,7 @@ import pytest
 from job.standin import Fault
 from tests.conftest import REPO, JobFiles, invalid_grants, run_job, token_requests
 from tests.test_connections_cli import db_job  # noqa: F401 - the fixture is used by name
-from tests.test_fleet import import_connections, stored
+from tests.test_fleet import add_failover, drop_failover, import_connections, stored
 
 ACCOUNT = 100
 LIST = 201
@@ -160,21 +160,6 @@ def test_a_stop_during_the_task_keeps_its_output_and_state_so_nothing_is_reporte
 
 
 # ---- the database store ------------------------------------------------------------------------------
-
-def add_failover(url: str) -> None:
-    """Make the database refuse every write of new tokens, as in a failover."""
-    with psycopg.connect(url, autocommit=True) as db:
-        db.execute("""CREATE FUNCTION aweber_job.failover() RETURNS trigger LANGUAGE plpgsql AS $$
-                      BEGIN IF NEW.tokens IS DISTINCT FROM OLD.tokens THEN
-                        RAISE EXCEPTION 'failover in progress' USING ERRCODE = '57P01'; END IF; RETURN NEW; END $$""")
-        db.execute("CREATE TRIGGER failover BEFORE UPDATE ON aweber_job.connections FOR EACH ROW "
-                   "EXECUTE FUNCTION aweber_job.failover()")
-
-
-def drop_failover(url: str) -> None:
-    with psycopg.connect(url, autocommit=True) as db:
-        db.execute("DROP TRIGGER failover ON aweber_job.connections")
-
 
 def test_sigterm_while_a_single_connections_save_retries_writes_the_rescue_file_in_time(db_job: JobFiles) -> None:
     """`--connection NAME run` whose save the database refuses: SIGTERM ends the retries in time for the rescue

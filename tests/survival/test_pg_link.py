@@ -18,12 +18,12 @@ from dataclasses import dataclass
 import pytest
 
 from job.standin import Fault
-from tests.survival.conftest import StandInFactory
 from tests.survival.dbproxy import DbProxy
-from tests.survival.harness import ACCOUNT_ID, TALLY, Workspace, assert_no_traceback
+from tests.survival.harness import ACCOUNT_ID, TALLY, assert_no_traceback
 from tests.survival.pg import PgJob, PgServer, pg_server, private_pg
+from tests.survival.test_pg_faults import new_job
 
-__all__ = ["pg_server", "private_pg"]  # fixtures, used by name
+__all__ = ["new_job", "pg_server", "private_pg"]  # fixtures, used by name
 
 GRACE_SECONDS = 5.0
 # Past the grace, a process may take this long to end: interpreter teardown on a busy machine.
@@ -31,18 +31,6 @@ EXIT_MARGIN_SECONDS = 3.0
 SAVE = b"UPDATE aweber_job.connections SET tokens = $"
 MARKER = b"SET refreshing_from = $"
 MARKER_SET = "refreshing_from IS NOT NULL"
-
-
-@pytest.fixture
-def new_job(pg_server: PgServer, start_standin: StandInFactory,
-            new_workspace: Callable[..., Workspace]) -> Iterator[Callable[..., PgJob]]:
-    """A seeded connection on its own stand-in, alone in its database."""
-    def make(**config: object) -> PgJob:
-        job = PgJob(pg_server, new_workspace(start_standin(**config)))
-        job.seed()
-        return job
-
-    yield make
 
 
 @pytest.fixture
