@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import grimp
+from radon.complexity import cc_visit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,3 +78,25 @@ def test_the_cycle_finder_finds_a_circle(tmp_path: Path, monkeypatch: object) ->
         assert import_cycles("circle") == [["circle.a", "circle.b", "circle.c"]]
     finally:
         sys.path.remove(str(tmp_path))
+
+
+MAX_MODULE_LINES = 600
+MAX_COMPLEXITY = 25
+
+
+def test_no_module_of_the_job_is_over_600_lines() -> None:
+    """A module longer than that holds more than one job: split it where its jobs part."""
+    long = {str(path.relative_to(REPO)): n for path in sorted((REPO / "job").rglob("*.py"))
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    assert long == {}
+
+
+def test_no_function_of_the_job_is_over_complexity_25() -> None:
+    """radon's cyclomatic complexity of every function and method in job/ is at most 25."""
+    complex_ = {}
+    for path in sorted((REPO / "job").rglob("*.py")):
+        for block in cc_visit(path.read_text(encoding="utf-8")):
+            for item in [block, *getattr(block, "methods", [])]:
+                if item.complexity > MAX_COMPLEXITY:
+                    complex_[f"{path.relative_to(REPO)}:{item.name}"] = item.complexity
+    assert complex_ == {}

@@ -189,46 +189,10 @@ def clean_answer(members: Members) -> CleanAnswer:
     fields: dict[str, Any] = {}
     notes: list[str] = []
     unusable: list[str] = []
-
-    refresh_problem = None
-    if "refresh_token" in values or "refresh_token" in dropped:
-        refresh = values.get("refresh_token")
-        if isinstance(refresh, str) and refresh and is_text(refresh):
-            fields["refresh_token"] = refresh
-        else:
-            refresh_problem = f"has an unusable refresh_token ({_describe(values, dropped, 'refresh_token')})"
-
-    access = values.get("access_token")
-    if isinstance(access, str) and fits_in_a_header(access):
-        fields["access_token"] = access
-    else:
-        unusable.append("has no usable access_token")
-
-    token_type = values.get("token_type")
-    if "token_type" in dropped or (token_type is not None and not _is_bearer(token_type)):
-        unusable.append("has a token_type other than bearer")
-        fields.pop("access_token", None)
-    elif token_type is not None:
-        fields["token_type"] = token_type
-
-    if "expires_in" in values or "expires_in" in dropped:
-        lifetime, note = _lifetime(values.get("expires_in"), "expires_in" in dropped)
-        if lifetime is not None:
-            fields["expires_in"] = lifetime
-        if note:
-            notes.append(note)
-
-    scope = values.get("scope")
-    if "scope" in dropped:
-        notes.append(f"scope {dropped['scope']}; it was not saved")
-    elif scope is not None:
-        if (isinstance(scope, str) and is_text(scope)) or (
-            isinstance(scope, list) and all(isinstance(item, str) and is_text(item) for item in scope)
-        ):
-            fields["scope"] = scope
-        else:
-            notes.append(f"scope is not text or a list of text ({_kind(scope)}); it was not saved")
-
+    refresh_problem = _keep_refresh_token(values, dropped, fields)
+    _keep_access_token(values, dropped, fields, unusable)
+    _keep_lifetime(values, dropped, fields, notes)
+    _keep_scope(values, dropped, fields, notes)
     for name, why in dropped.items():
         if name not in ("access_token", "refresh_token", "token_type", "expires_in", "scope"):
             notes.append(f"member {_name(name)} {why}; it was ignored")
@@ -241,6 +205,57 @@ def clean_answer(members: Members) -> CleanAnswer:
         fields.pop("token_type", None)
         fields.pop("expires_in", None)
     return CleanAnswer(fields, refresh_problem, "; ".join(unusable) or None, tuple(notes))
+
+
+def _keep_refresh_token(values: dict[str, Any], dropped: dict[str, str], fields: dict[str, Any]) -> str | None:
+    """Keep a usable refresh token in ``fields``; return what is wrong with one that is there but unusable."""
+    if "refresh_token" not in values and "refresh_token" not in dropped:
+        return None
+    refresh = values.get("refresh_token")
+    if isinstance(refresh, str) and refresh and is_text(refresh):
+        fields["refresh_token"] = refresh
+        return None
+    return f"has an unusable refresh_token ({_describe(values, dropped, 'refresh_token')})"
+
+
+def _keep_access_token(values: dict[str, Any], dropped: dict[str, str], fields: dict[str, Any],
+                       unusable: list[str]) -> None:
+    """Keep a usable bearer access token (and its type) in ``fields``; say in ``unusable`` why not."""
+    access = values.get("access_token")
+    if isinstance(access, str) and fits_in_a_header(access):
+        fields["access_token"] = access
+    else:
+        unusable.append("has no usable access_token")
+    token_type = values.get("token_type")
+    if "token_type" in dropped or (token_type is not None and not _is_bearer(token_type)):
+        unusable.append("has a token_type other than bearer")
+        fields.pop("access_token", None)
+    elif token_type is not None:
+        fields["token_type"] = token_type
+
+
+def _keep_lifetime(values: dict[str, Any], dropped: dict[str, str], fields: dict[str, Any], notes: list[str]) -> None:
+    """Keep a usable ``expires_in`` in ``fields``; note in ``notes`` what was odd about it."""
+    if "expires_in" in values or "expires_in" in dropped:
+        lifetime, note = _lifetime(values.get("expires_in"), "expires_in" in dropped)
+        if lifetime is not None:
+            fields["expires_in"] = lifetime
+        if note:
+            notes.append(note)
+
+
+def _keep_scope(values: dict[str, Any], dropped: dict[str, str], fields: dict[str, Any], notes: list[str]) -> None:
+    """Keep a scope that is text or a list of text in ``fields``; note in ``notes`` one that is not."""
+    scope = values.get("scope")
+    if "scope" in dropped:
+        notes.append(f"scope {dropped['scope']}; it was not saved")
+    elif scope is not None:
+        if (isinstance(scope, str) and is_text(scope)) or (
+            isinstance(scope, list) and all(isinstance(item, str) and is_text(item) for item in scope)
+        ):
+            fields["scope"] = scope
+        else:
+            notes.append(f"scope is not text or a list of text ({_kind(scope)}); it was not saved")
 
 
 def is_text(value: str) -> bool:

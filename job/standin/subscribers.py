@@ -206,32 +206,12 @@ class SubscriberList:
         status = entry.get("status", "subscribed")
         if status not in STATUSES:
             raise ValueError(f"entry {number}: status must be one of {', '.join(STATUSES)}")
-        unsubscribed_at = _optional_time(entry, "unsubscribed_at", number)
-        unsubscribe_method = entry.get("unsubscribe_method")
-        if status == "unsubscribed":
-            if unsubscribed_at is None:
-                unsubscribed_at = subscribed_at
-            if unsubscribe_method is None:
-                unsubscribe_method = "unsubscribe link"
-        elif unsubscribed_at is not None or unsubscribe_method is not None:
-            raise ValueError(f"entry {number}: only an unsubscribed subscriber has unsubscribed_at/_method")
-        if unsubscribe_method is not None and unsubscribe_method not in UNSUBSCRIBE_METHODS:
-            raise ValueError(f"entry {number}: unsubscribe_method must be one of {UNSUBSCRIBE_METHODS}")
+        unsubscribed_at, unsubscribe_method = _unsubscription_of(entry, str(status), subscribed_at, number)
         method = entry.get("subscription_method", "api")
         if method not in SUBSCRIPTION_METHODS:
             raise ValueError(f"entry {number}: subscription_method must be one of {SUBSCRIPTION_METHODS}")
         ad_tracking = _optional_text(entry, "ad_tracking", number, MAX_AD_TRACKING_CHARS)
-        misc_notes = entry.get("misc_notes", "")
-        if not isinstance(misc_notes, str) or len(misc_notes) > MAX_MISC_NOTES_CHARS:
-            raise ValueError(f"entry {number}: misc_notes must be text of at most {MAX_MISC_NOTES_CHARS} characters")
-        tags = entry.get("tags", [])
-        if not isinstance(tags, list) or not all(isinstance(tag, str) and tag for tag in tags):
-            raise ValueError(f"entry {number}: tags must be a list of non-empty strings")
-        custom_fields = entry.get("custom_fields", {})
-        if not isinstance(custom_fields, dict) or not all(
-            isinstance(key, str) and isinstance(value, str) for key, value in custom_fields.items()
-        ):
-            raise ValueError(f"entry {number}: custom_fields must map strings to strings")
+        misc_notes, tags, custom_fields = _notes_tags_and_fields_of(entry, number)
         return Subscriber(
             index=index,
             id=self.id * MAX_SUBSCRIBERS_PER_LIST + index,
@@ -432,3 +412,38 @@ def _optional_time(entry: Mapping[str, object], key: str, number: int) -> float 
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"entry {number}: {key} must be Unix seconds")
     return value
+
+
+def _unsubscription_of(
+    entry: Mapping[str, object], status: str, subscribed_at: float, number: int
+) -> tuple[float | None, object]:
+    """An appended entry's unsubscribed_at and unsubscribe_method: defaulted for an unsubscribed one, refused
+    for any other."""
+    unsubscribed_at = _optional_time(entry, "unsubscribed_at", number)
+    unsubscribe_method = entry.get("unsubscribe_method")
+    if status == "unsubscribed":
+        if unsubscribed_at is None:
+            unsubscribed_at = subscribed_at
+        if unsubscribe_method is None:
+            unsubscribe_method = "unsubscribe link"
+    elif unsubscribed_at is not None or unsubscribe_method is not None:
+        raise ValueError(f"entry {number}: only an unsubscribed subscriber has unsubscribed_at/_method")
+    if unsubscribe_method is not None and unsubscribe_method not in UNSUBSCRIBE_METHODS:
+        raise ValueError(f"entry {number}: unsubscribe_method must be one of {UNSUBSCRIBE_METHODS}")
+    return unsubscribed_at, unsubscribe_method
+
+
+def _notes_tags_and_fields_of(entry: Mapping[str, object], number: int) -> tuple[str, list[str], dict[str, str]]:
+    """An appended entry's misc_notes, tags and custom_fields, checked."""
+    misc_notes = entry.get("misc_notes", "")
+    if not isinstance(misc_notes, str) or len(misc_notes) > MAX_MISC_NOTES_CHARS:
+        raise ValueError(f"entry {number}: misc_notes must be text of at most {MAX_MISC_NOTES_CHARS} characters")
+    tags = entry.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(tag, str) and tag for tag in tags):
+        raise ValueError(f"entry {number}: tags must be a list of non-empty strings")
+    custom_fields = entry.get("custom_fields", {})
+    if not isinstance(custom_fields, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in custom_fields.items()
+    ):
+        raise ValueError(f"entry {number}: custom_fields must map strings to strings")
+    return misc_notes, tags, custom_fields
