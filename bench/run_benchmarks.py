@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmarks: aweber-job beside the usual requests-oauthlib script, against the stand-in on loopback.
 
-One command runs everything and prints the results as markdown (the README's table)::
+One command runs everything and prints the results as markdown (the table in docs/benchmarks.md)::
 
     .venv/bin/python bench/run_benchmarks.py            # the full set: about 3 minutes on 2 cores
     .venv/bin/python bench/run_benchmarks.py --quick    # smaller lists: under a minute

@@ -1,4 +1,4 @@
-"""Run the survival suite and print its table of what was tried and what survived, as in the README.
+"""Run the survival suite and print its table of what was tried and what survived, as in docs/survival.md.
 
     .venv/bin/python bench/survive.py            # the CI suite (a few minutes)
     .venv/bin/python bench/survive.py --soak     # five times the kills and rounds, more Hypothesis examples

@@ -23,9 +23,15 @@ BLOCKS = re.findall(r"^```sh\n(.*?)^```", README, flags=re.MULTILINE | re.DOTALL
 INVOCATION = re.compile(r"(?:^|(?<=\s)|(?<=bin/))aweber-job(?=\s|$)([^|>#&;\n\\]*)", flags=re.MULTILINE)
 
 
+# The pages the README sends a reader to: their commands must run as shown too.
+DOC_BLOCKS = [block for page in sorted((REPO / "docs").glob("*.md"))
+              for block in re.findall(r"^```sh\n(.*?)^```", page.read_text(encoding="utf-8"),
+                                      flags=re.MULTILINE | re.DOTALL)]
+
+
 def invocations() -> list[str]:
-    """The arguments of every aweber-job command in the README's shell blocks."""
-    return [match.group(1).strip() for block in BLOCKS for match in INVOCATION.finditer(block)]
+    """The arguments of every aweber-job command in the shell blocks of the README and docs/."""
+    return [match.group(1).strip() for block in [*BLOCKS, *DOC_BLOCKS] for match in INVOCATION.finditer(block)]
 
 
 def test_the_first_two_commands_set_up_and_run_the_demo_then_the_tests() -> None:
