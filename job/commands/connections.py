@@ -98,8 +98,7 @@ def _import(settings: Settings, store: PostgresStore, name: str, path: Path, *, 
             _after_an_uncertain_import(store, name, tokens, target, stamp, exc)
         renamed = _unused_name(target, f"{target.name}.imported-{stamp}")
         try:
-            os.rename(target, renamed)
-            fsync_directory(target.parent)
+            _move_durably(target, renamed)
         except OSError as exc:
             raise StorageError(
                 f"imported {path} as the connection {name!r}, but could not rename the file ({exc.strerror or exc}): "
@@ -132,8 +131,7 @@ def _after_an_uncertain_import(store: PostgresStore, name: str, tokens: TokenFil
         raise exc
     aside = _unused_name(target, f"{target.name}.import-uncertain-{stamp}")
     try:
-        os.rename(target, aside)
-        fsync_directory(target.parent)
+        _move_durably(target, aside)
     except OSError as rename_error:
         raise StorageError(
             f"{exc.message}; the store may have taken the tokens of {target} as the connection {name!r}, and the file "
@@ -145,6 +143,12 @@ def _after_an_uncertain_import(store: PostgresStore, name: str, tokens: TokenFil
         f"the file was moved aside to {aside}, where no run uses it",
         hint=f"once the store answers: aweber-job connections import {name} {aside} --force",
     ) from exc
+
+
+def _move_durably(target: Path, to: Path) -> None:
+    """Rename ``target`` to ``to`` beside it and make the rename durable; OSError when it cannot."""
+    os.rename(target, to)
+    fsync_directory(target.parent)
 
 
 def _unused_name(target: Path, name: str) -> Path:
