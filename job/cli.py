@@ -9,8 +9,10 @@ Heavy imports (requests, tenacity) happen inside the commands that need them, so
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -85,7 +87,6 @@ class _Origins:
 
 def _warn_about_readable_secrets(env_file: Path | None, settings: Settings) -> None:
     """Warn when the env file holding the client secret, or the secret file, can be read by every user."""
-    import stat
 
     paths = [env_file] if env_file is not None else []
     secret_file = settings.source.get("AWEBER_CLIENT_SECRET_FILE")
@@ -126,7 +127,6 @@ class _GuardedStdout:
         self._after = after
 
     def _error(self, exc: Exception | None) -> OutputError:
-        import errno
 
         if isinstance(exc, BrokenPipeError):
             reason = "the reading end of the pipe was closed (broken pipe)"
@@ -158,7 +158,6 @@ class _GuardedStdout:
 
     def fileno(self) -> int:
         if self._stream is None:
-            import errno
 
             raise OSError(errno.EBADF, "standard output is closed")
         return self._stream.fileno()

@@ -8,6 +8,7 @@ carries one, so no message shows it.
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
@@ -223,7 +224,6 @@ def store_keys(values: Mapping[str, str], get: _Get, problems: list[str]) -> tup
             return ()
     if not raw:
         return ()
-    import base64
     import binascii
 
     from job.logs import REDACTOR

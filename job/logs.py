@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import json
 import logging
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from typing import IO, TYPE_CHECKING, Any
 
 from job import progress
@@ -32,7 +34,6 @@ _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", 
 
 def fingerprint(secret: str) -> str:
     """Return the first 8 hex digits of the SHA-256 of ``secret``: safe to log, enough to compare."""
-    import hashlib  # on use: status and --help start faster without it
 
     # surrogatepass: a token that is not valid text still gets a fingerprint instead of an exception.
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:8]
@@ -40,14 +41,12 @@ def fingerprint(secret: str) -> str:
 
 def utc_time(at: float) -> str:
     """A moment as the job shows it to people and in JSON: ``2026-11-28T19:40:00Z``."""
-    from datetime import datetime, timezone
 
     return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def utc_stamp(at: float) -> str:
     """A moment in a file name the job makes: ``20261128T194000Z`` (no colons, sorts by time)."""
-    from datetime import datetime, timezone
 
     return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 

@@ -20,13 +20,9 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from job.auth.tokens import LONGEST_LIFETIME_SECONDS, json_kind
-
-# typing costs start-up time and is needed for annotations only (strings here).
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
 
 # A token answer is flat; a scope list nests one level. Members nesting deeper than this are dropped
 # unread, which keeps json's recursive reader far from Python's recursion limit (about 1000).

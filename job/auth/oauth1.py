@@ -15,13 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from job.errors import ConfigError, TokenFileError
-
-# typing costs start-up time and is needed for annotations only (strings here).
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
 
 # Each value, with the names it may go by: the first is the one AWeber's legacy library wrote,
 # the second the one its examples used. Exactly one of each pair must be present.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 import string
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -147,7 +148,6 @@ class OAuth1Registry:
 
 
 def _now() -> float:
-    import time
 
     return time.time()
 

@@ -10,6 +10,7 @@ link kept, see :func:`resolve_target`); every other file the job writes is opene
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import stat
@@ -31,7 +32,6 @@ def resolve_target(path: Path) -> Path:
 
 def token_hash(refresh_token: str) -> str:
     """The full SHA-256 of a refresh token, as the lock file's record names it (its first 8 hex are the fingerprint)."""
-    import hashlib  # on use: `status` and `--help` start faster without it
 
     return hashlib.sha256(refresh_token.encode("utf-8")).hexdigest()
 

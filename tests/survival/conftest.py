@@ -12,18 +12,17 @@ from typing import Any
 
 import pytest
 
-from tests.survival.harness import SOAK, TALLY, PingReceiver, StandInProcess, Workspace, standin_config
+from tests.support.recorder import PingReceiver
+from tests.support.recorder import ping_receiver as receiving_pings
+from tests.survival.harness import SOAK, TALLY, StandInProcess, Workspace, standin_config
 from tests.survival.report import render_details, render_kill_phases, render_table
 
 
 @pytest.fixture(scope="session")
 def ping_receiver() -> Iterator[PingReceiver]:
     """One monitoring endpoint for the whole session; every ping body is kept for the secrets scan."""
-    receiver = PingReceiver()
-    try:
+    with receiving_pings() as receiver:
         yield receiver
-    finally:
-        receiver.stop()
 
 
 StandInFactory = Callable[..., StandInProcess]

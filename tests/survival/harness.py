@@ -21,7 +21,6 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, quote_plus, urlsplit
@@ -29,6 +28,7 @@ from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 import pytest
 import requests
 
+from tests.support.jobs import job_environment, token_document
 from tests.support.standin import StandInControl
 from tests.survival.oracle import refresh_token_in, refresh_token_or_none
 
@@ -249,40 +249,6 @@ SECRETS = Secrets()
 # -- the ping receiver -----------------------------------------------------------------------------
 
 
-class PingReceiver:
-    """A healthchecks-style endpoint on loopback that keeps every ping's path and body."""
-
-    def __init__(self) -> None:
-        self.pings: list[tuple[str, bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                receiver.pings.append((self.path, body))
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"OK")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/ping/survival"
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 # -- the stand-in as its own process ---------------------------------------------------------------
 
 
@@ -398,22 +364,9 @@ class Workspace:
         return self.root / "logs"
 
     def env(self, **overrides: str) -> dict[str, str]:
-        base = self.standin.base_url
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(self.root),
-            "AWEBER_CLIENT_ID": CLIENT_ID,
-            "AWEBER_CLIENT_SECRET": CLIENT_SECRET,
-            "AWEBER_TOKEN_FILE": str(self.token_file),
-            "AWEBER_TOKEN_URL": f"{base}/oauth2/token",
-            "AWEBER_AUTHORIZE_URL": f"{base}/oauth2/authorize",
-            "AWEBER_REVOKE_URL": f"{base}/oauth2/revoke",
-            "AWEBER_API_URL": f"{base}/1.0",
-            "AWEBER_LOCK_TIMEOUT": "10",
-            "AWEBER_HTTP_TIMEOUT": "5",
-            "AWEBER_RETRY_DEADLINE": "5",
-            "AWEBER_METRICS_FILE": str(self.root / "metrics" / "aweber-job.prom"),
-        }
+        env = job_environment(home=self.root, token_file=self.token_file, base_url=self.standin.base_url,
+                              client_id=CLIENT_ID, client_secret=CLIENT_SECRET, lock_timeout="10", retry_deadline="5")
+        env["AWEBER_METRICS_FILE"] = str(self.root / "metrics" / "aweber-job.prom")
         if self.ping_url:
             env["AWEBER_PING_URL"] = self.ping_url
         env.update(overrides)
@@ -423,13 +376,7 @@ class Workspace:
         """Issue a live token pair at the stand-in, write it as the token file; return the refresh token."""
         grant = self.standin.control.issue_tokens(CLIENT_ID)
         SECRETS.add_grant(grant)
-        document = {
-            "access_token": grant["access_token"],
-            "refresh_token": grant["refresh_token"],
-            "token_type": "bearer",
-            "expires_in": 7200,
-            "expires_at": time.time() + expires_in,
-        }
+        document = token_document(grant, expires_in=expires_in)
         temporary = self.token_file.with_name("seed.tmp")
         temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         os.chmod(temporary, 0o600)

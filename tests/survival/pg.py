@@ -1,7 +1,7 @@
 """The survival suite on the PostgreSQL store: a private cluster whose job role must give a password, one
 database per connection, and the connection run by real ``aweber-job --connection NAME`` processes.
 
-Faults (restart, stop, read-only) are done to the private cluster only (tests/pgcluster.py), never to the
+Faults (restart, stop, read-only) are done to the private cluster only (tests/support/pgcluster.py), never to the
 machine's shared server. The job's role authenticates with scram-sha-256, so the password in the URL is
 really sent and really needed, and it joins the secrets every output is scanned for. What the row holds
 is judged by the suite's own rules (tests/survival/oracle.py, decrypting with ``cryptography`` directly
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pgcluster import PrivateCluster, private_pg
+from tests.support.pgcluster import PrivateCluster, private_pg
 from tests.survival.harness import SECRETS, Ran, Started, Workspace
 from tests.survival.oracle import token_document
 

@@ -15,7 +15,7 @@ import pytest
 
 from job.standin import Fault
 from job.stores.file.lock import lock_path_for
-from tests.mounts import ext4_image, mount, mounted, read_only
+from tests.support.mounts import ext4_image, mount, mounted, read_only
 from tests.survival.conftest import StandInFactory
 from tests.survival.harness import (
     SECRETS,

@@ -14,15 +14,15 @@ import base64
 import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlencode
 
 import pytest
 
+from tests.support.recorder import PingReceiver
 from tests.survival.conftest import StandInFactory
 from tests.survival.harness import (
     SECRETS,
     TALLY,
-    PingReceiver,
     SecretScanner,
     Workspace,
     basic_credentials,
@@ -138,7 +138,9 @@ def test_nothing_anywhere_holds_a_secret(ping_receiver: PingReceiver) -> None:
     values = sorted(SECRETS.values)
     # The scan is only worth something when it knows many secrets and has much to look at.
     assert len(values) > 10
-    places, token_files_with_secrets = scan(values, SECRETS.scan_roots, SECRETS.outputs, ping_receiver.pings)
+    places, token_files_with_secrets = scan(values, SECRETS.scan_roots, SECRETS.outputs,
+                                          [(ping.path + "?" + urlencode(ping.query, doseq=True), ping.raw)
+                                           for ping in ping_receiver.pings])
     assert ping_receiver.pings, "no run pinged: the pings were not scanned"
     assert token_files_with_secrets > 0, "the known secrets are not those in the token files"
     for found in places.values():

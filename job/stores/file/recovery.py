@@ -10,6 +10,7 @@ import logging
 import os
 import stat
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from job.auth.tokens import MAX_TOKEN_FILE_BYTES, TokenFile, parse_token_file
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 def _format_time(at: float | None) -> str:
     if at is None:
         return "at an unknown time"
-    from datetime import datetime, timezone
 
     return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 

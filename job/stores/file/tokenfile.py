@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from job.auth.tokens import MAX_TOKEN_ANSWER_BYTES, MAX_TOKEN_FILE_BYTES, TokenFile, parse_token_file
@@ -211,7 +213,6 @@ def fallback_rescue_directory(path: Path, *, create: bool) -> Path | None:
 
 def fallback_prefix(target: Path) -> str:
     """The start of the fallback rescue files' names for ``target``: a hash of its path, then its name."""
-    import hashlib
 
     return f"{hashlib.sha256(os.fsencode(target)).hexdigest()[:16]}-{target.name}{RESCUE_MARK}"
 
@@ -232,7 +233,6 @@ def reserve_size_for(loaded_size: int) -> int:
 
 
 def _stamp(now: float) -> str:
-    from datetime import datetime, timezone
 
     return datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 

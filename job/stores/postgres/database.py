@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from job.errors import ConfigError, JobError, StorageError, TemporaryError, shorten
 from job.logs import REDACTOR
@@ -49,7 +50,6 @@ class Database:
 
     def _parse_url(self, url: str) -> str | None:
         """Register the password with the redactor and set :attr:`description` (the URL without it)."""
-        from urllib.parse import urlsplit
 
         try:  # best effort first, so even a URL psycopg cannot parse has its password registered
             early = urlsplit(url).password
