@@ -202,6 +202,7 @@ class FleetRun:
         self._in_flight = 0
         self._due_at_start: int | None = None
         self._claiming = True
+        self._since: float | None = None  # when this run began, by the store's clock
         self._pacers: dict[str, Pacer] = {}
         self._pacers_lock = threading.Lock()
 
@@ -237,22 +238,21 @@ class FleetRun:
         self._put_back_local_rescues()
         if isinstance(progress.current(), progress.Progress):  # a terminal: worth one count
             try:
-                self._due_at_start = self._claimer.count_due(self.settings.run_interval_seconds)
+                self._due_at_start = self._claimer.count_due(self.settings.run_interval_seconds,
+                                                             since=self._run_began())
             except JobError:
                 self._due_at_start = None
         executor = _DaemonPool(self.concurrency, "connection")
         futures: dict[concurrent.futures.Future[RunOutcome], str] = {}
-        done: list[str] = []
         try:
             while True:
                 self._check_run_time(started)
                 free = self.concurrency - len(futures)
                 if free > 0 and self._claiming and not self.stop.is_set():
-                    batch = self._claim(free, done)
+                    batch = self._claim(free)
                     if not batch:
                         self._claiming = False  # nothing due that this run has not done
                     for name, row in batch:
-                        done.append(name)
                         futures[executor.submit(self._run_one, name, row)] = name
                 self._in_flight = len(futures)
                 if not futures:
@@ -315,9 +315,15 @@ class FleetRun:
                 self.outcome.connections[name] = future.result()
         return True
 
-    def _claim(self, free: int, done: list[str]) -> list[tuple[str, Any]]:
+    def _run_began(self) -> float:
+        """When this run began by the store's clock: what is due is judged as of then, by every claim."""
+        if self._since is None:
+            self._since = self._claimer.run_start()
+        return self._since
+
+    def _claim(self, free: int) -> list[tuple[str, Any]]:
         try:
-            return self._claimer.claim_due(free, self.settings.run_interval_seconds, skip=done)
+            return self._claimer.claim_due(free, self.settings.run_interval_seconds, since=self._run_began())
         except JobError as exc:
             # The store is gone (restart, failover): what runs finishes; the rest waits for the next run.
             log.error("cannot claim due connections: %s; the runs in flight finish, the rest waits for the next run",

@@ -38,7 +38,7 @@ def db_job(job: JobFiles, pg_url: str) -> JobFiles:
     job.extra_env.update(AWEBER_STORE=with_password(pg_url), AWEBER_STATE_DIR=str(job.root / "state"))
     result = run_job(["store", "init"], job.env())
     assert result.returncode == 0, result.stderr
-    assert "schema version 3" in result.stdout
+    assert "schema version 4" in result.stdout
     return job
 
 

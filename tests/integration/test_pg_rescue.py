@@ -209,9 +209,9 @@ def test_the_count_of_due_connections_is_what_a_fleet_run_would_claim(stores: An
     for name in ("acme", "bolt", "coda"):
         stores().import_tokens(name, make_tokens(), force=False)
     store = stores()
-    assert store.count_due(86_400.0) == 3
+    assert store.count_due(86_400.0, since=store.run_start()) == 3
     sql(pg_url, "UPDATE aweber_job.connections SET last_run_at = now(), last_exit_code = 0 WHERE name = 'acme'")
-    assert store.count_due(86_400.0) == 2
+    assert store.count_due(86_400.0, since=store.run_start()) == 2
     sql(pg_url, "UPDATE aweber_job.connections SET lease_holder = 'elsewhere:1:x', lease_until = now() + "
                 "interval '1 hour' WHERE name <> 'acme'")
-    assert store.count_due(86_400.0) == 0
+    assert store.count_due(86_400.0, since=store.run_start()) == 0

@@ -95,9 +95,9 @@ def test_init_schema_is_idempotent_and_every_other_call_needs_it(pg_url: str, tm
         assert "has no schema: run aweber-job store init" in str(raised.value)
         with pytest.raises(ConfigError, match="store init"):
             store.connection("acme").open()
-        assert store.init_schema() == 3
-        assert store.init_schema() == 3
-        assert sql(pg_url, "SELECT version FROM aweber_job.schema_version") == [(3,)]
+        assert store.init_schema() == 4
+        assert store.init_schema() == 4
+        assert sql(pg_url, "SELECT version FROM aweber_job.schema_version") == [(4,)]
         assert store.list_connections() == []
     finally:
         store.close()
@@ -124,8 +124,8 @@ def test_init_schema_from_many_machines_at_once_on_an_empty_database(pg_url: str
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert results == [3] * count
-    assert sql(pg_url, "SELECT version FROM aweber_job.schema_version") == [(3,)]
+    assert results == [4] * count
+    assert sql(pg_url, "SELECT version FROM aweber_job.schema_version") == [(4,)]
 
 
 def test_a_schema_newer_than_the_code_is_refused_naming_both_versions(stores: Any, pg_url: str) -> None:
@@ -133,7 +133,7 @@ def test_a_schema_newer_than_the_code_is_refused_naming_both_versions(stores: An
     for call in (lambda s: s.list_connections(), lambda s: s.init_schema()):
         with pytest.raises(ConfigError) as raised:
             call(stores())
-        assert "schema version 7" in str(raised.value) and "version 3" in str(raised.value)
+        assert "schema version 7" in str(raised.value) and "version 4" in str(raised.value)
 
 
 # ---- leases: claim, wait, busy, dead holders ---------------------------------------------------------
@@ -733,7 +733,7 @@ def test_a_fresh_store_accepts_only_bound_values(stores: Any, pg_url: str, tmp_p
     assert "bound" in str(raised.value)
     # Nor does a version 2 store that held no connection when it was upgraded.
     make_version_2_store(pg_url)
-    assert stores().init_schema() == 3
+    assert stores().init_schema() == 4
     add_version_2_row(pg_url, "acme", unbound, encrypted=True)
     with pytest.raises(ConfigError, match="connection 'acme'"):
         stores(keys=[KEY_A]).read("acme")
@@ -750,8 +750,8 @@ def test_an_upgraded_store_accepts_its_old_values_until_rotate_key_binds_them(
     add_version_2_row(pg_url, "plain", plain.to_bytes(), encrypted=False)
     with pytest.raises(ConfigError, match="store init"):
         stores(keys=[KEY_A]).read("sealed")
-    assert stores().init_schema() == 3
-    assert sql(pg_url, "SELECT version FROM aweber_job.schema_version") == [(3,)]
+    assert stores().init_schema() == 4
+    assert sql(pg_url, "SELECT version FROM aweber_job.schema_version") == [(4,)]
     with caplog.at_level(logging.WARNING):
         connection = stores(keys=[KEY_A]).connection("sealed")
         assert connection.open().tokens.refresh_token == sealed.refresh_token

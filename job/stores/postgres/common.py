@@ -17,7 +17,7 @@ from job.auth.tokens import TokenFile
 from job.errors import ConfigError, UsageError
 
 SCHEMA = "aweber_job"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # pg_advisory_xact_lock key serialising init_schema across machines ("aweberjb" in ASCII).
 ADVISORY_LOCK_KEY = 0x617765626572_6A62
 CONNECT_TIMEOUT_SECONDS = 10
@@ -55,7 +55,7 @@ NO_SCHEMA_HINT = "run aweber-job store init"
 BOUND = b"aweber-job/bound "
 
 # A temporary failure is due again after 5 min, then 10, 20 … (doubling) but never later than the interval
-# (sql/record_run.sql, sql/claim_due.sql).
+# (sql/record_run.sql and sql/finish.sql write it, sql/claim_retry.sql reads it).
 BACKOFF_FIRST_SECONDS = 300.0
 
 

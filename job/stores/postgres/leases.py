@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from job.errors import AuthError, LockBusyError, TokenFileError
 from job.stores.postgres.common import (
-    BACKOFF_FIRST_SECONDS,
     LEASE_POLL_SECONDS,
     check_name,
     describe_holder,
@@ -21,6 +20,9 @@ from job.stores.postgres.database import Database
 from job.stores.postgres.schema import Schema
 
 log = logging.getLogger(__name__)
+
+# How long a scan for the leases of dead processes of this host serves the claims of a fleet run.
+DEAD_HOLDER_SCAN_SECONDS = 30.0
 
 
 def pid_space() -> str:
@@ -58,6 +60,7 @@ class Leases:
         self.lock_timeout_seconds = lock_timeout_seconds
         self._clock = clock
         self._sleep = sleep
+        self._dead: tuple[float, list[str]] | None = None  # the last scan for dead holders: when, and what
 
     def holder_is_dead(self, holder: str) -> bool:
         """Whether ``holder`` is a process on this host that no longer exists (its lease can be taken now)."""
@@ -128,36 +131,44 @@ class Leases:
             doing=f"cannot release connection '{name}' in the store {self._database.description}",
         )
 
-    def count_due(self, interval_seconds: float) -> int:
-        """How many connections are due now (for the live line of a fleet run on a terminal)."""
+    def run_start(self) -> float:
+        """The database's clock now (epoch seconds): a fleet run judges what is due as of when it began."""
         self._schema.ready()
         rows = self._database.run_named(
-            "count_due", {"interval": float(interval_seconds), "backoff": BACKOFF_FIRST_SECONDS,
-                          "dead": self._dead_holders()},
+            "run_start", {}, doing=f"cannot read the clock of the store {self._database.description}",
+        )
+        return float(rows[0][0])
+
+    def count_due(self, interval_seconds: float, *, since: float) -> int:
+        """How many connections a fleet run that began at ``since`` finds due (for its live line on a terminal)."""
+        self._schema.ready()
+        rows = self._database.run_named(
+            "count_due", {"interval": float(interval_seconds), "since": since, "dead": self._dead_holders()},
             doing=f"cannot count the due connections in the store {self._database.description}",
         )
         return int(rows[0][0])
 
-    def claim_due(self, limit: int, interval_seconds: float, *, skip: Sequence[str] = ()) -> list[tuple[str, Any]]:
-        """Claim up to ``limit`` due connections for a fleet run; return (name, claimed row) pairs.
+    def claim_due(self, limit: int, interval_seconds: float, *, since: float) -> list[tuple[str, Any]]:
+        """Claim up to ``limit`` connections due for a fleet run that began at ``since``; return (name, row) pairs.
 
-        Due: never run, or last run longer ago than the interval (after a temporary failure, than its
-        backoff), not revoked, not waiting for a person, its lease free, run out, or held by a process of
-        this host that no longer exists (as in :meth:`claim`). ``FOR UPDATE SKIP
-        LOCKED`` lets many processes claim at once, each taking rows no other is taking; each claim is
-        the same committed lease and fence as a single run's. ``skip``: the names this run has done.
+        Due: never run, or last run at least the interval before ``since``, or, after a temporary failure, its
+        backoff over by ``since``; not revoked, not waiting for a person, its lease free, run out, or held by
+        a process of this host that no longer exists (as in :meth:`claim`); and not claimed since ``since``.
+        A connection finished since the run began has a later last run and is not due, so the run never
+        takes one twice and no list of done names travels. Each kind is one range scan of its index
+        (sql/claim_due.sql, sql/claim_retry.sql): the cost of a claim does not grow with the connections done.
+        ``FOR UPDATE SKIP LOCKED`` lets many processes claim at once, each taking rows no other is taking;
+        each claim is the same committed lease and fence as a single run's.
         """
         self._schema.ready()
         dead = self._dead_holders()
-        # The conditions are checked again by the UPDATE: a row another process changed after this
-        # statement's snapshot is re-read and judged afresh, so a connection just claimed, run and
-        # released elsewhere is not run again here.
-        rows = self._database.run_named(
-            "claim_due",
-            {"limit": limit, "interval": float(interval_seconds), "skip": list(skip), "holder": self.holder,
-             "lease": self.lease_seconds, "backoff": BACKOFF_FIRST_SECONDS, "dead": dead},
-            doing=f"cannot claim due connections in the store {self._database.description}",
-        )
+        params = {"limit": limit, "interval": float(interval_seconds), "since": since, "holder": self.holder,
+                  "lease": self.lease_seconds, "dead": dead}
+        doing = f"cannot claim due connections in the store {self._database.description}"
+        rows = self._database.run_named("claim_due", params, doing=doing)
+        if len(rows) < limit:
+            params["limit"] = limit - len(rows)
+            rows += self._database.run_named("claim_retry", params, doing=doing)
         claimed = []
         for row in rows:
             if len(row) < 8:
@@ -173,9 +184,16 @@ class Leases:
 
         The same rule as :meth:`claim`: a fleet run killed on this machine (SIGKILL, OOM) leaves its
         leases behind, and without this its connections would wait for the lease to run out (15 min).
+        Scanned at most every DEAD_HOLDER_SCAN_SECONDS, not at every claim: a fleet run claims once a
+        connection, and a process that died a few seconds ago leaves no more than a few leases.
         """
+        now = self._clock()
+        if self._dead is not None and now - self._dead[0] < DEAD_HOLDER_SCAN_SECONDS:
+            return self._dead[1]
         rows = self._database.run_named(
             "dead_holders", {"prefix": f"{self.host}:"},
             doing=f"cannot read the leases in the store {self._database.description}",
         )
-        return [row[0] for row in rows if isinstance(row[0], str) and self.holder_is_dead(row[0])]
+        dead = [row[0] for row in rows if isinstance(row[0], str) and self.holder_is_dead(row[0])]
+        self._dead = (now, dead)
+        return dead

@@ -194,13 +194,17 @@ class PostgresStore:
         """Seal every connection anew with the first key (see :meth:`Crypto.rotate_key`); return how many."""
         return self.crypto.rotate_key()
 
-    def count_due(self, interval_seconds: float) -> int:
-        """How many connections are due now (see :meth:`Leases.count_due`)."""
-        return self.leases.count_due(interval_seconds)
+    def run_start(self) -> float:
+        """When a fleet run begins, by the database's clock (see :meth:`Leases.run_start`)."""
+        return self.leases.run_start()
 
-    def claim_due(self, limit: int, interval_seconds: float, *, skip: Sequence[str] = ()) -> list[tuple[str, Any]]:
+    def count_due(self, interval_seconds: float, *, since: float) -> int:
+        """How many connections a fleet run that began at ``since`` finds due (see :meth:`Leases.count_due`)."""
+        return self.leases.count_due(interval_seconds, since=since)
+
+    def claim_due(self, limit: int, interval_seconds: float, *, since: float) -> list[tuple[str, Any]]:
         """Claim up to ``limit`` due connections for a fleet run (see :meth:`Leases.claim_due`)."""
-        return self.leases.claim_due(limit, interval_seconds, skip=skip)
+        return self.leases.claim_due(limit, interval_seconds, since=since)
 
     # ---- administration ----------------------------------------------------------------------------
 

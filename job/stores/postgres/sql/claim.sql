@@ -2,6 +2,7 @@
 -- process of this host that no longer exists (dead).
 UPDATE aweber_job.connections
 SET fence = fence + 1, lease_holder = %(holder)s, lease_until = now() + make_interval(secs => %(lease)s),
+    claimed_at = now(),
     updated_at = now()
 WHERE name = %(name)s AND (revoked_at IS NULL OR %(allow_revoked)s)
   AND (lease_holder IS NULL OR lease_until IS NULL OR lease_until <= now()
