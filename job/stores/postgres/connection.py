@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_UNREAD = object()  # the task states were not read with the claim
+
 
 class PostgresConnection:
     """One connection as a :class:`job.stores.base.ConnectionStore`: lease, fenced writes, marker, rescue files."""
@@ -57,6 +59,7 @@ class PostgresConnection:
         self._monotonic: Callable[[], float] = boottime
         # When this run last proved, with the database, that the lease is its own (on _monotonic's clock).
         self._confirmed_at: float | None = None
+        self._task_states: Any = _UNREAD
 
     # -- fenced writes --
 
@@ -89,7 +92,9 @@ class PostgresConnection:
     def open(self) -> Opened:
         """Claim the lease, load the tokens, put back this machine's rescue files, and read the marker."""
         row, self._claimed = self._claimed or self._store.leases.claim(self.connection, wait=self._wait), None
-        self._fence, data, encrypted, spent, by, at = row
+        self._fence, data, encrypted, spent, by, at = row[:6]
+        # The task states came with the claim: the task's first load_state costs no statement.
+        self._task_states = row[6] if len(row) > 6 else _UNREAD
         self._renewed_at = self._monotonic()
         try:
             tokens = self._store.crypto.unseal(self.connection, data, encrypted)
@@ -244,12 +249,14 @@ class PostgresConnection:
             os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
 
     def load_state(self, task_name: str) -> dict[str, Any]:
-        rows = self._store.database.run_named(
-            "load_task_state", {"name": self.connection, "task": task_name},
-            doing=f"cannot read the state of task {task_name} of {self.where}",
-        )
-        state = rows[0][0] if rows else None
-        whole = rows[0][1] if rows else None
+        whole, self._task_states = self._task_states, _UNREAD
+        if whole is _UNREAD:
+            rows = self._store.database.run_named(
+                "load_task_state", {"name": self.connection, "task": task_name},
+                doing=f"cannot read the state of task {task_name} of {self.where}",
+            )
+            whole = rows[0][1] if rows else None
+        state = whole.get(task_name) if isinstance(whole, dict) else None
         if not isinstance(whole, dict) or not isinstance(state, (dict, type(None))):
             # Only a hand edit makes it so; starting over from --since would report subscribers twice.
             raise TokenFileError(
@@ -260,6 +267,7 @@ class PostgresConnection:
         return state or {}
 
     def save_state(self, task_name: str, state: dict[str, Any]) -> None:
+        self._task_states = _UNREAD
         done = self._fenced_update(
             "save_task_state",
             f"cannot save the state of task {task_name} of", task=task_name, state=json.dumps(state),

@@ -80,7 +80,7 @@ class Leases:
     def claim(self, name: str, *, wait: bool, allow_revoked: bool = False) -> tuple[Any, ...]:
         """Take the lease of ``name`` (fence + 1) and return the row; wait for a live holder up to the limit.
 
-        Returns (fence, tokens, encrypted, refreshing_from, refreshing_by, refreshing_at epoch).
+        Returns (fence, tokens, encrypted, refreshing_from, refreshing_by, refreshing_at epoch, task_state).
         """
         check_name(name)
         self._schema.ready()
@@ -171,12 +171,12 @@ class Leases:
             rows += self._database.run_named("claim_retry", params, doing=doing)
         claimed = []
         for row in rows:
-            if len(row) < 8:
+            if len(row) < 9:
                 continue
-            if row[7] in dead:
+            if row[8] in dead:
                 log.warning("connection '%s': its lease was held by %s, which is no longer running; taken over",
-                            row[0], describe_holder(row[7]))
-            claimed.append((row[0], row[1:7]))
+                            row[0], describe_holder(row[8]))
+            claimed.append((row[0], row[1:8]))
         return claimed
 
     def _dead_holders(self) -> list[str]:

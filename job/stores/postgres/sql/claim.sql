@@ -8,4 +8,4 @@ WHERE name = %(name)s AND (revoked_at IS NULL OR %(allow_revoked)s)
   AND (lease_holder IS NULL OR lease_until IS NULL OR lease_until <= now()
        OR lease_holder = %(holder)s OR lease_holder = ANY(%(dead)s))
 RETURNING fence, tokens, encrypted, refreshing_from, refreshing_by,
-          extract(epoch FROM refreshing_at)::float8
+          extract(epoch FROM refreshing_at)::float8, task_state

@@ -16,4 +16,4 @@ SET fence = c.fence + 1, lease_holder = %(holder)s, lease_until = now() + make_i
     claimed_at = now(), updated_at = now()
 FROM due WHERE c.name = due.name
 RETURNING c.name, c.fence, c.tokens, c.encrypted, c.refreshing_from, c.refreshing_by,
-          extract(epoch FROM c.refreshing_at)::float8, due.was_held_by
+          extract(epoch FROM c.refreshing_at)::float8, c.task_state, due.was_held_by
