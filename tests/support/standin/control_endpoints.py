@@ -10,6 +10,7 @@ Endpoints (JSON bodies and answers):
 
 - ``GET /_control/info``: the stand-in's URLs and process id.
 - ``POST /_control/issue-tokens`` ``{"client_id", "scope"?}``: a token grant.
+- ``POST /_control/issue-token-batch`` ``{"client_id", "count"}``: ``{"grants": [...]}``, ``count`` grants at once.
 - ``GET /_control/live-refresh-tokens``: ``{"refresh_tokens": [...]}``.
 - ``GET /_control/issued-secrets``: ``{"secrets": [...]}``, every token and code ever issued.
 - ``POST /_control/expire-access-tokens``.
@@ -114,6 +115,14 @@ def _issue_tokens(standin: StandIn, payload: Mapping[str, object]) -> object:
     if client_id is None:
         raise ValueError("client_id is required")
     return standin.issue_tokens(client_id, _text(payload, "scope", DEFAULT_SCOPE) or DEFAULT_SCOPE)
+
+
+def _issue_token_batch(standin: StandIn, payload: Mapping[str, object]) -> object:
+    client_id = _text(payload, "client_id")
+    count = payload.get("count")
+    if client_id is None or not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= 10_000:
+        raise ValueError("client_id and count (1 to 10000) are required")
+    return {"grants": [standin.issue_tokens(client_id, DEFAULT_SCOPE) for _ in range(count)]}
 
 
 def _live_refresh_tokens(standin: StandIn, payload: Mapping[str, object]) -> object:
@@ -227,6 +236,7 @@ def _reset_stats(standin: StandIn, payload: Mapping[str, object]) -> object:
 _ROUTES: Mapping[tuple[str, str], _Handler] = {
     ("GET", "info"): _info,
     ("POST", "issue-tokens"): _issue_tokens,
+    ("POST", "issue-token-batch"): _issue_token_batch,
     ("GET", "live-refresh-tokens"): _live_refresh_tokens,
     ("GET", "issued-secrets"): _issued_secrets,
     ("POST", "expire-access-tokens"): _expire_access_tokens,
