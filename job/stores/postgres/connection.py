@@ -243,11 +243,20 @@ class PostgresConnection:
         for path in paths:
             os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
 
+    def hold(self) -> None:
+        """The connection's lease alone (a revoked one too): its tokens are neither unsealed nor needed."""
+        self._fence = self._store.leases.claim(self.connection, wait=self._wait, allow_revoked=True)[0]
+        self._renewed_at = self._monotonic()
+
     def load_state(self, task_name: str) -> dict[str, Any]:
         rows = self._store.database.run_named(
             "load_task_state", {"name": self.connection, "task": task_name},
             doing=f"cannot read the state of task {task_name} of {self.where}",
         )
+        if not rows:
+            from job.stores.postgres.leases import not_found
+
+            raise not_found(self._store.description, self.connection)
         state = rows[0][0] if rows else None
         whole = rows[0][1] if rows else None
         if not isinstance(whole, dict) or not isinstance(state, (dict, type(None))):
