@@ -104,7 +104,7 @@ def _rewind(settings: Settings, task: str, since_text: str, list_id: str | None,
         state = store.load_state(task)
         where = store.state_location(task)
         lists = _watermarks(state, task, where)
-        chosen = _chosen(lists, list_id, where)
+        chosen = _chosen(lists, list_id)
         moved = []
         for key in chosen:
             before = _rewound(lists, key, since)
@@ -144,7 +144,7 @@ def _watermarks(state: dict[str, Any], task: str, where: str) -> dict[str, Any]:
     return lists
 
 
-def _chosen(lists: dict[str, Any], list_id: str | None, where: str) -> list[str]:
+def _chosen(lists: dict[str, Any], list_id: str | None) -> list[str]:
     """The keys (``account/list``) to rewind: every one, or those of ``--list ID`` (the list's id or its key)."""
     keys = sorted(lists, key=_list_order)
     if list_id is None:
@@ -153,7 +153,7 @@ def _chosen(lists: dict[str, Any], list_id: str | None, where: str) -> list[str]
     chosen = [key for key in keys if wanted in (key, key.rpartition("/")[2])]
     if not chosen:
         known = ", ".join(key.rpartition("/")[2] for key in keys)
-        raise UsageError(f"--list {wanted}: no such list in the state ({where}); the lists it holds: {known}")
+        raise UsageError(f"--list {wanted}: the task state holds no such list; it holds {known}")
     return chosen
 
 

@@ -157,6 +157,7 @@ def db_job(job: JobFiles, pg_url: str) -> tuple[JobFiles, float, str]:
     """A connection 'acme' in a PostgreSQL store (encrypted), its tokens live at the stand-in."""
     now = seed(job.standin)
     job.extra_env.update(AWEBER_STORE=pg_url, AWEBER_STORE_KEY=KEY, AWEBER_STATE_DIR=str(job.root / "state"))
+    one_line_error(run_job(["--connection", "acme", "state", "show"], job.env()), 78, "store init")
     assert run_job(["store", "init"], job.env()).returncode == 0
     job.write_tokens()
     imported = run_job(["connections", "import", "acme", str(job.token_file)], job.env())

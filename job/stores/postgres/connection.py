@@ -249,6 +249,9 @@ class PostgresConnection:
         self._renewed_at = self._monotonic()
 
     def load_state(self, task_name: str) -> dict[str, Any]:
+        if self._fence is None:
+            # Read outside a run (state show): a store without the schema says to run store init (78).
+            self._store.schema.ready()
         rows = self._store.database.run_named(
             "load_task_state", {"name": self.connection, "task": task_name},
             doing=f"cannot read the state of task {task_name} of {self.where}",
