@@ -342,6 +342,18 @@ def _cmd_demo(call: _Call) -> int:
     return demo_code
 
 
+def _cmd_sandbox(call: _Call) -> int:
+    from job.commands.sandbox import run_sandbox
+
+    return run_sandbox(call.out, port=call.args.port, confidential=call.args.confidential, verbose=call.args.verbose)
+
+
+def _cmd_state(call: _Call) -> int:
+    from job.commands.state import run_state_command
+
+    return run_state_command(call.settings, call.args, call.out)
+
+
 def _cmd_store(call: _Call) -> int:
     from job.commands.connections import run_store_command
 
@@ -389,9 +401,11 @@ _HANDLERS: dict[str, Callable[[_Call], int]] = {
     "example": _cmd_example,
     "store": _cmd_store,
     "connections": _cmd_store,
+    "sandbox": _cmd_sandbox,
+    "state": _cmd_state,
 }
 # The commands that need neither the settings nor the stop signals.
-_WITHOUT_SETTINGS = ("tasks", "example", "demo")
+_WITHOUT_SETTINGS = ("tasks", "example", "demo", "sandbox")
 
 
 def make_session() -> requests.Session:

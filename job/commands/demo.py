@@ -138,7 +138,7 @@ def _environment(server: StandIn, workdir: Path, token_file: Path) -> dict[str, 
 
 def _demo(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, quiet: bool, run_cli: RunCli) -> int:
     now = time.time()
-    expected = _populate(server, now)
+    expected = populate(server, now)
     token_file = workdir / "tokens.json"
     grant = server.issue_tokens(DEMO_CLIENT_ID)
     REDACTOR.add(str(grant["access_token"]), str(grant["refresh_token"]))
@@ -185,7 +185,7 @@ def _demo_oauth1(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, 
                  run_cli: RunCli) -> int:
     """Two runs with legacy OAuth 1.0a credentials: signed requests, no token request, file untouched."""
     now = time.time()
-    expected = _populate(server, now)
+    expected = populate(server, now)
     token_file = workdir / "tokens.json"
     grant = server.add_oauth1_credentials()
     credentials = grant.as_token_file()
@@ -221,7 +221,7 @@ def _demo_oauth1(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, 
     return EXIT_OK
 
 
-def _populate(server: StandIn, now: float) -> list[dict[str, Any]]:
+def populate(server: StandIn, now: float) -> list[dict[str, Any]]:
     """One account with a few lists: older subscribers over the last weeks, a handful in the last 24 h."""
     server.add_account(ACCOUNT_ID, company="Demo Company")
     expected: list[dict[str, Any]] = []

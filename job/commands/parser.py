@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from job import __version__
@@ -18,9 +19,10 @@ from job.errors import UsageError
 if TYPE_CHECKING:
     from job.config import Settings
 
-COMMANDS = ("run", "refresh", "status", "login", "revoke", "tasks", "demo", "example", "store", "connections")
+COMMANDS = ("run", "refresh", "status", "login", "revoke", "tasks", "demo", "example", "store", "connections",
+            "sandbox", "state")
 # The commands that act on one connection, and so take --connection.
-CONNECTION_COMMANDS = ("run", "refresh", "status", "login", "revoke")
+CONNECTION_COMMANDS = ("run", "refresh", "status", "login", "revoke", "state")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,8 +111,31 @@ def build_parser() -> argparse.ArgumentParser:
     removing = conn_sub.add_parser("remove", help="remove a connection that revoke revoked")
     removing.add_argument("name", metavar="NAME")
     removing.add_argument("--force", action="store_true", help="remove it even if it was not revoked")
+    _add_sandbox_and_state(command)
     _add_run_options(parser, top_level=True)
     return parser
+
+
+def _add_sandbox_and_state(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """``sandbox`` (the stand-in AWeber, served until stopped) and ``state show|rewind`` (the task's watermarks)."""
+    sandbox = command("sandbox", "serve the AWeber stand-in on loopback until stopped, to try the commands on; "
+                                 "prints the variables to put in .env")
+    sandbox.add_argument("--port", type=int, default=0, metavar="N",
+                         help="listen on 127.0.0.1:N (default: a free port)")
+    sandbox.add_argument("--confidential", action="store_true",
+                         help="a confidential client with a client secret (default: a public client, PKCE)")
+    state = command("state", "show the task's saved state, or set its watermarks back so the next run reports again")
+    actions = state.add_subparsers(dest="state_action", metavar="ACTION", parser_class=_Parser, required=True)
+    show = actions.add_parser("show", help="per list: the watermark and what else the state holds (no network)")
+    show.add_argument("--json", action="store_true", help="the saved state as one JSON object")
+    rewind = actions.add_parser("rewind", help="set the watermarks back, under the run's lock or lease")
+    rewind.add_argument("--since", dest="rewind_since", required=True, metavar="DURATION|DATE",
+                        help="where the next run reports from: 24h, 7d, 2026-11-01 or an RFC 3339 time")
+    rewind.add_argument("--list", dest="rewind_list", metavar="ID", help="only this list (default: every list)")
+    for action in (show, rewind):
+        _add_global_options(action, top=False)
+        action.add_argument("--task", dest="state_task", metavar="NAME",
+                            help="the task whose state it is (default: AWEBER_TASK or new-subscribers)")
 
 
 # The options of run that the top level also takes, for `aweber-job --task X` with no command.

@@ -18,6 +18,7 @@ cycle makes them::
 
 The commands that act on one connection outside a run use the same store:
 
+    hold()                       the run's hold alone, tokens not loaded: to change the task state (state rewind)
     status()                     what is kept, read without taking the hold and without the network
     open_for_revoke()            the hold and the live tokens, with the words a refused revoke uses
     mark_revoked()               after AWeber accepted the revoke: end the tokens in the store
@@ -124,6 +125,11 @@ class ConnectionStore(Protocol[PendingSave]):
     def keep_alive(self) -> None: ...
 
     def load_state(self, task_name: str) -> dict[str, Any]: ...
+
+    def hold(self) -> None:
+        """Take the hold a run takes (lock or lease; waited for as a run waits) without loading the tokens, so the
+        task state can be changed outside a run; close() releases it."""
+        ...
 
     def save_state(self, task_name: str, state: dict[str, Any]) -> None: ...
 

@@ -120,6 +120,11 @@ class FileStore:
     def keep_alive(self) -> None:
         """Nothing to renew: the lock is held as long as the process lives."""
 
+    def hold(self) -> None:
+        """The token file's lock alone: no tidy-up and no token file needed to change the task state."""
+        self._lock = TokenLock(self.path, self._lock_timeout)
+        self._lock.acquire()
+
     def load_state(self, task_name: str) -> dict[str, Any]:
         return TaskStateFile(state_file_for(self.state_dir, task_name)).load()
 

@@ -25,6 +25,7 @@ from job.stores.postgres.common import (
     describe_holder,
     utc,
 )
+from job.stores.postgres.leases import not_found
 
 if TYPE_CHECKING:
     from job.stores.base import Exchange
@@ -248,14 +249,24 @@ class PostgresConnection:
         for path in paths:
             os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
 
+    def hold(self) -> None:
+        """The connection's lease alone (a revoked one too): its tokens are neither unsealed nor needed."""
+        self._fence = self._store.leases.claim(self.connection, wait=self._wait, allow_revoked=True)[0]
+        self._renewed_at = self._monotonic()
+
     def load_state(self, task_name: str) -> dict[str, Any]:
         whole, self._task_states = self._task_states, _UNREAD
         if whole is _UNREAD:
+            if self._fence is None:
+                # Read outside a run (state show): a store without the schema says to run store init (78).
+                self._store.schema.ready()
             rows = self._store.database.run_named(
                 "load_task_state", {"name": self.connection, "task": task_name},
                 doing=f"cannot read the state of task {task_name} of {self.where}",
             )
-            whole = rows[0][1] if rows else None
+            if not rows:
+                raise not_found(self._store.description, self.connection)
+            whole = rows[0][1]
         state = whole.get(task_name) if isinstance(whole, dict) else None
         if not isinstance(whole, dict) or not isinstance(state, (dict, type(None))):
             # Only a hand edit makes it so; starting over from --since would report subscribers twice.
