@@ -334,9 +334,14 @@ def _paths(read: _Reader) -> tuple[Path, Path]:
     token_file = Path(token_file_raw).expanduser() if token_file_raw else _default_token_file(read.values)
     if not token_file.is_absolute():
         token_file = Path(os.path.abspath(token_file))
-    state_dir_raw = read.get("AWEBER_STATE_DIR")
-    state_dir = Path(os.path.abspath(Path(state_dir_raw).expanduser())) if state_dir_raw else token_file.parent
-    return token_file, state_dir
+    return token_file, state_dir_for(token_file, read.values)
+
+
+def state_dir_for(token_file: Path, env: Mapping[str, str]) -> Path:
+    """Where a run of ``token_file`` with the variables ``env`` keeps its task state: AWEBER_STATE_DIR, else the
+    token file's directory (``connections import`` finds the state to take with a token file by this rule too)."""
+    state_dir_raw = (env.get("AWEBER_STATE_DIR") or "").strip()
+    return Path(os.path.abspath(Path(state_dir_raw).expanduser())) if state_dir_raw else token_file.parent
 
 
 class _Endpoints(TypedDict):

@@ -70,8 +70,10 @@ class Redactor:
     def __init__(self) -> None:
         # Each form a secret may take in a line, with the fingerprint of the secret itself.
         self._secrets: dict[str, str] = {}
-        # The forms, longest first (a secret inside a longer one is masked by the longer), made on change.
+        # The forms, longest first (a secret inside a longer one is masked by the longer), made again on the first
+        # line after a change: an import of many token files registers thousands, one at a time.
         self._ordered: list[tuple[str, str]] = []
+        self._stale = False
         self._lock = threading.Lock()
         self._permanent: set[str] = set()
         self._scoped: dict[str, int] = {}
@@ -125,10 +127,19 @@ class Redactor:
         return len(self._secrets)
 
     def _reorder(self) -> None:
-        self._ordered = sorted(self._secrets.items(), key=lambda item: len(item[0]), reverse=True)
+        """Note a change (under the lock): the order is made again when a line next needs it."""
+        self._stale = True
+
+    def _in_order(self) -> list[tuple[str, str]]:
+        if self._stale:
+            with self._lock:
+                if self._stale:
+                    self._ordered = sorted(self._secrets.items(), key=lambda item: len(item[0]), reverse=True)
+                    self._stale = False
+        return self._ordered
 
     def redact(self, text: str) -> str:
-        ordered = self._ordered
+        ordered = self._in_order()
         for secret, secret_print in ordered:
             if secret in text:
                 text = text.replace(secret, f"[redacted:{secret_print}]")

@@ -104,10 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
                                           required=True)
     listing = conn_sub.add_parser("list", help="one line per connection (no network)")
     listing.add_argument("--json", action="store_true", help="one JSON array of objects")
-    importing = conn_sub.add_parser("import", help="put a token file into the store as NAME, then rename the file")
-    importing.add_argument("name", metavar="NAME")
-    importing.add_argument("file", metavar="FILE")
+    importing = conn_sub.add_parser("import", help="put a token file into the store as NAME (or every NAME.json of "
+                                    "--dir DIR), with its task state, then rename the file")
+    importing.add_argument("name", metavar="NAME", nargs="?")
+    importing.add_argument("file", metavar="FILE", nargs="?")
     importing.add_argument("--force", action="store_true", help="replace a connection of that name")
+    importing.add_argument("--dir", metavar="DIR", help="import every NAME.json token file in DIR as connection NAME")
+    importing.add_argument("--state", metavar="FILE",
+                           help="the task state to import (default: the state file a run of FILE keeps, if any)")
     removing = conn_sub.add_parser("remove", help="remove a connection that revoke revoked")
     removing.add_argument("name", metavar="NAME")
     removing.add_argument("--force", action="store_true", help="remove it even if it was not revoked")

@@ -9,6 +9,7 @@ import fcntl
 import logging
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -187,7 +188,8 @@ def _fallback_rescues(target: Path, fallback: Path | None) -> list[FoundFile | U
     return found
 
 
-def survey_token_directory(token_file: Path, record: Record | None, fallback: Path | None = None) -> Survey:
+def survey_token_directory(token_file: Path, record: Record | None, fallback: Path | None = None, *,
+                           listing: Sequence[str] | None = None) -> Survey:
     """Decide, by content and the lock file's ``record``, what to do with what lies beside the token file.
 
     With a record naming the live refresh token (``received``/``saved``) and a file that holds it, that
@@ -195,10 +197,12 @@ def survey_token_directory(token_file: Path, record: Record | None, fallback: Pa
     an older version's lock file, or a record no file matches) nothing whole is deleted: a temporary is
     put in place only when its content says it is newer (a later ``expires_at`` than the token file's).
     Modification times are never looked at. Reads only; :func:`tidy_temp_files` acts on the result.
+    ``listing``: the names in the token file's directory, listed under its lock (every name that may be a
+    temporary or rescue file of it, at least), so an import of many files lists their directory once.
     """
     target = resolve_target(token_file)
     survey = Survey(target=target, record=record, current=_read_current(target))
-    temps = _gather(survey, fallback)
+    temps = _gather(survey, fallback, listing)
     if _settled_by_record(survey, temps) or _settled_by_lineage(survey, temps):
         return survey
     _decide_by_content(survey, temps)
@@ -215,13 +219,13 @@ def _kind_of(target: Path, name: str) -> str | None:
     return None
 
 
-def _gather(survey: Survey, fallback: Path | None) -> list[FoundFile]:
+def _gather(survey: Survey, fallback: Path | None, listing: Sequence[str] | None = None) -> list[FoundFile]:
     """Sort what lies beside the token file (and in the fallback directory) into the survey; return the whole
     temporaries."""
     target = survey.target
     try:
         survey.directory_mode = stat.S_IMODE(os.stat(target.parent).st_mode)
-        names = sorted(os.listdir(target.parent))
+        names = sorted(os.listdir(target.parent) if listing is None else listing)
     except OSError:
         names = []
     owners = trusted_owners(target)
@@ -380,7 +384,8 @@ class TempCleanup:
     spent_for_sure: bool = False
 
 
-def tidy_temp_files(token_file: Path, lock: TokenLock, fallback: Path | None = None) -> TempCleanup:
+def tidy_temp_files(token_file: Path, lock: TokenLock, fallback: Path | None = None, *,
+                    listing: Sequence[str] | None = None) -> TempCleanup:
     """Deal with what earlier runs left beside the token file, as :func:`survey_token_directory` decides; call
     only under ``lock``.
 
@@ -394,7 +399,7 @@ def tidy_temp_files(token_file: Path, lock: TokenLock, fallback: Path | None = N
     """
     if lock.distrust:
         log.warning("%s: its record is not used (another user could have written it)", lock.distrust)
-    survey = survey_token_directory(token_file, lock.found, fallback)
+    survey = survey_token_directory(token_file, lock.found, fallback, listing=listing)
     _refuse_files_in_use(survey, lock)
     _warn_about_strangers(survey)
     _refuse_undecided(survey)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from job.auth.tokens import TokenFile, fingerprint, format_expiry
-from job.config import DEFAULT_CONNECTION
+from job.config import DEFAULT_CONNECTION, state_dir_for
 from job.errors import StorageError, TaskError, TokenFileError
 from job.stores.base import Opened, Revocable, Revoked
 from job.stores.durable import fsync_directory, resolve_target, token_hash, write_file_atomically
@@ -39,6 +39,12 @@ def state_file_for(state_dir: Path, task_name: str) -> Path:
     """``<state dir>/<task>.state.json``, the task's name made safe for a file name."""
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in task_name)
     return state_dir / f"{safe}.state.json"
+
+
+def state_file_of(token_file: Path, settings: Settings, task_name: str) -> Path:
+    """The state file of ``task_name`` that a run of ``token_file`` with ``settings`` reads and writes: the
+    run's own rule (:func:`job.config.state_dir_for`, :func:`state_file_for`), for ``connections import``."""
+    return state_file_for(state_dir_for(token_file, settings.source), task_name)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from job.stores.postgres.common import (
     file_safe,
 )
 from job.stores.postgres.connection import PostgresConnection
-from job.stores.postgres.store import PostgresStore
+from job.stores.postgres.store import PostgresStore, StateToImport
 
 __all__ = [
     "RESCUE_DIRECTORY",
@@ -39,6 +39,7 @@ __all__ = [
     "PendingRefresh",
     "PostgresConnection",
     "PostgresStore",
+    "StateToImport",
     "check_name",
     "file_safe",
 ]

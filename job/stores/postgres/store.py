@@ -6,12 +6,14 @@ encryption (:mod:`.crypto`) and leases (:mod:`.leases`); their statements are in
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
 import socket
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +49,20 @@ LEASE_MARGIN_SECONDS = 60.0
 DEFAULT_SAVE_DEADLINE_SECONDS = 60.0
 # A refresh request's longest answer when the settings are not known (connect + read, 30 s each).
 DEFAULT_REFRESH_TAIL_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class StateToImport:
+    """A task's state brought in with a token file (``connections import``): the task, its state, and whether
+    it replaces a state of that task the connection already holds (only when named on the command line)."""
+
+    task: str
+    state: dict[str, Any]
+    replace: bool = False
+
+
+def _json(value: object) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
 class PostgresStore:
@@ -257,25 +273,31 @@ class PostgresStore:
         self.schema.ready()
         self.database.run_named("check_writable", doing=f"cannot write to the store {self.description}")
 
-    def import_tokens(self, name: str, tokens: TokenFile, *, force: bool) -> None:
-        """Put a token file's tokens in the store as connection ``name``; an existing one only with ``force``."""
-        self._store_tokens(name, tokens, overwrite=force, action="import")
+    def import_tokens(self, name: str, tokens: TokenFile, *, force: bool, state: StateToImport | None = None) -> bool:
+        """Put a token file's tokens in the store as connection ``name``; an existing one only with ``force``.
+
+        ``state``: a task state that goes in with the tokens, in the same statement. Into an existing connection
+        only when it holds no state of that task or ``state.replace`` says so. Returns whether it went in.
+        """
+        return self._store_tokens(name, tokens, overwrite=force, action="import", state=state)
 
     def put_tokens(self, name: str, tokens: TokenFile, *, replace: bool) -> None:
         """Store the tokens a ``login`` just received; an existing connection only with ``replace``."""
         self._store_tokens(name, tokens, overwrite=replace, action="login")
 
-    def _store_tokens(self, name: str, tokens: TokenFile, *, overwrite: bool, action: str) -> None:
+    def _store_tokens(self, name: str, tokens: TokenFile, *, overwrite: bool, action: str,
+                      state: StateToImport | None = None) -> bool:
         check_name(name)
         self.schema.ready()
         sealed = {"name": name, **self.crypto.seal(name, tokens)}
         rows = self.database.run_named(
-            "insert_connection", sealed, doing=f"cannot add connection '{name}' to the store {self.description}",
+            "insert_connection", {**sealed, "task_state": None if state is None else _json({state.task: state.state})},
+            doing=f"cannot add connection '{name}' to the store {self.description}",
         )
         if rows and rows[0][0] == name:
             log.info("connection '%s' added to the store %s (refresh token %s)", name, self.description,
                      fingerprint(tokens.refresh_token))
-            return
+            return state is not None
         if not overwrite:
             raise UsageError(
                 f"connection '{name}' is already in the store {self.description}; its tokens were left as they are",
@@ -283,14 +305,70 @@ class PostgresStore:
             )
         fence = self.leases.claim(name, wait=False, allow_revoked=True)[0]
         try:
-            self.database.run_named(
-                "replace_tokens", {**sealed, "fence": fence, "holder": self.holder},
-                doing=f"cannot replace the tokens of connection '{name}' in the store {self.description}",
-            )
+            if state is None:
+                self.database.run_named(
+                    "replace_tokens", {**sealed, "fence": fence, "holder": self.holder},
+                    doing=f"cannot replace the tokens of connection '{name}' in the store {self.description}",
+                )
+                stated = False
+            else:
+                replaced = self.database.run_named(
+                    "import_replace", {**sealed, "fence": fence, "holder": self.holder, "task": state.task,
+                                       "task_state": _json(state.state), "replace_state": state.replace},
+                    doing=f"cannot replace the tokens of connection '{name}' in the store {self.description}",
+                )
+                stated = bool(replaced and replaced[0][0])
         finally:
             self.leases.release(name, fence)
         log.info("connection '%s' in the store %s now holds refresh token %s", name, self.description,
                  fingerprint(tokens.refresh_token))
+        return stated
+
+    def import_many(self, batch: Sequence[tuple[str, TokenFile, StateToImport | None]]) -> set[str]:
+        """Add new connections, each with its tokens and task state, in one statement (one transaction): the
+        names added; a name already in the store is left as it is (the caller decides about it)."""
+        self.schema.ready()
+        columns: dict[str, list[Any]] = {key: [] for key in
+                                         ("names", "tokens", "encrypted", "sealed_with", "expires_at", "account_ids",
+                                          "task_states")}
+        for name, tokens, state in batch:
+            check_name(name)
+            sealed = self.crypto.seal(name, tokens)
+            columns["names"].append(name)
+            columns["tokens"].append(sealed["tokens"])
+            columns["encrypted"].append(sealed["encrypted"])
+            columns["sealed_with"].append(sealed["sealed_with"])
+            columns["expires_at"].append(sealed["expires_at"])
+            columns["account_ids"].append(sealed["account_id"])
+            columns["task_states"].append(None if state is None else _json({state.task: state.state}))
+        rows = self.database.run_named(
+            "insert_connections", columns,
+            doing=f"cannot add {len(batch)} connections to the store {self.description}",
+        )
+        return {row[0] for row in rows}
+
+    def holding(self, batch: Sequence[tuple[str, TokenFile]]) -> tuple[set[str], set[str]]:
+        """Which of these connections the store holds with exactly these tokens, and which it holds at all (an
+        import whose answer was lost)."""
+        self.schema.ready()
+        wanted = {name: tokens for name, tokens in batch}
+        rows = self.database.run_named(
+            "read_tokens_many", {"names": list(wanted)},
+            doing=f"cannot read {len(wanted)} connections in the store {self.description}",
+        )
+        held, present = set(), set()
+        for name, data, encrypted in rows:
+            present.add(name)
+            if data is not None and name in wanted and \
+                    self.crypto.unseal(name, data, encrypted).refresh_token == wanted[name].refresh_token:
+                held.add(name)
+        return held, present
+
+    def task_state(self, name: str, task: str) -> object:
+        """The state of ``task`` connection ``name`` holds (None when none), read without its lease."""
+        rows = self.database.run_named("load_task_state", {"name": name, "task": task},
+                                       doing=f"cannot read connection '{name}' in the store {self.description}")
+        return rows[0][0] if rows else None
 
     def remove(self, name: str, *, force: bool) -> None:
         """Delete a revoked connection (any, with ``force``), never one a live run holds."""
