@@ -169,14 +169,14 @@ def machine_busy_seconds() -> tuple[float, float]:
 class Database:
     """A throwaway database on the server, created at start and dropped (its connections ended first) at the end."""
 
-    def __init__(self, server_url: str) -> None:
+    def __init__(self, server_url: str, *, prefix: str = "aweber_fleet_bench_") -> None:
         from urllib.parse import urlsplit, urlunsplit
 
         import psycopg
 
         self._psycopg = psycopg
         self._server_url = server_url
-        self.name = f"aweber_fleet_bench_{secrets.token_hex(4)}"
+        self.name = f"{prefix}{secrets.token_hex(4)}"
         with psycopg.connect(server_url, autocommit=True, connect_timeout=5) as admin:
             admin.execute(f"CREATE DATABASE {self.name}")
         self.url = urlunsplit(urlsplit(server_url)._replace(path="/" + self.name))

@@ -325,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     standin = StandInProcess(root, args.latency)
     database: Database | None = None
     try:
-        database = Database(args.server)
+        database = Database(args.server, prefix="aweber_fleet_scale_")
         env = job_env(root, standin, database, Fernet.generate_key().decode())
         init = subprocess.run([str(BIN / "aweber-job"), "store", "init"], env=env, capture_output=True, text=True,
                               check=False)
