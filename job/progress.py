@@ -139,9 +139,10 @@ class Progress(NoProgress):
             parts.append(f"{fields['requests']} requests")
         if fields.get("found") is not None:
             parts.append(f"{fields['found']} new subscribers")
-        if fields.get("already_reported"):
+        if fields.get("skipped"):
             # The walk starts a day before the watermark, so a list's first pages may hold only those.
-            parts.append(f"skipping {fields['already_reported']} reported by an earlier run")
+            count, why = fields["skipped"]
+            parts.append(f"skipping {count} {why}")
         return "aweber-job: " + ", ".join(parts) if parts else ""
 
     @staticmethod
