@@ -287,6 +287,12 @@ def _dispatch(args: argparse.Namespace, command: str, out: IO[str], env_in: dict
         settings = load_settings({**file_values, **env_in})
         _warn_about_readable_secrets(env_file if file_values.get("AWEBER_CLIENT_SECRET") else None, settings)
         call.settings = settings = choose_connection(settings, args, command)
+        if args.command is None and _nothing_configured(settings):
+            raise ConfigError([
+                f"nothing is configured yet (no AWEBER_CLIENT_ID, no token file at {settings.token_file}): "
+                "set AWEBER_CLIENT_ID and authorize with aweber-job login, try it without an account with aweber-job "
+                "sandbox, or see aweber-job --help"
+            ])
         if command in CONNECTION_COMMANDS:
             connection = settings.named_connection
         from job.shutdown import Shutdown
@@ -304,6 +310,12 @@ def _dispatch(args: argparse.Namespace, command: str, out: IO[str], env_in: dict
     except Exception as exc:  # noqa: BLE001 - never a traceback for the operator; -v shows it
         report_unexpected(exc)
         return EXIT_TASK_FAILED
+
+
+def _nothing_configured(settings: Settings) -> bool:
+    """Whether this looks like a first start: no client, no store, nothing at the token file's path."""
+    return (settings.client_id is None and settings.store_url is None
+            and not os.path.lexists(settings.token_file))
 
 
 def _cmd_tasks(call: _Call) -> int:

@@ -143,6 +143,13 @@ class RunTimeoutError(TemporaryError):
     retryable = False
 
 
+class TaskStoppedError(RunTimeoutError):
+    """A task stopped short on a trouble of its own (a receiver down): raise it from a task to end the run
+    as the time limit ends it, with the state saved as the task left it and exit 75, so the next run
+    continues from there (docs/tasks.md). new-subscribers, run inside another task, keeps its watermark
+    up to the subscriber at which it was raised."""
+
+
 class LockBusyError(TemporaryError):
     """Another run holds the lock beyond the wait limit."""
 

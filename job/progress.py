@@ -10,16 +10,21 @@ durations: never a token, a code or a URL's query.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import IO, Any
 
 # At most this often is the line redrawn for a change; a countdown ticks once a second.
 REDRAW_SECONDS = 0.1
 TICK_SECONDS = 0.5
-# The longest line drawn: a terminal wraps a longer one, and \r then no longer clears it.
+# The longest line drawn when the terminal's width is unknown; on a terminal, one column less than its width:
+# a terminal wraps a longer line, and \r then no longer clears it.
 MAX_WIDTH = 100
+# Narrower than this the line is cut anyway.
+MIN_WIDTH = 20
 
 
 class NoProgress:
@@ -46,8 +51,10 @@ class NoProgress:
 class Progress(NoProgress):
     """The live line on ``stream`` (a terminal)."""
 
-    def __init__(self, stream: IO[str], *, monotonic: Any = time.monotonic) -> None:
+    def __init__(self, stream: IO[str], *, monotonic: Any = time.monotonic,
+                 columns: Callable[[], int | None] | None = None) -> None:
         self._stream = stream
+        self._columns = columns if columns is not None else self._terminal_columns
         self._monotonic = monotonic
         self.lock = threading.RLock()
         self._fields: dict[str, Any] = {}
@@ -81,10 +88,23 @@ class Progress(NoProgress):
 
     # -- drawing --------------------------------------------------------------------------------------
 
+    def _terminal_columns(self) -> int | None:
+        """The width of the terminal the line is drawn on, read at each draw (it may be resized); None unknown."""
+        try:
+            columns = os.get_terminal_size(self._stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            return None
+        return columns if columns > 0 else None
+
+    def width(self) -> int:
+        """The longest line to draw now."""
+        columns = self._columns()
+        return MAX_WIDTH if columns is None else max(columns - 1, MIN_WIDTH)
+
     def text(self) -> str:
-        """The line as it would be drawn now."""
+        """The line as it would be drawn now, cut to the terminal's width; a countdown is kept whole at its end."""
         fields = self._fields
-        parts: list[str] = []
+        width = self.width()
         if "fleet_done" in fields:
             # A fleet run's connections report their lists and waits too: its own counts say more.
             elapsed = max(self._monotonic() - self._started, 0.001)
@@ -92,22 +112,56 @@ class Progress(NoProgress):
             line = (f"aweber-job: run --all: {fields['fleet_done']}{due} done, "
                     f"{fields.get('fleet_running', 0)} running, {fields.get('fleet_failing', 0)} failing, "
                     f"{fields['fleet_done'] / elapsed * 60:.0f}/min")
-            return line[:MAX_WIDTH]
-        else:
-            if fields.get("phase"):
-                parts.append(str(fields["phase"]))
-            if fields.get("list_count"):
-                parts.append(f"list {fields.get('list_index', 0)} of {fields['list_count']} "
-                             f"({fields.get('list_name', '')})")
-            if fields.get("requests") is not None:
-                parts.append(f"{fields['requests']} requests")
-            if fields.get("found") is not None:
-                parts.append(f"{fields['found']} new subscribers")
+            return _cut(line, width)
+        countdown = ""
         if self._wait_until is not None:
             left = max(0.0, self._wait_until - self._monotonic())
-            parts.append(f"{self._wait_why}: {left:.0f} s left")
-        line = "aweber-job: " + ", ".join(parts) if parts else ""
-        return line if len(line) <= MAX_WIDTH else line[: MAX_WIDTH - 1] + "…"
+            countdown = f"{self._wait_why}: {left:.0f} s left"
+        name = str(fields.get("list_name", ""))
+        head = self._parts(name)
+        natural = len(head) + (len(countdown) + 2 if countdown else 0)
+        keep = len(name) - (natural - width) - 1
+        if natural > width and name:
+            # Too long: the list's name gives way first (all of it if it must), then the rest (_fit).
+            head = self._parts(name[:keep] + "…" if keep >= 1 else "")
+        return self._fit(head, countdown, width)
+
+    def _parts(self, name: str) -> str:
+        """The line's words but the countdown, with the list's name as given ("" when there are none)."""
+        fields = self._fields
+        parts: list[str] = []
+        if fields.get("phase"):
+            parts.append(str(fields["phase"]))
+        if fields.get("list_count"):
+            named = f" ({name})" if name else ""
+            parts.append(f"list {fields.get('list_index', 0)} of {fields['list_count']}{named}")
+        if fields.get("requests") is not None:
+            parts.append(f"{fields['requests']} requests")
+        if fields.get("found") is not None:
+            parts.append(f"{fields['found']} new subscribers")
+        if fields.get("skipped"):
+            # The walk starts a day before the watermark, so a list's first pages may hold only those.
+            count, why = fields["skipped"]
+            parts.append(f"skipping {count} {why}")
+        return "aweber-job: " + ", ".join(parts) if parts else ""
+
+    @staticmethod
+    def _fit(head: str, countdown: str, width: int) -> str:
+        """``head`` and ``countdown`` on one line of at most ``width``, the countdown kept whole at its end."""
+        if not head and not countdown:
+            return ""
+        if not countdown:
+            return _cut(head, width)
+        if not head:
+            return _cut("aweber-job: " + countdown, width)
+        line = f"{head}, {countdown}"
+        if len(line) <= width:
+            return line
+        # What is being waited for, and how long still, matters most: the rest gives way to it.
+        room = width - len(countdown) - 2
+        if room < len("aweber-job: …"):
+            return _cut("aweber-job: " + countdown, width)
+        return f"{_cut(head, room)}, {countdown}"
 
     def _draw(self) -> None:
         line = self.text()
@@ -145,6 +199,10 @@ class Progress(NoProgress):
         self._stop.set()
         with self.lock:
             self.clear()
+
+
+def _cut(line: str, width: int) -> str:
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 _CURRENT: NoProgress = NoProgress()

@@ -91,17 +91,24 @@ def call_with_retries(
     The last retryable error is re-raised as it is when the bounds are reached.
     """
 
+    started = clock()
+
     def announce(retry_state: RetryCallState) -> None:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
+        # Said once, with the first retry: how long a person watching a stuck run should expect it to try.
+        bounds = ""
+        if retry_state.attempt_number == 1:
+            left = max(deadline_seconds - (clock() - started), 0.0)
+            bounds = f"; it keeps trying for up to {left:.0f} s more, {max_attempts} attempts in all"
         log.warning(
-            "%s failed (%s); retrying in %.1f s (attempt %d)",
-            what, exc, retry_state.upcoming_sleep, retry_state.attempt_number + 1,
+            "%s failed (%s); retrying in %.1f s (attempt %d)%s",
+            what, exc, retry_state.upcoming_sleep, retry_state.attempt_number + 1, bounds,
         )
 
     retrying = Retrying(
         retry=retry_if_exception(_is_retryable),
         wait=_WaitBackoffOrRetryAfter(rng or random.Random()),
-        stop=stop_after_attempt(max_attempts) | _StopAtDeadline(deadline_seconds, clock, clock()),
+        stop=stop_after_attempt(max_attempts) | _StopAtDeadline(deadline_seconds, clock, started),
         sleep=sleep,
         before_sleep=announce,
         reraise=True,

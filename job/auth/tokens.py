@@ -242,8 +242,12 @@ def parse_token_file(data: bytes, where: str) -> TokenFile:
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
+        # json's own words end with "at" ("Unterminated string starting at"): the place follows them once.
+        what = exc.msg[:1].lower() + exc.msg[1:]
+        what = what if what.endswith(" at") else f"{what} at"
         raise TokenFileError(
-            f"token file {where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            f"token file {where} is not valid JSON: {what} line {exc.lineno}, column {exc.colno}",
+            hint="restore it from a backup or a rescue file, or authorize again: aweber-job login",
         ) from None
     except RecursionError:
         # json gives up on deep nesting this way, not with JSONDecodeError; no token file nests.

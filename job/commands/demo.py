@@ -112,6 +112,8 @@ def run_demo(
             out.write(f"kept the demo's files in {workdir}\n")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+            if not quiet:
+                out.write("removed the demo's temporary directory (demo --keep keeps it, to look at its files)\n")
         out.flush()
     return code
 
@@ -145,7 +147,8 @@ def _demo(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, quiet: 
     token_file.write_bytes(new_token_file(grant, now).to_bytes())
     os.chmod(token_file, 0o600)
     environ = _environment(server, workdir, token_file)
-    flags = ["-q"] if quiet else ["-v"] * verbose
+    # The report below says what each run did; their own log lines would say it again (demo -v shows them).
+    flags = ["-v"] * verbose if verbose and not quiet else ["-q"]
 
     out.write(
         f"aweber-job demo: the whole run cycle against a stand-in AWeber at {server.base_url}\n"
@@ -195,7 +198,8 @@ def _demo_oauth1(server: StandIn, workdir: Path, out: IO[str], *, verbose: int, 
     saved = token_file.read_bytes()
     environ = _environment(server, workdir, token_file)
     environ.pop("AWEBER_CLIENT_ID")  # an OAuth 1.0a file carries its own consumer key
-    flags = ["-q"] if quiet else ["-v"] * verbose
+    # The report below says what each run did; their own log lines would say it again (demo -v shows them).
+    flags = ["-v"] * verbose if verbose and not quiet else ["-q"]
 
     out.write(
         f"aweber-job demo --oauth1: a legacy OAuth 1.0a integration against a stand-in AWeber at {server.base_url}\n"
@@ -319,7 +323,7 @@ def _write_run(out: IO[str], report: RunReport, token_file: Path) -> None:
     out.write(
         f"  token refreshed and rotated: refresh token {report.fingerprint_before} -> {report.fingerprint_after}"
         " (SHA-256 fingerprints; the old one no longer works)\n"
-        f"  saved atomically to {token_file} (mode 0600)\n"
+        f"  saved atomically to {token_file.name} in the demo's temporary directory (mode 0600)\n"
     )
     _write_counts(out, report)
 

@@ -32,21 +32,32 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
-def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
-    # On subcommands the defaults are suppressed so `aweber-job -q run` and `aweber-job run -q` agree.
+# Said under each command's help instead of the options themselves, which the top-level help shows once.
+GLOBAL_OPTIONS_NOTE = ("The global options --env-file, -v, -q and --log-format work after the command too "
+                       "(see: aweber-job --help).")
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, top: bool, connection: bool = True) -> None:
+    # On subcommands the defaults are suppressed so `aweber-job -q run` and `aweber-job run -q` agree, and so
+    # is their help: the top level shows them once. --connection is shown only where it means something;
+    # elsewhere it is still parsed, so the refusal names the commands that take it.
     default: Any = None if top else argparse.SUPPRESS
+    shown = (lambda text: text) if top else (lambda text: argparse.SUPPRESS)
     parser.add_argument("--env-file", metavar="PATH", default=default,
-                        help="read variables from this file (default: .env in the working directory; "
-                             "also AWEBER_ENV_FILE); the real environment wins")
+                        help=shown("read variables from this file (default: .env in the working directory; "
+                                   "also AWEBER_ENV_FILE); the real environment wins"))
     parser.add_argument("-v", "--verbose", action="count", default=0 if top else argparse.SUPPRESS,
-                        help="more detail (-vv also shows HTTP connection lines); never shows secrets")
+                        help=shown("more detail (-vv also shows HTTP connection lines); never shows secrets"))
     parser.add_argument("-q", "--quiet", action="store_true", default=False if top else argparse.SUPPRESS,
-                        help="only warnings and errors: nothing on success, so cron mails only on trouble")
+                        help=shown("only warnings and errors: nothing on success, so cron mails only on trouble"))
     parser.add_argument("--log-format", choices=("text", "json"), default=default,
-                        help="log lines as text or one JSON object a line (default: AWEBER_LOG_FORMAT or text)")
+                        help=shown("log lines as text or one JSON object a line (default: AWEBER_LOG_FORMAT or "
+                                   "text)"))
+    which = f" with {', '.join(CONNECTION_COMMANDS)}" if top else ""
     parser.add_argument("--connection", metavar="NAME", default=default,
-                        help="the connection in the store to act on (default: AWEBER_CONNECTION or 'default'; "
-                             "other names need AWEBER_STORE set to a PostgreSQL URL)")
+                        help=(f"the connection in the store to act on{which} (default: AWEBER_CONNECTION or "
+                              "'default'; other names need AWEBER_STORE set to a PostgreSQL URL)") if connection
+                        else argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        _add_global_options(p, top=False)
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=GLOBAL_OPTIONS_NOTE)
+        _add_global_options(p, top=False, connection=name in CONNECTION_COMMANDS)
         return p
 
     run = command("run", "refresh the tokens, run the task, save its state (the default)")
@@ -97,23 +108,34 @@ def build_parser() -> argparse.ArgumentParser:
                               "line) or env (every variable, documented)")
     store = command("store", "set up the PostgreSQL store (AWEBER_STORE) or re-encrypt it")
     store_sub = store.add_subparsers(dest="store_action", metavar="ACTION", parser_class=_Parser, required=True)
-    store_sub.add_parser("init", help="create or upgrade the schema (idempotent); prints its version")
-    store_sub.add_parser("rotate-key", help="re-encrypt every connection with the first AWEBER_STORE_KEY")
+    _action(store_sub, "init", "create or upgrade the schema (idempotent); prints its version",
+           ": the tables of the PostgreSQL store AWEBER_STORE names, in the schema aweber_job. Run it once before "
+           "the first connection and after each upgrade of aweber-job; it is safe to repeat.")
+    _action(store_sub, "rotate-key", "re-encrypt every connection with the first AWEBER_STORE_KEY",
+           ", sealing every row anew: put the new key first everywhere, run this, then drop the old key.")
     connections = command("connections", "list, import or remove the connections in the PostgreSQL store")
     conn_sub = connections.add_subparsers(dest="connections_action", metavar="ACTION", parser_class=_Parser,
                                           required=True)
-    listing = conn_sub.add_parser("list", help="one line per connection (no network)")
+    listing = _action(conn_sub, "list", "one line per connection (no network)")
     listing.add_argument("--json", action="store_true", help="one JSON array of objects")
-    importing = conn_sub.add_parser("import", help="put a token file into the store as NAME (or every NAME.json of "
-                                    "--dir DIR), with its task state, then rename the file")
-    importing.add_argument("name", metavar="NAME", nargs="?")
-    importing.add_argument("file", metavar="FILE", nargs="?")
+    importing = _action(conn_sub, "import", "put a token file into the store as NAME (or every NAME.json of --dir "
+                        "DIR), with its task state, then rename the file",
+                        " to FILE.imported-<UTC time>, so one refresh token is never used from two places. The "
+                        "file's lock is held meanwhile, and a save an earlier run left unfinished is put in place "
+                        "first.")
+    importing.add_argument("name", metavar="NAME", nargs="?",
+                           help=f"the connection's name in the store ({CONNECTION_NAME_RULE}); runs then name it "
+                                "with --connection NAME")
+    importing.add_argument("file", metavar="FILE", nargs="?",
+                           help="the token file to import (either shape aweber-job login or AWeber's example "
+                                "writes), or a rescue file a run left")
     importing.add_argument("--force", action="store_true", help="replace a connection of that name")
     importing.add_argument("--dir", metavar="DIR", help="import every NAME.json token file in DIR as connection NAME")
     importing.add_argument("--state", metavar="FILE",
                            help="the task state to import (default: the state file a run of FILE keeps, if any)")
-    removing = conn_sub.add_parser("remove", help="remove a connection that revoke revoked")
-    removing.add_argument("name", metavar="NAME")
+    removing = _action(conn_sub, "remove", "remove a connection that revoke revoked",
+                       "; --force removes one that was not revoked (its refresh token stays valid at AWeber).")
+    removing.add_argument("name", metavar="NAME", help="the connection's name, as connections list shows it")
     removing.add_argument("--force", action="store_true", help="remove it even if it was not revoked")
     _add_sandbox_and_state(command)
     _add_run_options(parser, top_level=True)
@@ -142,6 +164,14 @@ def _add_sandbox_and_state(command: Callable[[str, str], argparse.ArgumentParser
                             help="the task whose state it is (default: AWEBER_TASK or new-subscribers)")
 
 
+def _action(parent: Any, name: str, help_text: str, more: str = "") -> argparse.ArgumentParser:
+    """An action of store or connections, its help line and, in its own --help, that line and ``more``."""
+    made: argparse.ArgumentParser = parent.add_parser(name, help=help_text, description=help_text + more,
+                                                      epilog=GLOBAL_OPTIONS_NOTE)
+    _add_global_options(made, top=False, connection=False)
+    return made
+
+
 # The options of run that the top level also takes, for `aweber-job --task X` with no command.
 RUN_OPTIONS = ("--task", "--output", "--format", "--since")
 
@@ -150,7 +180,8 @@ def _add_run_options(parser: argparse.ArgumentParser, *, top_level: bool = False
     # Suppressed on `run` so that `aweber-job --task X run` is not undone by the subcommand's defaults.
     default: Any = None if top_level else argparse.SUPPRESS
     group = parser.add_argument_group("run options" + (" (when no command is given)" if top_level else ""))
-    group.add_argument("--task", default=default, help="task name or package.module:callable (AWEBER_TASK)")
+    group.add_argument("--task", default=default,
+                       help="task name, package.module:callable or ./file.py:callable (AWEBER_TASK)")
     group.add_argument("--output", metavar="PATH", default=default,
                        help="append task output to this file instead of stdout")
     group.add_argument("--format", choices=("jsonl", "csv"), default=default, help="output format (jsonl)")

@@ -29,6 +29,7 @@ from job.errors import (
     RunTimeoutError,
     StorageError,
     TaskError,
+    TaskStoppedError,
     UsageError,
 )
 from job.run.keeper import TokenKeeper
@@ -277,6 +278,14 @@ def run_cycle(
             )
             try:
                 summary = task.function(context)
+            except TaskStoppedError as exc:
+                # The task stopped where its own trouble began, with its state true to that point.
+                context.flush_output()
+                store.save_state(task.name, context.state)
+                raise TaskStoppedError(
+                    f"task {task.name} stopped: {exc.message}; its state is saved as far as it got, and the next "
+                    "run continues from there", hint=exc.hint,
+                ) from None
             except RunTimeoutError as exc:
                 # Out of time, not failed: what was done is kept (a task moves its state only past
                 # output it has flushed), so the next run picks up where this one stopped.

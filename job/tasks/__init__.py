@@ -1,7 +1,8 @@
 """The task protocol: a callable taking a :class:`TaskContext`, returning None or a small summary.
 
 Tasks are found by name in the entry-point group ``aweber_job.tasks`` (the built-ins are
-registered there too) or by a ``package.module:callable`` path. Resolution happens before the
+registered there too), by a ``package.module:callable`` path, or by a file, ``./mytask.py:callable``
+(docs/tasks.md). Resolution happens before the
 lock and the refresh, so a typo costs no token.
 
 The state is saved when the task returns, and also when the run reaches ``AWEBER_RUN_TIMEOUT``
@@ -12,17 +13,21 @@ it has flushed (:meth:`TaskContext.flush_output`), so that what is saved then is
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
+import importlib.util
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from job.errors import UsageError
+from job.errors import UsageError, shorten
 
 if TYPE_CHECKING:
     from job.api.client import ApiClient
@@ -115,17 +120,73 @@ def _load(target: str, name: str, origin: str | None = None) -> TaskFunction:
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
+        hint = ""
+        if isinstance(exc, ModuleNotFoundError) and exc.name == module_name and Path(f"{module_name}.py").is_file():
+            hint = f"; to load the file {module_name}.py here, give --task ./{module_name}.py:{attr}"
         raise UsageError(
-            f"task {name!r}{_given_by(origin)} cannot be loaded from {target}: {type(exc).__name__}: {exc}"
+            f"task {name!r}{_given_by(origin)} cannot be loaded from {target}: {type(exc).__name__}: {exc}{hint}"
         ) from None
+    return _callable(obj, name, target, origin)
+
+
+def _callable(obj: Any, name: str, target: str, origin: str | None) -> TaskFunction:
+    """``obj`` as a task function; UsageError naming what it is when it cannot be called."""
     if not callable(obj):
-        raise UsageError(f"task {name!r}{_given_by(origin)} ({target}) is not callable")
+        where = "" if target == name else f" ({target})"
+        raise UsageError(
+            f"task {name!r}{_given_by(origin)}{where} is not callable (its type is {type(obj).__name__}); "
+            "a task is a function taking the context"
+        )
     function: TaskFunction = obj
     return function
 
 
+def is_task_file(name: str) -> bool:
+    """Whether ``name`` names a task by file, ``PATH.py:callable`` (``./mytask.py:fn``, ``/opt/t/mytask.py:fn``)."""
+    path, sep, attr = name.rpartition(":")
+    return bool(sep and attr) and path.endswith(".py")
+
+
+def _load_file(name: str, origin: str | None) -> Task:
+    """The task ``PATH.py:callable``: the file loaded as a module of its own, the callable taken from it.
+
+    The task is named by the file's absolute path, so its state is the same whichever working directory
+    or spelling of the path a run is given (cron and a run by hand share it).
+    """
+    given, _, attr = name.rpartition(":")
+    path = Path(given).expanduser()
+    try:
+        path = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise UsageError(f"task {name!r}{_given_by(origin)}: there is no file {given}") from None
+    if not path.is_file():
+        raise UsageError(f"task {name!r}{_given_by(origin)}: {given} is not a file")
+    module_name = "aweber_job_task_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    module = sys.modules.get(module_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise UsageError(f"task {name!r}{_given_by(origin)}: {given} cannot be loaded as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001 - whatever the file does wrong, one line names it
+            del sys.modules[module_name]
+            raise UsageError(
+                f"task {name!r}{_given_by(origin)}: loading {given} failed: {type(exc).__name__}: {shorten(exc)}"
+            ) from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"task {name!r}{_given_by(origin)}: {given} defines no {attr}")
+        obj = getattr(obj, part)
+    return Task(f"{path}:{attr}", _callable(obj, name, name, origin))
+
+
 def resolve_task(name: str, *, origin: str | None = None) -> Task:
-    """Find a task by registered name or ``package.module:callable``; UsageError (64) when unknown.
+    """Find a task by registered name, ``package.module:callable`` or ``PATH.py:callable``; UsageError (64)
+    when unknown, missing or not callable.
 
     ``origin`` (``--task``, ``AWEBER_TASK in /etc/aweber-job/env``) is named in the error, so the
     operator knows which file or command line holds the name to fix.
@@ -133,11 +194,14 @@ def resolve_task(name: str, *, origin: str | None = None) -> Task:
     registered = _registered()
     if name in registered:
         return Task(name, _load(registered[name], name, origin))
+    if is_task_file(name):
+        return _load_file(name, origin)
     if ":" in name:
         return Task(name, _load(name, name, origin))
     known = ", ".join(sorted(registered))
     raise UsageError(
-        f"unknown task {name!r}{_given_by(origin)}; known tasks: {known} (or give package.module:callable)"
+        f"unknown task {name!r}{_given_by(origin)}; known tasks: {known} "
+        "(or give package.module:callable or ./file.py:callable)"
     )
 
 

@@ -74,3 +74,19 @@ def test_quiet_demo_prints_only_its_one_line_result(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout == "demo OK: tokens rotated twice and saved, 5 new subscribers reported once.\n"
         assert result.stderr == ""
+
+
+def test_demo_says_each_list_count_once_and_names_no_directory_it_removed(tmp_path: Path) -> None:
+    """On a terminal stdout and stderr meet: each list's count appears once between them, and without --keep the
+    demo does not name its temporary directory, which is gone when the reader gets to it."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+    result = subprocess.run([str(CONSOLE_SCRIPT), "demo"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    both = result.stdout + result.stderr
+    assert both.count('"Weekly Newsletter": 3 new') == 1
+    assert both.count('"Webinar Sign-ups": 2 new') == 1
+    assert str(tmp_path) not in both
+    assert result.stdout.endswith("removed the demo's temporary directory (demo --keep keeps it, to look at its "
+                                  "files)\n")
+    assert list(tmp_path.iterdir()) == []

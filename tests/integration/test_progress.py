@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import pty
+import re
 import select
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 
 from job.progress import MAX_WIDTH, Progress
@@ -27,9 +31,12 @@ def populate(job: JobFiles) -> None:
     job.standin.set_request_delay(0.3)  # slow enough that the line is drawn between requests
 
 
-def run_on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    """Run the job with stderr on a pseudo-terminal; return (exit code, what the terminal got, stdout)."""
+def run_on_a_terminal(args: list[str], env: dict[str, str], *, columns: int | None = None) -> tuple[int, str, str]:
+    """Run the job with stderr on a pseudo-terminal (``columns`` wide); return (exit code, what the terminal got,
+    stdout)."""
     primary, secondary = pty.openpty()
+    if columns is not None:
+        fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     # stdout to a file: a pipe nobody reads until the end would fill up and stall the run.
     out = tempfile.TemporaryFile()
     process = subprocess.Popen([sys.executable, "-m", "job", *args], env=env, cwd=REPO, stdin=subprocess.DEVNULL,
@@ -113,7 +120,8 @@ def test_the_line_counts_down_a_wait_and_fits_a_terminal() -> None:
         assert line.text() == ("aweber-job: list 2 of 5 (Newsletter), 312 new subscribers, "
                                "pacing before GET /x: 37 s left")
         line.update(list_name="A list whose name goes on and on " * 4)
-        assert len(line.text()) == MAX_WIDTH and line.text().endswith("…")
+        assert len(line.text()) == MAX_WIDTH and line.text().endswith("…), 312 new subscribers, pacing before GET /x: "
+                                                                      "37 s left")
         line.done_waiting()
         assert "left" not in line.text()
         line.update(fleet_done=30, fleet_due=200, fleet_running=8, fleet_failing=1)
@@ -122,3 +130,53 @@ def test_the_line_counts_down_a_wait_and_fits_a_terminal() -> None:
     finally:
         line.close()
     assert stream.getvalue().endswith(CLEAR)
+
+
+def drawn_lines(terminal: str) -> list[str]:
+    """Each progress line as drawn: the text after each clear, up to the next carriage return or newline."""
+    return [segment.split("\r")[0].split("\n")[0] for segment in terminal.split(CLEAR)[1:]]
+
+
+def test_the_line_fits_a_narrow_terminal(job: JobFiles) -> None:
+    """On a terminal 50 columns wide, no line drawn is wider than 49 (a wider one wraps, and \\r cannot clear it)."""
+    populate(job)
+    job.write_tokens()
+    code, terminal, _ = run_on_a_terminal(["run", "--since", "7d"], job.env(), columns=50)
+    assert code == 0, terminal
+    lines = [line for line in drawn_lines(terminal) if line and ": info: " not in line]
+    assert any("list 1 of 1" in line for line in lines), lines
+    assert max(len(line) for line in lines) <= 49, lines
+
+
+def test_a_wait_keeps_its_countdown_on_a_narrow_line() -> None:
+    """Cut to the terminal's width, the line gives up the list's name first, and never the countdown of a wait."""
+    clock = Clock()
+    columns = [80]
+    line = Progress(io.StringIO(), monotonic=clock, columns=lambda: columns[0])
+    try:
+        line.update(list_index=2, list_count=5, list_name="A list whose name goes on and on and on and on", found=312)
+        line.waiting(60, "rate limit")
+        clock.now += 23
+        assert line.text() == "aweber-job: list 2 of 5 (A list w…), 312 new subscribers, rate limit: 37 s left"
+        assert len(line.text()) == 79
+        columns[0] = 60
+        assert line.text() == "aweber-job: list 2 of 5, 312 new su…, rate limit: 37 s left"
+        columns[0] = 20
+        assert line.text() == "aweber-job: rate li…"
+    finally:
+        line.close()
+
+
+def test_rereading_the_day_before_the_watermark_says_so(job: JobFiles) -> None:
+    """A run reads from the day before the watermark: the line says it is skipping subscribers older than --since
+    (a first run) or that an earlier run saw, rather than only "0 new subscribers"."""
+    populate(job)
+    job.write_tokens()
+    code, terminal, stdout = run_on_a_terminal(["run", "--since", "2d"], job.env(), columns=200)
+    assert code == 0 and 0 < len(stdout.splitlines()) < 300
+    assert any(re.search(r"skipping \d+ older than --since$", line) for line in drawn_lines(terminal)), terminal
+    code, terminal, stdout = run_on_a_terminal(["run"], job.env(), columns=200)
+    assert code == 0, terminal
+    assert stdout == ""
+    assert any("0 new subscribers, skipping " in line and line.endswith(" an earlier run already saw")
+               for line in drawn_lines(terminal)), terminal

@@ -279,6 +279,18 @@ def test_connection_refused_is_temporary(job: JobFiles, seen: Seen) -> None:
     assert job.token_file.read_bytes() == before
 
 
+def test_retrying_the_token_url_says_once_how_long_it_will_keep_trying(job: JobFiles, seen: Seen) -> None:
+    """An unreachable token URL is retried up to AWEBER_RETRY_DEADLINE: the first retry's line says how long that is,
+    and only that line does."""
+    job.write_tokens()
+    result = refresh(job, seen, AWEBER_TOKEN_URL="http://127.0.0.1:9/oauth2/token", AWEBER_RETRY_DEADLINE="3")
+    assert result.returncode == 75, result.stderr
+    retries = [line for line in result.stderr.splitlines() if "retrying in" in line]
+    assert len(retries) >= 2, result.stderr
+    assert re.search(r"\(attempt 2\); it keeps trying for up to [23] s more, 10 attempts in all$", retries[0]), retries
+    assert all("keeps trying" not in line for line in retries[1:])
+
+
 def test_lost_answer_then_invalid_grant_explains_the_consumed_token(job: JobFiles, seen: Seen) -> None:
     """The stand-in rotates then drops the connection; the one resend gets invalid_grant: exit 77, explained."""
     job.write_tokens()

@@ -99,6 +99,19 @@ def test_bad_token_file_exits_65_with_a_clear_line_and_is_left_byte_for_byte(
     assert leftovers == []
 
 
+def test_a_token_file_that_is_not_json_says_where_once_and_what_to_do(tmp_path: Path) -> None:
+    """The line for a truncated token file names the place once ("at line 1", not "at at") and gives the same
+    remedy as the one for an empty file."""
+    token_file = tmp_path / "tokens.json"
+    token_file.write_bytes(b'{"access_token": "a", "refresh_tok')
+    result = run_job(["refresh"], offline_env(token_file))
+    assert result.returncode == 65, result.stderr
+    assert result.stderr == (
+        f"aweber-job: error: token file {token_file} is not valid JSON: unterminated string starting at line 1, "
+        "column 23 (restore it from a backup or a rescue file, or authorize again: aweber-job login)\n"
+    )
+
+
 KILL_WRITER = textwrap.dedent(
     """
     import json, sys

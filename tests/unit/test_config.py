@@ -145,6 +145,13 @@ def test_env_example_documents_exactly_the_variables_the_code_reads() -> None:
     assert set(VARIABLES) <= used
 
 
+def test_env_example_documents_each_variable_once() -> None:
+    """No variable of .env.example is set (or shown commented out) twice: a copy would hide which one applies."""
+    example = (REPO / ".env.example").read_text()
+    names = re.findall(r"^#?\s*(AWEBER_[A-Z_]+)=", example, flags=re.MULTILINE)
+    assert sorted(name for name in set(names) if names.count(name) > 1) == []
+
+
 def test_example_env_file_loads_as_valid_configuration(tmp_path: Path) -> None:
     """The shipped .env.example, as it is, is a valid configuration."""
     env = load_environment(str(REPO / ".env.example"), {"HOME": str(tmp_path)})
