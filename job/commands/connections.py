@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 from typing import IO
 
@@ -16,8 +15,6 @@ from job.errors import EXIT_OK, UsageError
 from job.logs import one_line
 from job.stores.postgres import ConnectionInfo, PostgresStore
 from job.stores.postgres.status import row_of
-
-log = logging.getLogger(__name__)
 
 
 def run_store_command(settings: Settings, args: argparse.Namespace, out: IO[str]) -> int:
@@ -38,8 +35,7 @@ def run_store_command(settings: Settings, args: argparse.Namespace, out: IO[str]
         elif args.connections_action == "import":
             code = _import(settings, store, args, out)
         else:
-            store.remove(args.name, force=args.force)
-            log.info("removed the connection %r from the store", args.name)
+            store.remove(args.name, force=args.force)  # which says so
     finally:
         store.close()
     out.flush()
@@ -67,11 +63,12 @@ def _list(infos: list[ConnectionInfo], out: IO[str], *, as_json: bool) -> None:
     if as_json:
         out.write(json.dumps(rows) + "\n")
         return
-    columns = ("name", "account_id", "access_expires_at", "last_run_at", "last_exit_code", "next_run_at",
+    columns = ("name", "state", "account_id", "access_expires_at", "last_run_at", "last_exit_code", "next_run_at",
                "lease_holder")
+    for row in rows:
+        row["state"] = ("revoked" if row["revoked"] else "needs a person" if row["waiting_for_person"] else "ok")
     # A name or holder written into the table by hand may hold a newline: escaped, each row stays one line.
-    table = [[("revoked" if key == "lease_holder" and row["revoked"] and not row[key] else
-               "-" if row[key] is None else one_line(str(row[key]))) for key in columns] for row in rows]
+    table = [["-" if row[key] is None else one_line(str(row[key])) for key in columns] for row in rows]
     widths = [max([len(c)] + [len(line[i]) for line in table]) for i, c in enumerate(columns)]
     out.write("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n")
     for line in table:

@@ -323,3 +323,32 @@ def test_a_store_url_libpq_or_python_cannot_read_is_a_configuration_error(job: J
         assert result.returncode == 78, (url, result.stderr)
         assert "Traceback" not in result.stderr
         assert_no_password(result.stdout, result.stderr)
+
+
+def test_the_list_says_in_a_state_column_which_connections_are_revoked_or_wait_for_a_person(db_job: JobFiles) -> None:
+    """Revoked and "needs a person" (a run ended 77) show under STATE; LEASE_HOLDER only ever names a holder."""
+    for name in ("acme", "bolt", "coda"):
+        db_job.write_tokens()
+        assert run_job(["connections", "import", name, str(db_job.token_file)], db_job.env()).returncode == 0
+    assert run_job(["--connection", "acme", "revoke"], db_job.env()).returncode == 0
+    url = db_job.env()["AWEBER_STORE"]
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("UPDATE aweber_job.connections SET waiting_for_person = true, last_exit_code = 77 "
+                   "WHERE name = 'bolt'")
+    result = run_job(["connections", "list"], db_job.env())
+    assert result.returncode == 0, result.stderr
+    header, *lines = result.stdout.splitlines()
+    assert header.split()[:2] == ["NAME", "STATE"] and header.split()[-1] == "LEASE_HOLDER"
+    rows = {line.split()[0]: line for line in lines}
+    assert rows["acme"].split()[1] == "revoked" and rows["acme"].split()[-1] == "-"
+    assert rows["bolt"].split()[1:4] == ["needs", "a", "person"]
+    assert rows["coda"].split()[1] == "ok"
+    assert listing(db_job)["bolt"]["waiting_for_person"] is True
+
+
+def test_remove_says_it_once(db_job: JobFiles) -> None:
+    db_job.write_tokens()
+    assert run_job(["connections", "import", "acme", str(db_job.token_file)], db_job.env()).returncode == 0
+    removed = run_job(["connections", "remove", "--force", "acme"], db_job.env())
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stderr.count("acme") == 1, removed.stderr

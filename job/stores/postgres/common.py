@@ -72,6 +72,8 @@ class ConnectionInfo:
     lease_holder: str | None
     encrypted: bool
     revoked: bool
+    # A run ended 77 or 78: not run again until its tokens change (login, import) or a run by hand succeeds.
+    waiting_for_person: bool = False
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ def row_of(info: ConnectionInfo) -> dict[str, Any]:
         "lease_holder": info.lease_holder,
         "encrypted": info.encrypted,
         "revoked": info.revoked,
+        "waiting_for_person": info.waiting_for_person,
     }
 
 
