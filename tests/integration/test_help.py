@@ -53,8 +53,8 @@ def test_global_options_still_work_before_and_after_a_command(argv: list[str]) -
 def test_connection_on_a_command_that_takes_none_still_says_which_do(job: JobFiles, argv: list[str]) -> None:
     result = run_job(argv, job.env())
     assert result.returncode == 64
-    assert result.stderr == ("aweber-job: error: --connection is an option of run, refresh, status, login, revoke, state, "
-                             f"not of {argv[0] if argv[0] != '--connection' else argv[2]}\n")
+    assert result.stderr == ("aweber-job: error: --connection is an option of run, refresh, status, login, revoke, "
+                             f"state, not of {argv[0] if argv[0] != '--connection' else argv[2]}\n")
 
 
 @pytest.mark.parametrize(("argv", "words"), [
