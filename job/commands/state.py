@@ -26,7 +26,7 @@ from job.config import Settings
 from job.errors import EXIT_OK, TokenFileError, UsageError
 from job.run.single import parse_since
 from job.stores import connection_store
-from job.tasks.new_subscribers import Watermark
+from job.tasks.watermark import Watermark
 
 log = logging.getLogger("job")
 
@@ -76,9 +76,9 @@ def _describe(state: dict[str, Any]) -> list[str]:
                 extras.append(f"{len(mark.ahead)} reported ahead of the server's clock")
             if mark.undated:
                 extras.append(f"{len(mark.undated)} reported without a date")
-            others = sorted(set(value) - {"subscribed_at", "ids", "ahead", "undated"})
+            others = sorted(set(value) - {mark.field, "ids", "ahead", "undated"})
             extras += [f"{name}={_short_json(value[name])}" for name in others]
-            lines.append(f"  list {key}: watermark {mark.subscribed_at} ({'; '.join(extras)})\n")
+            lines.append(f"  list {key}: watermark {mark.written} ({'; '.join(extras)})\n")
     for name in sorted(set(state) - {"lists"}):
         lines.append(f"  {name}: {_short_json(state[name])}\n")
     return lines
@@ -118,7 +118,8 @@ def _rewind(settings: Settings, task: str, since_text: str, list_id: str | None,
     for key in chosen:
         previous = dict(moved).get(key)
         if previous is None:
-            out.write(f"list {key}: left at {lists[key].get('subscribed_at')}, already at or before {at}\n")
+            kept = Watermark.from_state(lists[key])
+            out.write(f"list {key}: left at {kept.written if kept else None}, already at or before {at}\n")
         else:
             out.write(f"list {key}: watermark {previous} -> {at}; the next run reports its subscribers from then on\n")
     out.flush()
@@ -165,5 +166,5 @@ def _rewound(lists: dict[str, Any], key: str, since: datetime) -> str | None:
         return None
     kept = {name: item for name, item in value.items() if name not in REWOUND_AWAY} if isinstance(value, dict) else {}
     # No ids at the new instant: a subscriber exactly then is reported too.
-    lists[key] = {**kept, "subscribed_at": since.isoformat(), "ids": []}
-    return mark.subscribed_at if mark is not None else "(unreadable)"
+    lists[key] = {**kept, mark.field if mark is not None else "subscribed_at": since.isoformat(), "ids": []}
+    return mark.written if mark is not None else "(unreadable)"

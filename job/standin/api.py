@@ -47,7 +47,7 @@ _UNSUPPORTED_FILTERS = (
     "ad_tracking", "area_code", "city", "country", "custom_fields", "dma_code",
     "last_followup_message_number_sent", "last_followup_message_sent_at", "latitude", "longitude",
     "misc_notes", "name", "postal_code", "region", "subscription_method", "tags", "tags_not_in",
-    "unsubscribe_method", "unsubscribed_before", "unsubscribed_after", "unsubscribed_at", "verified_at",
+    "unsubscribe_method", "verified_at",
 )
 
 
@@ -60,7 +60,8 @@ class ApiBehaviour:
     - ``exclusive_day_filters``: ``subscribed_after=D`` means from the day after D and
       ``subscribed_before=D`` up to the start of D, leaving the named day out (AWeber documents
       "on or after" / "on or before", but a client that trusts that is one reading away from
-      losing a day); ``subscribed_at=D`` is D either way.
+      losing a day); ``subscribed_at=D`` is D either way. ``unsubscribed_after``,
+      ``unsubscribed_before`` and ``unsubscribed_at`` follow the same switch and zone.
     - ``next_links_drop_filters``: a ``next_collection_link`` keeps only ``ws.start`` and
       ``ws.size``, losing the find's ``ws.op``, filters and sort (AWeber only says to follow it).
     """
@@ -297,9 +298,11 @@ class Api:
         if status is not None and status not in STATUSES:
             raise _bad_request(f'Invalid value for "status" parameter. Expected one of: {", ".join(STATUSES)}.')
         earliest, before = _day_window(request, self.behaviour)
+        unsubscribed = _day_window(request, self.behaviour, "unsubscribed")
         selection = found.select(
             earliest=earliest, before=before, status=status, email=_value(request, "email"),
             unsubscribed_order=sort_key == "unsubscribed_at",
+            unsubscribed_window=None if unsubscribed == (None, None) else unsubscribed,
         )
         if _wants_total_size(request):
             return json_answer(200, selection.count())
@@ -505,11 +508,15 @@ def _sort_order(request: Request) -> str:
     return order
 
 
-def _day_window(request: Request, behaviour: ApiBehaviour) -> tuple[float | None, float | None]:
-    """Return [earliest, before) in Unix seconds from the subscribed_* day filters, read as ``behaviour`` says."""
+def _day_window(
+    request: Request, behaviour: ApiBehaviour, prefix: str = "subscribed"
+) -> tuple[float | None, float | None]:
+    """Return [earliest, before) in Unix seconds from the ``<prefix>_after``, ``_before`` and ``_at`` day filters
+    (``subscribed_*`` or ``unsubscribed_*``), read as ``behaviour`` says."""
     earliest: float | None = None
     before: float | None = None
-    for name in ("subscribed_after", "subscribed_before", "subscribed_at"):
+    after_name, before_name, at_name = f"{prefix}_after", f"{prefix}_before", f"{prefix}_at"
+    for name in (after_name, before_name, at_name):
         text = _value(request, name)
         if text is None:
             continue
@@ -521,11 +528,11 @@ def _day_window(request: Request, behaviour: ApiBehaviour) -> tuple[float | None
             ) from error
         day_start = day_start_epoch(day, behaviour.filter_day_zone())
         day_end = day_start + SECONDS_PER_DAY
-        exclusive = behaviour.exclusive_day_filters and name != "subscribed_at"
-        if name in ("subscribed_after", "subscribed_at"):
+        exclusive = behaviour.exclusive_day_filters and name != at_name
+        if name in (after_name, at_name):
             first = day_end if exclusive else day_start
             earliest = first if earliest is None else max(earliest, first)
-        if name in ("subscribed_before", "subscribed_at"):
+        if name in (before_name, at_name):
             end = day_start if exclusive else day_end
             before = end if before is None else min(before, end)
     return earliest, before

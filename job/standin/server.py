@@ -450,6 +450,14 @@ class StandIn(Endpoints):
         """
         return self.state.add_subscribers(account_id, list_id, entries)
 
+    def unsubscribe(
+        self, account_id: int, list_id: int, subscriber_id: int, *, at: float | None = None,
+        method: str = "unsubscribe link",
+    ) -> None:
+        """Unsubscribe an appended subscriber at ``at`` (Unix seconds, default now) by ``method``, as a person
+        does long after joining; raises ValueError, changing nothing, when that cannot be."""
+        self.state.unsubscribe(account_id, list_id, subscriber_id, at, method)
+
     # -- behaviour, faults and counters -----------------------------------------------------------
 
     def configure_api(

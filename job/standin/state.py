@@ -351,6 +351,17 @@ class State:
                 raise ValueError(f"no list {list_id} in account {account_id}")
             return subscriber_list.append(entries, default_time=self.clock())
 
+    def unsubscribe(
+        self, account_id: int, list_id: int, subscriber_id: int, at: float | None = None,
+        method: str = "unsubscribe link",
+    ) -> None:
+        """Unsubscribe an appended subscriber at ``at`` (Unix seconds; now by the clock when None)."""
+        with self.lock:
+            subscriber_list = self.subscriber_list(account_id, list_id)
+            if subscriber_list is None:
+                raise ValueError(f"no list {list_id} in account {account_id}")
+            subscriber_list.unsubscribe(subscriber_id, self.clock() if at is None else at, method)
+
     def account(self, account_id: int) -> Account | None:
         """Return the account with this id, or None."""
         return self._accounts.get(account_id)

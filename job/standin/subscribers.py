@@ -13,11 +13,17 @@ subscriber ``i`` (its position in the order added, ``0 <= i < size``) has
 Subscribers appended with :meth:`SubscriberList.append` follow the generated ones in the order
 added; their ``subscribed_at`` may not go back in time, which keeps the whole list sorted by
 ``subscribed_at``. Every time filter is therefore two binary searches for an index range.
+
+An appended subscriber can later unsubscribe (:meth:`SubscriberList.unsubscribe`), as a person does
+long after joining: status, ``unsubscribed_at`` and ``unsubscribe_method`` change, the position and
+``subscribed_at`` stay. Generated subscribers never unsubscribe, so ``status=unsubscribed`` and the
+``unsubscribed_*`` day filters only ever look at appended ones (a walk over those, not over the list).
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -190,6 +196,30 @@ class SubscriberList:
             self._appended_status_counts[subscriber.status] += 1
         return [subscriber.id for subscriber in created]
 
+    def unsubscribe(self, subscriber_id: int, at: float, method: str = "unsubscribe link") -> None:
+        """Unsubscribe the appended subscriber ``subscriber_id`` at ``at`` (Unix seconds) by ``method``.
+
+        Raises ValueError, changing nothing, for a generated subscriber (they never unsubscribe), an id not
+        on the list, one already unsubscribed, a time before it subscribed or an unknown method.
+        """
+        index = self.index_of_id(subscriber_id)
+        if index is None:
+            raise ValueError(f"subscriber {subscriber_id} is not on list {self.id}")
+        if index < self.size:
+            raise ValueError(f"subscriber {subscriber_id} is a generated one; only appended subscribers unsubscribe")
+        if method not in UNSUBSCRIBE_METHODS:
+            raise ValueError(f"unsubscribe_method must be one of {UNSUBSCRIBE_METHODS}")
+        current = self._appended[index - self.size]
+        if current.status == "unsubscribed":
+            raise ValueError(f"subscriber {subscriber_id} is unsubscribed already")
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or at < current.subscribed_at:
+            raise ValueError(f"subscriber {subscriber_id}: unsubscribed_at must be Unix seconds, not before joining")
+        self._appended[index - self.size] = dataclasses.replace(
+            current, status="unsubscribed", unsubscribed_at=at, unsubscribe_method=method
+        )
+        self._appended_status_counts[current.status] -= 1
+        self._appended_status_counts["unsubscribed"] += 1
+
     def _build_appended(
         self, entry: Mapping[str, object], index: int, default_time: float, number: int
     ) -> Subscriber:
@@ -252,11 +282,14 @@ class SubscriberList:
         status: str | None = None,
         email: str | None = None,
         unsubscribed_order: bool = False,
+        unsubscribed_window: tuple[float | None, float | None] | None = None,
     ) -> Selection:
         """Return the subscribers with ``earliest <= subscribed_at < before`` and the given status/email.
 
         ``unsubscribed_order`` orders the result by ``unsubscribed_at`` instead of the order added;
         those without one come first (as SQL sorts NULLs ascending), in the order added.
+        ``unsubscribed_window`` (earliest, before), either end None for open, keeps only those with an
+        ``unsubscribed_at`` inside it: appended subscribers only, since generated ones never unsubscribe.
         """
         low = 0 if earliest is None else self.first_index_at_or_after(earliest)
         high = self.total if before is None else self.first_index_at_or_after(before)
@@ -269,16 +302,17 @@ class SubscriberList:
         if email is not None:
             # A generated subscriber's email names its position: a lookup, not a walk.
             generated = self._generated_index_of_email(email)
-            if generated is not None and generated_low <= generated < generated_high:
+            if generated is not None and generated_low <= generated < generated_high and unsubscribed_window is None:
                 if status is None or self._generated_status(generated) == status:
                     extra.append(generated)
             generated_low = generated_high = 0
-        elif status == "unsubscribed":
+        elif status == "unsubscribed" or unsubscribed_window is not None:
             generated_low = generated_high = 0
         extra.extend(
             subscriber.index
             for subscriber in self._appended[appended_low:appended_high]
             if (email is None or subscriber.email == email) and status in (None, subscriber.status)
+            and _unsubscribed_within(subscriber, unsubscribed_window)
         )
         if unsubscribed_order:
             extra.sort(key=self._unsubscribed_sort_key)
@@ -394,6 +428,17 @@ class Selection:
             else:
                 left = middle + 1
         return left
+
+
+def _unsubscribed_within(subscriber: Subscriber, window: tuple[float | None, float | None] | None) -> bool:
+    """Whether ``subscriber`` unsubscribed within ``window`` (earliest, before); True when there is no window."""
+    if window is None:
+        return True
+    moment = subscriber.unsubscribed_at
+    if moment is None:
+        return False
+    earliest, before = window
+    return (earliest is None or moment >= earliest) and (before is None or moment < before)
 
 
 def _optional_text(entry: Mapping[str, object], key: str, number: int, max_chars: int) -> str | None:

@@ -39,8 +39,16 @@ ENTRY_POINT_GROUP = "aweber_job.tasks"
 # points are not registered; installed copies find the same through the group.
 BUILTIN_TASKS = {
     "new-subscribers": "job.tasks.new_subscribers:new_subscribers",
+    "unsubscribes": "job.tasks.unsubscribes:unsubscribes",
+    "list-stats": "job.tasks.list_stats:list_stats",
     "noop": "job.tasks.noop:noop",
 }
+
+# The tasks that are also streams (job/tasks/streams.py), in the order several of them run in one
+# run (``--task new-subscribers,unsubscribes,list-stats``, in any order: the run and its state are the same).
+STREAM_TASKS = ("new-subscribers", "unsubscribes", "list-stats")
+# Imported by name when asked for, like every built-in: the streams module imports this package.
+SEVERAL_STREAMS = "job.tasks.streams:several_streams"
 
 
 @dataclass
@@ -196,6 +204,8 @@ def resolve_task(name: str, *, origin: str | None = None) -> Task:
         return Task(name, _load(registered[name], name, origin))
     if is_task_file(name):
         return _load_file(name, origin)
+    if "," in name:
+        return _several(name, origin)
     if ":" in name:
         return Task(name, _load(name, name, origin))
     known = ", ".join(sorted(registered))
@@ -203,6 +213,24 @@ def resolve_task(name: str, *, origin: str | None = None) -> Task:
         f"unknown task {name!r}{_given_by(origin)}; known tasks: {known} "
         "(or give package.module:callable or ./file.py:callable)"
     )
+
+
+def _several(name: str, origin: str | None) -> Task:
+    """Several stream tasks in one run, ``new-subscribers,unsubscribes``: named in STREAM_TASKS order, so any
+    spelling of one choice shares one state; UsageError (64) for anything else in the list."""
+    parts = [part.strip() for part in name.split(",")]
+    wrong = [part for part in parts if part not in STREAM_TASKS]
+    if wrong:
+        raise UsageError(
+            f"task {name!r}{_given_by(origin)}: {wrong[0]!r} cannot run with others; a comma joins tasks of "
+            f"{', '.join(STREAM_TASKS)} (docs/tasks.md)"
+        )
+    chosen = [task for task in STREAM_TASKS if task in parts]
+    if len(chosen) == 1:
+        return resolve_task(chosen[0], origin=origin)
+    module_name, _, attr = SEVERAL_STREAMS.partition(":")
+    factory: Callable[[list[str]], TaskFunction] = getattr(importlib.import_module(module_name), attr)
+    return Task(",".join(chosen), factory(chosen))
 
 
 # reST inline markup in docstrings: :role:`text`, ``literal``, `text`, **strong**, *emphasis*.

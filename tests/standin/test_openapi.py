@@ -101,6 +101,9 @@ SUCCESSES = [
                                              "ws.start": "3"}, "FindSubscribers", "SubscriberFind"),
     ("/accounts/123/lists/456/subscribers", {"ws.op": "find", "sort_key": "unsubscribed_at",
                                              "sort_order": "desc"}, "FindSubscribers", "SubscriberFind"),
+    ("/accounts/123/lists/456/subscribers", {"ws.op": "find", "status": "unsubscribed",
+                                             "unsubscribed_after": "2026-03-08", "sort_key": "unsubscribed_at",
+                                             "sort_order": "asc"}, "FindSubscribers", "SubscriberFind"),
     ("/accounts/123/lists/457/subscribers", {"ws.op": "find"}, "FindSubscribers", "SubscriberFind"),
 ]
 
