@@ -30,6 +30,7 @@ TIMER = ROOT / "systemd" / "aweber-job.timer"
 # Installed only for a confidential app: it passes the client secret as a credential.
 SECRET_DROP_IN = ROOT / "systemd" / "aweber-job.service.d" / "client-secret.conf"
 README = ROOT / "README.md"
+INSTANCES_DOC = ROOT / "docs" / "systemd-instances.md"
 CRONTAB = ROOT / "crontab.example"
 
 # Where the README, the unit and the crontab all say the console script is installed.
@@ -298,14 +299,14 @@ def test_the_readme_creates_the_secret_file_only_with_the_drop_in_that_loads_it(
 
 
 
-def test_the_readme_adds_a_connection_with_its_own_env_file_sandbox_and_timer() -> None:
-    """The README's steps for instance acme write /etc/aweber-job/acme.env, log in with that env file and the
+def test_the_instance_steps_add_a_connection_with_its_own_env_file_sandbox_and_timer() -> None:
+    """docs/systemd-instances.md's steps for instance acme write /etc/aweber-job/acme.env, log in with that env file and the
     instance's state directory, enable aweber-job@acme.timer, and create acme's secret file in a step of its
     own, never as an empty file (which a public app's instance does not need)."""
     instance = parse_unit(INSTANCE_SERVICE.read_text(encoding="utf-8"))
     state_directory = for_instance(last_value(instance, "Service", "StateDirectory"), "acme")
     env_file = for_instance(last_value(instance, "Service", "EnvironmentFile"), "acme")
-    blocks = shell_blocks(README.read_text(encoding="utf-8"))
+    blocks = shell_blocks(INSTANCES_DOC.read_text(encoding="utf-8"))
     text = "\n".join(blocks)
     assert "/etc/aweber-job/acme.env" in text
     logins = [block for block in blocks if "login" in block and "aweber-job@acme.timer" in block]
