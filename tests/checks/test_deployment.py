@@ -300,9 +300,9 @@ def test_the_readme_creates_the_secret_file_only_with_the_drop_in_that_loads_it(
 
 
 def test_the_instance_steps_add_a_connection_with_its_own_env_file_sandbox_and_timer() -> None:
-    """docs/systemd-instances.md's steps for instance acme write /etc/aweber-job/acme.env, log in with that env file and the
-    instance's state directory, enable aweber-job@acme.timer, and create acme's secret file in a step of its
-    own, never as an empty file (which a public app's instance does not need)."""
+    """docs/systemd-instances.md's steps for instance acme write /etc/aweber-job/acme.env, log in with that env
+    file and the instance's state directory, enable aweber-job@acme.timer, and create acme's secret file in a step
+    of its own, never as an empty file (which a public app's instance does not need)."""
     instance = parse_unit(INSTANCE_SERVICE.read_text(encoding="utf-8"))
     state_directory = for_instance(last_value(instance, "Service", "StateDirectory"), "acme")
     env_file = for_instance(last_value(instance, "Service", "EnvironmentFile"), "acme")

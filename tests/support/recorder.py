@@ -27,8 +27,10 @@ class Request:
 
 
 @contextmanager
-def recording_server(on_request: Callable[[Request], int], *, body: bytes = b"") -> Iterator[ThreadingHTTPServer]:
-    """Serve on 127.0.0.1 until the block ends; each request goes to ``on_request``, whose status is sent."""
+def recording_server(on_request: Callable[[Request], int], *, body: bytes | Callable[[], bytes] = b"",
+                     content_type: str | None = None) -> Iterator[ThreadingHTTPServer]:
+    """Serve on 127.0.0.1 until the block ends; each request goes to ``on_request``, whose status is sent with
+    ``body`` (or what ``body()`` returns at that moment)."""
 
     class Handler(BaseHTTPRequestHandler):
         def _record(self) -> None:
@@ -36,11 +38,14 @@ def recording_server(on_request: Callable[[Request], int], *, body: bytes = b"")
             raw = self.rfile.read(length) if length else b""
             text = raw.decode("utf-8", errors="replace")
             status = on_request(Request(self.command, self.path, dict(self.headers), text, raw))
+            answer = body() if callable(body) else body
             self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
+            if content_type is not None:
+                self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
-            if body and self.command != "HEAD":
-                self.wfile.write(body)
+            if answer and self.command != "HEAD":
+                self.wfile.write(answer)
 
         do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _record
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from job.errors import EXIT_AUTH, EXIT_TEMPORARY, ApiError, AuthError, RunTimeou
 from job.run.keeper import TokenKeeper
 from job.standin import RETRY_LATER_403_MESSAGES, Fault, StandIn
 from tests.support.jobs import FakeTime, JobFiles
+from tests.support.recorder import Request, recording_server
 
 ACCOUNT_ID = 1001
 LIST_ID = 2002
@@ -99,49 +99,28 @@ def keeper(job: JobFiles) -> Iterator[TokenKeeper]:
         token_keeper.close()
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    """Records every request it gets and answers with the server's canned JSON."""
+@dataclass
+class _RecordingServer:
+    """A second loopback HTTP server: what it received, and the JSON it answers with."""
 
-    def do_GET(self) -> None:
-        server = self.server
-        assert isinstance(server, _RecordingServer)
-        server.seen.append({"path": self.path, "headers": dict(self.headers.items())})
-        body = json.dumps(server.answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class _RecordingServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Recorder)
-        self.seen: list[dict[str, Any]] = []
-        self.answer: Any = {"entries": []}
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+    url: str
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    answer: Any = field(default_factory=lambda: {"entries": []})
 
 
 @pytest.fixture
 def other_server() -> Iterator[_RecordingServer]:
     """A second loopback HTTP server that records what it receives."""
-    server = _RecordingServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    holder: list[_RecordingServer] = []
+
+    def record(request: Request) -> int:
+        holder[0].seen.append({"path": request.path, "headers": request.headers})
+        return 200
+
+    with recording_server(record, body=lambda: json.dumps(holder[0].answer).encode(),
+                          content_type="application/json") as server:
+        holder.append(_RecordingServer(f"http://127.0.0.1:{server.server_address[1]}"))
+        yield holder[0]
 
 
 # ---- paging ------------------------------------------------------------------------------------
