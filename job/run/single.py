@@ -275,7 +275,7 @@ def run_cycle(
         with keeper:
             outcome.held_connection = True
             state = states.load(task.name) if task else {}
-            if state and options.since is not None and task is not None:
+            if state and options.since is not None and task is not None and task_state is None:
                 # An operator who asked for a look-back and got none would otherwise not know why.
                 log.info(
                     "--since %s is used only where task %s has no saved state: it continues from %s",
