@@ -48,8 +48,9 @@ def populate(standin: StandIn, *, lists: tuple[int, ...] = (LIST,)) -> list[str]
     return recent
 
 
-def write_config(job: JobFiles, **settings: Any) -> Path:
-    """The tap's config: the job's settings for the stand-in, lower-cased, and ``settings`` over them."""
+def write_config(job: JobFiles, name: str = "config.json", **settings: Any) -> Path:
+    """The tap's config (the file ``name``): the job's settings for the stand-in, lower-cased, and ``settings``
+    over them."""
     base = job.standin.base_url
     config: dict[str, Any] = {
         "client_id": CONFIDENTIAL_ID,
@@ -63,7 +64,7 @@ def write_config(job: JobFiles, **settings: Any) -> Path:
         "start_date": (datetime.now(timezone.utc) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     config.update(settings)
-    path = job.root / "config.json"
+    path = job.root / name
     path.write_text(json.dumps({k: v for k, v in config.items() if v is not None}), encoding="utf-8")
     return path
 
@@ -268,12 +269,13 @@ def test_bad_config_is_one_line_and_78_with_the_token_file_untouched(job: JobFil
     not_json.write_text("{client_id: x", encoding="utf-8")
     cases = {
         str(not_json): "not JSON",
-        str(write_config(job, clientid="typo")): "clientid",
-        str(write_config(job, task="noop")): "task",
-        str(write_config(job, account_id="acme")): "account_id",
-        str(write_config(job, start_date="yesterday")): "start_date",
-        str(write_config(job, start_date="2999-01-01T00:00:00Z")): "future",
-        str(write_config(job, token_file=None)): "token_file",
+        str(write_config(job, "1.json", clientid="typo")): "clientid",
+        str(write_config(job, "2.json", task="noop")): "task",
+        str(write_config(job, "3.json", account_id="acme")): "account_id",
+        str(write_config(job, "4.json", start_date="yesterday")): "start_date",
+        str(write_config(job, "5.json", start_date="2999-01-01T00:00:00Z")): "future",
+        str(write_config(job, "6.json", token_file=None)): "token_file",
+        str(write_config(job, "7.json", list_ids=True)): "list_ids",
     }
     for path, named in cases.items():
         done = tap(job, "--config", path)
