@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from job.shutdown import Shutdown
 
 # build_parser, RUN_OPTIONS and make_session are also this module's words for the tests and the tools around it.
-__all__ = ["RUN_OPTIONS", "build_parser", "load_environment", "main", "make_session", "read_env_file"]
+__all__ = ["RUN_OPTIONS", "build_parser", "load_environment", "main", "make_session", "read_env_file", "tap_main"]
 
 log = logging.getLogger("job")
 
@@ -394,6 +394,19 @@ def _cmd_revoke(call: _Call) -> int:
     return run_revoke(call.settings, make_session())
 
 
+def _cmd_tap(call: _Call) -> int:
+    if call.args.env_file is not None:
+        raise UsageError("--env-file is not an option of tap: its settings come from --config alone")
+    from job.commands.tap import run_tap_command
+
+    return run_tap_command(call.args, call.out)
+
+
+def tap_main() -> int:
+    """The program ``tap-aweber``: ``aweber-job tap`` under the name orchestrators give an extractor."""
+    return main(["tap", *sys.argv[1:]])
+
+
 def _cmd_run(call: _Call) -> int:
     from job.commands.run import run_command
 
@@ -415,9 +428,10 @@ _HANDLERS: dict[str, Callable[[_Call], int]] = {
     "connections": _cmd_store,
     "sandbox": _cmd_sandbox,
     "state": _cmd_state,
+    "tap": _cmd_tap,
 }
-# The commands that need neither the settings nor the stop signals.
-_WITHOUT_SETTINGS = ("tasks", "example", "demo", "sandbox")
+# The commands that need neither the settings nor the stop signals (the tap reads its own from --config).
+_WITHOUT_SETTINGS = ("tasks", "example", "demo", "sandbox", "tap")
 
 
 def make_session() -> requests.Session:

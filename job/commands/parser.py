@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from job.config import Settings
 
 COMMANDS = ("run", "refresh", "status", "login", "revoke", "tasks", "demo", "example", "store", "connections",
-            "sandbox", "state")
+            "sandbox", "state", "tap")
 # The commands that act on one connection, and so take --connection.
 CONNECTION_COMMANDS = ("run", "refresh", "status", "login", "revoke", "state")
 
@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     removing.add_argument("name", metavar="NAME", help="the connection's name, as connections list shows it")
     removing.add_argument("--force", action="store_true", help="remove it even if it was not revoked")
     _add_sandbox_and_state(command)
+    _add_tap(command)
     _add_run_options(parser, top_level=True)
     return parser
 
@@ -162,6 +163,22 @@ def _add_sandbox_and_state(command: Callable[[str, str], argparse.ArgumentParser
         _add_global_options(action, top=False)
         action.add_argument("--task", dest="state_task", metavar="NAME",
                             help="the task whose state it is (default: AWEBER_TASK or new-subscribers)")
+
+
+def _add_tap(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """``tap``: the job as a Singer tap (also the program tap-aweber), with Singer's options."""
+    tap = command("tap", "run as a Singer tap: Singer messages on stdout, for Meltano or any Singer target "
+                         "(also the program tap-aweber)")
+    tap.add_argument("--config", metavar="FILE",
+                     help="JSON object of settings: the variables lower-cased without AWEBER_ (client_id, "
+                          "token_file or store...), and start_date; the environment and .env play no part")
+    tap.add_argument("--state", metavar="FILE", help="the last STATE message's value from the run before")
+    tap.add_argument("--catalog", "--properties", dest="catalog", metavar="FILE",
+                     help="the streams and fields to emit (the selected metadata); default: all")
+    tap.add_argument("--discover", action="store_true", help="print the catalog and exit")
+    tap.add_argument("--about", action="store_true", help="print the tap's name, version, capabilities and settings")
+    tap.add_argument("--format", dest="about_format", choices=("text", "json", "markdown"), default=None,
+                     help="with --about: text (default), json or markdown")
 
 
 def _action(parent: Any, name: str, help_text: str, more: str = "") -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import requests
 
     from job.run.monitor import Monitor
-    from job.run.single import RunOptions
+    from job.run.single import RunOptions, TaskState
     from job.shutdown import Shutdown
 
 log = logging.getLogger("job")
@@ -55,8 +55,7 @@ def run_command(
     ``origin_of`` names where a variable's value came from (the environment or the env file).
     """
     from job.run.monitor import Monitor
-    from job.run.single import RunOptions, RunOutcome, run_cycle
-    from job.stores import connection_store
+    from job.run.single import RunOptions
 
     task_option = getattr(args, "task", None)
     if task_option:
@@ -76,13 +75,28 @@ def run_command(
     monitor = Monitor(settings, session)
     if getattr(args, "all", False) or getattr(args, "concurrency", None) is not None:
         return _run_all(settings, args, options, out, monitor, shutdown)
+    return run_single(settings, options, out, shutdown, session=session, monitor=monitor)
+
+
+def run_single(settings: Settings, options: RunOptions, out: IO[str], shutdown: Shutdown, *,
+               session: requests.Session | None = None, monitor: Monitor | None = None,
+               task_state: TaskState | None = None) -> int:
+    """One connection's cycle with monitoring around it; ``task_state`` where the task's state lives (default:
+    the store's). The exit code; every error has been reported in one line."""
+    from job.run.monitor import Monitor
+    from job.run.single import RunOutcome, run_cycle
+    from job.stores import connection_store
+
+    session = session if session is not None else make_session()
+    monitor = monitor if monitor is not None else Monitor(settings, session)
     outcome = RunOutcome()
     # The database store records the outcome and releases the lease in one statement after the run (finish).
     store = connection_store(settings, finish_on_close=True, shutdown=shutdown)
     with shutdown.handling_signals():
         monitor.start()
         try:
-            run_cycle(settings, session, options, stdout=out, outcome=outcome, store=store, shutdown=shutdown)
+            run_cycle(settings, session, options, stdout=out, outcome=outcome, store=store, shutdown=shutdown,
+                      task_state=task_state)
         except JobError as exc:
             report(naming_the_connection(exc, settings.named_connection))
             outcome.exit_code = exc.exit_code

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import requests
 
@@ -38,7 +38,7 @@ from job.stores import connection_store
 from job.stores.base import ConnectionStore
 from job.stores.file.lock import lock_path_for
 from job.stores.file.store import state_file_for
-from job.tasks import TaskContext, resolve_task
+from job.tasks import Task, TaskContext, resolve_task
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,12 @@ EARLIEST_SINCE = datetime(1970, 1, 1, tzinfo=timezone.utc)
 class RunOptions:
     """What ``run`` was asked to do; ``task=None`` means refresh only.
 
+    ``task`` is a name to resolve, or a task already made (the Singer tap's, job/run/singer.py).
     ``task_origin`` says where the task's name came from (``--task``, ``AWEBER_TASK in …``), for the
     message about a name that is not known; ``since=None`` means ``--since`` was not given.
     """
 
-    task: str | None
+    task: str | Task | None
     output: str | None = None
     fmt: str = "jsonl"
     since: str | None = None
@@ -85,6 +86,33 @@ class RunOutcome:
     @property
     def http_requests(self) -> int:
         return self.token_requests + self.api_requests
+
+
+class TaskState(Protocol):
+    """Where a task's state comes from and goes to: the store's (a run), or the orchestrator's (the Singer tap,
+    whose state travels in ``--state`` and STATE messages). ``save`` is called only after the output is flushed."""
+
+    def load(self, task_name: str) -> dict[str, Any]: ...
+
+    def save(self, task_name: str, state: dict[str, Any]) -> None: ...
+
+    def location(self, task_name: str) -> str: ...
+
+
+class _StoreState:
+    """The task state kept by the connection's store (the state file, or the database's row)."""
+
+    def __init__(self, store: ConnectionStore[Any]) -> None:
+        self._store = store
+
+    def load(self, task_name: str) -> dict[str, Any]:
+        return self._store.load_state(task_name)
+
+    def save(self, task_name: str, state: dict[str, Any]) -> None:
+        self._store.save_state(task_name, state)
+
+    def location(self, task_name: str) -> str:
+        return self._store.state_location(task_name)
 
 
 def since_duration(value: str) -> timedelta | None:
@@ -217,6 +245,7 @@ def run_cycle(
     store: ConnectionStore[Any] | None = None,
     shutdown: Shutdown | None = None,
     pacer_for: Callable[[str], Pacer] | None = None,
+    task_state: TaskState | None = None,
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
@@ -227,27 +256,30 @@ def run_cycle(
     call began, or when ``shutdown`` is asked for (a signal: job.shutdown); then the output so far is
     flushed and the task state saved as the task left it (RunTimeoutError, exit 75), so the next run
     continues from there. A stop before the refresh sends nothing (StoppedError, 75).
+
+    ``task_state`` is where the task's state comes from and goes to; by default the store's.
     """
     run_started = monotonic()
     outcome = outcome if outcome is not None else RunOutcome()
     # Everything that can be checked without the token is checked first, so mistakes cost nothing.
-    task = resolve_task(options.task, origin=options.task_origin) if options.task else None
+    task = _task_of(options)
     now = datetime.fromtimestamp(clock(), tz=timezone.utc)
     since = parse_since(options.since or DEFAULT_SINCE, now) if task else None
     outcome.task = task.name if task else None
     check_own_files(settings, output=options.output if task else None, task_name=task.name if task else None)
     output, close_output = _open_output(options.output, stdout) if task else (stdout, False)
     store = store if store is not None else connection_store(settings, shutdown=shutdown)
+    states: TaskState = task_state if task_state is not None else _StoreState(store)
     keeper = TokenKeeper(settings, session, store, clock=clock, monotonic=monotonic, sleep=sleep, shutdown=shutdown)
     try:
         with keeper:
             outcome.held_connection = True
-            state = store.load_state(task.name) if task else {}
-            if state and options.since is not None and task is not None:
+            state = states.load(task.name) if task else {}
+            if state and options.since is not None and task is not None and task_state is None:
                 # An operator who asked for a look-back and got none would otherwise not know why.
                 log.info(
                     "--since %s is used only where task %s has no saved state: it continues from %s",
-                    options.since, task.name, store.state_location(task.name),
+                    options.since, task.name, states.location(task.name),
                 )
             if keeper.legacy_oauth1:
                 log.info("the token file holds OAuth 1.0a tokens, which do not expire: nothing to refresh")
@@ -281,7 +313,7 @@ def run_cycle(
             except TaskStoppedError as exc:
                 # The task stopped where its own trouble began, with its state true to that point.
                 context.flush_output()
-                store.save_state(task.name, context.state)
+                states.save(task.name, context.state)
                 raise TaskStoppedError(
                     f"task {task.name} stopped: {exc.message}; its state is saved as far as it got, and the next "
                     "run continues from there", hint=exc.hint,
@@ -290,7 +322,7 @@ def run_cycle(
                 # Out of time, not failed: what was done is kept (a task moves its state only past
                 # output it has flushed), so the next run picks up where this one stopped.
                 context.flush_output()
-                store.save_state(task.name, context.state)
+                states.save(task.name, context.state)
                 raise RunTimeoutError(
                     f"{exc.message}; the output so far is flushed and the task state saved: "
                     "the next run continues from there"
@@ -306,12 +338,19 @@ def run_cycle(
                 _copy_refresh_stats(keeper, outcome)
                 outcome.new_subscribers = context.counters.get("new_subscribers")
             context.flush_output()
-            store.save_state(task.name, context.state)
+            states.save(task.name, context.state)
             outcome.summary = dict(summary or {})
             return outcome
     finally:
         if close_output:
             output.close()
+
+
+def _task_of(options: RunOptions) -> Task | None:
+    """The task to run: None for a refresh only, the task given, or the one its name resolves to (UsageError, 64)."""
+    if isinstance(options.task, Task):
+        return options.task
+    return resolve_task(options.task, origin=options.task_origin) if options.task else None
 
 
 def _copy_refresh_stats(keeper: TokenKeeper, outcome: RunOutcome) -> None:
