@@ -104,7 +104,8 @@ def run_single(settings: Settings, options: RunOptions, out: IO[str], shutdown: 
             report_unexpected(exc)
             outcome.exit_code = EXIT_TASK_FAILED
         # A run turned away (another holds the lease, the store is down) ran nothing worth recording.
-        store.finish(outcome.exit_code if outcome.held_connection else None, settings.run_interval_seconds)
+        store.finish(outcome.exit_code if outcome.held_connection else None, settings.run_interval_seconds,
+                     account_id=outcome.account_id)
         # One connection of the database store: its own Pushgateway group, so runs of others do not replace it.
         monitor.finish(outcome, connection=settings.named_connection)
     return outcome.exit_code

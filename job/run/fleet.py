@@ -402,7 +402,8 @@ class FleetRun:
         finally:
             # Recorded and released in one statement: released first, another process could find the
             # connection free and not yet run, and run it a second time.
-            connection.finish(outcome.exit_code if record else None, self.settings.run_interval_seconds)
+            connection.finish(outcome.exit_code if record else None, self.settings.run_interval_seconds,
+                              account_id=outcome.account_id)
         if outcome.exit_code == EXIT_OK:
             log.info("connection '%s': ok (%d refresh%s, %d API requests%s)", name, outcome.refreshes,
                      "" if outcome.refreshes == 1 else "es", outcome.api_requests,

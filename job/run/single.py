@@ -77,6 +77,8 @@ class RunOutcome:
     api_requests: int = 0
     access_expires_at: float | None = None
     new_subscribers: int | None = None
+    # The one AWeber account the task read, when it read exactly one (recorded by a database store).
+    account_id: int | None = None
     # 403 rate-limit answers from AWeber, and seconds spent waiting for the pacer (AWEBER_RATE_LIMIT).
     rate_limited: int = 0
     pacing_wait_seconds: float = 0.0
@@ -337,6 +339,7 @@ def run_cycle(
                 outcome.pacing_wait_seconds = api.pacing_wait_seconds
                 _copy_refresh_stats(keeper, outcome)
                 outcome.new_subscribers = context.counters.get("new_subscribers")
+                outcome.account_id = context.counters.get("account_id")
             context.flush_output()
             states.save(task.name, context.state)
             outcome.summary = dict(summary or {})

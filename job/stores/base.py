@@ -139,8 +139,9 @@ class ConnectionStore(Protocol[PendingSave]):
 
     def close(self) -> None: ...
 
-    def finish(self, exit_code: int | None, interval_seconds: float) -> None:
-        """After a run: record how it ended (``exit_code`` None: it never held the connection), then close."""
+    def finish(self, exit_code: int | None, interval_seconds: float, *, account_id: int | None = None) -> None:
+        """After a run: record how it ended (``exit_code`` None: it never held the connection) and the one AWeber
+        account it read, if it knows it, then close."""
         ...
 
     def status(self) -> StatusView:

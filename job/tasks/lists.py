@@ -61,6 +61,9 @@ def scan_lists(context: TaskContext) -> Lists:
     if missing:
         context.log.warning("AWEBER_LIST_IDS names lists that do not exist in the account(s) scanned: %s",
                             ", ".join(sorted(missing, key=lambda text: (len(text), text))))
+    if accounts == 1 and refs and isinstance(refs[0].account_id, int) and not isinstance(refs[0].account_id, bool):
+        # The one account this connection reaches: the store records it (connections list's ACCOUNT_ID).
+        context.counters["account_id"] = refs[0].account_id
     return Lists(tuple(refs), accounts, context.now())
 
 

@@ -212,6 +212,7 @@ def test_run_output_carries_the_connection_and_the_state_lives_in_the_store(db_j
     assert rows, "the list has subscribers from the last week"
     assert all(row["connection"] == "acme" for row in rows)
     assert not list((db_job.root / "state").glob("*.state.json")), "task state lives in the store, not in files"
+    assert listing(db_job)["acme"]["account_id"] == ACCOUNT, "the one account the run read is recorded"
 
     db_job.standin.add_subscribers(ACCOUNT, LIST, [{"email": "new@example.com", "subscribed_at": time.time() - 60}])
     second = run_job(["--connection", "acme", "run", "--format", "csv"], db_job.env())

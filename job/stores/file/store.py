@@ -146,7 +146,7 @@ class FileStore:
             self._lock.release()
             self._lock = None
 
-    def finish(self, exit_code: int | None, interval_seconds: float) -> None:
+    def finish(self, exit_code: int | None, interval_seconds: float, *, account_id: int | None = None) -> None:
         """Nothing to record: the token file keeps no history of runs, and the timer or cron says when to run."""
         self.close()
 

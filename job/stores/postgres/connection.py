@@ -316,7 +316,7 @@ class PostgresConnection:
             return
         self._release()
 
-    def finish(self, exit_code: int | None, interval_seconds: float) -> None:
+    def finish(self, exit_code: int | None, interval_seconds: float, *, account_id: int | None = None) -> None:
         """Record how the run ended and release the lease, in one fenced statement; then close.
 
         ``exit_code`` None: the run never held the connection, so there is nothing to record.
@@ -327,6 +327,7 @@ class PostgresConnection:
                 recorded = self._fenced_update(
                     "finish", "cannot record the run of",
                     code=exit_code, interval=float(interval_seconds), backoff=BACKOFF_FIRST_SECONDS,
+                    account_id=account_id if account_id is not None and 0 < account_id < 2**63 else None,
                 )
                 if recorded:
                     self._fence = None
