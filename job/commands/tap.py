@@ -25,32 +25,6 @@ from job.errors import EXIT_OK, ConfigError, JobError, TokenFileError, UsageErro
 TAP_NAME = "tap-aweber"
 CAPABILITIES = ("catalog", "discover", "state", "about")
 
-# The streams, in one place: name -> (task whose JSON lines are its records, JSON Schema, key properties,
-# replication key). The task's fields and their types are those of job/tasks/new_subscribers.py's rows.
-_NULLABLE_TEXT = {"type": ["string", "null"]}
-STREAMS: dict[str, tuple[str, dict[str, Any], tuple[str, ...], str | None]] = {
-    "subscribers": (
-        "new-subscribers",
-        {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "account_id": {"type": "integer", "description": "the AWeber account"},
-                "list_id": {"type": "integer", "description": "the list the subscriber joined"},
-                "list_name": {**_NULLABLE_TEXT, "description": "the list's name"},
-                "id": {"type": "integer", "description": "the subscriber's id in that list"},
-                "email": {**_NULLABLE_TEXT, "description": "the subscriber's email address"},
-                "name": {**_NULLABLE_TEXT, "description": "the subscriber's name"},
-                "status": {**_NULLABLE_TEXT, "description": "subscribed, unconfirmed or unsubscribed"},
-                "subscribed_at": {"type": ["string", "null"], "format": "date-time",
-                                  "description": "when the subscriber joined the list"},
-            },
-        },
-        ("account_id", "list_id", "id"),
-        "subscribed_at",
-    ),
-}
-
 # The job's settings the tap does not take: the task is the streams', and monitoring and fleet runs are run's.
 _NOT_TAP_SETTINGS = {"task", "ping_url", "metrics_file", "pushgateway_url", "run_interval", "log_format"}
 _SECRET_SETTINGS = {"client_secret", "store", "store_key"}
@@ -66,11 +40,12 @@ _LIST_SETTINGS = {"list_ids", "store_key"}
 
 
 def singer_streams() -> dict[str, Any]:
-    """The streams as the run layer takes them (job.run.singer.SingerStream)."""
+    """The streams (job/tasks/streams.py, the same that ``run --task`` reports) as the run layer takes them."""
     from job.run.singer import SingerStream
+    from job.tasks.streams import STREAMS
 
-    return {name: SingerStream(name, task, schema, keys, replication_key)
-            for name, (task, schema, keys, replication_key) in STREAMS.items()}
+    return {name: SingerStream(name, stream.task, stream.schema, stream.key_properties, stream.replication_key)
+            for name, stream in STREAMS.items()}
 
 
 def run_tap_command(args: argparse.Namespace, out: IO[str]) -> int:

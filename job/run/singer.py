@@ -1,11 +1,12 @@
 """The Singer tap's run (docs/singer.md): tasks' output lines as RECORD messages, their state as STATE messages.
 
 The tap is one run of the job (job/run/single.py): the same hold, refresh on start and careful save of the
-rotated tokens. Only the task differs: :func:`tap_task` runs each selected stream's task with an output that
-turns every JSON line the task writes into a RECORD of that stream, and the task state is the orchestrator's,
-not the store's: :class:`SingerState` takes it from ``--state`` and hands it back as a STATE message, which
-the run writes only after the output it covers is flushed (when the task returned, reached the run's time
-limit or was stopped), never after a failure. So a STATE never claims a record that was not written.
+rotated tokens. Only the task differs: :func:`tap_task` reads the accounts and lists once and runs each selected
+stream (job/tasks/streams.py, the same reading ``run --task`` does) with every record it yields going out as a
+RECORD of that stream, and the task state is the orchestrator's, not the store's: :class:`SingerState` takes
+it from ``--state`` and hands it back as STATE messages — after each list a stream has finished, once its
+records are flushed, and at the end when the task returned, reached the run's time limit or was stopped;
+never past a failure. So a STATE never claims a record that was not written.
 
 Singer's state has one bookmark per stream (``{"bookmarks": {STREAM: …}}``); a stream's bookmark is its task's
 own state, unchanged, so the task's guarantees (at least once, none repeated across runs) carry over.
@@ -20,10 +21,12 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import IO, Any, cast
+from typing import IO, Any
 
 from job.errors import TokenFileError, shorten
-from job.tasks import Task, TaskContext, TaskFunction, resolve_task
+from job.tasks import Task, TaskContext
+from job.tasks.lists import scan_lists
+from job.tasks.streams import STREAMS
 from job.tasks.timestamps import parse_timestamp
 
 log = logging.getLogger(__name__)
@@ -105,8 +108,8 @@ def _rfc3339(moment: datetime) -> str:
 
 
 class RecordOutput:
-    """The output a stream's task writes its JSON lines to: each line goes out as one RECORD of the stream,
-    with the selected properties only, and date-time properties in RFC 3339."""
+    """Each record of a stream goes out as one RECORD, with the selected properties only, and date-time
+    properties in RFC 3339."""
 
     def __init__(self, writer: MessageWriter, selected: Selected, now: Callable[[], datetime],
                  task_log: logging.Logger) -> None:
@@ -114,20 +117,11 @@ class RecordOutput:
         self._selected = selected
         self._now = now
         self._log = task_log
-        self._pending = ""
         self._dates = tuple(name for name in selected.fields
                             if selected.stream.properties[name].get("format") == "date-time")
         self._warned: set[str] = set()
 
-    def write(self, text: str) -> int:
-        self._pending += text
-        *lines, self._pending = self._pending.split("\n")
-        for line in lines:
-            if line.strip():
-                self._emit(json.loads(line))
-        return len(text)
-
-    def _emit(self, row: Mapping[str, Any]) -> None:
+    def emit(self, row: Mapping[str, Any]) -> None:
         record = {name: row.get(name) for name in self._selected.fields}
         for name in self._dates:
             record[name] = self._date_time(name, record[name])
@@ -144,16 +138,6 @@ class RecordOutput:
                                   self._selected.stream.name, name, shorten(repr(value), 40))
             return None
         return _rfc3339(instant)
-
-    def flush(self) -> None:
-        self._writer.flush()
-
-    def fileno(self) -> int:
-        # Nothing to fsync: the messages go to the orchestrator through a pipe.
-        raise OSError("Singer messages go to standard output")
-
-    def seekable(self) -> bool:
-        return False
 
 
 class SingerState:
@@ -179,14 +163,8 @@ class SingerState:
 
 
 def tap_task(selected: Sequence[Selected], writer: MessageWriter) -> Task:
-    """The run's task: a SCHEMA for every selected stream, then each stream's task with its records as RECORDs.
-
-    The streams' tasks are found now, before the refresh, so a missing one costs no token (UsageError, 64).
-    """
-    functions: list[tuple[Selected, TaskFunction]] = [
-        (chosen, resolve_task(chosen.stream.task, origin=f"stream {chosen.stream.name}").function)
-        for chosen in selected
-    ]
+    """The run's task: a SCHEMA for every selected stream, then each stream's records as RECORDs, with a STATE
+    after every list a stream finishes (its records flushed first)."""
 
     def tap(context: TaskContext) -> dict[str, Any]:
         """Emit the selected streams as Singer messages."""
@@ -194,21 +172,26 @@ def tap_task(selected: Sequence[Selected], writer: MessageWriter) -> Task:
         for chosen in selected:
             writer.schema(chosen)
         writer.flush()
+        if not selected:
+            return {"streams": 0, "records": 0}
         if context.settings.account_id is None:
             _check_accounts(context, bookmarks, selected)
-        for chosen, function in functions:
+        lists = scan_lists(context)
+
+        def checkpoint(_: dict[str, Any]) -> None:
+            writer.state(copy.deepcopy(context.state))
+            writer.flush()
+
+        for chosen in selected:
             name = chosen.stream.name
             if not isinstance(bookmarks.get(name), dict):
                 bookmarks[name] = {}
             task_log = logging.getLogger(f"job.task.{chosen.stream.task}")
-            stream_context = dataclasses.replace(
-                context, state=bookmarks[name],
-                output=cast(IO[str], RecordOutput(writer, chosen, context.now, task_log)),
-                output_format="jsonl", connection=None, log=task_log,
-            )
+            stream_context = dataclasses.replace(context, connection=None, log=task_log)
+            output = RecordOutput(writer, chosen, context.now, task_log)
             before = writer.records
-            function(stream_context)
-            stream_context.flush_output()
+            STREAMS[name].run(stream_context, bookmarks[name], output.emit, flush=writer.flush,
+                              checkpoint=checkpoint, lists=lists)
             context.log.info("stream %s: %d records", name, writer.records - before)
         return {"streams": len(selected), "records": writer.records}
 

@@ -148,7 +148,7 @@ STREAMS: Mapping[str, Stream] = MappingProxyType({
     ),
     "list_stats": Stream(
         "list_stats", "list-stats", _schema(_LIST_STATS_PROPERTIES, list_stats_task.FIELDS),
-        ("list_id", "captured_at"), None,
+        ("list_id", "captured_at"), "captured_at",
     ),
 })
 

@@ -89,7 +89,19 @@ def messages(stdout: str) -> list[dict[str, Any]]:
 
 
 def emails_of(found: list[dict[str, Any]]) -> list[str]:
-    return [m["record"]["email"] for m in found if m["type"] == "RECORD"]
+    return [m["record"]["email"] for m in found if m["type"] == "RECORD" and m["stream"] == "subscribers"]
+
+
+def assert_no_state_before_its_records(found: list[dict[str, Any]]) -> None:
+    """A first run's STATE names a list of a stream only after every RECORD of that list and stream."""
+    for index, message in enumerate(found):
+        if message["type"] != "RECORD":
+            continue
+        key = f"{message['record']['account_id']}/{message['record']['list_id']}"
+        for earlier in found[:index]:
+            if earlier["type"] == "STATE":
+                bookmark = earlier["value"].get("bookmarks", {}).get(message["stream"], {})
+                assert key not in bookmark.get("lists", {}), f"a STATE covered list {key} before its record"
 
 
 def last_state(found: list[dict[str, Any]]) -> dict[str, Any]:
@@ -121,14 +133,15 @@ def test_discover_prints_a_catalog_with_keys_replication_and_inclusion_and_spend
     done = tap(job, "--config", str(write_config(job)), "--discover")
     assert done.returncode == 0, done.stderr
     catalog = json.loads(done.stdout)
-    (entry,) = catalog["streams"]
-    assert entry["tap_stream_id"] == entry["stream"] == "subscribers"
-    assert set(entry["schema"]["properties"]) == {"account_id", "list_id", "list_name", "id", "email", "name",
-                                                  "status", "subscribed_at"}
+    assert [entry["stream"] for entry in catalog["streams"]] == ["subscribers", "unsubscribes", "list_stats"]
+    (entry,) = [entry for entry in catalog["streams"] if entry["tap_stream_id"] == "subscribers"]
+    assert entry["stream"] == "subscribers"
+    assert set(entry["schema"]["properties"]) >= {"account_id", "list_id", "list_name", "id", "email", "name",
+                                                  "status", "subscribed_at", "tags", "custom_fields"}
     assert entry["schema"]["properties"]["subscribed_at"]["format"] == "date-time"
     nodes = {tuple(item["breadcrumb"]): item["metadata"] for item in entry["metadata"]}
     top = nodes[()]
-    assert top["table-key-properties"] == ["account_id", "list_id", "id"]
+    assert top["table-key-properties"] == ["id", "list_id"]
     assert top["valid-replication-keys"] == ["subscribed_at"]
     assert top["forced-replication-method"] == "INCREMENTAL"
     assert nodes[("properties", "id")]["inclusion"] == "automatic"
@@ -144,11 +157,11 @@ def test_a_run_emits_schema_records_then_state_and_keeps_the_tokens_as_run_does(
     assert done.returncode == 0, done.stderr
     found = messages(done.stdout)
     assert found[0]["type"] == "SCHEMA" and found[0]["stream"] == "subscribers"
-    assert found[0]["key_properties"] == ["account_id", "list_id", "id"]
+    assert found[0]["key_properties"] == ["id", "list_id"]
     assert sorted(emails_of(found)) == sorted(recent)
     assert found[-1]["type"] == "STATE"
-    assert all(m["type"] != "STATE" for m in found[:-1]), "a STATE before the records it covers"
-    record = next(m["record"] for m in found if m["type"] == "RECORD")
+    assert_no_state_before_its_records(found)
+    record = next(m["record"] for m in found if m["type"] == "RECORD" and m["stream"] == "subscribers")
     assert record["account_id"] == ACCOUNT and record["list_id"] == LIST
     assert record["subscribed_at"].endswith("Z")
     # The tokens: refreshed once, the rotated ones saved in the token file; no task state file of the job's.
@@ -186,7 +199,10 @@ def test_two_runs_with_the_state_handed_over_emit_each_subscriber_once(job: JobF
     third = tap(job, "--config", config, "--state", str(state_file))
     assert third.returncode == 0, third.stderr
     assert emails_of(messages(third.stdout)) == []
-    assert [m["type"] for m in messages(third.stdout)] == ["SCHEMA", "STATE"]
+    # Nothing new: a SCHEMA a stream, the lists' counts (a snapshot every run), and the state.
+    third_found = messages(third.stdout)
+    assert [m["stream"] for m in third_found if m["type"] == "SCHEMA"] == ["subscribers", "unsubscribes", "list_stats"]
+    assert {m["stream"] for m in third_found if m["type"] == "RECORD"} == {"list_stats"}
 
 
 def test_without_start_date_a_first_run_looks_back_a_day_and_with_one_from_there(job: JobFiles) -> None:
@@ -209,9 +225,10 @@ def catalog_from_discovery(job: JobFiles, config: str) -> dict[str, Any]:
     return catalog
 
 
-def set_selected(catalog: dict[str, Any], breadcrumb: list[str], selected: bool) -> None:
+def set_selected(catalog: dict[str, Any], breadcrumb: list[str], selected: bool, stream: str = "subscribers") -> None:
     """Mark a node as Meltano's select rules do: ``selected`` in its metadata."""
-    for item in catalog["streams"][0]["metadata"]:
+    (entry,) = [entry for entry in catalog["streams"] if entry["stream"] == stream]
+    for item in entry["metadata"]:
         if item["breadcrumb"] == breadcrumb:
             item["metadata"]["selected"] = selected
 
@@ -222,6 +239,8 @@ def test_the_catalog_selects_streams_and_fields_and_keys_stay(job: JobFiles) -> 
     config = str(write_config(job))
     catalog = catalog_from_discovery(job, config)
     set_selected(catalog, [], True)
+    set_selected(catalog, [], False, stream="unsubscribes")
+    set_selected(catalog, [], False, stream="list_stats")
     for name in ("email", "name", "status", "id"):
         set_selected(catalog, ["properties", name], name == "email")
     path = job.root / "catalog.json"
@@ -229,7 +248,9 @@ def test_the_catalog_selects_streams_and_fields_and_keys_stay(job: JobFiles) -> 
     done = tap(job, "--config", config, "--catalog", str(path))
     assert done.returncode == 0, done.stderr
     found = messages(done.stdout)
-    expected = {"account_id", "list_id", "list_name", "id", "email", "subscribed_at"}
+    expected = {"account_id", "list_id", "list_name", "id", "email", "subscribed_at", "tags", "custom_fields",
+                "ad_tracking", "subscription_method", "verified_at", "misc_notes"}
+    assert [m["stream"] for m in found if m["type"] == "SCHEMA"] == ["subscribers"]
     assert set(found[0]["schema"]["properties"]) == expected
     assert all(set(m["record"]) == expected for m in found if m["type"] == "RECORD")
 
@@ -241,7 +262,7 @@ def test_the_catalog_selects_streams_and_fields_and_keys_stay(job: JobFiles) -> 
 
 
 @pytest.mark.parametrize("change, named", [
-    (lambda c: c["streams"][0].update(tap_stream_id="unsubscribes", stream="unsubscribes"), "unsubscribes"),
+    (lambda c: c["streams"][0].update(tap_stream_id="bounces", stream="bounces"), "bounces"),
     (lambda c: c["streams"][0]["metadata"].append({"breadcrumb": ["properties", "phone"],
                                                    "metadata": {"selected": True}}), "phone"),
     (lambda c: c["streams"][0]["schema"]["properties"].update(fax={"type": "string"}), "fax"),
@@ -341,7 +362,7 @@ def test_a_state_of_an_account_the_tokens_do_not_reach_writes_no_record_and_no_s
     done = tap(job, "--config", str(write_config(job)), "--state", write_state(job, {f"999/{LIST}": a_mark(past)}))
     assert done.returncode == 65, done.stderr
     assert "account 999" in done.stderr
-    assert [m["type"] for m in messages(done.stdout)] == ["SCHEMA"]
+    assert {m["type"] for m in messages(done.stdout)} == {"SCHEMA"}
 
 
 def test_a_failed_run_emits_no_state_past_what_it_wrote(job: JobFiles) -> None:
@@ -359,12 +380,20 @@ def test_a_failed_run_emits_no_state_past_what_it_wrote(job: JobFiles) -> None:
     assert failed.returncode == 75, failed.stderr
     found = messages(failed.stdout)
     assert emails_of(found) == ["a@example.com"]
-    assert [m["type"] for m in found if m["type"] == "STATE"] == []
-    # The state handed over is still the first run's: the next run emits both.
+    # One STATE, after the first list's record: it moves that list's bookmark and leaves the other's as it was.
+    first_state = last_state(messages(first.stdout))["bookmarks"]["subscribers"]["lists"]
+    (state,) = [m["value"] for m in found if m["type"] == "STATE"]
+    marks = state["bookmarks"]["subscribers"]["lists"]
+    assert found.index(next(m for m in found if m["type"] == "STATE")) > found.index(
+        next(m for m in found if m["type"] == "RECORD" and m["stream"] == "subscribers"))
+    assert marks[f"{ACCOUNT}/{OTHER_LIST}"] == first_state[f"{ACCOUNT}/{OTHER_LIST}"]
+    assert marks[f"{ACCOUNT}/{LIST}"] != first_state[f"{ACCOUNT}/{LIST}"]
+    # Handed over, it brings the one subscriber not yet written, and not the one that was.
+    state_file.write_text(json.dumps(state), encoding="utf-8")
     job.standin.faults.clear()
     again = tap(job, "--config", config, "--state", str(state_file))
     assert again.returncode == 0, again.stderr
-    assert sorted(emails_of(messages(again.stdout))) == ["a@example.com", "b@example.com"]
+    assert emails_of(messages(again.stdout)) == ["b@example.com"]
 
 
 def test_legacy_oauth1_token_file(job: JobFiles) -> None:
