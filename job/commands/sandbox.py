@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from job.commands.demo import ACCOUNT_ID, LISTS, populate
@@ -88,7 +89,8 @@ def _print_environment(out: IO[str], server: StandIn, client_secret: str | None)
         f"AWEBER_AUTHORIZE_URL={server.authorize_url}",
         f"AWEBER_REVOKE_URL={server.revoke_url}",
         f"AWEBER_API_URL={server.api_url}",
-        f"AWEBER_TOKEN_FILE={SANDBOX_TOKEN_FILE}",
+        # Absolute: cron and systemd run the job from another directory than the one .env was written in.
+        f"AWEBER_TOKEN_FILE={Path(SANDBOX_TOKEN_FILE).absolute()}",
     ]
     out.write("".join(line + "\n" for line in lines))
     out.flush()

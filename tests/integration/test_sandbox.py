@@ -116,6 +116,8 @@ def test_login_run_status_and_revoke_against_the_sandbox_then_sigterm_stops_it_w
         assert code == 0, out + err
         token_file = tmp_path / "sandbox" / "tokens.json"
         assert token_file.is_file()
+        # An absolute path: the crontab line runs the job from the user's home, not from here.
+        assert printed["AWEBER_TOKEN_FILE"] == str(token_file)
         secrets = re.findall(r'"(?:access|refresh)_token": "([^"]+)"', token_file.read_text(encoding="utf-8"))
         assert len(secrets) == 2
 
