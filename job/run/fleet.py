@@ -418,6 +418,8 @@ class FleetRun:
         if self.outcome.stopped or unfinished:
             codes.append(EXIT_TEMPORARY)  # stopped before the work was done: the next run does the rest
         self.outcome.exit_code = fleet_exit_code(codes)
+        # Every connection runs the same task: the run's pings and metrics name it.
+        self.outcome.task = next((result.task for result in self.outcome.connections.values() if result.task), None)
         for result in self.outcome.connections.values():
             self.outcome.refreshes += result.refreshes
             self.outcome.token_requests += result.token_requests

@@ -178,6 +178,7 @@ def test_one_ping_for_the_whole_run_and_metrics_labelled_by_connection(
     result = run_job(["run", "--all", "--task", "noop"], env)
     assert result.returncode == 0, result.stderr
     assert receiver.kinds() == ["start", ""]
+    assert receiver.pings[-1].body.startswith("ok: task noop,"), receiver.pings[-1].body
     samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
                for family in text_string_to_metric_families(metrics.read_text(encoding="utf-8"))
                for sample in family.samples}
