@@ -26,7 +26,11 @@ Reported beside the rate of the whole run:
   in its own autocommit transaction), less the sampler's own;
 * **peak memory** of each job process (``ru_maxrss``).
 
-Goals (issue "100,000 connections"): at least 28 connections a second (100,000 an hour); the last
+With ``--task new-subscribers`` every connection reads one list with a few subscribers of the last day (the
+stand-in serves the same account to all, so the per-account pacing, ``AWEBER_RATE_LIMIT``, is lifted: in life
+each connection is an account of its own).
+
+Goals: at least 28 connections a second (100,000 an hour); the last
 tenth's rate at least 0.8 of the first's. Exit 0 when both held, 1 when not, 2 when something is missing.
 The markdown report goes to stdout and ``bench/results/fleet-scale.md``.
 """
@@ -332,7 +336,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if init.returncode != 0:
             raise RuntimeError(f"aweber-job store init failed: {init.stderr.strip()}")
         if args.task == "new-subscribers":
-            # Every connection's account has one list with a few subscribers who joined in the last day.
+            # Every connection's account has one list with a few subscribers who joined in the last day. The
+            # stand-in serves that one account to every connection, where in life each connection is a customer
+            # account of its own: the pacing per account (AWEBER_RATE_LIMIT, 100 requests a minute) would make
+            # the whole fleet share one account's budget, so it is lifted here.
+            env["AWEBER_RATE_LIMIT"] = "1000000"
             standin.control.add_account(ACCOUNT_ID)
             now = time.time()
             standin.control.add_list(ACCOUNT_ID, LIST_ID, size=3, start=now - 86_400, end=now - 60, seed=7)
