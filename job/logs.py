@@ -231,6 +231,36 @@ class TailHandler(logging.Handler):
 LOG_TAIL: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
 
 
+# The connection a thread of ``run --all`` is running: its task's log lines name it (the text format shows no
+# fields), and carry it as the ``connection`` field in JSON.
+_RUNNING = threading.local()
+_make_record = logging.getLogRecordFactory()
+
+
+@contextlib.contextmanager
+def naming_connection(name: str) -> Iterator[None]:
+    """Inside the block, every log line of a task (loggers ``job.task.*``) of this thread names connection ``name``."""
+    outer = getattr(_RUNNING, "name", None)
+    _RUNNING.name = name
+    try:
+        yield
+    finally:
+        _RUNNING.name = outer
+
+
+def _record_naming_the_connection(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    record = _make_record(*args, **kwargs)
+    name = getattr(_RUNNING, "name", None)
+    if name is not None and record.name.startswith("job.task.") and not hasattr(record, "connection"):
+        record.connection = name
+        if isinstance(record.msg, str):
+            record.msg = f"connection '{name.replace('%', '%%')}': {record.msg}"
+    return record
+
+
+logging.setLogRecordFactory(_record_naming_the_connection)
+
+
 def configure_logging(
     *, verbosity: int = 0, quiet: bool = False, fmt: str = "text", stream: IO[str] | None = None
 ) -> None:

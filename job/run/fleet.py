@@ -43,7 +43,7 @@ from job.errors import (
     StoreKeyError,
     naming_the_connection,
 )
-from job.logs import REDACTOR
+from job.logs import REDACTOR, naming_connection
 from job.run.single import RunOptions, RunOutcome, run_cycle
 from job.shutdown import Shutdown, StoppedError
 
@@ -363,7 +363,7 @@ class FleetRun:
         """
         # This connection's tokens are forgotten by the log redactor once it is done: a line then costs the same
         # for the last connection as for the first.
-        with REDACTOR.scope():
+        with REDACTOR.scope(), naming_connection(name):
             return self._run_connection(name, row)
 
     def _run_connection(self, name: str, row: Any) -> RunOutcome:

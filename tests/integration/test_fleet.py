@@ -124,6 +124,10 @@ def test_task_output_of_every_connection_lands_whole_with_its_name(db_job: JobFi
     assert sorted({row["connection"] for row in rows}) == names
     for name in names:
         assert len([row for row in rows if row["connection"] == name]) == 40
+    # The task's own lines ("list 201 \"Newsletter\": 40 new subscribers") say whose they are.
+    list_lines = [line for line in result.stderr.splitlines() if f"list {LIST} " in line]
+    assert len(list_lines) == len(names), result.stderr
+    assert sorted(line.split("connection '")[1].split("'")[0] for line in list_lines) == names
 
     csv_run = run_job(["run", "--all", "--format", "csv"], db_job.env(AWEBER_RUN_INTERVAL="0"))
     assert csv_run.returncode == 0, csv_run.stderr
