@@ -948,7 +948,7 @@ def test_a_database_gone_mid_run_is_temporary_and_sends_nothing(
     assert marker is not None and holder == store.holder
 
 
-# ---- what an attacker's review found ------------------------------------------------------------------
+# ---- rows tampered with, and hostile input -------------------------------------------------------------
 
 def test_a_name_of_many_dots_still_gets_a_rescue_file_that_the_next_run_puts_back(
     stores: Any, pg_url: str, tmp_path: Path
