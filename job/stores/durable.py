@@ -142,13 +142,22 @@ def write_new_file(path: Path, content: bytes, owner: tuple[int, int] | None = N
     """Create ``path`` 0600 (never over an existing file, never through a link), write ``content`` and fsync
     it; a failure leaves no part of it behind and raises OSError."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    _fill_and_close(fd, path, content, owner, path)
+
+
+def _fill_and_close(fd: int, written: Path, content: bytes, owner: tuple[int, int] | None, named: Path, *,
+                    mode: int = 0o600) -> None:
+    """Give the new file ``fd`` (at ``written``) its owner and mode, write ``content``, fsync and close it; on
+    OSError close it, remove ``written`` and raise. ``named``: the path owner errors speak of."""
     try:
-        give_to(fd, owner, path)
+        give_to(fd, owner, named)
+        if mode != 0o600:
+            os.fchmod(fd, mode)
         write_all(fd, content)
         os.fsync(fd)
     except OSError:
         os.close(fd)
-        unlink_quietly(path)
+        unlink_quietly(written)
         raise
     os.close(fd)
 
@@ -178,16 +187,6 @@ def write_file_atomically(path: Path, content: bytes, *, mode: int = 0o600, suff
     the still-empty temporary file. Run as root, the file keeps the owner of the one it replaces.
     """
     fd, temp = create_temp(path, suffix)
-    try:
-        give_to(fd, owner_for(path), path)
-        if mode != 0o600:
-            os.fchmod(fd, mode)
-        write_all(fd, content)
-        os.fsync(fd)
-    except OSError:
-        os.close(fd)
-        unlink_quietly(temp)
-        raise
-    os.close(fd)
+    _fill_and_close(fd, temp, content, owner_for(path), path, mode=mode)
     _replace_durably(temp, path)
 
