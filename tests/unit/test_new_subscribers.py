@@ -24,6 +24,7 @@ from job.standin import Fault, StandIn
 from job.standin.days import format_timestamp
 from job.tasks import TaskContext
 from job.tasks.new_subscribers import FIELDS, Watermark, new_subscribers, parse_timestamp
+from tests.support.days import EXTREME_ZONES, WATERMARK_DAY, midnights_between
 from tests.support.jobs import FakeTime, JobFiles, run_job
 
 DAY = 86_400
@@ -455,22 +456,6 @@ def test_subscribed_at_going_backwards_is_an_error_not_a_silent_skip(tmp_path: P
 
 
 HOUR = 3600
-EXTREME_ZONES = (-12, -5, 0, 14)
-# Watermarks well in the past, on a day after which every extreme zone's midnight falls.
-WATERMARK_DAY = datetime(2026, 3, 14, tzinfo=timezone.utc)
-
-
-def midnights_between(earliest: float, latest: float) -> list[float]:
-    """Every midnight at UTC-12, -05, 00 and +14 that falls within [earliest, latest], as Unix seconds."""
-    found = []
-    day = datetime.fromtimestamp(earliest, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    for days in range(-2, 4):
-        for hours in EXTREME_ZONES:
-            # Midnight at UTC+h is h hours before midnight UTC of the same date.
-            moment = (day + timedelta(days=days) - timedelta(hours=hours)).timestamp()
-            if earliest <= moment <= latest:
-                found.append(moment)
-    return found
 
 
 @pytest.mark.parametrize("exclusive", [False, True], ids=["inclusive", "exclusive"])

@@ -23,6 +23,7 @@ from job.standin import StandIn
 from job.standin.days import format_timestamp
 from job.tasks import TaskContext, resolve_task
 from job.tasks.streams import STREAMS, Stream
+from tests.support.days import EXTREME_ZONES, WATERMARK_DAY, midnights_between
 from tests.support.jobs import JobFiles
 
 DAY = 86_400
@@ -184,20 +185,6 @@ def test_unsubscribes_first_run_looks_back_as_far_as_since(job: JobFiles) -> Non
     assert [row["id"] for row in rows(text)] == [members[1]]
 
 
-EXTREME_ZONES = (-12, -5, 0, 14)
-WATERMARK_DAY = datetime(2026, 3, 14, tzinfo=timezone.utc)
-
-
-def midnights_between(earliest: float, latest: float) -> list[float]:
-    """Every midnight at UTC-12, -05, 00 and +14 within [earliest, latest], as Unix seconds."""
-    found = []
-    day = datetime.fromtimestamp(earliest, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    for days in range(-2, 4):
-        for hours in EXTREME_ZONES:
-            moment = (day + timedelta(days=days) - timedelta(hours=hours)).timestamp()
-            if earliest <= moment <= latest:
-                found.append(moment)
-    return found
 
 
 @pytest.mark.parametrize("exclusive", [False, True], ids=["inclusive", "exclusive"])
