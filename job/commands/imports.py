@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from job.auth.tokens import TokenFile, fingerprint
 from job.config import CONNECTION_NAME, CONNECTION_NAME_RULE, Settings
@@ -114,7 +114,7 @@ def import_one(settings: Settings, store: PostgresStore, name: str, path: Path, 
             stated = store.import_tokens(name, tokens, force=force, state=state)
         except (TemporaryError, StorageError) as exc:
             _after_an_uncertain_import(store, name, tokens, target, stamp, exc)
-            stated = state is not None and store.task_state(name, state.task) == state.state
+            stated = _state_held(store, name, state)
         renamed = _unused_name(target, f"{target.name}.imported-{stamp}")
         try:
             _move_durably(target, renamed)
@@ -123,6 +123,18 @@ def import_one(settings: Settings, store: PostgresStore, name: str, path: Path, 
     _state_kept(name, found, stated)
     out.write(f"imported {path} as the connection {name!r} ({_kind(tokens)}){_with_state(found, stated)}; "
               f"the file is now {renamed}\n")
+
+
+def _state_held(store: PostgresStore, name: str, state: Any) -> bool:
+    """After an import whose answer was lost but whose tokens the store holds: whether it holds the state too. Only
+    a message depends on it, so a store that cannot say is taken as not holding it: the file is renamed all the
+    same, since the store holds its refresh token."""
+    if state is None:
+        return False
+    try:
+        return bool(store.task_state(name, state.task) == state.state)
+    except JobError:
+        return False
 
 
 def _kind(tokens: TokenFile) -> str:
@@ -329,26 +341,34 @@ def _store_batch(store: PostgresStore, entries: list[_Entry], *, force: bool, ou
     except (TemporaryError, StorageError) as exc:
         added = _after_an_uncertain_batch(store, entries, stamp, exc)
     done: list[tuple[_Entry, bool]] = []
-    for entry in entries:
-        if entry.name in added:
-            done.append((entry, entry.found is not None))
-        elif not force:
-            tally.refuse(entry.path, UsageError(
-                f"connection '{entry.name}' is already in the store {store.description}; its tokens were left as "
-                "they are and the file stays (import again with --force to replace them)"))
-        else:
-            state = entry.found.value if entry.found is not None else None
-            try:
-                stated = store.import_tokens(entry.name, entry.tokens, force=True, state=state)
-            except (TemporaryError, StorageError) as exc:
-                _after_an_uncertain_import(store, entry.name, entry.tokens, entry.target, stamp, exc)
-                stated = state is not None and store.task_state(entry.name, state.task) == state.state
-            except JobError as exc:
-                tally.refuse(entry.path, exc)
-                continue
-            _state_kept(entry.name, entry.found, stated)
-            done.append((entry, stated))
-    _rename_batch(done, stamp, out, tally)
+    try:
+        for entry in entries:
+            if entry.name in added:
+                done.append((entry, entry.found is not None))
+            elif not force:
+                tally.refuse(entry.path, UsageError(
+                    f"connection '{entry.name}' is already in the store {store.description}; its tokens were left "
+                    "as they are and the file stays (import again with --force to replace them)"))
+            else:
+                try:
+                    done.append((entry, _replace(store, entry, stamp)))
+                except JobError as exc:  # that file's refusal (kept, or moved aside, as the error says)
+                    tally.refuse(entry.path, exc)
+    finally:
+        # The files the store took are renamed whatever else happened: none may stay live beside the store's copy.
+        _rename_batch(done, stamp, out, tally)
+
+
+def _replace(store: PostgresStore, entry: _Entry, stamp: str) -> bool:
+    """``--force`` for a name the store holds: its tokens (and state) replaced; whether the state went in."""
+    state = entry.found.value if entry.found is not None else None
+    try:
+        stated = store.import_tokens(entry.name, entry.tokens, force=True, state=state)
+    except (TemporaryError, StorageError) as exc:
+        _after_an_uncertain_import(store, entry.name, entry.tokens, entry.target, stamp, exc)
+        stated = _state_held(store, entry.name, state)
+    _state_kept(entry.name, entry.found, stated)
+    return stated
 
 
 def _after_an_uncertain_batch(store: PostgresStore, entries: list[_Entry], stamp: str, exc: JobError) -> set[str]:
@@ -358,13 +378,20 @@ def _after_an_uncertain_batch(store: PostgresStore, entries: list[_Entry], stamp
     try:
         held, present = store.holding([(entry.name, entry.tokens) for entry in entries])
     except JobError:
+        stuck = 0
         for entry in entries:
-            aside = _move_aside(entry.target, stamp, exc, f"the tokens of {entry.target}")
+            try:
+                aside = _move_aside(entry.target, stamp, exc, f"the tokens of {entry.target}")
+            except StorageError as not_moved:  # it says which file and how to move it by hand
+                log.error("%s", not_moved.message)
+                stuck += 1
+                continue
             log.error("%s moved aside to %s: once the store answers, import it: aweber-job connections import %s %s "
                       "--force", entry.target, aside, entry.name, aside)
         raise StorageError(
             f"{exc.message}; the store may or may not have taken the {len(entries)} token files of this batch, so "
             "each was moved aside, as named above, where no run uses it"
+            + (f" ({stuck} could not be moved: move them away by hand, as named above)" if stuck else "")
         ) from exc
     if any(entry.name not in present for entry in entries):
         raise exc

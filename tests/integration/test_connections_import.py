@@ -222,3 +222,28 @@ def test_import_dir_of_many_files_goes_in_by_batches(db_job: JobFiles) -> None:
     assert result.returncode == 0, result.stderr
     assert len(listing(db_job)) == count
     assert len(list(directory.glob("*.json.imported-*"))) == count and not list(directory.glob("*.json"))
+
+
+def test_a_forced_replacement_another_run_holds_is_refused_and_the_files_stored_are_still_renamed(
+        db_job: JobFiles) -> None:
+    """With --force, a name whose lease a live run holds is that file's refusal (75, the file kept); the new name
+    of the same batch is in the store, so its file is renamed all the same, never left live beside it."""
+    directory = db_job.root / "tokens"
+    directory.mkdir()
+    write(directory / "acme.json", token_document(db_job.standin.issue_tokens(db_job.client_id)))
+    assert run_job(["connections", "import", "--dir", str(directory)], db_job.env()).returncode == 0
+    url = db_job.env()["AWEBER_STORE"]
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("UPDATE aweber_job.connections SET lease_holder = 'elsewhere:1:x', "
+                   "lease_until = now() + interval '1 hour' WHERE name = 'acme'")
+    newer = db_job.standin.issue_tokens(db_job.client_id)
+    write(directory / "acme.json", token_document(newer))
+    hooli = db_job.standin.issue_tokens(db_job.client_id)
+    write(directory / "hooli.json", token_document(hooli))
+    forced = run_job(["connections", "import", "--dir", str(directory), "--force"],
+                     db_job.env(AWEBER_LOCK_TIMEOUT="1"))
+    assert forced.returncode == 75, forced.stderr
+    assert "acme" in forced.stderr and (directory / "acme.json").exists()
+    assert stored_refresh_token(url, "hooli") == hooli["refresh_token"]
+    assert not (directory / "hooli.json").exists(), "stored, yet left live: " + forced.stderr
+    assert stored_refresh_token(url, "acme") != newer["refresh_token"]
