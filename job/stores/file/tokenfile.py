@@ -13,11 +13,11 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from job.auth.tokens import MAX_TOKEN_ANSWER_BYTES, MAX_TOKEN_FILE_BYTES, TokenFile, parse_token_file
 from job.errors import StorageError, TokenFileError, TokenNotSavedError
+from job.logs import utc_stamp
 from job.stores.durable import (
     create_temp,
     describe_os_error,
@@ -222,7 +222,7 @@ def write_fallback_rescue(target: Path, content: bytes, now: float, spent: str |
     directory = fallback_rescue_directory(fallback, create=True)
     if directory is None:
         raise OSError(errno.EACCES, "not a private directory of the job's own", str(fallback))
-    path = directory / f"{fallback_prefix(target)}{_stamp(now)}{from_suffix(spent)}"
+    path = directory / f"{fallback_prefix(target)}{utc_stamp(now)}{from_suffix(spent)}"
     write_new_file(path, content)
     return path
 
@@ -232,15 +232,10 @@ def reserve_size_for(loaded_size: int) -> int:
     return loaded_size + MAX_TOKEN_ANSWER_BYTES + 4096
 
 
-def _stamp(now: float) -> str:
-
-    return datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-
-
 def rescue_path_for(token_file: Path, now: float, spent: str | None = None) -> Path:
     """``<token file>.rescue-<UTC timestamp>.from-<hash>`` in the same directory."""
     target = resolve_target(token_file)
-    return target.with_name(f"{target.name}{RESCUE_MARK}{_stamp(now)}{from_suffix(spent)}")
+    return target.with_name(f"{target.name}{RESCUE_MARK}{utc_stamp(now)}{from_suffix(spent)}")
 
 
 def save_rotated_tokens(
