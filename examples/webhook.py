@@ -5,9 +5,10 @@ new-subscribers would report is sent as one JSON object in its own ``POST``, old
 ``Idempotency-Key`` header (``<account>/<list>/<subscriber id>``) for a receiver that wants to drop a
 repeat. A 2xx answer is acceptance. Anything else — a 4xx, a 5xx, a refused connection, no answer
 within 10 s — stops the run there with exit 75: the watermark stays just before the subscriber that
-was not accepted, so the next run starts with it. Nobody is skipped, and nobody accepted is sent again
-(unless the run is killed between an acceptance and the end of the run, or an answer is lost on the
-way back: then the next run sends them again, and the key lets the receiver tell).
+was not accepted, so the next run starts with it. Nobody is skipped. Those accepted are not sent again,
+except when the run ends another way after they were: killed, an answer lost on the way back, or an
+error from AWeber on a later list (a failed run keeps no state) — then the next run sends them again, and
+the key lets the receiver tell.
 
 The URL may carry credentials (``https://user:password@host/…``, or a secret in its path or query, as
 many webhook services issue them): it is never written whole in a log line, whatever the verbosity —
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from job.credentials import is_loopback_host
 from job.errors import ConfigError, TaskStoppedError
 from job.logs import REDACTOR
 from job.tasks import TaskContext
@@ -40,6 +42,9 @@ def deliver(context: TaskContext) -> dict[str, Any]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError([f"{URL_VARIABLE} must be an http(s) URL with a host"])
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        # Its credentials and every subscriber's address would cross the network in the clear.
+        raise ConfigError([f"{URL_VARIABLE} must use https (plain http only to a loopback host)"])
     # Every part that may be secret, so no log line (urllib3's at -vv included) can show it.
     REDACTOR.add(url, parts.password, parts.username, parts.path, parts.query)
     with requests.Session() as session:

@@ -224,3 +224,16 @@ def test_webhook_without_its_url_is_a_configuration_error(job: JobFiles) -> None
     assert result.returncode == 78, result.stderr
     [line] = error_lines(result.stderr)
     assert "WEBHOOK_URL is not set" in line
+
+
+def test_webhook_over_plain_http_to_another_host_is_a_configuration_error(job: JobFiles) -> None:
+    """Its credentials and the subscribers' addresses would cross the network in the clear: exit 78, nothing sent,
+    the password named nowhere."""
+    populate(job.standin, 1)
+    job.write_tokens()
+    result = run_job(["run", "--task", WEBHOOK_TASK],
+                     job.env(WEBHOOK_URL=f"http://hookuser:{SECRET_PASSWORD}@hooks.example.com/in"))
+    assert result.returncode == 78, result.stderr
+    [line] = error_lines(result.stderr)
+    assert "WEBHOOK_URL must use https" in line
+    assert SECRET_PASSWORD not in result.stderr + result.stdout
