@@ -60,7 +60,6 @@ class FindSpec:
     (``3 new``); ``record`` turns a list and an entry into the record written.
     """
 
-    task: str
     field: str
     after: str
     counter: str

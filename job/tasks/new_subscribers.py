@@ -57,7 +57,7 @@ def subscriber_record(ref: ListRef, entry: Mapping[str, Any], fields: tuple[str,
     return record
 
 
-SPEC = FindSpec(task="new-subscribers", field="subscribed_at", after="subscribed_after", counter="new_subscribers",
+SPEC = FindSpec(field="subscribed_at", after="subscribed_after", counter="new_subscribers",
                 noun="new", record=subscriber_record)
 
 

@@ -28,7 +28,7 @@ def unsubscribe_record(ref: ListRef, entry: Mapping[str, Any]) -> Record:
     return subscriber_record(ref, entry, FIELDS)
 
 
-SPEC = FindSpec(task="unsubscribes", field="unsubscribed_at", after="unsubscribed_after", counter="unsubscribes",
+SPEC = FindSpec(field="unsubscribed_at", after="unsubscribed_after", counter="unsubscribes",
                 noun="unsubscribed", record=unsubscribe_record, filters={"status": "unsubscribed"})
 
 
