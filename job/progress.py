@@ -138,7 +138,7 @@ class Progress(NoProgress):
         if fields.get("requests") is not None:
             parts.append(f"{fields['requests']} requests")
         if fields.get("found") is not None:
-            parts.append(f"{fields['found']} new subscribers")
+            parts.append(f"{fields['found']} {fields.get('found_what') or 'new subscribers'}")
         if fields.get("skipped"):
             # The walk starts a day before the watermark, so a list's first pages may hold only those.
             count, why = fields["skipped"]

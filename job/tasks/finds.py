@@ -57,7 +57,8 @@ class FindSpec:
     ``field`` is the entry's timestamp (also the sort key and the watermark's key); ``after`` the day
     filter sent (``subscribed_after``); ``filters`` any other find parameters (``status``); ``counter``
     the name its count goes under in ``context.counters``; ``noun`` how a log line names what it found
-    (``3 new``); ``record`` turns a list and an entry into the record written.
+    (``3 new``), and ``shown`` the live line on a terminal (``3 new subscribers``); ``record`` turns a list and
+    an entry into the record written.
     """
 
     field: str
@@ -66,6 +67,7 @@ class FindSpec:
     noun: str
     record: Callable[[ListRef, Mapping[str, Any]], Record]
     filters: Mapping[str, str] = dataclass_field(default_factory=dict)
+    shown: str = "new subscribers"
 
     def params(self, mark: Watermark) -> dict[str, str]:
         """The find's parameters from ``mark``'s day on."""
@@ -108,7 +110,7 @@ def read_find_stream(context: TaskContext, spec: FindSpec, lists: Lists, state: 
     live = progress.current()
     for index, ref in enumerate(lists.refs, 1):
         live.update(list_index=index, list_count=len(lists.refs), list_name=ref.name,
-                    found=context.counters[spec.counter], skipped=None)
+                    found=context.counters[spec.counter], found_what=spec.shown, skipped=None)
         mark = _starting_mark(context, spec, ref, watermarks.get(ref.state_key), since)
         try:
             found = _report_list(context, spec, ref, mark, sink)

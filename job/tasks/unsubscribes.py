@@ -29,7 +29,8 @@ def unsubscribe_record(ref: ListRef, entry: Mapping[str, Any]) -> Record:
 
 
 SPEC = FindSpec(field="unsubscribed_at", after="unsubscribed_after", counter="unsubscribes",
-                noun="unsubscribed", record=unsubscribe_record, filters={"status": "unsubscribed"})
+                noun="unsubscribed", record=unsubscribe_record, filters={"status": "unsubscribed"},
+                shown="unsubscribed")
 
 
 def unsubscribes(context: TaskContext) -> dict[str, Any]:

@@ -82,6 +82,16 @@ def test_a_run_on_a_terminal_shows_what_it_is_doing_on_one_line(job: JobFiles) -
         assert secret not in terminal
 
 
+def test_the_line_says_what_the_stream_counts(job: JobFiles) -> None:
+    """--task unsubscribes counts people who left: the line says so, never "new subscribers"."""
+    populate(job)
+    job.write_tokens()
+    code, terminal, _ = run_on_a_terminal(["run", "--task", "unsubscribes", "--since", "7d"], job.env())
+    assert code == 0, terminal
+    assert "list 1 of 1 (Weekly Letter)" in terminal
+    assert "0 unsubscribed" in terminal and "new subscribers" not in terminal
+
+
 def test_under_a_pipe_there_is_no_progress_line(job: JobFiles) -> None:
     populate(job)
     job.write_tokens()
