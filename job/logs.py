@@ -234,7 +234,6 @@ LOG_TAIL: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
 # The connection a thread of ``run --all`` is running: its task's log lines name it (the text format shows no
 # fields), and carry it as the ``connection`` field in JSON.
 _RUNNING = threading.local()
-_make_record = logging.getLogRecordFactory()
 
 
 @contextlib.contextmanager
@@ -248,17 +247,18 @@ def naming_connection(name: str) -> Iterator[None]:
         _RUNNING.name = outer
 
 
-def _record_naming_the_connection(*args: Any, **kwargs: Any) -> logging.LogRecord:
-    record = _make_record(*args, **kwargs)
-    name = getattr(_RUNNING, "name", None)
-    if name is not None and record.name.startswith("job.task.") and not hasattr(record, "connection"):
-        record.connection = name
-        if isinstance(record.msg, str):
-            record.msg = f"connection '{name.replace('%', '%%')}': {record.msg}"
-    return record
+class _NamingTheConnection(logging.Filter):
+    """On each handler: a task's record made inside :func:`naming_connection` names that connection. A filter, not a
+    record factory: it runs after a record's ``extra`` is applied, so a task that names a connection itself keeps
+    its own; the second handler finds the record named already."""
 
-
-logging.setLogRecordFactory(_record_naming_the_connection)
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = getattr(_RUNNING, "name", None)
+        if name is not None and record.name.startswith("job.task.") and not hasattr(record, "connection"):
+            record.connection = name
+            if isinstance(record.msg, str):
+                record.msg = f"connection '{name.replace('%', '%%')}': {record.msg}"
+        return True
 
 
 def configure_logging(
@@ -277,9 +277,12 @@ def configure_logging(
     console = RedactingHandler(stream or sys.stderr, REDACTOR, collections.deque(maxlen=TAIL_LINES))
     console.setFormatter(formatter)
     console.setLevel(level)
+    console.addFilter(_NamingTheConnection())
     root.addHandler(console)
     # The ping's tail keeps INFO lines even under --quiet, so a failure report has context.
-    root.addHandler(TailHandler(REDACTOR, LOG_TAIL, formatter))
+    tail = TailHandler(REDACTOR, LOG_TAIL, formatter)
+    tail.addFilter(_NamingTheConnection())
+    root.addHandler(tail)
     root.setLevel(min(level, logging.INFO))
     third_party = logging.DEBUG if verbosity >= 2 else logging.WARNING
     for name in ("urllib3", "requests"):

@@ -164,3 +164,22 @@ def test_a_thousand_scoped_connections_leave_the_redactor_as_it_was() -> None:
             redactor.add(f"access-token-{number:06d}", f"refresh-token-{number:06d}")
             assert redactor.known() == 3
     assert redactor.known() == 1
+
+
+def test_a_tasks_lines_in_a_fleet_worker_name_the_connection_and_a_task_may_name_one_itself() -> None:
+    """Inside naming_connection a task's line says whose it is; a task logging its own ``connection`` field keeps it
+    (the naming must not collide with what the task gave: logging refuses to overwrite a record's field)."""
+    import io
+
+    from job.logs import configure_logging, naming_connection
+
+    stream = io.StringIO()
+    configure_logging(stream=stream)
+    task_log = logging.getLogger("job.task.custom")
+    with naming_connection("acme"):
+        task_log.info("list %s: %d new", 7, 3)
+        task_log.info("posted", extra={"connection": "its-own"})
+    task_log.info("outside any worker")
+    lines = stream.getvalue().splitlines()
+    assert lines == ["aweber-job: info: connection 'acme': list 7: 3 new", "aweber-job: info: posted",
+                     "aweber-job: info: outside any worker"]
