@@ -89,6 +89,15 @@ def empty_secret_problem(variable: str, path: str) -> str:
     return f"{variable}: {path} is empty: {public} {variable}; for a confidential one put the secret on its first line"
 
 
+def _masked(value: str) -> Secret:
+    """A secret read from the settings, masked in every log line from now on: read once, for the whole process,
+    outside any connection's scope (a fleet run's scopes forget what they registered when they end)."""
+    from job.logs import REDACTOR
+
+    REDACTOR.add(value)
+    return Secret(value)
+
+
 def client_secret(values: Mapping[str, str], get: _Get, problems: list[str]) -> tuple[Secret | None, str | None]:
     """The client secret and where it came from: AWEBER_CLIENT_SECRET, its file, or the systemd credential."""
     inline = values.get("AWEBER_CLIENT_SECRET") or None
@@ -98,7 +107,7 @@ def client_secret(values: Mapping[str, str], get: _Get, problems: list[str]) -> 
         problems.append("AWEBER_CLIENT_SECRET and AWEBER_CLIENT_SECRET_FILE are both set; set only one")
         return None, None
     if inline:
-        return Secret(inline), "AWEBER_CLIENT_SECRET"
+        return _masked(inline), "AWEBER_CLIENT_SECRET"
     if secret_file:
         path, variable = secret_file, "AWEBER_CLIENT_SECRET_FILE"
     elif credentials_dir and os.path.exists(os.path.join(credentials_dir, CREDENTIAL_NAME)):
@@ -106,7 +115,7 @@ def client_secret(values: Mapping[str, str], get: _Get, problems: list[str]) -> 
     else:
         return None, None
     try:
-        return Secret(read_secret_file(path)), f"{variable} ({path})"
+        return _masked(read_secret_file(path)), f"{variable} ({path})"
     except EmptySecretFile:
         problems.append(empty_secret_problem(variable, path))
     except (OSError, ValueError, UnicodeDecodeError) as exc:

@@ -233,3 +233,15 @@ def test_the_fallback_rescue_directory_is_systemds_runtime_directory_else_one_un
     runs), else to a directory of the job's own under /dev/shm: both in memory, on another file system."""
     assert load_settings({"RUNTIME_DIRECTORY": "/run/aweber-job"}).fallback_rescue_dir == Path("/run/aweber-job")
     assert load_settings({}).fallback_rescue_dir == Path(f"/dev/shm/aweber-job-{os.geteuid()}")
+
+
+def test_the_client_secret_stays_masked_after_a_connections_scope_ends(tmp_path: Path) -> None:
+    """run --all registers each connection's secrets in a scope it forgets when the connection is done; the client
+    secret, shared by all of them, is masked from the moment the settings are read, whatever scopes end after."""
+    from job.logs import REDACTOR
+
+    secret = "client-secret-kept-9d2e7a41"
+    load_settings({"HOME": str(tmp_path), "AWEBER_CLIENT_ID": "cid", "AWEBER_CLIENT_SECRET": secret})
+    with REDACTOR.scope():
+        REDACTOR.add(secret)  # as the keeper does for each connection of a fleet run
+    assert secret not in REDACTOR.redact(f"a line with {secret} in it")
