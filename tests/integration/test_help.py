@@ -13,7 +13,7 @@ from tests.support.jobs import JobFiles, run_job
 
 GLOBAL_FLAGS = ("--env-file", "--verbose", "--quiet", "--log-format")
 ONE_CONNECTION = ("run", "refresh", "status", "login", "revoke")
-NO_CONNECTION = ("tasks", "demo", "example", "store", "connections")
+NO_CONNECTION = ("tasks", "demo", "example", "store", "connections", "sandbox")
 
 
 def help_of(*argv: str) -> str:

@@ -18,6 +18,7 @@ import pytest
 
 from job.standin import StandIn
 from job.standin.faults import Fault
+from tests.integration.test_connections_cli import PASSWORD, with_password
 from tests.support.jobs import CONFIDENTIAL_ID, CONFIDENTIAL_SECRET, JobFiles, run_job, token_requests
 
 ACCOUNT = 100
@@ -422,9 +423,10 @@ def test_postgresql_store_keeps_the_tokens_and_not_the_tap_state(job: JobFiles, 
     for args in (["store", "init"], ["connections", "import", "acme", str(job.token_file)]):
         made = run_job(args, env)
         assert made.returncode == 0, made.stderr
-    config = str(write_config(job, token_file=None, store=pg_url, connection="acme",
+    # The store's URL as the config gives it, with a password (trust auth takes any): never in a message or a line.
+    config = str(write_config(job, token_file=None, store=with_password(pg_url), connection="acme",
                               state_dir=str(job.root / "state")))
-    done = tap(job, "--config", config)
+    done = tap(job, "-v", "--config", config)
     assert done.returncode == 0, done.stderr
     assert sorted(emails_of(messages(done.stdout))) == sorted(recent)
     with psycopg.connect(pg_url, autocommit=True) as db:
@@ -434,4 +436,10 @@ def test_postgresql_store_keeps_the_tokens_and_not_the_tap_state(job: JobFiles, 
     assert stored["refresh_token"] != grant["refresh_token"]
     assert token_requests(job.standin) == 1 and exit_code == 0
     assert task_state == {}
-    assert pg_url.split("@")[0] not in done.stdout
+    assert PASSWORD not in done.stdout + done.stderr
+    # An error that names the store names it without its password.
+    missing = tap(job, "--config", str(write_config(job, "missing.json", token_file=None, store=with_password(pg_url),
+                                                    connection="nobody", state_dir=str(job.root / "state"))))
+    assert missing.returncode == 65, missing.stderr
+    assert "nobody" in missing.stderr and "postgres@" in missing.stderr
+    assert PASSWORD not in missing.stdout + missing.stderr
