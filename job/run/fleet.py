@@ -429,7 +429,7 @@ class FleetRun:
             if result.new_subscribers is not None:
                 self.outcome.new_subscribers = (self.outcome.new_subscribers or 0) + result.new_subscribers
         ran = len(self.outcome.connections)
-        failed = sum(1 for result in self.outcome.connections.values() if result.exit_code != EXIT_OK)
+        failed = self._failing
         log.info(
             "run --all: %d connection%s run, %d failed%s%s", ran, "" if ran == 1 else "s", failed,
             "; the store could not be reached for more" if self._store_error is not None else "",
